@@ -1,0 +1,453 @@
+"""Configuration: servers, policies and the fleet config, validated on construction.
+
+Every invalid value raises :class:`ConfigError` naming the field and the value, before any
+task starts or socket opens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from urllib.parse import urlsplit
+
+from ._errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on the 3.8 matrix run
+    import tomli as tomllib
+
+__all__ = [
+    "STRATEGIES",
+    "AffinityRule",
+    "BreakerPolicy",
+    "HealthPolicy",
+    "OrchestraConfig",
+    "RetryPolicy",
+    "Server",
+    "Timeouts",
+    "normalize_model",
+]
+
+#: Names accepted by ``OrchestraConfig.strategy``.
+STRATEGIES = ("round_robin", "least_loaded", "weighted", "model_aware", "hybrid")
+
+_REDACTED = "<redacted>"
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
+
+
+def normalize_model(name: str) -> str:
+    """Ollama's model names: ``llama3`` means ``llama3:latest``."""
+    name = name.strip()
+    if name and ":" not in name.rsplit("/", 1)[-1]:
+        return name + ":latest"
+    return name
+
+
+def _positive(owner: str, name: str, value: float, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(
+            f"{owner}.{name}", value, "must be a finite number " + (">= 0" if allow_zero else "> 0")
+        )
+
+
+def _positive_int(owner: str, name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{owner}.{name}", value, "must be an integer >= 1")
+
+
+def _redact_headers(headers: Mapping[str, str]) -> Dict[str, str]:
+    return {k: (_REDACTED if k.lower() in _SECRET_HEADERS else v) for k, v in headers.items()}
+
+
+@dataclass(frozen=True)
+class Server:
+    """One Ollama host.
+
+    Args:
+        name: unique name, used in logs, metrics and affinity rules.
+        url: base URL, e.g. ``http://ollama01:11434``.
+        max_concurrency: slots: requests sent at once (match the host's ``OLLAMA_NUM_PARALLEL``).
+        weight: relative capacity for the ``weighted`` strategy and the fair-share arithmetic.
+        models: a static model list; ``None`` means discover it from ``/api/tags``.
+        labels: free-form labels that affinity rules can match (``gpu = "a100"``).
+        headers: extra HTTP headers (``Authorization``): sent, never logged or shown in a repr.
+    """
+
+    name: str
+    url: str
+    max_concurrency: int = 1
+    weight: float = 1.0
+    models: Optional[Tuple[str, ...]] = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        owner = f"Server({self.name!r})"
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError("Server.name", self.name, "must be a non-empty string")
+        if not isinstance(self.url, str):
+            raise ConfigError(f"{owner}.url", self.url, "must be a string")
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{owner}.url", self.url, "must be an http:// or https:// URL with a host")
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ConfigError(f"{owner}.url", self.url, f"bad port: {exc}") from exc
+        object.__setattr__(self, "url", self.url.rstrip("/"))
+        _positive_int(owner, "max_concurrency", self.max_concurrency)
+        _positive(owner, "weight", self.weight)
+        if self.models is not None:
+            if isinstance(self.models, str):
+                raise ConfigError(f"{owner}.models", self.models, "must be a list of model names")
+            object.__setattr__(self, "models", tuple(normalize_model(m) for m in self.models))
+        object.__setattr__(self, "labels", dict(self.labels))
+        object.__setattr__(self, "headers", dict(self.headers))
+
+    def __repr__(self) -> str:
+        extra = f", headers={_redact_headers(self.headers)!r}" if self.headers else ""
+        return (
+            f"Server(name={self.name!r}, url={self.url!r}, max_concurrency={self.max_concurrency}, "
+            f"weight={self.weight}, models={self.models!r}, labels={dict(self.labels)!r}{extra})"
+        )
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-request timeouts in seconds.
+
+    ``first_byte_s`` bounds the wait for the first streamed chunk (it catches a hung host and
+    covers queueing inside Ollama, a cold load and prompt evaluation); ``read_s`` bounds the
+    silence between two chunks; ``total_s`` bounds a whole request and is off by default, so
+    a slow but alive host is never cut off mid-answer.
+    """
+
+    connect_s: float = 3.0
+    first_byte_s: float = 120.0
+    read_s: float = 60.0
+    total_s: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("connect_s", "first_byte_s", "read_s"):
+            _positive("Timeouts", name, getattr(self, name))
+        if self.total_s is not None:
+            _positive("Timeouts", "total_s", self.total_s)
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """How the health monitor probes each server.
+
+    A server is marked unhealthy after ``unhealthy_after`` consecutive failed probes (or at
+    once on a refused connection from a request) and healthy again after one success. While
+    it is down it is probed every ``down_interval_s``.
+    """
+
+    interval_s: float = 5.0
+    down_interval_s: float = 0.5
+    timeout_s: float = 2.0
+    jitter: float = 0.1
+    unhealthy_after: int = 2
+    startup_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for name in ("interval_s", "down_interval_s", "timeout_s", "startup_timeout_s"):
+            _positive("HealthPolicy", name, getattr(self, name))
+        _positive("HealthPolicy", "jitter", self.jitter, allow_zero=True)
+        if self.jitter >= 1:
+            raise ConfigError("HealthPolicy.jitter", self.jitter, "must be < 1 (a fraction)")
+        _positive_int("HealthPolicy", "unhealthy_after", self.unhealthy_after)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Failover: how many attempts, how long, and the backoff once every server has failed.
+
+    A failed attempt goes at once to a server not yet tried for the request; the exponential,
+    jittered backoff (``backoff_base_s * 2**n``, capped at ``backoff_max_s``) applies only
+    when every eligible server has already failed it.
+    """
+
+    attempts: int = 3
+    deadline_s: Optional[float] = None
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 2.0
+    jitter: bool = True
+
+    def __post_init__(self) -> None:
+        _positive_int("RetryPolicy", "attempts", self.attempts)
+        if self.deadline_s is not None:
+            _positive("RetryPolicy", "deadline_s", self.deadline_s)
+        _positive("RetryPolicy", "backoff_base_s", self.backoff_base_s, allow_zero=True)
+        _positive("RetryPolicy", "backoff_max_s", self.backoff_max_s, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    """When a server's circuit breaker opens, how long it stays open, how it probes.
+
+    Opens after ``failure_threshold`` consecutive failures, or when the failure rate over
+    the last ``window`` outcomes (at least ``min_calls`` of them) reaches ``failure_rate``.
+    Stays open ``cooldown_s``, multiplied by ``cooldown_multiplier`` on each repeated trip,
+    capped at ``cooldown_max_s``; then half-open admits ``half_open_probes`` requests at once.
+    """
+
+    failure_threshold: int = 5
+    failure_rate: float = 0.5
+    window: int = 20
+    min_calls: int = 10
+    cooldown_s: float = 2.0
+    cooldown_multiplier: float = 2.0
+    cooldown_max_s: float = 60.0
+    half_open_probes: int = 1
+
+    def __post_init__(self) -> None:
+        _positive_int("BreakerPolicy", "failure_threshold", self.failure_threshold)
+        _positive_int("BreakerPolicy", "window", self.window)
+        _positive_int("BreakerPolicy", "min_calls", self.min_calls)
+        _positive_int("BreakerPolicy", "half_open_probes", self.half_open_probes)
+        if not (0 < self.failure_rate <= 1):
+            raise ConfigError("BreakerPolicy.failure_rate", self.failure_rate, "must be in (0, 1]")
+        if self.min_calls > self.window:
+            raise ConfigError("BreakerPolicy.min_calls", self.min_calls, "must be <= window")
+        _positive("BreakerPolicy", "cooldown_s", self.cooldown_s)
+        _positive("BreakerPolicy", "cooldown_max_s", self.cooldown_max_s)
+        if self.cooldown_multiplier < 1:
+            raise ConfigError(
+                "BreakerPolicy.cooldown_multiplier", self.cooldown_multiplier, "must be >= 1"
+            )
+        if self.cooldown_max_s < self.cooldown_s:
+            raise ConfigError("BreakerPolicy.cooldown_max_s", self.cooldown_max_s, "must be >= cooldown_s")
+
+
+@dataclass(frozen=True)
+class AffinityRule:
+    """Routing preference as data: requests that match go to (or avoid) matching servers.
+
+    A rule matches a request when every given selector matches: ``model`` (exact name, or a
+    glob such as ``"*:32b"``), ``role`` and ``min_priority``. It then restricts or orders the
+    candidates: ``servers`` (names) and ``labels`` (all must match). With ``required=False``
+    (the default) matching servers are preferred and the others used only when none of the
+    preferred is eligible; with ``required=True`` the others are never used.
+    """
+
+    model: Optional[str] = None
+    role: Optional[str] = None
+    min_priority: Optional[int] = None
+    servers: Tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    required: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.servers, str):
+            raise ConfigError("AffinityRule.servers", self.servers, "must be a list of server names")
+        object.__setattr__(self, "servers", tuple(self.servers))
+        object.__setattr__(self, "labels", dict(self.labels))
+        if not self.servers and not self.labels:
+            raise ConfigError("AffinityRule", self, "needs 'servers' or 'labels' to route to")
+
+    def matches_request(self, model: str, role: Optional[str], priority: int) -> bool:
+        from fnmatch import fnmatchcase
+
+        if self.model is not None and not (
+            fnmatchcase(model, self.model) or fnmatchcase(model, normalize_model(self.model))
+        ):
+            return False
+        if self.role is not None and role != self.role:
+            return False
+        return self.min_priority is None or priority >= self.min_priority
+
+    def matches_server(self, server: Server) -> bool:
+        if self.servers and server.name not in self.servers:
+            return False
+        return all(server.labels.get(k) == v for k, v in self.labels.items())
+
+
+@dataclass(frozen=True)
+class OrchestraConfig:
+    """The whole fleet: servers, strategy, roles, affinity and policies.
+
+    Args:
+        servers: the Ollama hosts (at least one, unique names).
+        strategy: one of :data:`STRATEGIES`; ``hybrid`` (the default) picks the server with
+            the least expected completion time.
+        roles: pipeline roles to models, e.g. ``{"coding": "qwen2.5-coder:32b"}``; a role name
+            is accepted wherever a model name is.
+        affinity: routing rules, applied before the strategy.
+        wait_for_healthy_s: how long a request waits for a capable server to come back
+            before raising :class:`NoHealthyServer`.
+    """
+
+    servers: Tuple[Server, ...]
+    strategy: str = "hybrid"
+    roles: Mapping[str, str] = field(default_factory=dict)
+    affinity: Tuple[AffinityRule, ...] = ()
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    wait_for_healthy_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        servers = tuple(self.servers)
+        object.__setattr__(self, "servers", servers)
+        if not servers:
+            raise ConfigError("servers", list(servers), "at least one server is required")
+        seen: Dict[str, int] = {}
+        for i, s in enumerate(servers):
+            if not isinstance(s, Server):
+                raise ConfigError(f"servers[{i}]", s, "must be a Server")
+            if s.name in seen:
+                raise ConfigError(
+                    f"servers[{i}].name", s.name, f"duplicate server name (also servers[{seen[s.name]}])"
+                )
+            seen[s.name] = i
+        if self.strategy not in STRATEGIES:
+            raise ConfigError("strategy", self.strategy, f"unknown strategy; expected one of {', '.join(STRATEGIES)}")
+        roles = {str(k): normalize_model(str(v)) for k, v in dict(self.roles).items()}
+        for role, model in roles.items():
+            if not model or model == ":latest":
+                raise ConfigError(f"roles.{role}", self.roles[role], "must name a model")
+            static = [s for s in servers if s.models is not None]
+            if static and len(static) == len(servers) and not any(model in (s.models or ()) for s in servers):
+                raise ConfigError(f"roles.{role}", model, "no configured server lists this model")
+        object.__setattr__(self, "roles", roles)
+        affinity = tuple(self.affinity)
+        for i, rule in enumerate(affinity):
+            for name in rule.servers:
+                if name not in seen:
+                    raise ConfigError(f"affinity[{i}].servers", name, "names no configured server")
+            if rule.role is not None and rule.role not in roles:
+                raise ConfigError(f"affinity[{i}].role", rule.role, "names no configured role")
+        object.__setattr__(self, "affinity", affinity)
+        _positive("OrchestraConfig", "wait_for_healthy_s", self.wait_for_healthy_s, allow_zero=True)
+
+    def server(self, name: str) -> Server:
+        for s in self.servers:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def resolve_model(self, model_or_role: str) -> Tuple[str, Optional[str]]:
+        """Return ``(model, role)``: a role name resolves to its model."""
+        if model_or_role in self.roles:
+            return self.roles[model_or_role], model_or_role
+        if not isinstance(model_or_role, str) or not model_or_role.strip():
+            raise ConfigError("model", model_or_role, "must be a model or role name")
+        return normalize_model(model_or_role), None
+
+    def replace(self, **changes: Any) -> OrchestraConfig:
+        return replace(self, **changes)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> OrchestraConfig:
+        """Build a config from plain data (the shape of the TOML file)."""
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{source}: {key}", data[key], f"unknown key; expected one of {', '.join(sorted(known))}")
+        raw_servers = data.get("servers")
+        if not isinstance(raw_servers, list):
+            raise ConfigError(f"{source}: servers", raw_servers, "must be a list of [[servers]] tables")
+        servers = []
+        for i, raw in enumerate(raw_servers):
+            servers.append(_build(Server, raw, f"{source}: servers[{i}]"))
+        kwargs: Dict[str, Any] = {"servers": tuple(servers)}
+        for key in ("strategy", "wait_for_healthy_s"):
+            if key in data:
+                kwargs[key] = data[key]
+        if "roles" in data:
+            if not isinstance(data["roles"], Mapping):
+                raise ConfigError(f"{source}: roles", data["roles"], "must be a table of role = model")
+            kwargs["roles"] = dict(data["roles"])
+        if "affinity" in data:
+            rules = data["affinity"]
+            if not isinstance(rules, list):
+                raise ConfigError(f"{source}: affinity", rules, "must be a list of [[affinity]] tables")
+            kwargs["affinity"] = tuple(_build(AffinityRule, r, f"{source}: affinity[{i}]") for i, r in enumerate(rules))
+        for key, policy in (("timeouts", Timeouts), ("health", HealthPolicy), ("retry", RetryPolicy), ("breaker", BreakerPolicy)):
+            if key in data:
+                kwargs[key] = _build(policy, data[key], f"{source}: {key}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_file(cls, path: Union[str, "os.PathLike[str]"]) -> OrchestraConfig:
+        """Load a TOML config file (see the README for its shape)."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("config file", str(p), f"cannot be read: {exc.strerror or exc}") from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config file", str(p), f"is not valid TOML: {exc}") from exc
+        return cls.from_mapping(data, source=str(p))
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> OrchestraConfig:
+        """Build a config from ``OLLAMA_ORCHESTRA_*`` environment variables.
+
+        ``OLLAMA_ORCHESTRA_SERVERS`` is ``name=url[,name=url...]`` (a ``name=url*slots`` suffix
+        sets ``max_concurrency``); ``OLLAMA_ORCHESTRA_STRATEGY`` a strategy name;
+        ``OLLAMA_ORCHESTRA_ROLES`` is ``role=model[,role=model...]``;
+        ``OLLAMA_ORCHESTRA_CONFIG`` a TOML file to load instead.
+        """
+        env = os.environ if environ is None else environ
+        if env.get("OLLAMA_ORCHESTRA_CONFIG"):
+            return cls.from_file(env["OLLAMA_ORCHESTRA_CONFIG"])
+        raw = env.get("OLLAMA_ORCHESTRA_SERVERS", "")
+        if not raw.strip():
+            raise ConfigError("OLLAMA_ORCHESTRA_SERVERS", raw, "is not set; expected name=url[,name=url...]")
+        servers = []
+        for i, item in enumerate(p.strip() for p in raw.split(",")):
+            name, sep, rest = item.partition("=")
+            if not sep or not name.strip() or not rest.strip():
+                raise ConfigError(f"OLLAMA_ORCHESTRA_SERVERS[{i}]", item, "expected name=url")
+            url, star, slots = rest.strip().partition("*")
+            conc = 1
+            if star:
+                try:
+                    conc = int(slots)
+                except ValueError:
+                    raise ConfigError(f"OLLAMA_ORCHESTRA_SERVERS[{i}]", item, "slots after '*' must be an integer") from None
+            servers.append(Server(name.strip(), url, max_concurrency=conc))
+        kwargs: Dict[str, Any] = {"servers": tuple(servers)}
+        if env.get("OLLAMA_ORCHESTRA_STRATEGY"):
+            kwargs["strategy"] = env["OLLAMA_ORCHESTRA_STRATEGY"]
+        roles_raw = env.get("OLLAMA_ORCHESTRA_ROLES", "")
+        if roles_raw.strip():
+            roles = {}
+            for item in (p.strip() for p in roles_raw.split(",")):
+                role, sep, model = item.partition("=")
+                if not sep or not role.strip() or not model.strip():
+                    raise ConfigError("OLLAMA_ORCHESTRA_ROLES", item, "expected role=model")
+                roles[role.strip()] = model.strip()
+            kwargs["roles"] = roles
+        return cls(**kwargs)
+
+
+def _build(kind: Any, raw: Any, where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(where, raw, "must be a table")
+    allowed = {f.name for f in fields(kind)}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}", raw[key], f"unknown key; expected one of {', '.join(sorted(allowed))}")
+    values = dict(raw)
+    for key in ("models", "servers"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    try:
+        return kind(**values)
+    except TypeError as exc:
+        raise ConfigError(where, dict(raw), str(exc)) from exc
+

@@ -1,0 +1,172 @@
+"""The one exception tree of ollama_orchestra.
+
+::
+
+    OrchestraError
+    ├── ConfigError (ValueError)          invalid configuration; names the field and the value
+    │   └── SimConfigError                invalid simulator configuration or CLI input
+    ├── DagValidationError (ValueError)   a task graph that cannot run (duplicate id, cycle, ...)
+    ├── OrchestraClosed (RuntimeError)    the orchestra was used outside ``async with``
+    └── RequestError                      a request could not be served
+        ├── NoCapableServer               no server in the fleet has the model
+        ├── NoHealthyServer               servers have the model, but none is up
+        ├── OllamaResponseError           Ollama answered with an error the caller must fix (400, ...)
+        ├── RequestFailed                 every attempt failed; ``attempts`` lists them
+        └── StreamInterrupted             a stream broke after text was yielded
+
+Lower-level errors (httpx, anyio) are mapped to the most specific class with
+``raise ... from exc``, so the cause is always kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence, Tuple
+
+__all__ = [
+    "Attempt",
+    "ConfigError",
+    "DagValidationError",
+    "NoCapableServer",
+    "NoHealthyServer",
+    "OllamaResponseError",
+    "OrchestraClosed",
+    "OrchestraError",
+    "RequestError",
+    "RequestFailed",
+    "SimConfigError",
+    "StreamInterrupted",
+]
+
+
+class OrchestraError(Exception):
+    """Root of every error raised by ollama_orchestra."""
+
+
+class ConfigError(OrchestraError, ValueError):
+    """A configuration value is invalid.
+
+    Attributes:
+        field: dotted path of the offending field, e.g. ``servers[1].url``.
+        value: the value that was rejected.
+    """
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}={value!r}: {reason}")
+
+
+class SimConfigError(ConfigError):
+    """The simulator's own configuration or command line is invalid."""
+
+
+class DagValidationError(OrchestraError, ValueError):
+    """A task graph cannot run: duplicate ids, unknown dependencies, a cycle, a bad placeholder."""
+
+    def __init__(self, message: str, *, task_id: Optional[str] = None) -> None:
+        self.task_id = task_id
+        super().__init__(message)
+
+
+class OrchestraClosed(OrchestraError, RuntimeError):
+    """The orchestra is not running: use it inside ``async with Orchestra(...)``."""
+
+
+class RequestError(OrchestraError):
+    """A request could not be served."""
+
+
+class NoCapableServer(RequestError):
+    """No server in the fleet has the requested model.
+
+    Attributes:
+        model: the model that was asked for.
+        available: each server's known models.
+    """
+
+    def __init__(self, model: str, available: Mapping[str, Sequence[str]]) -> None:
+        self.model = model
+        self.available = {k: tuple(v) for k, v in available.items()}
+        listing = "; ".join(
+            f"{name}: {', '.join(models) if models else '(none)'}"
+            for name, models in self.available.items()
+        )
+        super().__init__(f"no server has model {model!r} (available: {listing})")
+
+
+class NoHealthyServer(RequestError):
+    """Servers have the model, but none of them is healthy and admitted by its breaker."""
+
+    def __init__(self, model: str, servers: Sequence[str], waited_s: float) -> None:
+        self.model = model
+        self.servers = tuple(servers)
+        self.waited_s = waited_s
+        super().__init__(
+            f"no healthy server for model {model!r} after waiting {waited_s:.2f}s "
+            f"(capable: {', '.join(self.servers)})"
+        )
+
+
+class OllamaResponseError(RequestError):
+    """Ollama answered with an error that retrying elsewhere will not fix (e.g. 400).
+
+    Attributes:
+        status_code: the HTTP status Ollama returned.
+        error: Ollama's own message, from its ``{"error": ...}`` body.
+        server: the server that answered.
+    """
+
+    def __init__(self, status_code: int, error: str, server: Optional[str] = None) -> None:
+        self.status_code = status_code
+        self.error = error
+        self.server = server
+        where = f" from {server}" if server else ""
+        super().__init__(f"Ollama error {status_code}{where}: {error}")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of a request: where it went, how it ended, and when."""
+
+    server: str
+    error: str
+    started_at: float
+    duration_s: float
+
+
+class RequestFailed(RequestError):
+    """Every attempt failed.
+
+    Attributes:
+        attempts: each attempt, in order: server, error, time.
+    """
+
+    def __init__(self, model: str, attempts: Sequence[Attempt]) -> None:
+        self.model = model
+        self.attempts: Tuple[Attempt, ...] = tuple(attempts)
+        tried = "; ".join(f"{a.server}: {a.error}" for a in self.attempts)
+        super().__init__(
+            f"request for model {model!r} failed after {len(self.attempts)} attempt(s): {tried}"
+        )
+
+
+class StreamInterrupted(RequestError):
+    """A stream broke after some text had already been yielded to the caller.
+
+    The text is not silently replayed elsewhere: the caller decides.
+
+    Attributes:
+        partial: the text yielded before the break.
+        server: the server whose stream broke.
+        cause: the underlying error.
+    """
+
+    def __init__(self, partial: str, server: str, cause: BaseException) -> None:
+        self.partial = partial
+        self.server = server
+        self.cause = cause
+        super().__init__(
+            f"stream from {server} interrupted after {len(partial)} characters: {cause!r}"
+        )

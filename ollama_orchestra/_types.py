@@ -1,0 +1,111 @@
+"""Response types: Ollama's own field names, plus where and how the request ran."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = [
+    "ChatChunk",
+    "ChatResponse",
+    "EmbedResponse",
+    "GenerateChunk",
+    "GenerateResponse",
+    "Message",
+]
+
+#: A chat message as Ollama's API takes it: ``{"role": "user", "content": "..."}``.
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _Stats:
+    model: str = ""
+    created_at: str = ""
+    done: bool = False
+    done_reason: Optional[str] = None
+    total_duration: Optional[int] = None
+    load_duration: Optional[int] = None
+    prompt_eval_count: Optional[int] = None
+    prompt_eval_duration: Optional[int] = None
+    eval_count: Optional[int] = None
+    eval_duration: Optional[int] = None
+    #: the server that answered.
+    server: str = ""
+    #: how many attempts the request took (1 when the first server answered).
+    attempts: int = 1
+    #: seconds spent waiting in the orchestra for a free slot.
+    queued_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerateResponse(_Stats):
+    """The answer of ``/api/generate`` (``stream: false`` shape)."""
+
+    response: str = ""
+    thinking: Optional[str] = None
+    context: Optional[Tuple[int, ...]] = None
+
+    @property
+    def text(self) -> str:
+        return self.response
+
+
+@dataclass(frozen=True)
+class GenerateChunk(_Stats):
+    """One streamed chunk of ``/api/generate``; the last has ``done=True`` and the statistics."""
+
+    response: str = ""
+    thinking: Optional[str] = None
+
+    @property
+    def text(self) -> str:
+        return self.response
+
+
+@dataclass(frozen=True)
+class ChatResponse(_Stats):
+    """The answer of ``/api/chat`` (``stream: false`` shape)."""
+
+    message: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return str(self.message.get("content", ""))
+
+
+@dataclass(frozen=True)
+class ChatChunk(_Stats):
+    """One streamed chunk of ``/api/chat``."""
+
+    message: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return str(self.message.get("content", ""))
+
+
+@dataclass(frozen=True)
+class EmbedResponse:
+    """The answer of ``/api/embed``."""
+
+    model: str
+    embeddings: List[List[float]]
+    total_duration: Optional[int] = None
+    load_duration: Optional[int] = None
+    prompt_eval_count: Optional[int] = None
+    server: str = ""
+    attempts: int = 1
+    queued_s: float = 0.0
+
+
+_STAT_KEYS = (
+    "model", "created_at", "done", "done_reason", "total_duration", "load_duration",
+    "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration",
+)
+
+
+def _stats_from(data: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: data[k] for k in _STAT_KEYS if k in data}
+
+
