@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union, cast
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
@@ -95,7 +95,9 @@ class Server:
             raise ConfigError(f"{owner}.url", self.url, "must be a string")
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{owner}.url", self.url, "must be an http:// or https:// URL with a host")
+            raise ConfigError(
+                f"{owner}.url", self.url, "must be an http:// or https:// URL with a host"
+            )
         try:
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError as exc:
@@ -104,7 +106,7 @@ class Server:
         _positive_int(owner, "max_concurrency", self.max_concurrency)
         _positive(owner, "weight", self.weight)
         if self.models is not None:
-            if isinstance(self.models, str):
+            if isinstance(cast(object, self.models), str):
                 raise ConfigError(f"{owner}.models", self.models, "must be a list of model names")
             object.__setattr__(self, "models", tuple(normalize_model(m) for m in self.models))
         object.__setattr__(self, "labels", dict(self.labels))
@@ -223,7 +225,9 @@ class BreakerPolicy:
                 "BreakerPolicy.cooldown_multiplier", self.cooldown_multiplier, "must be >= 1"
             )
         if self.cooldown_max_s < self.cooldown_s:
-            raise ConfigError("BreakerPolicy.cooldown_max_s", self.cooldown_max_s, "must be >= cooldown_s")
+            raise ConfigError(
+                "BreakerPolicy.cooldown_max_s", self.cooldown_max_s, "must be >= cooldown_s"
+            )
 
 
 @dataclass(frozen=True)
@@ -245,8 +249,10 @@ class AffinityRule:
     required: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.servers, str):
-            raise ConfigError("AffinityRule.servers", self.servers, "must be a list of server names")
+        if isinstance(cast(object, self.servers), str):
+            raise ConfigError(
+                "AffinityRule.servers", self.servers, "must be a list of server names"
+            )
         object.__setattr__(self, "servers", tuple(self.servers))
         object.__setattr__(self, "labels", dict(self.labels))
         if not self.servers and not self.labels:
@@ -305,17 +311,27 @@ class OrchestraConfig:
                 raise ConfigError(f"servers[{i}]", s, "must be a Server")
             if s.name in seen:
                 raise ConfigError(
-                    f"servers[{i}].name", s.name, f"duplicate server name (also servers[{seen[s.name]}])"
+                    f"servers[{i}].name",
+                    s.name,
+                    f"duplicate server name (also servers[{seen[s.name]}])",
                 )
             seen[s.name] = i
         if self.strategy not in STRATEGIES:
-            raise ConfigError("strategy", self.strategy, f"unknown strategy; expected one of {', '.join(STRATEGIES)}")
+            raise ConfigError(
+                "strategy",
+                self.strategy,
+                f"unknown strategy; expected one of {', '.join(STRATEGIES)}",
+            )
         roles = {str(k): normalize_model(str(v)) for k, v in dict(self.roles).items()}
         for role, model in roles.items():
             if not model or model == ":latest":
                 raise ConfigError(f"roles.{role}", self.roles[role], "must name a model")
             static = [s for s in servers if s.models is not None]
-            if static and len(static) == len(servers) and not any(model in (s.models or ()) for s in servers):
+            if (
+                static
+                and len(static) == len(servers)
+                and not any(model in (s.models or ()) for s in servers)
+            ):
                 raise ConfigError(f"roles.{role}", model, "no configured server lists this model")
         object.__setattr__(self, "roles", roles)
         affinity = tuple(self.affinity)
@@ -353,10 +369,16 @@ class OrchestraConfig:
         known = {f.name for f in fields(cls)}
         for key in data:
             if key not in known:
-                raise ConfigError(f"{source}: {key}", data[key], f"unknown key; expected one of {', '.join(sorted(known))}")
+                raise ConfigError(
+                    f"{source}: {key}",
+                    data[key],
+                    f"unknown key; expected one of {', '.join(sorted(known))}",
+                )
         raw_servers = data.get("servers")
         if not isinstance(raw_servers, list):
-            raise ConfigError(f"{source}: servers", raw_servers, "must be a list of [[servers]] tables")
+            raise ConfigError(
+                f"{source}: servers", raw_servers, "must be a list of [[servers]] tables"
+            )
         servers = []
         for i, raw in enumerate(raw_servers):
             servers.append(_build(Server, raw, f"{source}: servers[{i}]"))
@@ -366,26 +388,39 @@ class OrchestraConfig:
                 kwargs[key] = data[key]
         if "roles" in data:
             if not isinstance(data["roles"], Mapping):
-                raise ConfigError(f"{source}: roles", data["roles"], "must be a table of role = model")
+                raise ConfigError(
+                    f"{source}: roles", data["roles"], "must be a table of role = model"
+                )
             kwargs["roles"] = dict(data["roles"])
         if "affinity" in data:
             rules = data["affinity"]
             if not isinstance(rules, list):
-                raise ConfigError(f"{source}: affinity", rules, "must be a list of [[affinity]] tables")
-            kwargs["affinity"] = tuple(_build(AffinityRule, r, f"{source}: affinity[{i}]") for i, r in enumerate(rules))
-        for key, policy in (("timeouts", Timeouts), ("health", HealthPolicy), ("retry", RetryPolicy), ("breaker", BreakerPolicy)):
+                raise ConfigError(
+                    f"{source}: affinity", rules, "must be a list of [[affinity]] tables"
+                )
+            kwargs["affinity"] = tuple(
+                _build(AffinityRule, r, f"{source}: affinity[{i}]") for i, r in enumerate(rules)
+            )
+        for key, policy in (
+            ("timeouts", Timeouts),
+            ("health", HealthPolicy),
+            ("retry", RetryPolicy),
+            ("breaker", BreakerPolicy),
+        ):
             if key in data:
                 kwargs[key] = _build(policy, data[key], f"{source}: {key}")
         return cls(**kwargs)
 
     @classmethod
-    def from_file(cls, path: Union[str, "os.PathLike[str]"]) -> OrchestraConfig:
+    def from_file(cls, path: Union[str, os.PathLike[str]]) -> OrchestraConfig:
         """Load a TOML config file (see the README for its shape)."""
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
         except OSError as exc:
-            raise ConfigError("config file", str(p), f"cannot be read: {exc.strerror or exc}") from exc
+            raise ConfigError(
+                "config file", str(p), f"cannot be read: {exc.strerror or exc}"
+            ) from exc
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -406,7 +441,9 @@ class OrchestraConfig:
             return cls.from_file(env["OLLAMA_ORCHESTRA_CONFIG"])
         raw = env.get("OLLAMA_ORCHESTRA_SERVERS", "")
         if not raw.strip():
-            raise ConfigError("OLLAMA_ORCHESTRA_SERVERS", raw, "is not set; expected name=url[,name=url...]")
+            raise ConfigError(
+                "OLLAMA_ORCHESTRA_SERVERS", raw, "is not set; expected name=url[,name=url...]"
+            )
         servers = []
         for i, item in enumerate(p.strip() for p in raw.split(",")):
             name, sep, rest = item.partition("=")
@@ -418,7 +455,9 @@ class OrchestraConfig:
                 try:
                     conc = int(slots)
                 except ValueError:
-                    raise ConfigError(f"OLLAMA_ORCHESTRA_SERVERS[{i}]", item, "slots after '*' must be an integer") from None
+                    raise ConfigError(
+                        f"OLLAMA_ORCHESTRA_SERVERS[{i}]", item, "slots after '*' must be an integer"
+                    ) from None
             servers.append(Server(name.strip(), url, max_concurrency=conc))
         kwargs: Dict[str, Any] = {"servers": tuple(servers)}
         if env.get("OLLAMA_ORCHESTRA_STRATEGY"):
@@ -441,7 +480,11 @@ def _build(kind: Any, raw: Any, where: str) -> Any:
     allowed = {f.name for f in fields(kind)}
     for key in raw:
         if key not in allowed:
-            raise ConfigError(f"{where}.{key}", raw[key], f"unknown key; expected one of {', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"{where}.{key}",
+                raw[key],
+                f"unknown key; expected one of {', '.join(sorted(allowed))}",
+            )
     values = dict(raw)
     for key in ("models", "servers"):
         if isinstance(values.get(key), list):
@@ -450,4 +493,3 @@ def _build(kind: Any, raw: Any, where: str) -> Any:
         return kind(**values)
     except TypeError as exc:
         raise ConfigError(where, dict(raw), str(exc)) from exc
-

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 __all__ = [
     "ChatChunk",
@@ -100,12 +100,18 @@ class EmbedResponse:
 
 
 _STAT_KEYS = (
-    "model", "created_at", "done", "done_reason", "total_duration", "load_duration",
-    "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration",
+    "model",
+    "created_at",
+    "done",
+    "done_reason",
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
 )
 
 
 def _stats_from(data: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: data[k] for k in _STAT_KEYS if k in data}
-
-

@@ -1,0 +1,285 @@
+"""The one shared state object: what the orchestra knows about each server.
+
+Written only through methods, by the health monitor (probes) and by request outcomes
+(passive health); read by the balancer. ``snapshot()`` returns frozen copies, never the live
+objects.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+
+from ._config import Server, normalize_model
+
+__all__ = ["FleetSnapshot", "FleetState", "LoadedModel", "ServerSnapshot", "ServerState"]
+
+#: Weight of the newest sample in the moving averages.
+EWMA_ALPHA = 0.3
+
+
+def _ewma(old: Optional[float], sample: float) -> float:
+    return sample if old is None else old + EWMA_ALPHA * (sample - old)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model resident on a server (from ``/api/ps``), with its keep-alive expiry."""
+
+    name: str
+    expires_at: Optional[float]  # clock time (the state's clock); None = never expires
+    size_vram: int = 0
+
+
+@dataclass(frozen=True)
+class ServerSnapshot:
+    """A frozen view of one server, as ``orch.state()`` returns it."""
+
+    name: str
+    url: str
+    healthy: bool
+    probed: bool
+    consecutive_failures: int
+    version: Optional[str]
+    models: Tuple[str, ...]
+    loaded: Tuple[LoadedModel, ...]
+    slots: int
+    in_flight: int
+    latency_s: Mapping[str, float]
+    tokens_per_s: Mapping[str, float]
+    requests: int
+    errors: int
+    error_rate: float
+    last_error: Optional[str]
+    breaker: str
+
+    def has_model(self, model: str) -> bool:
+        return normalize_model(model) in self.models
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    """A frozen view of the whole fleet."""
+
+    servers: Mapping[str, ServerSnapshot]
+    taken_at: float
+
+    @property
+    def healthy(self) -> Tuple[str, ...]:
+        return tuple(n for n, s in self.servers.items() if s.healthy)
+
+    def __getitem__(self, name: str) -> ServerSnapshot:
+        return self.servers[name]
+
+
+@dataclass
+class ServerState:
+    """Live state of one server. Mutate it only through :class:`FleetState`."""
+
+    server: Server
+    healthy: bool = False
+    probed: bool = False
+    consecutive_failures: int = 0
+    version: Optional[str] = None
+    models: FrozenSet[str] = frozenset()
+    model_sizes: Dict[str, int] = field(default_factory=dict)
+    loaded: Dict[str, LoadedModel] = field(default_factory=dict)
+    in_flight: int = 0
+    latency_s: Dict[str, float] = field(default_factory=dict)
+    tokens_per_s: Dict[str, float] = field(default_factory=dict)
+    load_s: Dict[str, float] = field(default_factory=dict)
+    requests: int = 0
+    errors: int = 0
+    error_ewma: float = 0.0
+    last_error: Optional[str] = None
+
+    @property
+    def models_known(self) -> bool:
+        return self.server.models is not None or self.probed
+
+    def is_loaded(self, model: str, now: float) -> bool:
+        lm = self.loaded.get(model)
+        return lm is not None and (lm.expires_at is None or lm.expires_at > now)
+
+
+class FleetState:
+    """Everything known about every server; one instance per :class:`Orchestra`.
+
+    Listeners registered with :meth:`subscribe` are called (synchronously) after every change
+    that can make a server eligible or not, so the balancer can hand out slots at once.
+    """
+
+    def __init__(
+        self, servers: Iterable[Server], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._clock = clock
+        self._servers: Dict[str, ServerState] = {}
+        for s in servers:
+            st = ServerState(server=s)
+            if s.models is not None:
+                st.models = frozenset(s.models)
+            self._servers[s.name] = st
+        self._listeners: List[Callable[[], None]] = []
+        self._breaker_state: Callable[[str], str] = lambda name: "closed"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> ServerState:
+        return self._servers[name]
+
+    @property
+    def names(self) -> Tuple[str, ...]:
+        return tuple(self._servers)
+
+    def servers(self) -> List[ServerState]:
+        return list(self._servers.values())
+
+    def now(self) -> float:
+        return self._clock()
+
+    def snapshot(self) -> FleetSnapshot:
+        now = self._clock()
+        out: Dict[str, ServerSnapshot] = {}
+        for name, st in self._servers.items():
+            loaded = tuple(
+                sorted(
+                    (
+                        lm
+                        for lm in st.loaded.values()
+                        if lm.expires_at is None or lm.expires_at > now
+                    ),
+                    key=lambda lm: lm.name,
+                )
+            )
+            out[name] = ServerSnapshot(
+                name=name,
+                url=st.server.url,
+                healthy=st.healthy,
+                probed=st.probed,
+                consecutive_failures=st.consecutive_failures,
+                version=st.version,
+                models=tuple(sorted(st.models)),
+                loaded=loaded,
+                slots=st.server.max_concurrency,
+                in_flight=st.in_flight,
+                latency_s=dict(st.latency_s),
+                tokens_per_s=dict(st.tokens_per_s),
+                requests=st.requests,
+                errors=st.errors,
+                error_rate=st.error_ewma,
+                last_error=st.last_error,
+                breaker=self._breaker_state(name),
+            )
+        return FleetSnapshot(servers=out, taken_at=now)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in list(self._listeners):
+            listener()
+
+    def probe_succeeded(
+        self,
+        name: str,
+        *,
+        version: Optional[str],
+        models: Mapping[str, int],
+        loaded: Iterable[LoadedModel],
+    ) -> None:
+        """A health probe answered: the server is up; refresh what it has and has loaded."""
+        st = self._servers[name]
+        was = st.healthy
+        st.healthy = True
+        st.probed = True
+        st.consecutive_failures = 0
+        if version:
+            st.version = version
+        if st.server.models is None:
+            st.models = frozenset(normalize_model(m) for m in models)
+        st.model_sizes = {normalize_model(m): size for m, size in models.items()}
+        st.loaded = {normalize_model(lm.name): lm for lm in loaded}
+        if not was:
+            st.last_error = None
+        self._changed()
+
+    def probe_failed(self, name: str, error: str, *, unhealthy_after: int) -> None:
+        """A health probe failed; after ``unhealthy_after`` in a row the server is down."""
+        st = self._servers[name]
+        st.consecutive_failures += 1
+        st.last_error = error
+        if st.consecutive_failures >= unhealthy_after and st.healthy:
+            st.healthy = False
+            st.loaded = {}
+            self._changed()
+
+    def mark_down(self, name: str, error: str) -> None:
+        """A request could not even connect: the server is down now, not after N probes."""
+        st = self._servers[name]
+        st.consecutive_failures += 1
+        st.last_error = error
+        if st.healthy:
+            st.healthy = False
+            st.loaded = {}
+            self._changed()
+
+    def forget_model(self, name: str, model: str) -> None:
+        """The server answered 404 for ``model``: it does not have it (any more)."""
+        st = self._servers[name]
+        model = normalize_model(model)
+        if st.server.models is None and model in st.models:
+            st.models = st.models - {model}
+        st.loaded.pop(model, None)
+        self._changed()
+
+    def attach_breakers(self, states: Callable[[str], str]) -> None:
+        """Where snapshots read each server's breaker state from."""
+        self._breaker_state = states
+
+    def request_started(self, name: str) -> None:
+        self._servers[name].in_flight += 1
+
+    def request_ended(self, name: str) -> None:
+        self._servers[name].in_flight -= 1
+
+    def record_success(
+        self,
+        name: str,
+        model: str,
+        *,
+        latency_s: float,
+        eval_count: int = 0,
+        eval_duration_ns: int = 0,
+        load_duration_ns: int = 0,
+        keep_alive_s: float = 300.0,
+    ) -> None:
+        """A request succeeded: feed latency and speed, and note the model is now loaded there."""
+        st = self._servers[name]
+        model = normalize_model(model)
+        st.requests += 1
+        st.error_ewma = _ewma(st.error_ewma, 0.0)
+        st.latency_s[model] = _ewma(st.latency_s.get(model), latency_s)
+        if eval_count > 0 and eval_duration_ns > 0:
+            st.tokens_per_s[model] = _ewma(
+                st.tokens_per_s.get(model), eval_count / (eval_duration_ns / 1e9)
+            )
+        if load_duration_ns > 1e9:  # a cold load (warm loads take milliseconds)
+            st.load_s[model] = _ewma(st.load_s.get(model), load_duration_ns / 1e9)
+        if not st.is_loaded(model, self._clock()):
+            size = st.model_sizes.get(model, 0)
+            st.loaded[model] = LoadedModel(model, self._clock() + keep_alive_s, size)
+        if not st.healthy:
+            st.healthy = True
+            st.consecutive_failures = 0
+            self._changed()
+
+    def record_failure(self, name: str, error: str) -> None:
+        """A request failed on this server (after it connected): counts toward its error rate."""
+        st = self._servers[name]
+        st.requests += 1
+        st.errors += 1
+        st.error_ewma = _ewma(st.error_ewma, 1.0)
+        st.last_error = error
