@@ -8,6 +8,9 @@ and a slot on it) → ``_failover`` (tenacity retries across servers) → ``_cli
 
 from __future__ import annotations
 
+from ._balancer import Candidate, Choice, Lease, LoadBalancer, RouteRequest, Strategy
+from ._breaker import BreakerEvent, BreakerOpen, BreakerSnapshot, BreakerState, CircuitBreaker
+from ._client import Orchestra, ResponseStream
 from ._config import (
     AffinityRule,
     BreakerPolicy,
@@ -31,6 +34,8 @@ from ._errors import (
     SimConfigError,
     StreamInterrupted,
 )
+from ._metrics import LatencyStats, MetricsSnapshot, ServerMetrics
+from ._state import FleetSnapshot, LoadedModel, ServerSnapshot
 from ._types import (
     ChatChunk,
     ChatResponse,
@@ -43,26 +48,45 @@ from ._version import __version__
 __all__ = [
     "AffinityRule",
     "Attempt",
+    "BreakerEvent",
+    "BreakerOpen",
     "BreakerPolicy",
+    "BreakerSnapshot",
+    "BreakerState",
+    "Candidate",
     "ChatChunk",
     "ChatResponse",
+    "Choice",
+    "CircuitBreaker",
     "ConfigError",
     "DagValidationError",
     "EmbedResponse",
+    "FleetSnapshot",
     "GenerateChunk",
     "GenerateResponse",
     "HealthPolicy",
+    "LatencyStats",
+    "Lease",
+    "LoadBalancer",
+    "LoadedModel",
+    "MetricsSnapshot",
     "NoCapableServer",
     "NoHealthyServer",
     "OllamaResponseError",
+    "Orchestra",
     "OrchestraClosed",
     "OrchestraConfig",
     "OrchestraError",
     "RequestError",
     "RequestFailed",
+    "ResponseStream",
     "RetryPolicy",
+    "RouteRequest",
     "Server",
+    "ServerMetrics",
+    "ServerSnapshot",
     "SimConfigError",
+    "Strategy",
     "StreamInterrupted",
     "Timeouts",
     "__version__",
@@ -70,6 +94,6 @@ __all__ = [
 
 for _name in __all__:
     _obj = globals()[_name]
-    if hasattr(_obj, "__module__") and isinstance(_obj, type):
+    if isinstance(_obj, type):
         _obj.__module__ = __name__
 del _name, _obj

@@ -178,6 +178,9 @@ class FleetState:
     def subscribe(self, listener: Callable[[], None]) -> None:
         self._listeners.append(listener)
 
+    def unsubscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.remove(listener)
+
     def _changed(self) -> None:
         for listener in list(self._listeners):
             listener()
@@ -214,7 +217,7 @@ class FleetState:
         if st.consecutive_failures >= unhealthy_after and st.healthy:
             st.healthy = False
             st.loaded = {}
-            self._changed()
+        self._changed()
 
     def mark_down(self, name: str, error: str) -> None:
         """A request could not even connect: the server is down now, not after N probes."""

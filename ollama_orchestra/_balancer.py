@@ -1,0 +1,654 @@
+"""The load balancer: per-server slots, handed out as leases, to the best eligible server.
+
+How a request gets a slot:
+
+1. *Eligible* servers are those that have the model, are healthy, are admitted by their
+   circuit breaker and pass the affinity rules.
+2. If one of them has a free slot, the strategy picks among them, and the slot is taken at
+   once. A strategy may also decide that waiting for a busy but better server (one with the
+   model loaded, or much faster) beats a free but worse one.
+3. Otherwise the request waits in one queue, ordered by priority then arrival. It is not
+   pinned to a server chosen early: whichever eligible server frees a slot first hands that
+   slot straight to the first waiter that can use it.
+
+Every slot is released on every path, cancellation included.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import (
+    AsyncIterator,
+    Callable,
+    Deque,
+    Dict,
+    FrozenSet,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+)
+
+import anyio
+
+from ._breaker import CircuitBreaker, Permit
+from ._config import OrchestraConfig, Server
+from ._errors import NoCapableServer, NoHealthyServer
+from ._metrics import Metrics
+from ._state import FleetState, ServerState
+
+__all__ = [
+    "STRATEGY_CLASSES",
+    "Candidate",
+    "Choice",
+    "HybridStrategy",
+    "Lease",
+    "LeastLoadedStrategy",
+    "LoadBalancer",
+    "ModelAwareStrategy",
+    "RoundRobinStrategy",
+    "RouteRequest",
+    "Strategy",
+    "WeightedStrategy",
+    "make_strategy",
+]
+
+log = logging.getLogger("ollama_orchestra.balancer")
+
+#: Guess for a cold load when nothing better is known (seconds).
+DEFAULT_COLD_LOAD_S = 5.0
+#: Rough disk-to-VRAM speed used to guess a cold load from a model's size.
+LOAD_BYTES_PER_S = 1.5e9
+
+
+# -- what strategies see and say -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """The request being routed: its model, pipeline role and priority."""
+
+    model: str
+    role: Optional[str] = None
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An eligible server, as a strategy sees it.
+
+    Attributes:
+        service_s: predicted time to serve this request there (``None`` until measured).
+        cold_s: predicted cold-load cost there (0 when the model is loaded).
+        busy_for_s: predicted time until one of its slots frees (0 when one is free).
+    """
+
+    name: str
+    slots: int
+    in_use: int
+    weight: float
+    loaded: bool
+    service_s: Optional[float]
+    cold_s: float
+    busy_for_s: float
+
+    @property
+    def free(self) -> bool:
+        return self.in_use < self.slots
+
+    @property
+    def load(self) -> float:
+        return self.in_use / self.slots
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A strategy's answer.
+
+    Either ``server`` (a candidate with a free slot: take it now), or wait. While waiting
+    the request can be restricted to the servers in ``among`` (``None``: any eligible
+    server), for ``widen_after_s`` seconds at most (``None``: for as long as it waits).
+    """
+
+    server: Optional[str] = None
+    among: Optional[FrozenSet[str]] = None
+    widen_after_s: Optional[float] = None
+
+
+WAIT = Choice()
+
+
+class Strategy(Protocol):
+    """Picks a server for a request among the eligible candidates (one method)."""
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice: ...
+
+
+class RoundRobinStrategy:
+    """Rotate over the servers, skipping those without a free slot."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        n = len(candidates)
+        for i in range(n):
+            c = candidates[(self._next + i) % n]
+            if c.free:
+                self._next = (self._next + i + 1) % n
+                return Choice(c.name)
+        return WAIT
+
+
+class LeastLoadedStrategy:
+    """The free server with the smallest share of its slots busy; ties rotate."""
+
+    def __init__(self) -> None:
+        self._tie = 0
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        free = [c for c in candidates if c.free]
+        if not free:
+            return WAIT
+        low = min(c.load for c in free)
+        tied = [c for c in free if c.load == low]
+        self._tie += 1
+        return Choice(tied[self._tie % len(tied)].name)
+
+
+class WeightedStrategy:
+    """Smooth weighted round robin (as nginx does) over the servers with a free slot."""
+
+    def __init__(self) -> None:
+        self._current: Dict[str, float] = {}
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        free = [c for c in candidates if c.free]
+        if not free:
+            return WAIT
+        total = 0.0
+        best: Optional[Candidate] = None
+        for c in free:
+            cur = self._current.get(c.name, 0.0) + c.weight
+            self._current[c.name] = cur
+            total += c.weight
+            if best is None or cur > self._current[best.name]:
+                best = c
+        assert best is not None
+        self._current[best.name] -= total
+        return Choice(best.name)
+
+
+class ModelAwareStrategy:
+    """Prefer servers where the model is already loaded: never cause a cold load needlessly."""
+
+    def __init__(self) -> None:
+        self._least = LeastLoadedStrategy()
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        warm = [c for c in candidates if c.loaded]
+        if warm:
+            choice = self._least.choose(request, warm)
+            if choice.server is None:
+                return Choice(None, among=frozenset(c.name for c in warm))
+            return choice
+        return self._least.choose(request, candidates)
+
+
+class HybridStrategy:
+    """Least expected completion time: wait + service + cold-load penalty (the default).
+
+    With a free slot somewhere, the request takes the free server with the least expected
+    completion time, unless a busy server would finish it markedly sooner (because the
+    model is loaded there, or it is much faster): then it waits for that server, but no
+    longer than the time it would have saved.
+    """
+
+    #: Wait for a busy server only if it beats the best free one by this factor.
+    margin = 0.8
+
+    def __init__(self) -> None:
+        self._least = LeastLoadedStrategy()
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        known = [c.service_s * c.weight for c in candidates if c.service_s is not None]
+        base = sum(known) / len(known) if known else 1.0
+
+        def service(c: Candidate) -> float:
+            return c.service_s if c.service_s is not None else base / c.weight
+
+        def ect(c: Candidate) -> float:
+            return c.busy_for_s + service(c) + c.cold_s
+
+        free = [c for c in candidates if c.free]
+        if not free:
+            warm = [c for c in candidates if c.loaded]
+            if warm and len(warm) < len(candidates):
+                best_cold = min((ect(c) for c in candidates if not c.loaded), default=0.0)
+                best_warm = min(ect(c) for c in warm)
+                if best_warm < best_cold:
+                    return Choice(
+                        None,
+                        among=frozenset(c.name for c in warm),
+                        widen_after_s=best_cold - best_warm,
+                    )
+            return WAIT
+        best_free_ect = min(ect(c) for c in free)
+        best = min(candidates, key=ect)
+        if not best.free and ect(best) < self.margin * best_free_ect:
+            among = frozenset(c.name for c in candidates if ect(c) < self.margin * best_free_ect)
+            return Choice(None, among=among, widen_after_s=best_free_ect - ect(best))
+        # Among (nearly) equally good free servers, spread the load.
+        good = [c for c in free if ect(c) <= best_free_ect / self.margin]
+        return self._least.choose(request, good)
+
+
+STRATEGY_CLASSES: Mapping[str, Callable[[], Strategy]] = {
+    "round_robin": RoundRobinStrategy,
+    "least_loaded": LeastLoadedStrategy,
+    "weighted": WeightedStrategy,
+    "model_aware": ModelAwareStrategy,
+    "hybrid": HybridStrategy,
+}
+
+
+def make_strategy(name: str) -> Strategy:
+    return STRATEGY_CLASSES[name]()
+
+
+# -- leases and waiters ----------------------------------------------------------------------
+
+
+class Lease:
+    """A slot on one server, held for one attempt of one request."""
+
+    __slots__ = (
+        "_released",
+        "acquired_at",
+        "model",
+        "permit",
+        "predicted_end",
+        "queued_s",
+        "server",
+    )
+
+    def __init__(
+        self,
+        server: Server,
+        model: str,
+        queued_s: float,
+        acquired_at: float,
+        permit: Optional[Permit],
+        predicted_end: float,
+    ) -> None:
+        self.server = server
+        self.model = model
+        self.queued_s = queued_s
+        self.acquired_at = acquired_at
+        self.permit = permit
+        self.predicted_end = predicted_end
+        self._released = False
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.server.name} model={self.model!r} queued_s={self.queued_s:.3f}>"
+
+
+class _Waiter:
+    __slots__ = (
+        "among",
+        "event",
+        "exclude",
+        "gone",
+        "granted",
+        "no_eligible_since",
+        "request",
+        "since",
+        "widen_at",
+    )
+
+    def __init__(self, request: RouteRequest, exclude: FrozenSet[str], since: float) -> None:
+        self.request = request
+        self.since = since
+        self.exclude = exclude
+        self.among: Optional[FrozenSet[str]] = None
+        self.widen_at: Optional[float] = None
+        self.event = anyio.Event()
+        self.granted: Optional[Lease] = None
+        self.gone = False
+        self.no_eligible_since: Optional[float] = None
+
+
+class LoadBalancer:
+    """Hands out per-server slots as :class:`Lease` objects (see the module docstring).
+
+    Args:
+        config: the fleet config (servers, strategy, affinity, ``wait_for_healthy_s``).
+        state: the shared fleet state; the balancer reads it and listens for changes.
+        breakers: one circuit breaker per server name (optional).
+        metrics: fed with busy-slot time (optional).
+        strategy: overrides ``config.strategy``.
+    """
+
+    def __init__(
+        self,
+        config: OrchestraConfig,
+        state: FleetState,
+        *,
+        breakers: Optional[Mapping[str, CircuitBreaker]] = None,
+        metrics: Optional[Metrics] = None,
+        strategy: Optional[Strategy] = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._state = state
+        self._breakers: Mapping[str, CircuitBreaker] = breakers or {}
+        self._metrics = metrics
+        self._strategy = strategy or make_strategy(config.strategy)
+        self._clock = clock
+        self._in_use: Dict[str, int] = {s.name: 0 for s in config.servers}
+        self._leases: Dict[str, List[Lease]] = {s.name: [] for s in config.servers}
+        self._queues: Dict[int, Deque[_Waiter]] = {}
+        self._waiting = 0
+        self._dispatching = False
+        self._again = False
+        state.subscribe(self._on_state_change)
+
+    # -- public ----------------------------------------------------------------------------
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot."""
+        return self._waiting
+
+    def in_use(self, name: str) -> int:
+        return self._in_use[name]
+
+    @asynccontextmanager
+    async def lease(
+        self,
+        model: str,
+        *,
+        role: Optional[str] = None,
+        priority: int = 0,
+        exclude: FrozenSet[str] = frozenset(),
+    ) -> AsyncIterator[Lease]:
+        """Wait for a slot on an eligible server and hold it for the block."""
+        lease = await self.acquire(model, role=role, priority=priority, exclude=exclude)
+        try:
+            yield lease
+        finally:
+            self.release(lease)
+
+    async def acquire(
+        self,
+        model: str,
+        *,
+        role: Optional[str] = None,
+        priority: int = 0,
+        exclude: FrozenSet[str] = frozenset(),
+    ) -> Lease:
+        """Take a slot; pair with :meth:`release` (or use :meth:`lease`).
+
+        ``exclude`` names servers to avoid (already tried for this request); they are used
+        only when no other server is eligible.
+        """
+        request = RouteRequest(model, role, priority)
+        t0 = self._clock()
+        waiter = _Waiter(request, exclude, t0)
+        cands = self._candidates(waiter)
+        if cands:
+            choice = self._strategy.choose(request, cands)
+            if choice.server is not None:
+                return self._grant(waiter, choice.server)
+            self._restrict(waiter, choice, t0)
+        else:
+            waiter.no_eligible_since = t0
+        self._enqueue(waiter)
+        try:
+            while True:
+                timeout = self._timeout(waiter)
+                with anyio.move_on_after(timeout):
+                    await waiter.event.wait()
+                if waiter.granted is not None:
+                    return waiter.granted
+                waiter.event = anyio.Event()
+                now = self._clock()
+                if waiter.widen_at is not None and now >= waiter.widen_at:
+                    waiter.among = None
+                    waiter.widen_at = None
+                if self._candidates(waiter):
+                    waiter.no_eligible_since = None
+                elif waiter.no_eligible_since is None:
+                    waiter.no_eligible_since = now
+                elif now - waiter.no_eligible_since >= self._config.wait_for_healthy_s:
+                    raise self._no_server(request, now - t0)
+                self._dispatch()
+                granted = _granted(waiter)
+                if granted is not None:
+                    return granted
+        except BaseException:
+            # Cancelled (or failed) while waiting: leave the queue; a slot granted at the
+            # same moment goes straight back to the pool.
+            if not waiter.gone:
+                waiter.gone = True
+                self._waiting -= 1
+            if waiter.granted is not None:
+                self.release(waiter.granted)
+            raise
+
+    def release(self, lease: Lease) -> None:
+        """Give the slot back; the first waiter that can use it gets it at once."""
+        if lease._released:
+            return
+        lease._released = True
+        name = lease.server.name
+        self._in_use[name] -= 1
+        try:
+            self._leases[name].remove(lease)
+        except ValueError:  # pragma: no cover - defensive
+            pass
+        self._state.request_ended(name)
+        if self._metrics is not None:
+            self._metrics.lease_released(name)
+        breaker = self._breakers.get(name)
+        if breaker is not None and lease.permit is not None:
+            breaker.release(lease.permit)
+        self._dispatch()
+
+    def check_capable(self, model: str) -> None:
+        """Raise :class:`NoCapableServer` now if no server can ever serve ``model``."""
+        states = self._state.servers()
+        if all(st.models_known for st in states) and not any(model in st.models for st in states):
+            raise NoCapableServer(model, {st.server.name: sorted(st.models) for st in states})
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _eligible_states(self, waiter: _Waiter) -> List[ServerState]:
+        req = waiter.request
+        capable = [st for st in self._state.servers() if req.model in st.models]
+        up = []
+        for st in capable:
+            if not st.healthy:
+                continue
+            br = self._breakers.get(st.server.name)
+            if br is not None and not br.can_admit():
+                continue
+            up.append(st)
+        for rule in self._config.affinity:
+            if not rule.matches_request(req.model, req.role, req.priority):
+                continue
+            preferred = [st for st in up if rule.matches_server(st.server)]
+            if preferred or rule.required:
+                up = preferred
+        if waiter.exclude:
+            fresh = [st for st in up if st.server.name not in waiter.exclude]
+            if fresh:
+                up = fresh
+        return up
+
+    def _candidates(self, waiter: _Waiter) -> List[Candidate]:
+        now = self._clock()
+        model = waiter.request.model
+        states = self._eligible_states(waiter)
+        if waiter.among is not None:
+            states = [st for st in states if st.server.name in waiter.among] or states
+        out = []
+        loads = [st.load_s[model] for st in self._state.servers() if model in st.load_s]
+        fleet_load = sum(loads) / len(loads) if loads else None
+        for st in states:
+            name = st.server.name
+            in_use = self._in_use[name]
+            slots = st.server.max_concurrency
+            loaded = st.is_loaded(model, now)
+            if loaded:
+                cold = 0.0
+            elif model in st.load_s:
+                cold = st.load_s[model]
+            elif fleet_load is not None:
+                cold = fleet_load
+            elif st.model_sizes.get(model):
+                cold = 0.5 + st.model_sizes[model] / LOAD_BYTES_PER_S
+            else:
+                cold = DEFAULT_COLD_LOAD_S
+            service = st.latency_s.get(model)
+            busy_for = 0.0
+            if in_use >= slots and self._leases[name]:
+                busy_for = max(0.0, min(lease.predicted_end for lease in self._leases[name]) - now)
+            out.append(
+                Candidate(name, slots, in_use, st.server.weight, loaded, service, cold, busy_for)
+            )
+        return out
+
+    def _restrict(self, waiter: _Waiter, choice: Choice, now: float) -> None:
+        waiter.among = choice.among
+        waiter.widen_at = (
+            None if choice.widen_after_s is None else now + max(0.0, choice.widen_after_s)
+        )
+
+    def _grant(self, waiter: _Waiter, name: str) -> Lease:
+        st = self._state[name]
+        now = self._clock()
+        permit: Optional[Permit] = None
+        breaker = self._breakers.get(name)
+        if breaker is not None:
+            permit = breaker.admit()
+        service = st.latency_s.get(waiter.request.model, 1.0)
+        lease = Lease(
+            st.server, waiter.request.model, now - waiter.since, now, permit, now + service
+        )
+        self._in_use[name] += 1
+        self._leases[name].append(lease)
+        self._state.request_started(name)
+        if self._metrics is not None:
+            self._metrics.lease_acquired(name)
+        waiter.granted = lease
+        return lease
+
+    def _enqueue(self, waiter: _Waiter) -> None:
+        prio = waiter.request.priority
+        queue = self._queues.get(prio)
+        if queue is None:
+            queue = self._queues[prio] = deque()
+        queue.append(waiter)
+        self._waiting += 1
+
+    def _free_anywhere(self) -> bool:
+        return any(
+            self._in_use[st.server.name] < st.server.max_concurrency for st in self._state.servers()
+        )
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiters: priority first, then arrival order."""
+        if self._dispatching:
+            # Re-entered (a breaker or state hook fired while granting): finish the outer
+            # pass, then run once more.
+            self._again = True
+            return
+        self._dispatching = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                self._dispatch_once()
+        finally:
+            self._dispatching = False
+
+    def _dispatch_once(self) -> None:
+        if not self._waiting or not self._free_anywhere():
+            return
+        for prio in sorted(self._queues, reverse=True):
+            queue = self._queues[prio]
+            i = 0
+            while i < len(queue):
+                waiter = queue[i]
+                if waiter.gone:
+                    del queue[i]
+                    continue
+                cands = self._candidates(waiter)
+                free = [c for c in cands if c.free]
+                if free:
+                    choice = self._strategy.choose(waiter.request, free)
+                    if choice.server is not None:
+                        del queue[i]
+                        waiter.gone = True
+                        self._waiting -= 1
+                        self._grant(waiter, choice.server)
+                        waiter.event.set()
+                        if not self._free_anywhere():
+                            return
+                        continue
+                i += 1
+            if not queue:
+                del self._queues[prio]
+
+    def _timeout(self, waiter: _Waiter) -> float:
+        now = self._clock()
+        limits = [math.inf]
+        if waiter.widen_at is not None:
+            limits.append(waiter.widen_at - now)
+        if waiter.no_eligible_since is not None:
+            limits.append(waiter.no_eligible_since + self._config.wait_for_healthy_s - now)
+            for name, br in self._breakers.items():
+                at = br.reopens_at()
+                if at is not None and waiter.request.model in self._state[name].models:
+                    limits.append(at - now)
+        return max(0.0, min(limits))
+
+    def _on_state_change(self) -> None:
+        # Servers came or went: grant what can be granted, and let waiters that have no
+        # eligible server re-check (so they can time out with NoHealthyServer).
+        self._dispatch()
+        if self._dispatching:
+            return
+        for queue in list(self._queues.values()):
+            for waiter in list(queue):
+                if not waiter.gone and waiter.granted is None and not self._candidates(waiter):
+                    waiter.event.set()
+
+    def _no_server(self, request: RouteRequest, waited: float) -> Exception:
+        states = self._state.servers()
+        capable = [st.server.name for st in states if request.model in st.models]
+        if not capable:
+            return NoCapableServer(
+                request.model, {st.server.name: sorted(st.models) for st in states}
+            )
+        return NoHealthyServer(request.model, capable, waited)
+
+
+def _granted(waiter: _Waiter) -> Optional[Lease]:
+    # A function, so the type checker does not keep its earlier narrowing to None.
+    return waiter.granted

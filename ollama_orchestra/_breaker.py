@@ -1,0 +1,284 @@
+"""A hand-rolled async circuit breaker, one per server, driven by an injectable clock.
+
+::
+
+    closed ──(N consecutive failures, or failure rate over the window)──► open
+    open ──(cooldown elapsed, or a health probe succeeded)──► half_open
+    half_open ──(a probe request succeeds)──► closed
+    half_open ──(a probe request fails)──► open, with a longer cooldown (capped)
+
+All methods are synchronous and run on the event loop's thread; coroutines interleave only
+at awaits, so the state needs no lock. Each admitted request carries a :class:`Permit`
+stamped with the breaker's generation, so a late outcome from a request admitted before a
+state change cannot corrupt the new state.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Deque, Optional, TypeVar
+
+from ._config import BreakerPolicy
+from ._errors import OrchestraError
+
+__all__ = [
+    "BreakerEvent",
+    "BreakerOpen",
+    "BreakerSnapshot",
+    "BreakerState",
+    "CircuitBreaker",
+    "Permit",
+]
+
+log = logging.getLogger("ollama_orchestra.breaker")
+
+T = TypeVar("T")
+
+
+class BreakerState(str):
+    """``"closed"``, ``"open"`` or ``"half_open"`` (a ``str``, so it compares and prints plainly)."""
+
+
+CLOSED = BreakerState("closed")
+OPEN = BreakerState("open")
+HALF_OPEN = BreakerState("half_open")
+
+
+class BreakerOpen(OrchestraError):
+    """The breaker refused the call: the server is cooling down."""
+
+    def __init__(self, name: str, reopens_in_s: Optional[float]) -> None:
+        self.name = name
+        self.reopens_in_s = reopens_in_s
+        when = f"; retry in {reopens_in_s:.2f}s" if reopens_in_s is not None else ""
+        super().__init__(f"circuit breaker for {name} is open{when}")
+
+
+@dataclass(frozen=True)
+class Permit:
+    """The right to send one request, issued by :meth:`CircuitBreaker.admit`."""
+
+    generation: int
+    probe: bool
+
+
+@dataclass(frozen=True)
+class BreakerEvent:
+    """A state change: ``old`` → ``new`` at clock time ``at``, and why."""
+
+    name: str
+    old: BreakerState
+    new: BreakerState
+    at: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class BreakerSnapshot:
+    """A frozen view of one breaker."""
+
+    name: str
+    state: BreakerState
+    consecutive_failures: int
+    failure_rate: float
+    trips: int
+    opened_at: Optional[float]
+    cooldown_s: float
+    probes_out: int
+
+
+class CircuitBreaker:
+    """Guards one server: refuses requests while it keeps failing, probes it back gently.
+
+    Args:
+        name: the server's name (in events and logs).
+        policy: thresholds, window, cooldowns, probes.
+        clock: the time source (tests pass a fake one).
+        on_change: called with every :class:`BreakerEvent`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        policy: Optional[BreakerPolicy] = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Optional[Callable[[BreakerEvent], None]] = None,
+    ) -> None:
+        self.name = name
+        self.policy = policy or BreakerPolicy()
+        self._clock = clock
+        self._on_change = on_change
+        self._state = CLOSED
+        self._generation = 0
+        self._consecutive = 0
+        self._window: Deque[bool] = deque(maxlen=self.policy.window)  # True = failure
+        self._trips = 0
+        self._opened_at: Optional[float] = None
+        self._cooldown = self.policy.cooldown_s
+        self._probes_out = 0
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreaker {self.name} {self.state} failures={self._consecutive}>"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        if (
+            self._state is OPEN
+            and self._opened_at is not None
+            and self._clock() >= self._opened_at + self._cooldown
+        ):
+            self._move(HALF_OPEN, "cooldown over")
+        return self._state
+
+    def reopens_at(self) -> Optional[float]:
+        """When an open breaker turns half-open (clock time), else ``None``."""
+        if self.state is OPEN and self._opened_at is not None:
+            return self._opened_at + self._cooldown
+        return None
+
+    def can_admit(self) -> bool:
+        """Would a request be admitted now? (No side effect beyond the lazy cooldown check.)"""
+        state = self.state
+        if state is CLOSED:
+            return True
+        if state is HALF_OPEN:
+            return self._probes_out < self.policy.half_open_probes
+        return False
+
+    def failure_rate(self) -> float:
+        return sum(self._window) / len(self._window) if self._window else 0.0
+
+    def snapshot(self) -> BreakerSnapshot:
+        return BreakerSnapshot(
+            name=self.name,
+            state=self.state,
+            consecutive_failures=self._consecutive,
+            failure_rate=self.failure_rate(),
+            trips=self._trips,
+            opened_at=self._opened_at,
+            cooldown_s=self._cooldown,
+            probes_out=self._probes_out,
+        )
+
+    # -- the request path --------------------------------------------------------------------
+
+    def admit(self) -> Optional[Permit]:
+        """Admit one request: a permit, or ``None`` when the breaker refuses."""
+        state = self.state
+        if state is CLOSED:
+            return Permit(self._generation, probe=False)
+        if state is HALF_OPEN and self._probes_out < self.policy.half_open_probes:
+            self._probes_out += 1
+            return Permit(self._generation, probe=True)
+        return None
+
+    def release(self, permit: Permit) -> None:
+        """The request ended with no verdict on the server (cancelled, or the caller's error)."""
+        if permit.probe and permit.generation == self._generation and self._probes_out > 0:
+            self._probes_out -= 1
+
+    def record_success(self, permit: Permit) -> None:
+        if permit.generation != self._generation:
+            return  # admitted under an earlier state: stale
+        if permit.probe:
+            self._probes_out = max(0, self._probes_out - 1)
+            self._close("probe request succeeded")
+            return
+        self._consecutive = 0
+        self._window.append(False)
+
+    def record_failure(self, permit: Permit) -> None:
+        if permit.generation != self._generation:
+            return
+        if permit.probe:
+            self._probes_out = max(0, self._probes_out - 1)
+            self._trip("probe request failed", repeated=True)
+            return
+        self._failure()
+
+    # -- the health monitor's feed -------------------------------------------------------------
+
+    def record_probe_success(self) -> None:
+        """A health probe answered: an open breaker may try requests again now."""
+        if self._state is OPEN:
+            self._move(HALF_OPEN, "health probe succeeded")
+
+    def record_probe_failure(self) -> None:
+        """A health probe failed: counts like a failed request while closed."""
+        if self.state is CLOSED:
+            self._failure()
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn`` through the breaker: refused with :class:`BreakerOpen` while open."""
+        permit = self.admit()
+        if permit is None:
+            at = self.reopens_at()
+            raise BreakerOpen(self.name, None if at is None else max(0.0, at - self._clock()))
+        try:
+            result = await fn()
+        except Exception:
+            self.record_failure(permit)
+            raise
+        except BaseException:
+            self.release(permit)
+            raise
+        self.record_success(permit)
+        return result
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def _failure(self) -> None:
+        self._consecutive += 1
+        self._window.append(True)
+        p = self.policy
+        if self._consecutive >= p.failure_threshold:
+            self._trip(f"{self._consecutive} consecutive failures", repeated=False)
+        elif len(self._window) >= p.min_calls and self.failure_rate() >= p.failure_rate:
+            self._trip(
+                f"failure rate {self.failure_rate():.0%} over {len(self._window)} calls",
+                repeated=False,
+            )
+
+    def _trip(self, reason: str, *, repeated: bool) -> None:
+        p = self.policy
+        if repeated:
+            self._cooldown = min(p.cooldown_max_s, self._cooldown * p.cooldown_multiplier)
+        self._trips += 1
+        self._opened_at = self._clock()
+        self._move(OPEN, reason)
+
+    def _close(self, reason: str) -> None:
+        self._consecutive = 0
+        self._window.clear()
+        self._cooldown = self.policy.cooldown_s
+        self._opened_at = None
+        self._move(CLOSED, reason)
+
+    def _move(self, new: BreakerState, reason: str) -> None:
+        old = self._state
+        if old is new:
+            return
+        self._state = new
+        self._generation += 1
+        self._probes_out = 0
+        if new is OPEN:
+            log.warning(
+                "breaker %s: %s -> open (%s; cooldown %.2fs)",
+                self.name,
+                old,
+                reason,
+                self._cooldown,
+            )
+        else:
+            log.info("breaker %s: %s -> %s (%s)", self.name, old, new, reason)
+        if self._on_change is not None:
+            try:
+                self._on_change(BreakerEvent(self.name, old, new, self._clock(), reason))
+            except Exception:
+                log.exception("breaker %s: on_change hook raised", self.name)

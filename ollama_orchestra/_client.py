@@ -1,0 +1,894 @@
+"""The ``Orchestra`` facade: one object that owns the fleet's state, monitor and slots.
+
+Every request goes: role → model; balancer lease (a slot on the best eligible server);
+one streamed HTTP exchange; outcome fed back into the state, the breaker and the metrics;
+on a retryable failure, the next attempt goes to another server (see ``_failover``).
+Requests are always streamed from the server, even when the caller wants one answer: that
+way a hung host is caught by the first-byte timeout, never by a whole-answer timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from contextlib import AsyncExitStack
+from typing import (
+    Any,
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    Generic,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    TypeVar,
+    Union,
+    cast,
+)
+
+import anyio
+import httpx
+
+from ._balancer import Lease, LoadBalancer
+from ._breaker import BreakerEvent, CircuitBreaker
+from ._config import OrchestraConfig, RetryPolicy, Server
+from ._errors import (
+    Attempt,
+    OrchestraClosed,
+    RequestFailed,
+    StreamInterrupted,
+)
+from ._failover import AttemptError, build_retrying, classify, from_status
+from ._metrics import Metrics, MetricsSnapshot
+from ._monitor import HealthMonitor
+from ._state import FleetSnapshot, FleetState
+from ._types import (
+    ChatChunk,
+    ChatResponse,
+    EmbedResponse,
+    GenerateChunk,
+    GenerateResponse,
+    Message,
+    _stats_from,
+)
+
+__all__ = ["Orchestra", "ResponseStream"]
+
+log = logging.getLogger("ollama_orchestra")
+
+T = TypeVar("T")
+_NO_RETRY = RetryPolicy(attempts=1)
+
+
+class ResponseStream(Generic[T], AsyncIterator[T]):
+    """Chunks of a streamed answer. Iterate it; use ``async with`` to stop early cleanly.
+
+    ``async with orch.chat_stream(...) as stream: async for chunk in stream: ...`` releases
+    the server's slot as soon as the block exits, even after a ``break``.
+    """
+
+    def __init__(self, agen: AsyncGenerator[T, None]) -> None:
+        self._agen = agen
+
+    def __aiter__(self) -> ResponseStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        await self._agen.aclose()
+
+    async def __aenter__(self) -> ResponseStream[T]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class _Exchange:
+    """One open streamed answer from one server; owns its lease until closed."""
+
+    def __init__(
+        self, orch: Orchestra, lease: Lease, response: httpx.Response, started: float
+    ) -> None:
+        self.orch = orch
+        self.lease = lease
+        self.response = response
+        self.started = started
+        self.lines = response.aiter_lines()
+        self.first: Optional[Dict[str, Any]] = None
+        self.closed = False
+
+    @property
+    def server(self) -> str:
+        return self.lease.server.name
+
+    async def next_obj(self) -> Optional[Dict[str, Any]]:
+        """The next JSON object of the stream, ``None`` at its end; errors as AttemptError."""
+        while True:
+            try:
+                line = await self.lines.__anext__()
+            except StopAsyncIteration:
+                return None
+            except Exception as exc:
+                err = classify(exc, self.server)
+                if err is None:
+                    raise
+                raise err from exc
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise AttemptError(
+                    "server", self.server, f"bad JSON line from server: {line[:80]!r}", exc
+                ) from exc
+            if isinstance(obj, dict) and "error" in obj:
+                raise AttemptError("server", self.server, f"error mid-stream: {obj['error']}")
+            if not isinstance(obj, dict):
+                raise AttemptError(
+                    "server", self.server, f"unexpected line from server: {line[:80]!r}"
+                )
+            return obj
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.response.aclose()
+        finally:
+            self.orch._balancer.release(self.lease)
+
+
+class Orchestra:
+    """Spread Ollama requests over a fleet: balancing, failover, health, DAGs, metrics.
+
+    Use it as an async context manager::
+
+        async with Orchestra(config) as orch:
+            r = await orch.generate("qwen2.5:14b", "Plan the feature")
+
+    Entering starts the health monitor and returns once every server has been probed once
+    (bounded by ``config.health.startup_timeout_s``); leaving stops it and closes every
+    connection.
+
+    Args:
+        config: the fleet; ``None`` reads ``OLLAMA_ORCHESTRA_*`` from the environment.
+        transport: an httpx transport for every HTTP call (tests, proxies, mocks).
+        on_breaker_change: called with each breaker state change.
+        sleep: the sleep used between retry rounds (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        config: Optional[OrchestraConfig] = None,
+        *,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+        on_breaker_change: Optional[Callable[[BreakerEvent], None]] = None,
+        sleep: Optional[Callable[[float], Awaitable[None]]] = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Optional[random.Random] = None,
+    ) -> None:
+        self.config = config if config is not None else OrchestraConfig.from_env()
+        self._transport = transport
+        self._sleep = sleep or anyio.sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._on_breaker_change = on_breaker_change
+        servers = list(self.config.servers)
+        self._state = FleetState(servers, clock=clock)
+        self._metrics = Metrics(servers, clock=clock)
+        self._breakers: Dict[str, CircuitBreaker] = {
+            s.name: CircuitBreaker(
+                s.name, self.config.breaker, clock=clock, on_change=self._breaker_changed
+            )
+            for s in servers
+        }
+        self._state.attach_breakers(lambda name: str(self._breakers[name].state))
+        self._balancer = LoadBalancer(
+            self.config, self._state, breakers=self._breakers, metrics=self._metrics, clock=clock
+        )
+        self._http: Optional[httpx.AsyncClient] = None
+        self._monitor: Optional[HealthMonitor] = None
+        self._stack: Optional[AsyncExitStack] = None
+        self._tg: Optional[anyio.abc.TaskGroup] = None
+
+    # -- construction shortcuts --------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: Union[str, Any], **kwargs: Any) -> Orchestra:
+        """An orchestra configured from a TOML file (see the README)."""
+        return cls(OrchestraConfig.from_file(path), **kwargs)
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **kwargs: Any) -> Orchestra:
+        """An orchestra configured from ``OLLAMA_ORCHESTRA_*`` environment variables."""
+        return cls(OrchestraConfig.from_env(environ), **kwargs)
+
+    @classmethod
+    def from_urls(cls, *urls: str, max_concurrency: int = 1, **kwargs: Any) -> Orchestra:
+        """Quick start: servers named after their position (``server0``, ...)."""
+        servers = tuple(
+            Server(f"server{i}", u, max_concurrency=max_concurrency) for i, u in enumerate(urls)
+        )
+        return cls(OrchestraConfig(servers=servers), **kwargs)
+
+    def __repr__(self) -> str:
+        names = ", ".join(s.name for s in self.config.servers)
+        status = "running" if self._http is not None else "stopped"
+        return f"<Orchestra [{names}] strategy={self.config.strategy!r} {status}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Orchestra:
+        if self._stack is not None:
+            raise OrchestraClosed(
+                "this Orchestra is already running; use one 'async with' at a time"
+            )
+        t = self.config.timeouts
+        slots = sum(s.max_concurrency for s in self.config.servers)
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._http = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=self._transport,
+                    timeout=httpx.Timeout(
+                        connect=t.connect_s, read=t.first_byte_s, write=t.read_s, pool=None
+                    ),
+                    limits=httpx.Limits(
+                        max_connections=slots + 4 * len(self.config.servers) + 16,
+                        max_keepalive_connections=slots + 4 * len(self.config.servers),
+                    ),
+                )
+            )
+            self._monitor = HealthMonitor(
+                list(self.config.servers),
+                self._state,
+                self._http,
+                self.config.health,
+                breakers=self._breakers,
+                wall_clock=time.time,
+                rng=self._rng,
+            )
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            await self._tg.start(self._monitor.run)
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            self._http = None
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        try:
+            await stack.__aexit__(None, None, None)
+        finally:
+            self._http = None
+            self._tg = None
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise OrchestraClosed("use the Orchestra inside 'async with Orchestra(...) as orch:'")
+        return self._http
+
+    # -- what it knows -----------------------------------------------------------------------
+
+    def state(self) -> FleetSnapshot:
+        """A frozen snapshot of the fleet: health, models, loaded, in-flight, breakers."""
+        return self._state.snapshot()
+
+    def metrics(self) -> MetricsSnapshot:
+        """A frozen snapshot of the metrics: utilization, share, imbalance, latency, failovers."""
+        return self._metrics.snapshot()
+
+    def prometheus(self) -> str:
+        """The metrics in Prometheus' text exposition format."""
+        return self._metrics.to_prometheus()
+
+    def reset_metrics(self) -> None:
+        """Start a new measurement window."""
+        self._metrics.reset()
+
+    async def wait_for_state(self, predicate: Callable[[FleetSnapshot], bool]) -> FleetSnapshot:
+        """Wait until ``predicate(orch.state())`` holds (checked on every state change).
+
+        Bound it with ``anyio.fail_after`` if needed. Handy in tests and scripts: "wait until
+        ollama01 is marked down" without polling.
+        """
+        snap = self.state()
+        if predicate(snap):
+            return snap
+        changed = anyio.Event()
+
+        def listener() -> None:
+            changed.set()
+
+        self._state.subscribe(listener)
+        try:
+            while True:
+                await changed.wait()
+                changed = anyio.Event()
+                snap = self.state()
+                if predicate(snap):
+                    return snap
+        finally:
+            self._state.unsubscribe(listener)
+
+    async def refresh(self) -> FleetSnapshot:
+        """Probe every server now and return the new state."""
+        self._client()
+        assert self._monitor is not None
+        await self._monitor.probe_all()
+        return self.state()
+
+    @property
+    def balancer(self) -> LoadBalancer:
+        return self._balancer
+
+    def breaker(self, server: str) -> CircuitBreaker:
+        return self._breakers[server]
+
+    def _breaker_changed(self, event: BreakerEvent) -> None:
+        if str(event.new) == "open":
+            self._metrics.breaker_trip(event.name)
+        if self._on_breaker_change is not None:
+            try:
+                self._on_breaker_change(event)
+            except Exception:  # a user hook must not break routing
+                log.exception("on_breaker_change hook raised")
+
+    # -- the request path ----------------------------------------------------------------------
+
+    def _resolve(self, model: str) -> Tuple[str, Optional[str]]:
+        return self.config.resolve_model(model)
+
+    async def _send(self, server: Server, path: str, payload: Mapping[str, Any]) -> httpx.Response:
+        client = self._client()
+        request = client.build_request(
+            "POST", server.url + path, json=payload, headers=dict(server.headers)
+        )
+        response = await client.send(request, stream=True)
+        # The read timeout so far bounded the wait for the first byte (headers come with the
+        # first chunk); from now on it bounds the silence between chunks. httpcore reads the
+        # request's timeout when the body starts streaming, so this takes effect for the body.
+        timeouts = request.extensions.get("timeout")
+        if isinstance(timeouts, dict):
+            timeouts["read"] = self.config.timeouts.read_s
+        return response
+
+    async def _open(
+        self,
+        lease: Lease,
+        path: str,
+        payload: Mapping[str, Any],
+        model: str,
+    ) -> _Exchange:
+        """Send on ``lease``'s server and wait for the first chunk."""
+        server = lease.server
+        try:
+            response = await self._send(server, path, payload)
+        except Exception as exc:
+            err = classify(exc, server.name)
+            if err is None:
+                raise
+            raise err from exc
+        exchange = _Exchange(self, lease, response, self._clock())
+        try:
+            if response.status_code != 200:
+                try:
+                    await response.aread()
+                    body: Any = response.json()
+                except Exception:
+                    body = response.text if response.is_closed else ""
+                raise from_status(response.status_code, body, server.name, model)
+            exchange.first = await exchange.next_obj()
+            if exchange.first is None:
+                raise AttemptError("reset", server.name, "empty answer")
+        except BaseException:
+            exchange.closed = True  # the caller releases the lease
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+            raise
+        return exchange
+
+    async def _failover(
+        self,
+        model: str,
+        role: Optional[str],
+        priority: int,
+        retry: Union[RetryPolicy, bool, None],
+        work: Callable[[Lease], Awaitable[T]],
+        *,
+        keep_lease: bool = False,
+    ) -> Tuple[T, Lease, List[Attempt]]:
+        """Run ``work`` on a leased server; on a retryable failure, again on another server."""
+        self._client()
+        policy = (
+            self.config.retry
+            if retry is None or retry is True
+            else (_NO_RETRY if retry is False else retry)
+        )
+        self._balancer.check_capable(model)
+        attempts: List[Attempt] = []
+        tried: Set[str] = set()
+        first_failure: Optional[float] = None
+        queued = 0.0
+
+        def untried() -> bool:
+            return any(
+                st.healthy
+                and model in st.models
+                and st.server.name not in tried
+                and self._breakers[st.server.name].can_admit()
+                for st in self._state.servers()
+            )
+
+        retrying = build_retrying(policy, untried=untried, sleep=self._sleep, rng=self._rng)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    self._balancer.check_capable(model)
+                    lease = await self._balancer.acquire(
+                        model, role=role, priority=priority, exclude=frozenset(tried)
+                    )
+                    queued += lease.queued_s
+                    name = lease.server.name
+                    tried.add(name)
+                    started = self._clock()
+                    keep = False
+                    try:
+                        result = await work(lease)
+                        keep = keep_lease
+                    except BaseException as exc:
+                        self._attempt_failed(lease, exc, model, started, attempts)
+                        if first_failure is None:
+                            first_failure = started
+                        raise
+                    finally:
+                        if not keep:
+                            self._balancer.release(lease)
+        except AttemptError as last:
+            raise RequestFailed(model, attempts) from last
+        if first_failure is not None:
+            self._metrics.failover(self._clock() - first_failure)
+        lease.queued_s = queued
+        return result, lease, attempts
+
+    def _attempt_failed(
+        self, lease: Lease, exc: BaseException, model: str, started: float, attempts: List[Attempt]
+    ) -> None:
+        name = lease.server.name
+        breaker = self._breakers[name]
+        permit, lease.permit = lease.permit, None
+        err = exc if isinstance(exc, AttemptError) else classify(exc, name)
+        if err is None:
+            # Cancelled, a caller error (400), or a bug: no verdict on the server.
+            if permit is not None:
+                breaker.release(permit)
+            return
+        duration = self._clock() - started
+        attempts.append(Attempt(name, err.message, started, duration))
+        self._metrics.request_finished(name, ok=False, latency_s=duration)
+        if err.breaker_failure and permit is not None:
+            breaker.record_failure(permit)
+        elif permit is not None:
+            breaker.release(permit)
+        if err.kind == "connect":
+            self._state.mark_down(name, err.message)
+            self._poke(name)
+        elif err.kind == "not_found":
+            self._state.forget_model(name, model)
+            self._poke(name)
+        else:
+            self._state.record_failure(name, err.message)
+        log.warning("attempt on %s failed (%s): %s", name, err.kind, err.message)
+
+    def _attempt_succeeded(
+        self, lease: Lease, final: Mapping[str, Any], started: float, keep_alive: Any
+    ) -> None:
+        name = lease.server.name
+        permit, lease.permit = lease.permit, None
+        if permit is not None:
+            self._breakers[name].record_success(permit)
+        latency = self._clock() - started
+        eval_count = int(final.get("eval_count") or 0)
+        eval_ns = int(final.get("eval_duration") or 0)
+        self._state.record_success(
+            name,
+            lease.model,
+            latency_s=latency,
+            eval_count=eval_count,
+            eval_duration_ns=eval_ns,
+            load_duration_ns=int(final.get("load_duration") or 0),
+            keep_alive_s=keep_alive
+            if isinstance(keep_alive, (int, float)) and keep_alive > 0
+            else 300.0,
+        )
+        self._metrics.request_finished(
+            name, ok=True, latency_s=latency, eval_count=eval_count, eval_duration_s=eval_ns / 1e9
+        )
+
+    def _poke(self, name: str) -> None:
+        if self._monitor is not None:
+            self._monitor.poke(name)
+
+    async def _collect(
+        self,
+        path: str,
+        payload: Dict[str, Any],
+        model: str,
+        role: Optional[str],
+        priority: int,
+        retry: Union[RetryPolicy, bool, None],
+        timeout: Optional[float],
+    ) -> Tuple[List[Dict[str, Any]], Lease, int]:
+        """A whole streamed answer, retried elsewhere on failure (nothing was yielded yet)."""
+
+        async def work(lease: Lease) -> List[Dict[str, Any]]:
+            started = self._clock()
+            exchange = await self._open(lease, path, payload, model)
+            try:
+                objs = [exchange.first] if exchange.first is not None else []
+                while not objs[-1].get("done"):
+                    obj = await exchange.next_obj()
+                    if obj is None:
+                        raise AttemptError("reset", lease.server.name, "stream ended before done")
+                    objs.append(obj)
+            finally:
+                exchange.closed = True
+                with anyio.CancelScope(shield=True):
+                    await exchange.response.aclose()
+            self._attempt_succeeded(lease, objs[-1], started, payload.get("keep_alive"))
+            return objs
+
+        total = timeout if timeout is not None else self.config.timeouts.total_s
+        with anyio.fail_after(total):
+            objs, lease, attempts = await self._failover(model, role, priority, retry, work)
+        return objs, lease, len(attempts) + 1
+
+    def _stream(
+        self,
+        path: str,
+        payload: Dict[str, Any],
+        model: str,
+        role: Optional[str],
+        priority: int,
+        retry: Union[RetryPolicy, bool, None],
+        make: Callable[[Dict[str, Any], str, int, float], T],
+    ) -> ResponseStream[T]:
+        async def gen() -> AsyncGenerator[T, None]:
+            started = self._clock()
+
+            async def work(lease: Lease) -> _Exchange:
+                return await self._open(lease, path, payload, model)
+
+            exchange, lease, attempts = await self._failover(
+                model, role, priority, retry, work, keep_lease=True
+            )
+            n = len(attempts) + 1
+            text: List[str] = []
+            try:
+                obj = exchange.first
+                while obj is not None:
+                    chunk = make(obj, exchange.server, n, lease.queued_s)
+                    if obj.get("done"):
+                        self._attempt_succeeded(lease, obj, started, payload.get("keep_alive"))
+                        yield chunk
+                        return
+                    yield chunk
+                    text.append(getattr(chunk, "text", ""))
+                    try:
+                        obj = await exchange.next_obj()
+                    except AttemptError as err:
+                        self._attempt_failed(lease, err, model, started, [])
+                        raise StreamInterrupted("".join(text), exchange.server, err) from err
+                broken = AttemptError("reset", exchange.server, "stream ended before done")
+                self._attempt_failed(lease, broken, model, started, [])
+                raise StreamInterrupted("".join(text), exchange.server, broken)
+            finally:
+                if lease.permit is not None:  # closed early by the caller: no verdict
+                    self._breakers[lease.server.name].release(lease.permit)
+                    lease.permit = None
+                await exchange.close()
+
+        return ResponseStream(gen())
+
+    # -- the public calls ------------------------------------------------------------------------
+
+    @staticmethod
+    def _payload(base: Dict[str, Any], **optional: Any) -> Dict[str, Any]:
+        for key, value in optional.items():
+            if value is not None:
+                base[key] = value
+        return base
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str = "",
+        *,
+        system: Optional[str] = None,
+        images: Optional[Sequence[str]] = None,
+        format: Optional[Union[str, Mapping[str, Any]]] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        keep_alive: Optional[Union[float, str]] = None,
+        think: Optional[bool] = None,
+        raw: Optional[bool] = None,
+        suffix: Optional[str] = None,
+        template: Optional[str] = None,
+        priority: int = 0,
+        timeout: Optional[float] = None,
+        retry: Union[RetryPolicy, bool, None] = None,
+    ) -> GenerateResponse:
+        """``/api/generate`` on the best server; one answer.
+
+        Args:
+            model: a model name, or a role from ``config.roles``.
+            prompt: the prompt; ``system``, ``images``, ``format``, ``options``, ``keep_alive``,
+                ``think``, ``raw``, ``suffix``, ``template``: as in Ollama's API, passed through.
+            priority: higher waits less for a slot.
+            timeout: bound on the whole request, all attempts included (default:
+                ``config.timeouts.total_s``, off).
+            retry: ``False`` for a single attempt, a :class:`RetryPolicy` to override the config.
+        """
+        resolved, role = self._resolve(model)
+        payload = self._payload(
+            {"model": resolved, "prompt": prompt, "stream": True},
+            system=system,
+            images=list(images) if images is not None else None,
+            format=format,
+            options=dict(options) if options is not None else None,
+            keep_alive=keep_alive,
+            think=think,
+            raw=raw,
+            suffix=suffix,
+            template=template,
+        )
+        objs, lease, n = await self._collect(
+            "/api/generate", payload, resolved, role, priority, retry, timeout
+        )
+        final = objs[-1]
+        thinking = "".join(str(o.get("thinking") or "") for o in objs) or None
+        context = final.get("context")
+        return GenerateResponse(
+            response="".join(str(o.get("response") or "") for o in objs),
+            thinking=thinking,
+            context=tuple(context) if isinstance(context, list) else None,
+            server=lease.server.name,
+            attempts=n,
+            queued_s=lease.queued_s,
+            **_stats_from(final),
+        )
+
+    def generate_stream(
+        self,
+        model: str,
+        prompt: str = "",
+        *,
+        system: Optional[str] = None,
+        images: Optional[Sequence[str]] = None,
+        format: Optional[Union[str, Mapping[str, Any]]] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        keep_alive: Optional[Union[float, str]] = None,
+        think: Optional[bool] = None,
+        raw: Optional[bool] = None,
+        priority: int = 0,
+        retry: Union[RetryPolicy, bool, None] = None,
+    ) -> ResponseStream[GenerateChunk]:
+        """``/api/generate``, streamed: an async iterator of :class:`GenerateChunk`.
+
+        Failover before the first chunk is transparent; once text has been yielded, a broken
+        stream raises :class:`StreamInterrupted` with the partial text.
+        """
+        resolved, role = self._resolve(model)
+        payload = self._payload(
+            {"model": resolved, "prompt": prompt, "stream": True},
+            system=system,
+            images=list(images) if images is not None else None,
+            format=format,
+            options=dict(options) if options is not None else None,
+            keep_alive=keep_alive,
+            think=think,
+            raw=raw,
+        )
+
+        def make(obj: Dict[str, Any], server: str, n: int, queued: float) -> GenerateChunk:
+            return GenerateChunk(
+                response=str(obj.get("response") or ""),
+                thinking=obj.get("thinking"),
+                server=server,
+                attempts=n,
+                queued_s=queued,
+                **_stats_from(obj),
+            )
+
+        return self._stream("/api/generate", payload, resolved, role, priority, retry, make)
+
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[Message],
+        *,
+        tools: Optional[Sequence[Mapping[str, Any]]] = None,
+        format: Optional[Union[str, Mapping[str, Any]]] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        keep_alive: Optional[Union[float, str]] = None,
+        think: Optional[bool] = None,
+        priority: int = 0,
+        timeout: Optional[float] = None,
+        retry: Union[RetryPolicy, bool, None] = None,
+    ) -> ChatResponse:
+        """``/api/chat`` on the best server; one answer (see :meth:`generate` for the knobs)."""
+        resolved, role = self._resolve(model)
+        payload = self._chat_payload(resolved, messages, tools, format, options, keep_alive, think)
+        objs, lease, n = await self._collect(
+            "/api/chat", payload, resolved, role, priority, retry, timeout
+        )
+        return ChatResponse(
+            message=_merge_messages(objs),
+            server=lease.server.name,
+            attempts=n,
+            queued_s=lease.queued_s,
+            **_stats_from(objs[-1]),
+        )
+
+    def chat_stream(
+        self,
+        model: str,
+        messages: Sequence[Message],
+        *,
+        tools: Optional[Sequence[Mapping[str, Any]]] = None,
+        format: Optional[Union[str, Mapping[str, Any]]] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        keep_alive: Optional[Union[float, str]] = None,
+        think: Optional[bool] = None,
+        priority: int = 0,
+        retry: Union[RetryPolicy, bool, None] = None,
+    ) -> ResponseStream[ChatChunk]:
+        """``/api/chat``, streamed: an async iterator of :class:`ChatChunk`."""
+        resolved, role = self._resolve(model)
+        payload = self._chat_payload(resolved, messages, tools, format, options, keep_alive, think)
+
+        def make(obj: Dict[str, Any], server: str, n: int, queued: float) -> ChatChunk:
+            message = obj.get("message")
+            return ChatChunk(
+                message=dict(message)
+                if isinstance(message, dict)
+                else {"role": "assistant", "content": ""},
+                server=server,
+                attempts=n,
+                queued_s=queued,
+                **_stats_from(obj),
+            )
+
+        return self._stream("/api/chat", payload, resolved, role, priority, retry, make)
+
+    def _chat_payload(
+        self,
+        model: str,
+        messages: Sequence[Message],
+        tools: Optional[Sequence[Mapping[str, Any]]],
+        format: Optional[Union[str, Mapping[str, Any]]],
+        options: Optional[Mapping[str, Any]],
+        keep_alive: Optional[Union[float, str]],
+        think: Optional[bool],
+    ) -> Dict[str, Any]:
+        if isinstance(cast(object, messages), (str, bytes)) or not all(
+            isinstance(m, Mapping) for m in messages
+        ):
+            raise TypeError("messages must be a sequence of {'role': ..., 'content': ...} mappings")
+        return self._payload(
+            {"model": model, "messages": [dict(m) for m in messages], "stream": True},
+            tools=[dict(t) for t in tools] if tools is not None else None,
+            format=format,
+            options=dict(options) if options is not None else None,
+            keep_alive=keep_alive,
+            think=think,
+        )
+
+    async def embed(
+        self,
+        model: str,
+        input: Union[str, Sequence[str]],
+        *,
+        truncate: Optional[bool] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        keep_alive: Optional[Union[float, str]] = None,
+        dimensions: Optional[int] = None,
+        priority: int = 0,
+        timeout: Optional[float] = None,
+        retry: Union[RetryPolicy, bool, None] = None,
+    ) -> EmbedResponse:
+        """``/api/embed`` on the best server."""
+        resolved, role = self._resolve(model)
+        payload = self._payload(
+            {"model": resolved, "input": input if isinstance(input, str) else list(input)},
+            truncate=truncate,
+            options=dict(options) if options is not None else None,
+            keep_alive=keep_alive,
+            dimensions=dimensions,
+        )
+
+        async def work(lease: Lease) -> Dict[str, Any]:
+            started = self._clock()
+            name = lease.server.name
+            try:
+                response = await self._client().post(
+                    lease.server.url + "/api/embed",
+                    json=payload,
+                    headers=dict(lease.server.headers),
+                )
+            except Exception as exc:
+                err = classify(exc, name)
+                if err is None:
+                    raise
+                raise err from exc
+            try:
+                body = response.json()
+            except ValueError:
+                body = response.text
+            if response.status_code != 200:
+                raise from_status(response.status_code, body, name, resolved)
+            if not isinstance(body, dict) or "embeddings" not in body:
+                raise AttemptError("server", name, "answer without embeddings")
+            self._attempt_succeeded(lease, body, started, keep_alive)
+            return body
+
+        total = timeout if timeout is not None else self.config.timeouts.total_s
+        with anyio.fail_after(total):
+            body, lease, attempts = await self._failover(resolved, role, priority, retry, work)
+        return EmbedResponse(
+            model=str(body.get("model") or resolved),
+            embeddings=body["embeddings"],
+            total_duration=body.get("total_duration"),
+            load_duration=body.get("load_duration"),
+            prompt_eval_count=body.get("prompt_eval_count"),
+            server=lease.server.name,
+            attempts=len(attempts) + 1,
+            queued_s=lease.queued_s,
+        )
+
+    async def run(self, tasks: Sequence[Any], **kwargs: Any) -> Any:
+        """Run a DAG of tasks over the fleet (see :func:`ollama_orchestra.run_dag`)."""
+        from ._executor import run_dag
+
+        return await run_dag(self, tasks, **kwargs)
+
+
+def _merge_messages(objs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    content: List[str] = []
+    thinking: List[str] = []
+    tool_calls: List[Any] = []
+    role = "assistant"
+    for obj in objs:
+        msg = obj.get("message")
+        if not isinstance(msg, dict):
+            continue
+        role = str(msg.get("role") or role)
+        content.append(str(msg.get("content") or ""))
+        if msg.get("thinking"):
+            thinking.append(str(msg["thinking"]))
+        if msg.get("tool_calls"):
+            tool_calls.extend(msg["tool_calls"])
+    out: Dict[str, Any] = {"role": role, "content": "".join(content)}
+    if thinking:
+        out["thinking"] = "".join(thinking)
+    if tool_calls:
+        out["tool_calls"] = tool_calls
+    return out

@@ -1,0 +1,367 @@
+"""What the fleet did: utilization, share of work, imbalance, latency, failovers.
+
+Fed by the balancer (slot acquire/release: busy slot-seconds are integrated exactly) and the
+client (request outcomes); read through frozen snapshots. Memory is bounded: latencies go to
+a fixed log-spaced histogram, busy time to per-second buckets over the window.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Deque, Dict, List, Mapping, Sequence, Tuple
+
+from ._config import Server
+
+__all__ = ["Histogram", "LatencyStats", "Metrics", "MetricsSnapshot", "ServerMetrics"]
+
+#: Histogram bucket upper bounds (seconds): 1 ms .. ~20 min, 10% apart.
+_BOUNDS: Tuple[float, ...] = tuple(
+    0.001 * (1.1**i) for i in range(int(math.log(1200 / 0.001, 1.1)) + 2)
+)
+
+
+class Histogram:
+    """Fixed log-spaced buckets (10% apart): percentiles within ~10%, constant memory."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_BOUNDS) + 1)
+        self.count = 0
+        self.sum = 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect.bisect_left(_BOUNDS, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def percentile(self, q: float) -> float:
+        """The ``q``-quantile (0..1), interpolated inside its bucket; 0.0 when empty."""
+        if self.count == 0:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for i, n in enumerate(self.counts):
+            if n and seen + n >= rank:
+                lo = _BOUNDS[i - 1] if i > 0 else 0.0
+                hi = _BOUNDS[i] if i < len(_BOUNDS) else _BOUNDS[-1]
+                return lo + (hi - lo) * max(0.0, min(1.0, (rank - seen) / n))
+            seen += n
+        return _BOUNDS[-1]  # pragma: no cover
+
+    def stats(self) -> LatencyStats:
+        return LatencyStats(
+            count=self.count,
+            mean=self.sum / self.count if self.count else 0.0,
+            p50=self.percentile(0.50),
+            p95=self.percentile(0.95),
+            p99=self.percentile(0.99),
+        )
+
+    def cumulative(self) -> List[Tuple[float, int]]:
+        """``(upper bound, cumulative count)`` pairs, for Prometheus' ``_bucket`` lines."""
+        out, total = [], 0
+        for bound, n in zip(_BOUNDS, self.counts):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    count: int
+    mean: float
+    p50: float
+    p95: float
+    p99: float
+
+
+@dataclass(frozen=True)
+class ServerMetrics:
+    """One server's figures over the measurement window."""
+
+    name: str
+    requests: int
+    successes: int
+    failures: int
+    in_flight: int
+    slots: int
+    busy_slot_s: float
+    utilization: float
+    share: float
+    fair_share: float
+    tokens_per_s: float
+    latency: LatencyStats
+    breaker_trips: int
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """The fleet's figures: ``orch.metrics()``."""
+
+    elapsed_s: float
+    window_s: float
+    requests: int
+    successes: int
+    failures: int
+    throughput_rps: float
+    imbalance: float
+    latency: LatencyStats
+    failovers: int
+    failover_p50_s: float
+    failover_p95_s: float
+    failover_max_s: float
+    breaker_trips: int
+    servers: Mapping[str, ServerMetrics]
+
+
+class _Busy:
+    """Busy slot-seconds, integrated exactly between acquire/release events, in 1 s buckets."""
+
+    __slots__ = ("buckets", "busy", "last", "total")
+
+    def __init__(self, now: float) -> None:
+        self.busy = 0  # slots busy right now
+        self.last = now
+        self.total = 0.0
+        self.buckets: Deque[List[float]] = deque()  # [second, busy slot-seconds in it]
+
+    def advance(self, now: float, keep_s: float) -> None:
+        t = self.last
+        while t < now:
+            second = math.floor(t)
+            end = min(now, second + 1.0)
+            if self.busy:
+                amount = self.busy * (end - t)
+                self.total += amount
+                if self.buckets and self.buckets[-1][0] == second:
+                    self.buckets[-1][1] += amount
+                else:
+                    self.buckets.append([second, amount])
+            t = end
+            if not self.busy:
+                break
+        self.last = now
+        while self.buckets and self.buckets[0][0] < now - keep_s - 1:
+            self.buckets.popleft()
+
+    def within(self, start: float, now: float) -> float:
+        total = 0.0
+        for second, amount in self.buckets:
+            if second + 1 <= start:
+                continue
+            if second >= start:
+                total += amount
+            else:  # the bucket straddles the window start: count its share
+                total += amount * (second + 1 - start)
+        return total
+
+
+class _ServerCounters:
+    __slots__ = ("busy", "failures", "latency", "slots", "successes", "tokens", "tokens_s", "trips")
+
+    def __init__(self, slots: int, now: float) -> None:
+        self.slots = slots
+        self.busy = _Busy(now)
+        self.successes = 0
+        self.failures = 0
+        self.latency = Histogram()
+        self.tokens = 0
+        self.tokens_s = 0.0
+        self.trips = 0
+
+
+class Metrics:
+    """Counters for one orchestra (see the module docstring).
+
+    Args:
+        servers: the fleet; a server's capacity for the fair share is ``slots * weight``.
+        clock: the time source.
+        window_s: utilization is measured over the last ``window_s`` seconds (or since the
+            last :meth:`reset`, if sooner).
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[Server],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        window_s: float = 60.0,
+    ) -> None:
+        self._servers = list(servers)
+        self._clock = clock
+        self.window_s = window_s
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new measurement window (in-flight slots stay counted)."""
+        now = self._clock()
+        old = getattr(self, "_per", {})
+        self._started = now
+        self._per: Dict[str, _ServerCounters] = {}
+        for s in self._servers:
+            c = _ServerCounters(s.max_concurrency, now)
+            if s.name in old:
+                c.busy.busy = old[s.name].busy.busy
+            self._per[s.name] = c
+        self._latency = Histogram()
+        self._failovers = Histogram()
+        self._failover_max = 0.0
+
+    # -- feeding ---------------------------------------------------------------------------
+
+    def lease_acquired(self, server: str) -> None:
+        busy = self._per[server].busy
+        busy.advance(self._clock(), self.window_s)
+        busy.busy += 1
+
+    def lease_released(self, server: str) -> None:
+        busy = self._per[server].busy
+        busy.advance(self._clock(), self.window_s)
+        busy.busy = max(0, busy.busy - 1)
+
+    def request_finished(
+        self,
+        server: str,
+        *,
+        ok: bool,
+        latency_s: float,
+        eval_count: int = 0,
+        eval_duration_s: float = 0.0,
+    ) -> None:
+        c = self._per[server]
+        if ok:
+            c.successes += 1
+            c.latency.add(latency_s)
+            self._latency.add(latency_s)
+            if eval_count > 0 and eval_duration_s > 0:
+                c.tokens += eval_count
+                c.tokens_s += eval_duration_s
+        else:
+            c.failures += 1
+
+    def failover(self, duration_s: float) -> None:
+        """A request succeeded after failing over; ``duration_s`` from its first failure."""
+        self._failovers.add(duration_s)
+        self._failover_max = max(self._failover_max, duration_s)
+
+    def breaker_trip(self, server: str) -> None:
+        self._per[server].trips += 1
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def snapshot(self) -> MetricsSnapshot:
+        now = self._clock()
+        elapsed = max(now - self._started, 1e-9)
+        window = min(elapsed, self.window_s)
+        start = now - window
+        capacity = {s.name: s.max_concurrency * s.weight for s in self._servers}
+        total_capacity = sum(capacity.values())
+        total_ok = sum(c.successes for c in self._per.values())
+        servers: Dict[str, ServerMetrics] = {}
+        imbalance = 0.0
+        for s in self._servers:
+            c = self._per[s.name]
+            c.busy.advance(now, self.window_s)
+            busy_window = c.busy.within(start, now)
+            share = c.successes / total_ok if total_ok else 0.0
+            fair = capacity[s.name] / total_capacity
+            if total_ok:
+                imbalance = max(imbalance, abs(share - fair))
+            servers[s.name] = ServerMetrics(
+                name=s.name,
+                requests=c.successes + c.failures,
+                successes=c.successes,
+                failures=c.failures,
+                in_flight=c.busy.busy,
+                slots=c.slots,
+                busy_slot_s=c.busy.total,
+                utilization=min(1.0, busy_window / (c.slots * window)) if window > 0 else 0.0,
+                share=share,
+                fair_share=fair,
+                tokens_per_s=c.tokens / c.tokens_s if c.tokens_s else 0.0,
+                latency=c.latency.stats(),
+                breaker_trips=c.trips,
+            )
+        failures = sum(c.failures for c in self._per.values())
+        return MetricsSnapshot(
+            elapsed_s=elapsed,
+            window_s=window,
+            requests=total_ok + failures,
+            successes=total_ok,
+            failures=failures,
+            throughput_rps=total_ok / elapsed,
+            imbalance=imbalance,
+            latency=self._latency.stats(),
+            failovers=self._failovers.count,
+            failover_p50_s=self._failovers.percentile(0.5),
+            failover_p95_s=self._failovers.percentile(0.95),
+            failover_max_s=self._failover_max,
+            breaker_trips=sum(c.trips for c in self._per.values()),
+            servers=servers,
+        )
+
+    def to_prometheus(self) -> str:
+        """The same figures in Prometheus' text exposition format (0.0.4)."""
+        snap = self.snapshot()
+        p = "ollama_orchestra"
+        lines: List[str] = []
+
+        def head(name: str, kind: str, text: str) -> None:
+            lines.append(f"# HELP {p}_{name} {text}")
+            lines.append(f"# TYPE {p}_{name} {kind}")
+
+        head("requests_total", "counter", "Requests finished, by server and outcome.")
+        for s in snap.servers.values():
+            lines.append(
+                f'{p}_requests_total{{server="{_esc(s.name)}",outcome="success"}} {s.successes}'
+            )
+            lines.append(
+                f'{p}_requests_total{{server="{_esc(s.name)}",outcome="failure"}} {s.failures}'
+            )
+        for name, kind, text, attr in (
+            ("in_flight", "gauge", "Slots busy now.", "in_flight"),
+            ("slots", "gauge", "Slots (max_concurrency).", "slots"),
+            ("busy_slot_seconds_total", "counter", "Busy slot-seconds.", "busy_slot_s"),
+            ("utilization", "gauge", "Busy share of slot time over the window.", "utilization"),
+            ("share", "gauge", "Share of successful requests.", "share"),
+            ("breaker_trips_total", "counter", "Circuit breaker trips.", "breaker_trips"),
+        ):
+            head(name, kind, text)
+            for s in snap.servers.values():
+                lines.append(f'{p}_{name}{{server="{_esc(s.name)}"}} {_num(getattr(s, attr))}')
+        head("latency_seconds", "histogram", "Latency of successful requests.")
+        for srv in self._servers:
+            h = self._per[srv.name].latency
+            label = f'server="{_esc(srv.name)}"'
+            for bound, cum in h.cumulative()[::8]:
+                lines.append(f'{p}_latency_seconds_bucket{{{label},le="{bound:.6g}"}} {cum}')
+            lines.append(f'{p}_latency_seconds_bucket{{{label},le="+Inf"}} {h.count}')
+            lines.append(f"{p}_latency_seconds_sum{{{label}}} {_num(h.sum)}")
+            lines.append(f"{p}_latency_seconds_count{{{label}}} {h.count}")
+        head("failovers_total", "counter", "Requests that succeeded after failing over.")
+        lines.append(f"{p}_failovers_total {snap.failovers}")
+        head(
+            "failover_seconds",
+            "summary",
+            "Time from a request's first failure to its rerouted success.",
+        )
+        lines.append(f'{p}_failover_seconds{{quantile="0.5"}} {_num(snap.failover_p50_s)}')
+        lines.append(f'{p}_failover_seconds{{quantile="0.95"}} {_num(snap.failover_p95_s)}')
+        lines.append(f"{p}_failover_seconds_sum {_num(self._failovers.sum)}")
+        lines.append(f"{p}_failover_seconds_count {snap.failovers}")
+        head("imbalance", "gauge", "Largest deviation of a server's share from its fair share.")
+        lines.append(f"{p}_imbalance {_num(snap.imbalance)}")
+        return "\n".join(lines) + "\n"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _num(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)

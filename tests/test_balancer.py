@@ -1,0 +1,366 @@
+"""The balancer: slots as leases, no head-of-line blocking, priorities, strategies, affinity."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from ollama_orchestra import AffinityRule, NoCapableServer, NoHealthyServer, OrchestraConfig, Server
+from ollama_orchestra._balancer import (
+    Candidate,
+    HybridStrategy,
+    Lease,
+    LeastLoadedStrategy,
+    LoadBalancer,
+    ModelAwareStrategy,
+    RoundRobinStrategy,
+    RouteRequest,
+    WeightedStrategy,
+)
+from ollama_orchestra._state import FleetState, LoadedModel
+
+M = "qwen2.5:14b"
+BIG = "qwen2.5-coder:32b"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(
+    slots: Sequence[int] = (1, 1),
+    *,
+    strategy: str = "least_loaded",
+    models: Optional[Dict[str, Sequence[str]]] = None,
+    loaded: Optional[Dict[str, Sequence[str]]] = None,
+    affinity: Tuple[AffinityRule, ...] = (),
+    wait_for_healthy_s: float = 0.0,
+    weights: Optional[Sequence[float]] = None,
+    labels: Optional[Sequence[Dict[str, str]]] = None,
+) -> Tuple[LoadBalancer, FleetState, Clock]:
+    names = [f"s{i}" for i in range(len(slots))]
+    servers = tuple(
+        Server(
+            n,
+            f"http://127.0.0.1:{11400 + i}",
+            max_concurrency=k,
+            weight=(weights[i] if weights else 1.0),
+            labels=(labels[i] if labels else {}),
+        )
+        for i, (n, k) in enumerate(zip(names, slots))
+    )
+    cfg = OrchestraConfig(servers=servers, strategy=strategy, affinity=affinity, wait_for_healthy_s=wait_for_healthy_s)
+    clock = Clock()
+    state = FleetState(servers, clock=clock)
+    for n in names:
+        have = (models or {}).get(n, [M, BIG])
+        resident = (loaded or {}).get(n, [])
+        state.probe_succeeded(
+            n,
+            version="0.12.0",
+            models={m: 9_000_000_000 for m in have},
+            loaded=[LoadedModel(m, None) for m in resident],
+        )
+    return LoadBalancer(cfg, state, clock=clock), state, clock
+
+
+class TestLeases:
+    async def test_never_more_than_slots(self) -> None:
+        """A server never holds more leases than its slots; release frees them."""
+        lb, _, _ = make((2, 1))
+        leases = [await lb.acquire(M) for _ in range(3)]
+        assert sorted(le.name for le in leases) == ["s0", "s0", "s1"]
+        assert lb.in_use("s0") == 2 and lb.in_use("s1") == 1
+        for le in leases:
+            lb.release(le)
+        assert lb.in_use("s0") == 0 and lb.in_use("s1") == 0
+
+    async def test_release_is_idempotent(self) -> None:
+        """Releasing twice frees one slot, not two."""
+        lb, _, _ = make((1,))
+        le = await lb.acquire(M)
+        lb.release(le)
+        lb.release(le)
+        assert lb.in_use("s0") == 0
+
+    async def test_waiter_takes_first_slot_freed_anywhere(self) -> None:
+        """A waiting request is not pinned: whichever server frees first serves it."""
+        lb, _, _ = make((1, 1))
+        a, b = await lb.acquire(M), await lb.acquire(M)
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+
+            async def wait() -> None:
+                got.append(await lb.acquire(M))
+
+            tg.start_soon(wait)
+            await wait_all_tasks_blocked()
+            assert lb.waiting == 1
+            lb.release(b if b.name == "s1" else a)
+        assert got[0].name == "s1"
+        assert got[0].queued_s >= 0
+
+    async def test_priority_then_fifo(self) -> None:
+        """Waiters are served by priority, then in arrival order."""
+        lb, _, _ = make((1,))
+        held = await lb.acquire(M)
+        order: List[str] = []
+
+        async def wait(tag: str, prio: int) -> None:
+            lease = await lb.acquire(M, priority=prio)
+            order.append(tag)
+            lb.release(lease)
+
+        async with anyio.create_task_group() as tg:
+            for tag, prio in [("low1", 0), ("high", 5), ("low2", 0), ("mid", 2)]:
+                tg.start_soon(wait, tag, prio)
+                await wait_all_tasks_blocked()
+            lb.release(held)
+        assert order == ["high", "mid", "low1", "low2"]
+
+    async def test_cancelled_waiter_frees_its_place(self) -> None:
+        """Cancelling a waiting request removes it; the slot goes to the next waiter."""
+        lb, _, _ = make((1,))
+        held = await lb.acquire(M)
+        got: List[str] = []
+        async with anyio.create_task_group() as tg:
+            scope = anyio.CancelScope()
+
+            async def first() -> None:
+                with scope:
+                    await lb.acquire(M, priority=9)
+                    got.append("first")  # pragma: no cover - cancelled before
+
+            async def second() -> None:
+                lease = await lb.acquire(M)
+                got.append("second")
+                lb.release(lease)
+
+            tg.start_soon(first)
+            tg.start_soon(second)
+            await wait_all_tasks_blocked()
+            scope.cancel()
+            await wait_all_tasks_blocked()
+            assert lb.waiting == 1
+            lb.release(held)
+        assert got == ["second"]
+        assert lb.in_use("s0") == 0 and lb.waiting == 0
+
+    async def test_lease_context_releases_on_cancel(self) -> None:
+        """A lease held in 'async with' is released when the holder is cancelled."""
+        lb, _, _ = make((1,))
+        async with anyio.create_task_group() as tg:
+
+            async def hold() -> None:
+                async with lb.lease(M):
+                    await anyio.sleep_forever()
+
+            tg.start_soon(hold)
+            await wait_all_tasks_blocked()
+            assert lb.in_use("s0") == 1
+            tg.cancel_scope.cancel()
+        assert lb.in_use("s0") == 0
+
+    async def test_no_wait_while_a_usable_slot_is_free(self) -> None:
+        """Under churn, whenever a request waits, every server it could use is full."""
+        lb, state, _ = make((2, 3, 1), models={"s2": [BIG]})
+        held: List[Lease] = []
+        violations = []
+
+        def check() -> None:
+            if lb.waiting:
+                for st in state.servers():
+                    if M in st.models and lb.in_use(st.server.name) < st.server.max_concurrency:
+                        violations.append(st.server.name)
+
+        async with anyio.create_task_group() as tg:
+
+            async def worker() -> None:
+                held.append(await lb.acquire(M))
+
+            for step in range(40):
+                tg.start_soon(worker)
+                await wait_all_tasks_blocked()
+                check()
+                if step % 3 == 2 and held:
+                    lb.release(held.pop(0))
+                    await wait_all_tasks_blocked()
+                    check()
+            while held or lb.waiting:
+                if held:
+                    lb.release(held.pop(0))
+                await wait_all_tasks_blocked()
+                check()
+        assert violations == []
+        assert lb.in_use("s2") == 0
+
+
+class TestEligibility:
+    async def test_unknown_model_raises_no_capable_server(self) -> None:
+        """A model no server has raises NoCapableServer naming the model and what each has."""
+        lb, _, _ = make((1, 1), models={"s0": [M], "s1": [M]})
+        with pytest.raises(NoCapableServer) as info:
+            await lb.acquire("llama3:70b")
+        assert info.value.model == "llama3:70b"
+        assert info.value.available == {"s0": (M,), "s1": (M,)}
+        assert "llama3:70b" in str(info.value)
+
+    async def test_all_capable_down_raises_no_healthy_server(self) -> None:
+        """When every capable server is down, the request raises NoHealthyServer after the wait."""
+        lb, state, _ = make((1, 1))
+        state.mark_down("s0", "refused")
+        state.mark_down("s1", "refused")
+        with pytest.raises(NoHealthyServer) as info:
+            await lb.acquire(M)
+        assert set(info.value.servers) == {"s0", "s1"}
+
+    async def test_waiter_served_when_server_comes_back(self) -> None:
+        """A request waiting for a healthy server gets one as soon as a probe brings it back."""
+        lb, state, _ = make((1,), wait_for_healthy_s=60)
+        state.mark_down("s0", "refused")
+        got: List[str] = []
+        async with anyio.create_task_group() as tg:
+
+            async def wait() -> None:
+                got.append((await lb.acquire(M)).name)
+
+            tg.start_soon(wait)
+            await wait_all_tasks_blocked()
+            assert got == []
+            state.probe_succeeded("s0", version=None, models={M: 1}, loaded=[])
+        assert got == ["s0"]
+
+    async def test_unhealthy_server_gets_no_work(self) -> None:
+        """A server marked down receives nothing while another can serve."""
+        lb, state, _ = make((4, 4))
+        state.mark_down("s0", "refused")
+        leases = [await lb.acquire(M) for _ in range(4)]
+        assert {le.name for le in leases} == {"s1"}
+
+    async def test_exclude_prefers_untried_servers(self) -> None:
+        """Servers already tried are avoided while another is eligible, used when none is."""
+        lb, _, _ = make((2, 2))
+        assert (await lb.acquire(M, exclude=frozenset({"s0"}))).name == "s1"
+        assert (await lb.acquire(M, exclude=frozenset({"s0", "s1"}))).name in {"s0", "s1"}
+
+    async def test_affinity_prefers_then_falls_back(self) -> None:
+        """A preferred rule routes to its servers while they are eligible, elsewhere when not."""
+        rule = AffinityRule(model="*:32b", servers=("s1",))
+        lb, state, _ = make((2, 2), affinity=(rule,))
+        assert {(await lb.acquire(BIG)).name for _ in range(2)} == {"s1"}
+        assert (await lb.acquire(M)).name == "s0"  # the rule does not match 14b
+        state.mark_down("s1", "refused")
+        assert (await lb.acquire(BIG)).name == "s0"
+
+    async def test_required_affinity_never_falls_back(self) -> None:
+        """A required rule never uses other servers: with its server down, nothing serves."""
+        rule = AffinityRule(labels={"gpu": "a100"}, required=True)
+        lb, state, _ = make((1, 1), affinity=(rule,), labels=[{}, {"gpu": "a100"}])
+        assert (await lb.acquire(M)).name == "s1"
+        state.mark_down("s1", "refused")
+        with pytest.raises(NoHealthyServer):
+            await lb.acquire(M)
+
+
+def cand(name: str, *, slots: int = 1, in_use: int = 0, weight: float = 1.0, loaded: bool = True, service: Optional[float] = 1.0, cold: float = 0.0, busy_for: float = 0.0) -> Candidate:
+    return Candidate(name, slots, in_use, weight, loaded, service, cold, busy_for)
+
+
+REQ = RouteRequest(M)
+
+
+class TestStrategies:
+    def test_round_robin_rotates_and_skips_full(self) -> None:
+        """Round robin rotates over servers and skips a full one."""
+        s = RoundRobinStrategy()
+        cs = [cand("a"), cand("b"), cand("c")]
+        assert [s.choose(REQ, cs).server for _ in range(4)] == ["a", "b", "c", "a"]
+        full_b = [cand("a"), cand("b", in_use=1), cand("c")]
+        assert [s.choose(REQ, full_b).server for _ in range(2)] == ["c", "a"]
+
+    def test_least_loaded_uses_share_of_slots(self) -> None:
+        """Least loaded compares busy share of slots, not raw counts."""
+        s = LeastLoadedStrategy()
+        assert s.choose(REQ, [cand("a", slots=4, in_use=2), cand("b", slots=2, in_use=0)]).server == "b"
+        assert s.choose(REQ, [cand("a", slots=4, in_use=1), cand("b", slots=2, in_use=1)]).server == "a"
+
+    def test_weighted_is_smooth(self) -> None:
+        """Smooth weighted round robin: weights 5,1,1 give a a b a c a a (nginx's sequence)."""
+        s = WeightedStrategy()
+        cs = [cand("a", weight=5), cand("b", weight=1), cand("c", weight=1)]
+        assert "".join(str(s.choose(REQ, cs).server) for _ in range(7)) == "aabacaa"
+
+    def test_model_aware_waits_for_warm_server(self) -> None:
+        """Model aware never picks a cold server while a warm one exists, even if busy."""
+        s = ModelAwareStrategy()
+        choice = s.choose(REQ, [cand("cold", loaded=False), cand("warm", in_use=1)])
+        assert choice.server is None and choice.among == frozenset({"warm"})
+        assert s.choose(REQ, [cand("cold", loaded=False), cand("warm")]).server == "warm"
+        assert s.choose(REQ, [cand("x", loaded=False)]).server == "x"
+
+    def test_hybrid_takes_free_server_when_equal(self) -> None:
+        """Hybrid takes a free server when busy ones are no better."""
+        s = HybridStrategy()
+        assert s.choose(REQ, [cand("a", in_use=1, busy_for=0.5), cand("b")]).server == "b"
+
+    def test_hybrid_waits_rather_than_cold_load(self) -> None:
+        """Hybrid waits for a warm busy server rather than cause a long cold load, bounded."""
+        s = HybridStrategy()
+        choice = s.choose(REQ, [cand("cold", loaded=False, cold=20.0), cand("warm", in_use=1, busy_for=2.0)])
+        assert choice.server is None
+        assert choice.among == frozenset({"warm"})
+        assert choice.widen_after_s == pytest.approx(18.0)
+
+    def test_hybrid_prefers_faster_free_server(self) -> None:
+        """Among free servers hybrid picks the one that finishes soonest."""
+        s = HybridStrategy()
+        assert s.choose(REQ, [cand("slow", service=2.0), cand("fast", service=1.0)]).server == "fast"
+
+
+class TestRoutingByModel:
+    async def test_model_aware_avoids_cold_load(self) -> None:
+        """With the model loaded only on a busy server, model_aware waits for it."""
+        lb, _, _ = make((1, 1), strategy="model_aware", loaded={"s1": [BIG]})
+        first = await lb.acquire(BIG)
+        assert first.name == "s1"
+        got: List[str] = []
+        async with anyio.create_task_group() as tg:
+
+            async def second() -> None:
+                got.append((await lb.acquire(BIG)).name)
+
+            tg.start_soon(second)
+            await wait_all_tasks_blocked()
+            assert got == [] and lb.in_use("s0") == 0
+            lb.release(first)
+        assert got == ["s1"]
+
+    async def test_hybrid_avoids_cold_load(self) -> None:
+        """Hybrid waits for the busy server where the model is loaded rather than cold-load it."""
+        lb, _, _ = make((1, 1), strategy="hybrid", loaded={"s1": [BIG]})
+        first = await lb.acquire(BIG)
+        assert first.name == "s1"
+        got: List[str] = []
+        async with anyio.create_task_group() as tg:
+
+            async def second() -> None:
+                got.append((await lb.acquire(BIG)).name)
+
+            tg.start_soon(second)
+            await wait_all_tasks_blocked()
+            assert got == [] and lb.in_use("s0") == 0
+            lb.release(first)
+        assert got == ["s1"]
+
+    async def test_hybrid_uses_cold_server_for_other_model(self) -> None:
+        """A model loaded nowhere goes to any free server at once."""
+        lb, _, _ = make((1, 1), strategy="hybrid", loaded={"s1": [BIG]})
+        await lb.acquire(BIG)
+        assert (await lb.acquire(M)).name == "s0"
