@@ -1,0 +1,1127 @@
+"""One simulated Ollama host: its scheduler and its HTTP API, as an ASGI app.
+
+The scheduler follows Ollama's: a runner per loaded model with ``num_parallel`` slots;
+requests for a loaded model wait on its slots (FIFO, unbounded); requests that need a load
+wait for the one load at a time, at most ``max_queue`` of them (then 503); eviction picks an
+idle runner first, else the one whose keep-alive ends soonest, and waits for its requests.
+
+Timing: a request's decode speed is the model's single-request speed times the host's
+``speed``, times ``aggregate_speedup(n) / n`` with ``n`` requests decoding at once on the
+host. Every real wait is the simulated time times ``time_scale``; every reported duration is
+in simulated time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Deque,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
+
+import anyio
+
+from .._config import normalize_model
+from ._spec import Faults, HostProfile, ModelSpec, aggregate_speedup
+
+__all__ = ["RequestRecord", "SimHost", "SimState", "SimulatedReset"]
+
+log = logging.getLogger("ollama_orchestra.sim")
+
+Scope = Dict[str, Any]
+Message = Dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_WORDS = [
+    "the",
+    "model",
+    "plan",
+    "code",
+    "test",
+    "async",
+    "await",
+    "server",
+    "fleet",
+    "slot",
+    "queue",
+    "load",
+    "token",
+    "stream",
+    "answer",
+    "function",
+    "class",
+    "module",
+    "return",
+    "value",
+    "error",
+    "retry",
+    "balance",
+    "task",
+    "graph",
+    "wave",
+    "result",
+    "python",
+    "request",
+    "response",
+    "health",
+    "check",
+    "state",
+    "metric",
+    "latency",
+    "throughput",
+    "share",
+    "worker",
+    "batch",
+    "cache",
+    "memory",
+    "device",
+    "kernel",
+    "tensor",
+    "layer",
+    "weight",
+    "bias",
+    "input",
+    "output",
+    "prompt",
+    "context",
+    "window",
+    "first",
+    "then",
+    "next",
+    "finally",
+    "because",
+    "therefore",
+    "however",
+    "also",
+    "only",
+    "each",
+    "every",
+    "some",
+    "many",
+    "few",
+]
+
+
+class SimulatedReset(Exception):
+    """Raised inside the app to make the server drop a connection mid-stream."""
+
+
+class _ClientGone(Exception):
+    """The client disconnected before the request body was read."""
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One API request as the host received it."""
+
+    route: str
+    model: str
+    prompt: Optional[str]
+    messages: Optional[Tuple[Dict[str, Any], ...]]
+    options: Dict[str, Any]
+    received_at: float
+
+
+@dataclass(frozen=True)
+class SimState:
+    """A snapshot of the host's scheduler."""
+
+    loaded: Tuple[str, ...]
+    in_flight: int
+    in_flight_by_model: Dict[str, int]
+    waiting_for_slot: int
+    waiting_for_load: int
+    loading: Optional[str]
+    requests: int
+    completed: int
+    loads: int
+    evictions: int
+    rejected_busy: int
+    paused: bool
+
+    @property
+    def queued(self) -> int:
+        return self.waiting_for_slot + self.waiting_for_load
+
+
+class _Runner:
+    """A loaded model: its slots and keep-alive."""
+
+    def __init__(self, spec: ModelSpec, slots: int) -> None:
+        self.spec = spec
+        self.slots = slots
+        self.active = 0
+        self.waiters: Deque[asyncio.Future[None]] = deque()
+        self.keep_alive_s: float = 300.0  # simulated seconds, from the latest request
+        self.expires_at: Optional[float] = None  # real monotonic time; None while busy or forever
+        self.expiry_handle: Optional[asyncio.TimerHandle] = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.unloading = False
+
+    def busy(self) -> bool:
+        return self.active > 0 or bool(self.waiters)
+
+
+def _parse_keep_alive(value: Any, default: float) -> float:
+    """Ollama's keep_alive: seconds, or a duration string ("5m", "30s", "1h"); negative = forever."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise _HTTPError(400, f"invalid keep_alive {value!r}")
+    if isinstance(value, (int, float)):
+        return math.inf if value < 0 else float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+        for suffix in ("ms", "s", "m", "h"):
+            if text.endswith(suffix):
+                try:
+                    n = float(text[: -len(suffix)])
+                except ValueError:
+                    break
+                return math.inf if n < 0 else n * units[suffix]
+        try:
+            n = float(text)
+        except ValueError:
+            raise _HTTPError(400, f"invalid keep_alive duration {value!r}") from None
+        return math.inf if n < 0 else n
+    raise _HTTPError(400, f"invalid keep_alive {value!r}")
+
+
+def _count_tokens(text: str) -> int:
+    return max(1, (len(text) + 3) // 4)
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class SimHost:
+    """A simulated Ollama host: scheduler, timing, faults, and the ASGI app serving them.
+
+    Args:
+        profile: the host's models, speed and scheduler limits.
+        time_scale: real seconds per simulated second (0.01 runs 100x faster).
+        seed: seeds the answers' text and the random faults.
+        faults: faults to start with.
+    """
+
+    def __init__(
+        self,
+        profile: HostProfile,
+        *,
+        time_scale: float = 1.0,
+        seed: int = 0,
+        faults: Optional[Faults] = None,
+    ) -> None:
+        if not isinstance(time_scale, (int, float)) or not (
+            time_scale > 0 and math.isfinite(time_scale)
+        ):
+            from .._errors import SimConfigError
+
+            raise SimConfigError("time_scale", time_scale, "must be a finite number > 0")
+        self.profile = profile
+        self.name = profile.name
+        self.time_scale = float(time_scale)
+        self.seed = seed
+        self.faults = faults or Faults()
+        self.on_faults_changed: List[Callable[[Faults], None]] = []
+        self._rng = random.Random(seed)
+        self._requests: Deque[RequestRecord] = deque(maxlen=10_000)
+        self._changed: Optional[asyncio.Event] = None
+        self._running: Optional[asyncio.Event] = None  # created lazily, on the serving loop
+        self._paused = False
+        self._tasks: Set[asyncio.Task[Any]] = set()
+        self.reset()
+
+    # -- controls ---------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Fresh scheduler state, like a rebooted host."""
+        for r in getattr(self, "_runners", {}).values():
+            if r.expiry_handle is not None:
+                r.expiry_handle.cancel()
+        self._runners: Dict[str, _Runner] = {}
+        self._load_lock: Optional[asyncio.Lock] = None
+        self._loading: Optional[str] = None
+        self._waiting_load = 0
+        self._decoding = 0
+        self._in_flight: Dict[str, int] = {}
+        self._requests_total = 0
+        self._completed = 0
+        self._loads = 0
+        self._evictions = 0
+        self._rejected = 0
+        self._notify()
+
+    def set_faults(self, faults: Faults) -> None:
+        self.faults = faults
+        for cb in list(self.on_faults_changed):
+            cb(faults)
+        self._notify()
+
+    def pause(self) -> None:
+        """Freeze every decode in progress (and new ones) until :meth:`resume`."""
+        self._paused = True
+        self._resume_event().clear()
+        self._notify()
+
+    def resume(self) -> None:
+        self._paused = False
+        self._resume_event().set()
+        self._notify()
+
+    @property
+    def requests(self) -> Sequence[RequestRecord]:
+        return tuple(self._requests)
+
+    def state(self) -> SimState:
+        return SimState(
+            loaded=tuple(sorted(n for n, r in self._runners.items() if not r.unloading)),
+            in_flight=sum(self._in_flight.values()),
+            in_flight_by_model={k: v for k, v in self._in_flight.items() if v},
+            waiting_for_slot=sum(len(r.waiters) for r in self._runners.values()),
+            waiting_for_load=self._waiting_load,
+            loading=self._loading,
+            requests=self._requests_total,
+            completed=self._completed,
+            loads=self._loads,
+            evictions=self._evictions,
+            rejected_busy=self._rejected,
+            paused=self._paused,
+        )
+
+    async def wait_until(self, predicate: Callable[[SimState], bool]) -> SimState:
+        """Wait until ``predicate(state())`` holds; re-checked on every scheduler change."""
+        while True:
+            st = self.state()
+            if predicate(st):
+                return st
+            if self._changed is None:
+                self._changed = asyncio.Event()
+            await self._changed.wait()
+
+    async def aclose(self) -> None:
+        """Cancel every in-flight generation."""
+        for task in list(self._tasks):
+            task.cancel()
+        self.reset()
+
+    def _notify(self) -> None:
+        ev = self._changed
+        if ev is not None:
+            self._changed = None
+            ev.set()
+
+    def _resume_event(self) -> asyncio.Event:
+        if self._running is None:
+            self._running = asyncio.Event()
+            if not self._paused:
+                self._running.set()
+        return self._running
+
+    def _sim(self, real_s: float) -> float:
+        return real_s / self.time_scale
+
+    async def _sleep_sim(self, sim_s: float) -> None:
+        if sim_s > 0:
+            await asyncio.sleep(sim_s * self.time_scale)
+
+    # -- scheduler ---------------------------------------------------------------------------
+
+    def _vram_used(self) -> float:
+        return sum(r.spec.size_gb for r in self._runners.values() if not r.unloading)
+
+    def _needs_eviction(self, spec: ModelSpec) -> bool:
+        live = [r for r in self._runners.values() if not r.unloading]
+        if len(live) >= self.profile.max_loaded_models:
+            return True
+        vram = self.profile.vram_gb
+        return vram is not None and self._vram_used() + spec.size_gb > vram + 1e-9
+
+    def _pick_victim(self) -> Optional[_Runner]:
+        live = [r for r in self._runners.values() if not r.unloading]
+        if not live:
+            return None
+        idle = [r for r in live if not r.busy()]
+        pool = idle or live
+
+        def remaining(r: _Runner) -> float:
+            if r.expires_at is None:
+                return math.inf if r.busy() or r.keep_alive_s == math.inf else r.keep_alive_s
+            return r.expires_at - time.monotonic()
+
+        return min(pool, key=remaining)
+
+    def _unload(self, runner: _Runner) -> None:
+        if self._runners.get(runner.spec.name) is runner:
+            del self._runners[runner.spec.name]
+        if runner.expiry_handle is not None:
+            runner.expiry_handle.cancel()
+            runner.expiry_handle = None
+        self._notify()
+
+    async def _acquire_runner(self, spec: ModelSpec) -> _Runner:
+        runner = self._runners.get(spec.name)
+        if runner is not None and not runner.unloading:
+            return runner
+        if self._waiting_load >= self.profile.max_queue:
+            self._rejected += 1
+            raise _HTTPError(
+                503, "server busy, please try again.  maximum pending requests exceeded"
+            )
+        self._waiting_load += 1
+        self._notify()
+        try:
+            if self._load_lock is None:
+                self._load_lock = asyncio.Lock()
+            async with self._load_lock:
+                runner = self._runners.get(spec.name)
+                if runner is not None and not runner.unloading:
+                    return runner
+                while self._needs_eviction(spec):
+                    victim = self._pick_victim()
+                    if victim is None:
+                        break
+                    victim.unloading = True
+                    self._evictions += 1
+                    self._notify()
+                    await victim.idle.wait()
+                    self._unload(victim)
+                self._loading = spec.name
+                self._notify()
+                try:
+                    await self._sleep_sim(spec.cold_load_s / self.faults.slow)
+                finally:
+                    self._loading = None
+                runner = _Runner(spec, self.profile.num_parallel)
+                runner.keep_alive_s = self.profile.keep_alive_s
+                self._runners[spec.name] = runner
+                self._loads += 1
+                self._notify()
+                return runner
+        finally:
+            self._waiting_load -= 1
+            self._notify()
+
+    async def _take_slot(self, runner: _Runner) -> None:
+        if runner.active < runner.slots and not runner.waiters:
+            self._enter(runner)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        runner.waiters.append(fut)
+        self._notify()
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self._leave(runner)  # granted just as we were cancelled: hand it on
+            else:
+                try:
+                    runner.waiters.remove(fut)
+                except ValueError:
+                    pass
+            self._notify()
+            raise
+
+    def _enter(self, runner: _Runner) -> None:
+        runner.active += 1
+        runner.idle.clear()
+        runner.expires_at = None
+        if runner.expiry_handle is not None:
+            runner.expiry_handle.cancel()
+            runner.expiry_handle = None
+        self._notify()
+
+    def _leave(self, runner: _Runner) -> None:
+        runner.active -= 1
+        while runner.waiters and runner.active < runner.slots:
+            fut = runner.waiters.popleft()
+            if not fut.done():
+                runner.active += 1
+                fut.set_result(None)
+        if runner.active == 0 and not runner.waiters:
+            runner.idle.set()
+            self._arm_expiry(runner)
+        self._notify()
+
+    def _arm_expiry(self, runner: _Runner) -> None:
+        ka = runner.keep_alive_s
+        if runner.unloading:
+            return
+        if ka == math.inf:
+            runner.expires_at = None
+            return
+        delay = ka * self.time_scale
+        runner.expires_at = time.monotonic() + delay
+        if delay <= 0:
+            self._unload(runner)
+            return
+        loop = asyncio.get_running_loop()
+        runner.expiry_handle = loop.call_later(delay, self._expire, runner)
+
+    def _expire(self, runner: _Runner) -> None:
+        runner.expiry_handle = None
+        if not runner.busy() and self._runners.get(runner.spec.name) is runner:
+            self._unload(runner)
+
+    def _rate(self, spec: ModelSpec) -> float:
+        n = max(1, self._decoding)
+        return spec.decode_tps * self.profile.speed / self.faults.slow * aggregate_speedup(n) / n
+
+    # -- a generation ----------------------------------------------------------------------
+
+    def _text_rng(self, model: str, prompt: str) -> random.Random:
+        digest = hashlib.sha256(f"{self.seed}|{model}|{prompt}".encode()).digest()
+        return random.Random(int.from_bytes(digest[:8], "big"))
+
+    async def _generate(
+        self,
+        spec: ModelSpec,
+        prompt_text: str,
+        num_predict: Optional[int],
+        keep_alive: float,
+        started: float,
+        stats: Dict[str, Any],
+    ) -> AsyncIterator[str]:
+        """Yield tokens; fill ``stats`` with Ollama's durations (ns) at the end."""
+        runner = await self._acquire_runner(spec)
+        stats["load_duration"] = int(self._sim(time.monotonic() - started) * 1e9)
+        await self._take_slot(runner)
+        runner.keep_alive_s = keep_alive
+        self._in_flight[spec.name] = self._in_flight.get(spec.name, 0) + 1
+        self._notify()
+        decoding = False
+        try:
+            prompt_tokens = _count_tokens(prompt_text)
+            prompt_s = prompt_tokens / (spec.prompt_rate * self.profile.speed / self.faults.slow)
+            await self._wait_running()
+            await self._sleep_sim(prompt_s)
+            stats["prompt_eval_count"] = prompt_tokens
+            stats["prompt_eval_duration"] = int(prompt_s * 1e9)
+            target = (
+                num_predict
+                if num_predict is not None and num_predict >= 0
+                else spec.default_num_predict
+            )
+            stats["done_reason"] = (
+                "length" if num_predict is not None and num_predict >= 0 else "stop"
+            )
+            rng = self._text_rng(spec.name, prompt_text)
+            self._decoding += 1
+            decoding = True
+            produced = 0
+            progress = 0.0
+            eval_s = 0.0
+            last = time.monotonic()
+            tick = max(0.002, min(0.02, 1.0 / max(1.0, self._rate(spec)) * self.time_scale))
+            while produced < target:
+                if self._paused:
+                    await self._wait_running()
+                    last = time.monotonic()
+                await asyncio.sleep(tick)
+                now = time.monotonic()
+                rate = self._rate(spec)
+                sim_elapsed = self._sim(now - last)
+                last = now
+                progress += sim_elapsed * rate
+                due = min(target, int(progress))
+                if due > produced:
+                    eval_s += (due - produced) / rate
+                    for _ in range(due - produced):
+                        yield " " + rng.choice(_WORDS)
+                    produced = due
+            stats["eval_count"] = produced
+            stats["eval_duration"] = int(eval_s * 1e9)
+            self._completed += 1
+        finally:
+            if decoding:
+                self._decoding -= 1
+            self._in_flight[spec.name] -= 1
+            if keep_alive == 0:
+                runner.keep_alive_s = 0.0
+            self._leave(runner)
+
+    async def _wait_running(self) -> None:
+        ev = self._resume_event()
+        if not ev.is_set():
+            await ev.wait()
+
+    async def _load_only(
+        self, spec: ModelSpec, keep_alive: float, started: float
+    ) -> Dict[str, Any]:
+        """Empty prompt: load (or, with keep_alive 0, unload) the model."""
+        if keep_alive == 0:
+            runner = self._runners.get(spec.name)
+            if runner is not None:
+                runner.unloading = True
+                await runner.idle.wait()
+                self._unload(runner)
+            return {
+                "done_reason": "unload",
+                "total_duration": int(self._sim(time.monotonic() - started) * 1e9),
+            }
+        runner = await self._acquire_runner(spec)
+        load_ns = int(self._sim(time.monotonic() - started) * 1e9)
+        runner.keep_alive_s = keep_alive
+        if not runner.busy():
+            if runner.expiry_handle is not None:
+                runner.expiry_handle.cancel()
+            self._arm_expiry(runner)
+        return {"done_reason": "load", "load_duration": load_ns, "total_duration": load_ns}
+
+    # -- the HTTP API ------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await self._handle(scope, receive, send)
+        finally:
+            if task is not None:
+                self._tasks.discard(task)
+
+    @property
+    def app(self) -> SimHost:
+        return self
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path = scope["method"], scope["path"]
+        if path.startswith("/_sim/"):
+            await self._admin(method, path, receive, send)
+            return
+        faults = self.faults
+        if faults.hang:
+            await _wait_disconnect(receive)
+            return
+        if path == "/" and method in ("GET", "HEAD"):
+            await _send_text(send, 200, "Ollama is running", head=method == "HEAD")
+            return
+        if faults.status is not None:
+            await _send_json(send, faults.status, {"error": _status_message(faults.status)})
+            return
+        routes = {
+            ("GET", "/api/version"): self._version,
+            ("GET", "/api/tags"): self._tags,
+            ("GET", "/api/ps"): self._ps,
+            ("POST", "/api/show"): self._show,
+            ("POST", "/api/generate"): self._generate_route,
+            ("POST", "/api/chat"): self._chat_route,
+            ("POST", "/api/embed"): self._embed_route,
+            ("POST", "/api/embeddings"): self._embeddings_route,
+        }
+        handler = routes.get((method, path))
+        if handler is None:
+            if any(p == path for (_, p) in routes):
+                await _send_text(send, 405, "405 method not allowed")
+            else:
+                await _send_text(send, 404, "404 page not found")
+            return
+        try:
+            await handler(receive, send)
+        except _HTTPError as exc:
+            await _send_json(send, exc.status, {"error": exc.message})
+        except _ClientGone:
+            return
+
+    async def _admin(self, method: str, path: str, receive: Receive, send: Send) -> None:
+        if path == "/_sim/faults" and method == "POST":
+            try:
+                body = json.loads(await _read_body(receive) or b"{}")
+                faults = Faults.from_mapping(body)
+            except (ValueError, TypeError) as exc:
+                await _send_json(send, 400, {"error": str(exc)})
+                return
+            self.set_faults(faults)
+            await _send_json(send, 200, faults.to_dict())
+        elif path == "/_sim/faults" and method == "GET":
+            await _send_json(send, 200, self.faults.to_dict())
+        elif path == "/_sim/state" and method == "GET":
+            st = self.state()
+            body = {k: getattr(st, k) for k in st.__dataclass_fields__}
+            body["queued"] = st.queued
+            await _send_json(send, 200, body)
+        elif path == "/_sim/requests" and method == "GET":
+            await _send_json(
+                send,
+                200,
+                {
+                    "requests": [
+                        {
+                            "route": r.route,
+                            "model": r.model,
+                            "prompt": r.prompt,
+                            "messages": list(r.messages) if r.messages is not None else None,
+                            "options": r.options,
+                            "received_at": r.received_at,
+                        }
+                        for r in self._requests
+                    ]
+                },
+            )
+        elif path == "/_sim/pause" and method == "POST":
+            self.pause()
+            await _send_json(send, 200, {"paused": True})
+        elif path == "/_sim/resume" and method == "POST":
+            self.resume()
+            await _send_json(send, 200, {"paused": False})
+        elif path == "/_sim/reset" and method == "POST":
+            await self.aclose()
+            await _send_json(send, 200, {"reset": True})
+        else:
+            await _send_text(send, 404, "404 page not found")
+
+    async def _version(self, receive: Receive, send: Send) -> None:
+        await _send_json(send, 200, {"version": self.profile.version})
+
+    def _details(self, spec: ModelSpec) -> Dict[str, Any]:
+        return {
+            "parent_model": "",
+            "format": "gguf",
+            "family": spec.family,
+            "families": [spec.family],
+            "parameter_size": spec.parameter_size,
+            "quantization_level": spec.quantization_level,
+        }
+
+    async def _tags(self, receive: Receive, send: Send) -> None:
+        models = [
+            {
+                "name": m.name,
+                "model": m.name,
+                "modified_at": "2026-01-01T00:00:00Z",
+                "size": m.size_bytes,
+                "digest": m.digest,
+                "details": self._details(m),
+            }
+            for m in self.profile.models
+        ]
+        await _send_json(send, 200, {"models": models})
+
+    async def _ps(self, receive: Receive, send: Send) -> None:
+        now_mono, now_wall = time.monotonic(), time.time()
+        rows = []
+        for runner in self._runners.values():
+            if runner.unloading:
+                continue
+            if runner.expires_at is None:
+                # Busy (the timer stops while requests run) or kept forever.
+                remaining = (
+                    runner.keep_alive_s * self.time_scale
+                    if runner.keep_alive_s != math.inf
+                    else 10 * 365 * 86400 * 100
+                )
+            else:
+                remaining = runner.expires_at - now_mono
+            rows.append((remaining, runner))
+        rows.sort(key=lambda x: -x[0])
+        models = []
+        for remaining, runner in rows:
+            spec = runner.spec
+            expires = datetime.fromtimestamp(
+                now_wall + min(remaining, 10 * 365 * 86400 * 100), timezone.utc
+            )
+            models.append(
+                {
+                    "name": spec.name,
+                    "model": spec.name,
+                    "size": spec.size_bytes,
+                    "digest": spec.digest,
+                    "details": self._details(spec),
+                    "expires_at": expires.isoformat().replace("+00:00", "Z"),
+                    "size_vram": spec.size_bytes,
+                    "context_length": spec.context_length,
+                }
+            )
+        await _send_json(send, 200, {"models": models})
+
+    async def _json_body(self, receive: Receive) -> Dict[str, Any]:
+        raw = await _read_body(receive)
+        if not raw.strip():
+            raise _HTTPError(400, "missing request body")
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            raise _HTTPError(400, f"invalid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise _HTTPError(400, "invalid request body: expected a JSON object")
+        return body
+
+    def _model_for(self, body: Dict[str, Any], capability: str, verb: str) -> ModelSpec:
+        name = body.get("model")
+        if not name or not isinstance(name, str):
+            raise _HTTPError(400, "model is required")
+        spec = self.profile.model(name)
+        if spec is None:
+            raise _HTTPError(404, f"model '{name}' not found")
+        if capability not in spec.capabilities:
+            raise _HTTPError(400, f'"{name}" does not support {verb}')
+        return spec
+
+    async def _show(self, receive: Receive, send: Send) -> None:
+        body = await self._json_body(receive)
+        name = body.get("model") or body.get("name")
+        if not name:
+            raise _HTTPError(400, "model is required")
+        spec = self.profile.model(str(name))
+        if spec is None:
+            raise _HTTPError(404, f"model '{name}' not found")
+        await _send_json(
+            send,
+            200,
+            {
+                "license": "",
+                "modelfile": f"FROM {spec.name}\n",
+                "parameters": 'stop "<|im_end|>"',
+                "template": "{{ .Prompt }}",
+                "details": self._details(spec),
+                "model_info": {
+                    "general.architecture": spec.family,
+                    "general.parameter_count": 0,
+                    f"{spec.family}.context_length": spec.context_length,
+                    f"{spec.family}.embedding_length": spec.embedding_length,
+                },
+                "capabilities": list(spec.capabilities),
+                "modified_at": "2026-01-01T00:00:00Z",
+            },
+        )
+
+    def _record(self, route: str, body: Dict[str, Any]) -> None:
+        msgs = body.get("messages")
+        self._requests.append(
+            RequestRecord(
+                route=route,
+                model=normalize_model(str(body.get("model", ""))),
+                prompt=body.get("prompt") if isinstance(body.get("prompt"), str) else None,
+                messages=tuple(dict(m) for m in msgs if isinstance(m, dict))
+                if isinstance(msgs, list)
+                else None,
+                options=dict(body.get("options") or {}),
+                received_at=time.time(),
+            )
+        )
+        self._requests_total += 1
+        self._notify()
+
+    def _random_failure(self) -> None:
+        if self.faults.error_rate and self._rng.random() < self.faults.error_rate:
+            raise _HTTPError(500, "llama runner process has terminated: simulated failure")
+
+    async def _generate_route(self, receive: Receive, send: Send) -> None:
+        body = await self._json_body(receive)
+        spec = self._model_for(body, "completion", "generate")
+        self._record("/api/generate", body)
+        prompt = body.get("prompt") or ""
+        if not isinstance(prompt, str):
+            raise _HTTPError(400, "prompt must be a string")
+        system = body.get("system") or ""
+        await self._complete(receive, send, body, spec, prompt, str(system) + prompt, chat=False)
+
+    async def _chat_route(self, receive: Receive, send: Send) -> None:
+        body = await self._json_body(receive)
+        spec = self._model_for(body, "completion", "chat")
+        self._record("/api/chat", body)
+        messages = body.get("messages") or []
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise _HTTPError(400, "messages must be a list of objects")
+        text = "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in messages)
+        await self._complete(
+            receive, send, body, spec, "" if not messages else text, text, chat=True
+        )
+
+    async def _complete(
+        self,
+        receive: Receive,
+        send: Send,
+        body: Dict[str, Any],
+        spec: ModelSpec,
+        prompt: str,
+        full_text: str,
+        *,
+        chat: bool,
+    ) -> None:
+        started = time.monotonic()
+        keep_alive = _parse_keep_alive(body.get("keep_alive"), self.profile.keep_alive_s)
+        stream = body.get("stream", True) is not False
+        options = body.get("options") or {}
+        num_predict = options.get("num_predict") if isinstance(options, dict) else None
+        if num_predict is not None and (
+            not isinstance(num_predict, int) or isinstance(num_predict, bool)
+        ):
+            raise _HTTPError(400, f"invalid num_predict {num_predict!r}")
+        model_name = str(body.get("model"))
+
+        def chunk(text: str, done: bool, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+            out: Dict[str, Any] = {"model": model_name, "created_at": _now_rfc3339()}
+            if chat:
+                out["message"] = {"role": "assistant", "content": text}
+            else:
+                out["response"] = text
+            out["done"] = done
+            if extra:
+                out.update(extra)
+            return out
+
+        if not prompt:
+            await _send_json(
+                send, 200, chunk("", True, await self._load_only(spec, keep_alive, started))
+            )
+            return
+
+        self._random_failure()
+        stats: Dict[str, Any] = {}
+        gen = self._generate(spec, full_text, num_predict, keep_alive, started, stats)
+        if not stream:
+            parts: List[str] = []
+            async with _watch_disconnect(receive):
+                async for token in gen:
+                    parts.append(token)
+            await _send_json(
+                send, 200, chunk("".join(parts), True, self._final_stats(stats, started))
+            )
+            return
+
+        async def lines() -> AsyncIterator[bytes]:
+            n = 0
+            async for token in gen:
+                faults = self.faults
+                if faults.reset_after_chunks is not None and n >= faults.reset_after_chunks:
+                    raise SimulatedReset(f"{self.name}: connection reset after {n} chunks")
+                if (
+                    faults.stream_error_after_chunks is not None
+                    and n >= faults.stream_error_after_chunks
+                ):
+                    yield (
+                        json.dumps(
+                            {"error": "an error was encountered while running the model: simulated"}
+                        ).encode()
+                        + b"\n"
+                    )
+                    return
+                yield json.dumps(chunk(token, False)).encode() + b"\n"
+                n += 1
+            yield json.dumps(chunk("", True, self._final_stats(stats, started))).encode() + b"\n"
+
+        await _stream_ndjson(send, receive, lines())
+
+    def _final_stats(self, stats: Dict[str, Any], started: float) -> Dict[str, Any]:
+        return {
+            "done_reason": stats.get("done_reason", "stop"),
+            "total_duration": int(self._sim(time.monotonic() - started) * 1e9),
+            "load_duration": stats.get("load_duration", 0),
+            "prompt_eval_count": stats.get("prompt_eval_count", 0),
+            "prompt_eval_duration": stats.get("prompt_eval_duration", 0),
+            "eval_count": stats.get("eval_count", 0),
+            "eval_duration": stats.get("eval_duration", 0),
+        }
+
+    def _vector(self, spec: ModelSpec, text: str) -> List[float]:
+        rng = self._text_rng(spec.name, text)
+        v = [rng.gauss(0.0, 1.0) for _ in range(spec.embedding_length)]
+        norm = math.sqrt(sum(x * x for x in v)) or 1.0
+        return [x / norm for x in v]
+
+    async def _embed_common(
+        self, body: Dict[str, Any], texts: List[str], route: str
+    ) -> Tuple[List[List[float]], Dict[str, Any]]:
+        spec = self._model_for(body, "embedding", "embeddings")
+        self._record(route, body)
+        self._random_failure()
+        started = time.monotonic()
+        keep_alive = _parse_keep_alive(body.get("keep_alive"), self.profile.keep_alive_s)
+        runner = await self._acquire_runner(spec)
+        load_ns = int(self._sim(time.monotonic() - started) * 1e9)
+        await self._take_slot(runner)
+        runner.keep_alive_s = keep_alive
+        self._in_flight[spec.name] = self._in_flight.get(spec.name, 0) + 1
+        self._notify()
+        try:
+            tokens = sum(_count_tokens(t) for t in texts)
+            await self._wait_running()
+            await self._sleep_sim(
+                tokens / (spec.prompt_rate * self.profile.speed / self.faults.slow)
+            )
+            vectors = [self._vector(spec, t) for t in texts]
+            self._completed += 1
+        finally:
+            self._in_flight[spec.name] -= 1
+            self._leave(runner)
+        return vectors, {
+            "total_duration": int(self._sim(time.monotonic() - started) * 1e9),
+            "load_duration": load_ns,
+            "prompt_eval_count": tokens,
+        }
+
+    async def _embed_route(self, receive: Receive, send: Send) -> None:
+        body = await self._json_body(receive)
+        raw = body.get("input")
+        if isinstance(raw, str):
+            texts = [raw]
+        elif isinstance(raw, list) and all(isinstance(t, str) for t in raw):
+            texts = list(raw)
+        else:
+            raise _HTTPError(400, "invalid input type")
+        async with _watch_disconnect(receive):
+            vectors, stats = await self._embed_common(body, texts, "/api/embed")
+        await _send_json(send, 200, {"model": body.get("model"), "embeddings": vectors, **stats})
+
+    async def _embeddings_route(self, receive: Receive, send: Send) -> None:
+        body = await self._json_body(receive)
+        prompt = body.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise _HTTPError(400, "prompt must be a string")
+        async with _watch_disconnect(receive):
+            vectors, _ = await self._embed_common(body, [prompt], "/api/embeddings")
+        await _send_json(send, 200, {"embedding": vectors[0]})
+
+
+def _status_message(status: int) -> str:
+    if status == 503:
+        return "server busy, please try again.  maximum pending requests exceeded"
+    if status >= 500:
+        return "llama runner process has terminated: exit status 2"
+    return "simulated error"
+
+
+# -- tiny ASGI helpers ---------------------------------------------------------------------------
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class _watch_disconnect:
+    """Cancel the block when the client goes away (so its slot is freed at once)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._tg: Optional[anyio.abc.TaskGroup] = None
+
+    async def __aenter__(self) -> None:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+
+        async def watch() -> None:
+            await _wait_disconnect(self._receive)
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+
+        self._tg.start_soon(watch)
+
+    async def __aexit__(self, *exc: Any) -> Optional[bool]:
+        assert self._tg is not None
+        if exc[0] is None:
+            self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(*exc)
+
+
+async def _send_json(send: Send, status: int, body: Any) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json; charset=utf-8"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _send_text(send: Send, status: int, text: str, *, head: bool = False) -> None:
+    data = text.encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if head else data})
+
+
+async def _stream_ndjson(send: Send, receive: Receive, lines: AsyncIterator[bytes]) -> None:
+    """Stream NDJSON; headers go out with the first line, as Ollama's handler does.
+
+    Errors before the first line become a proper status; after it, the stream just ends
+    (or carries an ``{"error": ...}`` line). A client that goes away cancels the stream.
+    """
+    started = False
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await _wait_disconnect(receive)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        try:
+            async for line in lines:
+                if not started:
+                    await send(
+                        {
+                            "type": "http.response.start",
+                            "status": 200,
+                            "headers": [(b"content-type", b"application/x-ndjson")],
+                        }
+                    )
+                    started = True
+                await send({"type": "http.response.body", "body": line, "more_body": True})
+            if started:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except _HTTPError as exc:
+            if started:
+                data = json.dumps({"error": exc.message}).encode() + b"\n"
+                await send({"type": "http.response.body", "body": data, "more_body": False})
+            else:
+                await _send_json(send, exc.status, {"error": exc.message})
+        finally:
+            tg.cancel_scope.cancel()

@@ -1,0 +1,287 @@
+"""What a simulated host is: its models, its GPU's speed, its scheduler limits, its faults."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .._config import normalize_model
+from .._errors import SimConfigError
+
+__all__ = [
+    "BATCH_AGGREGATE",
+    "Faults",
+    "HostProfile",
+    "ModelSpec",
+    "aggregate_speedup",
+    "preset_fleet",
+]
+
+#: llama.cpp batched-bench: aggregate decode throughput at 1, 2, 4, 8 parallel sequences,
+#: relative to one (41.6 -> 50.9 -> 74.4 -> 139 tok/s).
+BATCH_AGGREGATE: Tuple[Tuple[int, float], ...] = (
+    (1, 1.0),
+    (2, 50.9 / 41.6),
+    (4, 74.4 / 41.6),
+    (8, 139.0 / 41.6),
+)
+
+
+def aggregate_speedup(n: int) -> float:
+    """Aggregate throughput multiplier with ``n`` requests decoding at once on one GPU."""
+    if n <= 1:
+        return 1.0
+    pts = BATCH_AGGREGATE
+    for (n0, a0), (n1, a1) in zip(pts, pts[1:]):
+        if n <= n1:
+            return a0 + (a1 - a0) * (n - n0) / (n1 - n0)
+    (n0, a0), (n1, a1) = pts[-2], pts[-1]
+    return a1 + (a1 - a0) * (n - n1) / (n1 - n0)
+
+
+def _check_positive(owner: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise SimConfigError(
+            f"{owner}.{name}", value, "must be a finite number " + (">= 0" if allow_zero else "> 0")
+        )
+
+
+def _check_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SimConfigError(f"{owner}.{name}", value, f"must be an integer >= {minimum}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model a simulated host serves.
+
+    Args:
+        name: Ollama's name, e.g. ``qwen2.5:14b``.
+        size_gb: size in VRAM (GB); also sets the default cold-load time.
+        decode_tps: decode speed of one request alone, tokens/s, on a ``speed=1`` host.
+        prompt_tps: prompt evaluation speed (default 25x decode).
+        load_s: cold-load time in seconds (default: 0.5 s + 1 s per 1.5 GB).
+        capabilities: ``("completion",)`` or ``("embedding",)`` (plus e.g. ``"tools"``).
+        default_num_predict: answer length in tokens when the request sets none.
+    """
+
+    name: str
+    size_gb: float = 9.0
+    decode_tps: float = 40.0
+    prompt_tps: Optional[float] = None
+    load_s: Optional[float] = None
+    capabilities: Tuple[str, ...] = ("completion",)
+    family: str = "qwen2"
+    parameter_size: str = "14.8B"
+    quantization_level: str = "Q4_K_M"
+    context_length: int = 32768
+    default_num_predict: int = 128
+    embedding_length: int = 768
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise SimConfigError("ModelSpec.name", self.name, "must be a non-empty model name")
+        object.__setattr__(self, "name", normalize_model(self.name))
+        owner = f"ModelSpec({self.name!r})"
+        _check_positive(owner, "size_gb", self.size_gb)
+        _check_positive(owner, "decode_tps", self.decode_tps)
+        if self.prompt_tps is not None:
+            _check_positive(owner, "prompt_tps", self.prompt_tps)
+        if self.load_s is not None:
+            _check_positive(owner, "load_s", self.load_s, allow_zero=True)
+        _check_int(owner, "default_num_predict", self.default_num_predict)
+        _check_int(owner, "context_length", self.context_length)
+        _check_int(owner, "embedding_length", self.embedding_length)
+        caps = tuple(self.capabilities)
+        if not caps or not ({"completion", "embedding"} & set(caps)):
+            raise SimConfigError(
+                f"{owner}.capabilities", self.capabilities, "needs 'completion' or 'embedding'"
+            )
+        object.__setattr__(self, "capabilities", caps)
+
+    @property
+    def prompt_rate(self) -> float:
+        return self.prompt_tps if self.prompt_tps is not None else 25.0 * self.decode_tps
+
+    @property
+    def cold_load_s(self) -> float:
+        return self.load_s if self.load_s is not None else 0.5 + self.size_gb / 1.5
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.size_gb * 1e9)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.name.encode()).hexdigest()
+
+    @property
+    def is_embedding(self) -> bool:
+        return "embedding" in self.capabilities
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    """A simulated Ollama host: its GPU (``speed``, ``vram_gb``) and its scheduler settings.
+
+    ``num_parallel``, ``max_loaded_models``, ``max_queue`` and ``keep_alive_s`` mirror
+    ``OLLAMA_NUM_PARALLEL``, ``OLLAMA_MAX_LOADED_MODELS``, ``OLLAMA_MAX_QUEUE`` and
+    ``OLLAMA_KEEP_ALIVE``.
+    """
+
+    name: str
+    models: Tuple[ModelSpec, ...]
+    speed: float = 1.0
+    num_parallel: int = 1
+    max_loaded_models: int = 3
+    max_queue: int = 512
+    vram_gb: Optional[float] = None
+    keep_alive_s: float = 300.0
+    version: str = "0.12.0"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise SimConfigError("HostProfile.name", self.name, "must be a non-empty host name")
+        owner = f"HostProfile({self.name!r})"
+        models = tuple(self.models)
+        if not models:
+            raise SimConfigError(f"{owner}.models", list(models), "a host needs at least one model")
+        names = [m.name for m in models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise SimConfigError(f"{owner}.models", dupes, "duplicate model names")
+        object.__setattr__(self, "models", models)
+        _check_positive(owner, "speed", self.speed)
+        _check_int(owner, "num_parallel", self.num_parallel)
+        _check_int(owner, "max_loaded_models", self.max_loaded_models)
+        _check_int(owner, "max_queue", self.max_queue, minimum=0)
+        _check_positive(owner, "keep_alive_s", self.keep_alive_s, allow_zero=True)
+        if self.vram_gb is not None:
+            _check_positive(owner, "vram_gb", self.vram_gb)
+            too_big = [m.name for m in models if m.size_gb > self.vram_gb]
+            if too_big:
+                raise SimConfigError(
+                    f"{owner}.vram_gb", self.vram_gb, f"smaller than model(s) {', '.join(too_big)}"
+                )
+
+    def model(self, name: str) -> Optional[ModelSpec]:
+        name = normalize_model(name)
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+    def replace(self, **changes: Any) -> HostProfile:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Faults a simulated host shows, each only as a real failing Ollama would show it.
+
+    Attributes:
+        refuse: the port is closed: connections are refused.
+        hang: connections are accepted and requests read, but never answered.
+        reset_after_chunks: a stream's connection breaks after this many chunks.
+        status: every API request is answered with this HTTP status (500, 503, ...).
+        slow: every speed is divided by this factor.
+        error_rate: each generate/chat/embed fails with a 500 with this probability.
+        flap_period_s: alternately serving and refusing, each for half this period (real s).
+        stream_error_after_chunks: a stream ends with an ``{"error": ...}`` line after this many chunks.
+    """
+
+    refuse: bool = False
+    hang: bool = False
+    reset_after_chunks: Optional[int] = None
+    status: Optional[int] = None
+    slow: float = 1.0
+    error_rate: float = 0.0
+    flap_period_s: Optional[float] = None
+    stream_error_after_chunks: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.reset_after_chunks is not None:
+            _check_int("Faults", "reset_after_chunks", self.reset_after_chunks, minimum=0)
+        if self.stream_error_after_chunks is not None:
+            _check_int(
+                "Faults", "stream_error_after_chunks", self.stream_error_after_chunks, minimum=0
+            )
+        if self.status is not None and (
+            not isinstance(self.status, int) or not 400 <= self.status <= 599
+        ):
+            raise SimConfigError(
+                "Faults.status", self.status, "must be an HTTP error status (400-599)"
+            )
+        _check_positive("Faults", "slow", self.slow)
+        if not isinstance(self.error_rate, (int, float)) or not 0 <= self.error_rate <= 1:
+            raise SimConfigError(
+                "Faults.error_rate", self.error_rate, "must be a probability in [0, 1]"
+            )
+        if self.flap_period_s is not None:
+            _check_positive("Faults", "flap_period_s", self.flap_period_s)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Faults:
+        if not isinstance(data, Mapping):
+            raise SimConfigError("faults", data, "must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise SimConfigError(
+                    f"faults.{key}",
+                    data[key],
+                    f"unknown fault; expected one of {', '.join(sorted(known))}",
+                )
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:  # pragma: no cover - guarded by the key check
+            raise SimConfigError("faults", dict(data), str(exc)) from exc
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def any(self) -> bool:
+        return self != Faults()
+
+
+QWEN14 = ModelSpec(
+    "qwen2.5:14b", size_gb=9.0, decode_tps=70.0, parameter_size="14.8B", family="qwen2"
+)
+CODER32 = ModelSpec(
+    "qwen2.5-coder:32b", size_gb=20.0, decode_tps=35.0, parameter_size="32.8B", family="qwen2"
+)
+EMBED = ModelSpec(
+    "nomic-embed-text:latest",
+    size_gb=0.3,
+    decode_tps=1000.0,
+    prompt_tps=4000.0,
+    capabilities=("embedding",),
+    family="nomic-bert",
+    parameter_size="137M",
+    quantization_level="F16",
+    context_length=2048,
+    default_num_predict=1,
+)
+
+
+def preset_fleet() -> Tuple[HostProfile, HostProfile]:
+    """The user's two hosts.
+
+    ``ollama01``: a 24 GB-class GPU (RTX 3090-like): room for one large model at a time (so
+    switching between the 14b and the 32b costs a cold load), 2 parallel slots.
+    ``ollama02``: an 80 GB-class GPU (A100/H100-like): twice as fast, everything stays
+    loaded, 4 parallel slots.
+    """
+    models = (QWEN14, CODER32, EMBED)
+    return (
+        HostProfile(
+            "ollama01", models, speed=1.0, num_parallel=2, max_loaded_models=3, vram_gb=24.0
+        ),
+        HostProfile(
+            "ollama02", models, speed=2.0, num_parallel=4, max_loaded_models=3, vram_gb=80.0
+        ),
+    )
