@@ -36,6 +36,7 @@ from typing import (
 import anyio
 import httpx
 
+from ._background import Background
 from ._balancer import Lease, LoadBalancer
 from ._breaker import BreakerEvent, CircuitBreaker
 from ._config import OrchestraConfig, RetryPolicy, Server
@@ -201,7 +202,6 @@ class Orchestra:
         self._http: Optional[httpx.AsyncClient] = None
         self._monitor: Optional[HealthMonitor] = None
         self._stack: Optional[AsyncExitStack] = None
-        self._tg: Optional[anyio.abc.TaskGroup] = None
 
     # -- construction shortcuts --------------------------------------------------------------
 
@@ -261,8 +261,9 @@ class Orchestra:
                 wall_clock=time.time,
                 rng=self._rng,
             )
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
-            await self._tg.start(self._monitor.run)
+            background = Background()
+            await background.start(self._monitor.run)
+            stack.push_async_callback(background.stop)
         except BaseException:
             await stack.__aexit__(None, None, None)
             self._http = None
@@ -274,13 +275,10 @@ class Orchestra:
         stack, self._stack = self._stack, None
         if stack is None:
             return
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
         try:
             await stack.__aexit__(None, None, None)
         finally:
             self._http = None
-            self._tg = None
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:

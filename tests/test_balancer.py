@@ -56,7 +56,9 @@ def make(
         )
         for i, (n, k) in enumerate(zip(names, slots))
     )
-    cfg = OrchestraConfig(servers=servers, strategy=strategy, affinity=affinity, wait_for_healthy_s=wait_for_healthy_s)
+    cfg = OrchestraConfig(
+        servers=servers, strategy=strategy, affinity=affinity, wait_for_healthy_s=wait_for_healthy_s
+    )
     clock = Clock()
     state = FleetState(servers, clock=clock)
     for n in names:
@@ -65,7 +67,7 @@ def make(
         state.probe_succeeded(
             n,
             version="0.12.0",
-            models={m: 9_000_000_000 for m in have},
+            models=dict.fromkeys(have, 9000000000),
             loaded=[LoadedModel(m, None) for m in resident],
         )
     return LoadBalancer(cfg, state, clock=clock), state, clock
@@ -269,7 +271,17 @@ class TestEligibility:
             await lb.acquire(M)
 
 
-def cand(name: str, *, slots: int = 1, in_use: int = 0, weight: float = 1.0, loaded: bool = True, service: Optional[float] = 1.0, cold: float = 0.0, busy_for: float = 0.0) -> Candidate:
+def cand(
+    name: str,
+    *,
+    slots: int = 1,
+    in_use: int = 0,
+    weight: float = 1.0,
+    loaded: bool = True,
+    service: Optional[float] = 1.0,
+    cold: float = 0.0,
+    busy_for: float = 0.0,
+) -> Candidate:
     return Candidate(name, slots, in_use, weight, loaded, service, cold, busy_for)
 
 
@@ -288,8 +300,14 @@ class TestStrategies:
     def test_least_loaded_uses_share_of_slots(self) -> None:
         """Least loaded compares busy share of slots, not raw counts."""
         s = LeastLoadedStrategy()
-        assert s.choose(REQ, [cand("a", slots=4, in_use=2), cand("b", slots=2, in_use=0)]).server == "b"
-        assert s.choose(REQ, [cand("a", slots=4, in_use=1), cand("b", slots=2, in_use=1)]).server == "a"
+        assert (
+            s.choose(REQ, [cand("a", slots=4, in_use=2), cand("b", slots=2, in_use=0)]).server
+            == "b"
+        )
+        assert (
+            s.choose(REQ, [cand("a", slots=4, in_use=1), cand("b", slots=2, in_use=1)]).server
+            == "a"
+        )
 
     def test_weighted_is_smooth(self) -> None:
         """Smooth weighted round robin: weights 5,1,1 give a a b a c a a (nginx's sequence)."""
@@ -313,7 +331,9 @@ class TestStrategies:
     def test_hybrid_waits_rather_than_cold_load(self) -> None:
         """Hybrid waits for a warm busy server rather than cause a long cold load, bounded."""
         s = HybridStrategy()
-        choice = s.choose(REQ, [cand("cold", loaded=False, cold=20.0), cand("warm", in_use=1, busy_for=2.0)])
+        choice = s.choose(
+            REQ, [cand("cold", loaded=False, cold=20.0), cand("warm", in_use=1, busy_for=2.0)]
+        )
         assert choice.server is None
         assert choice.among == frozenset({"warm"})
         assert choice.widen_after_s == pytest.approx(18.0)
@@ -321,7 +341,9 @@ class TestStrategies:
     def test_hybrid_prefers_faster_free_server(self) -> None:
         """Among free servers hybrid picks the one that finishes soonest."""
         s = HybridStrategy()
-        assert s.choose(REQ, [cand("slow", service=2.0), cand("fast", service=1.0)]).server == "fast"
+        assert (
+            s.choose(REQ, [cand("slow", service=2.0), cand("fast", service=1.0)]).server == "fast"
+        )
 
 
 class TestRoutingByModel:

@@ -31,7 +31,10 @@ def ndjson(*objs: Dict[str, Any]) -> bytes:
 
 
 def gen_stream(text: Sequence[str], model: str = M) -> bytes:
-    chunks = [{"model": model, "created_at": "2026-01-01T00:00:00Z", "response": t, "done": False} for t in text]
+    chunks = [
+        {"model": model, "created_at": "2026-01-01T00:00:00Z", "response": t, "done": False}
+        for t in text
+    ]
     final = {
         "model": model,
         "created_at": "2026-01-01T00:00:00Z",
@@ -52,12 +55,16 @@ def fleet_router(models: Dict[str, List[str]]) -> respx.Router:
     router = respx.Router(assert_all_called=False)
     for url, have in models.items():
         router.get(url + "/api/version").respond(json={"version": "0.12.0"})
-        router.get(url + "/api/tags").respond(json={"models": [{"name": m, "model": m, "size": 1} for m in have]})
+        router.get(url + "/api/tags").respond(
+            json={"models": [{"name": m, "model": m, "size": 1} for m in have]}
+        )
         router.get(url + "/api/ps").respond(json={"models": []})
     return router
 
 
-def orchestra(router: respx.Router, *, attempts: int = 3, strategy: str = "round_robin", headers: Any = None) -> Orchestra:
+def orchestra(
+    router: respx.Router, *, attempts: int = 3, strategy: str = "round_robin", headers: Any = None
+) -> Orchestra:
     cfg = OrchestraConfig(
         servers=(Server("a", A, headers=headers or {}), Server("b", B)),
         strategy=strategy,
@@ -83,15 +90,34 @@ class TestShapes:
         assert r.eval_count == 2 and r.total_duration == 5_000_000 and r.load_duration == 1_000_000
         assert r.server == "a" and r.attempts == 1
         sent = json.loads(route.calls.last.request.content)
-        assert sent["options"] == {"temperature": 0} and sent["prompt"] == "hi" and sent["model"] == M
+        assert (
+            sent["options"] == {"temperature": 0} and sent["prompt"] == "hi" and sent["model"] == M
+        )
 
     async def test_chat_merges_message(self) -> None:
         """A non-streamed chat returns one assistant message with the joined content."""
         router = fleet_router({A: [M], B: [M]})
         body = ndjson(
-            {"model": M, "created_at": "t", "message": {"role": "assistant", "content": "Hi"}, "done": False},
-            {"model": M, "created_at": "t", "message": {"role": "assistant", "content": " there"}, "done": False},
-            {"model": M, "created_at": "t", "message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "stop", "eval_count": 2},
+            {
+                "model": M,
+                "created_at": "t",
+                "message": {"role": "assistant", "content": "Hi"},
+                "done": False,
+            },
+            {
+                "model": M,
+                "created_at": "t",
+                "message": {"role": "assistant", "content": " there"},
+                "done": False,
+            },
+            {
+                "model": M,
+                "created_at": "t",
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "stop",
+                "eval_count": 2,
+            },
         )
         router.post(A + "/api/chat").respond(content=body)
         router.post(B + "/api/chat").respond(content=body)
@@ -113,7 +139,9 @@ class TestShapes:
     async def test_embed(self) -> None:
         """embed returns Ollama's embeddings and where they ran."""
         router = fleet_router({A: ["nomic-embed-text:latest"], B: []})
-        router.post(A + "/api/embed").respond(json={"model": "nomic-embed-text", "embeddings": [[0.1, 0.2]], "prompt_eval_count": 1})
+        router.post(A + "/api/embed").respond(
+            json={"model": "nomic-embed-text", "embeddings": [[0.1, 0.2]], "prompt_eval_count": 1}
+        )
         async with orchestra(router) as orch:
             e = await orch.embed("nomic-embed-text", ["a"])
         assert e.embeddings == [[0.1, 0.2]] and e.server == "a"
@@ -184,7 +212,9 @@ class TestErrors:
         attempts = info.value.attempts
         assert len(attempts) == 3
         assert {a.server for a in attempts[:2]} == {"a", "b"}
-        assert any("boom a" in a.error for a in attempts) and any("busy b" in a.error for a in attempts)
+        assert any("boom a" in a.error for a in attempts) and any(
+            "busy b" in a.error for a in attempts
+        )
 
     async def test_no_retry_override(self) -> None:
         """retry=False makes one attempt only."""
@@ -199,7 +229,9 @@ class TestErrors:
     async def test_error_line_mid_stream_is_retried_for_one_answer(self) -> None:
         """A stream ending in an error line is retried elsewhere when nothing was yielded yet."""
         router = fleet_router({A: [M], B: [M]})
-        router.post(A + "/api/generate").respond(content=ndjson({"model": M, "response": "x", "done": False}, {"error": "runner died"}))
+        router.post(A + "/api/generate").respond(
+            content=ndjson({"model": M, "response": "x", "done": False}, {"error": "runner died"})
+        )
         router.post(B + "/api/generate").respond(content=gen_stream(["fine"]))
         async with orchestra(router) as orch:
             r = await orch.generate(M, "x")

@@ -9,6 +9,7 @@ would; ``restart()`` serves again on the same port with a fresh scheduler.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -173,8 +174,7 @@ class SimServer:
         )
         self._server: Optional[_Uvicorn] = None
         self._sock: Optional[socket.socket] = None
-        self._serving: Optional[anyio.Event] = None
-        self._tg: Optional[anyio.abc.TaskGroup] = None
+        self._tasks: List[asyncio.Task[Any]] = []
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self._alive = False
         self._flap_scope: Optional[anyio.CancelScope] = None
@@ -195,29 +195,30 @@ class SimServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> SimServer:
+        # Plain asyncio tasks, not an anyio task group: uvicorn is asyncio-only anyway, and a
+        # pytest-asyncio fixture enters and exits this in two different tasks.
         if self.mode == "inprocess":
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
-            try:
-                await self._start_inprocess()
-            except BaseException:
-                self._tg.cancel_scope.cancel()
-                await self._tg.__aexit__(None, None, None)
-                raise
+            await self._start_inprocess()
         else:
             await self._start_subprocess()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._stop()
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
-            self._tg = None
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+    def _spawn(self, coro: Any) -> None:
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(asyncio.get_running_loop().create_task(coro))
 
     async def _start_inprocess(self) -> None:
         assert self.sim is not None
-        assert self._tg is not None
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -230,7 +231,6 @@ class SimServer:
         )
         server = _Uvicorn(config)
         self._server, self._sock = server, sock
-        started = anyio.Event()
 
         async def serve() -> None:
             try:
@@ -238,13 +238,14 @@ class SimServer:
             finally:
                 sock.close()
 
-        self._tg.start_soon(serve)
-        # Uvicorn sets `started` once its listeners are up; wait for that state, not a time.
+        task = asyncio.get_running_loop().create_task(serve())
+        self._tasks.append(task)
+        # Uvicorn flags `started` once its listener is up; it offers no event to wait on.
         while not server.started:
+            if task.done():
+                task.result()  # raises what stopped it
+                raise SimConfigError("server", self.name, "stopped before it started")
             await anyio.sleep(0.001)
-            if not self._tg.cancel_scope.cancel_called and server.should_exit:
-                break
-        started.set()
         self._alive = True
         self._faults_changed(self.sim.faults)
 
@@ -331,20 +332,19 @@ class SimServer:
         await self.set_faults(Faults())
 
     def _faults_changed(self, faults: Faults) -> None:
-        if self.mode != "inprocess" or self._tg is None:
+        if self.mode != "inprocess":
             return
         if self._flap_scope is not None:
             self._flap_scope.cancel()
             self._flap_scope = None
         if faults.flap_period_s is not None:
-            self._tg.start_soon(self._flap, faults.flap_period_s)
+            self._spawn(self._flap(faults.flap_period_s))
             return
         if faults.refuse and self._alive:
-            self._tg.start_soon(self._stop_inprocess)
-        elif (
-            not faults.refuse and not self._alive and self._server is None and self._tg is not None
-        ):
-            self._tg.start_soon(self._start_inprocess)
+            self._abort_connections()  # the port closes at once
+            self._spawn(self._stop_inprocess())
+        elif not faults.refuse and not self._alive and self._server is None:
+            self._spawn(self._start_inprocess())
 
     async def _flap(self, period: float) -> None:
         with anyio.CancelScope() as scope:
