@@ -1,0 +1,660 @@
+"""The DAG executor: dependent tasks run in parallel across the fleet.
+
+Tasks form a graph through ``depends_on``; :func:`run_dag` validates it whole before anything
+runs, then schedules it on :class:`graphlib.TopologicalSorter` (``graphlib-backport`` before
+3.9) and anyio task groups:
+
+* ``eager`` (default): a task starts the moment its last dependency finishes;
+* ``waves``: each wave of ready tasks runs in one task group; the next starts when it ends;
+* ``sequential``: one task at a time, in topological order (the baseline).
+
+Every started task simply asks the orchestra for a slot: concurrency is bounded by the
+fleet's slots in the balancer, and tasks on the critical path (the longest chain of remaining
+work) carry a higher priority there, so they go first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import string
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
+
+import anyio
+import graphlib
+
+from ._errors import DagValidationError
+from ._types import ChatResponse, GenerateResponse
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "DagResult",
+    "DagSpec",
+    "Runner",
+    "Task",
+    "TaskEvent",
+    "TaskResult",
+    "load_dag",
+    "run_dag",
+]
+
+log = logging.getLogger("ollama_orchestra.executor")
+
+Status = str  # "ok" | "failed" | "skipped" | "cancelled"
+SCHEDULES = ("eager", "waves", "sequential")
+
+
+class Runner(Protocol):
+    """What the executor needs from an orchestra (``Orchestra`` provides it)."""
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str = "",
+        *,
+        system: Optional[str] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        priority: int = 0,
+        timeout: Optional[float] = None,
+    ) -> GenerateResponse: ...
+
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        options: Optional[Mapping[str, Any]] = None,
+        priority: int = 0,
+        timeout: Optional[float] = None,
+    ) -> ChatResponse: ...
+
+
+StepFn = Callable[[Any, Mapping[str, str]], Awaitable[str]]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work in a DAG.
+
+    Exactly one of ``prompt`` (``/api/generate``), ``messages`` (``/api/chat``) or ``fn`` (a
+    custom step, ``async def step(orch, inputs) -> str``) must be given. ``prompt``,
+    ``system`` and message contents may use their dependencies' outputs by id, as
+    ``str.format`` placeholders: ``"Review:\\n{code}"`` (``{{``/``}}`` for literal braces).
+
+    Args:
+        id: unique in the DAG; letters, digits, ``_`` and ``-`` (a placeholder needs an
+            identifier, so use ``_`` in ids you refer to).
+        model: a model or a role name.
+        depends_on: ids of the tasks whose outputs this one needs.
+        priority: for the balancer's queue; ``None`` (default) uses the critical path.
+        estimate: relative length of the task, for the critical path (default 1).
+        timeout: seconds for the whole task (all attempts).
+    """
+
+    id: str
+    model: str = ""
+    prompt: Optional[str] = None
+    messages: Optional[Sequence[Mapping[str, Any]]] = None
+    fn: Optional[StepFn] = field(default=None, compare=False)
+    depends_on: Sequence[str] = ()
+    priority: Optional[int] = None
+    options: Optional[Mapping[str, Any]] = None
+    timeout: Optional[float] = None
+    system: Optional[str] = None
+    estimate: float = 1.0
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.id, str)
+            or not self.id
+            or not all(c.isalnum() or c in "_-." for c in self.id)
+        ):
+            raise DagValidationError(
+                f"task id {self.id!r} is invalid: use letters, digits, '_', '-' or '.'",
+                task_id=str(self.id),
+            )
+        given = [name for name in ("prompt", "messages", "fn") if getattr(self, name) is not None]
+        if len(given) != 1:
+            what = "neither" if not given else "more than one of " + ", ".join(given)
+            raise DagValidationError(
+                f"task {self.id!r}: give exactly one of prompt, messages or fn (got {what})",
+                task_id=self.id,
+            )
+        if self.fn is None and not self.model:
+            raise DagValidationError(f"task {self.id!r}: model is required", task_id=self.id)
+        if isinstance(self.depends_on, str):
+            raise DagValidationError(
+                f"task {self.id!r}: depends_on must be a list of ids, not a string", task_id=self.id
+            )
+        object.__setattr__(self, "depends_on", tuple(self.depends_on))
+        if self.messages is not None:
+            object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
+        if self.timeout is not None and not (
+            isinstance(self.timeout, (int, float)) and self.timeout > 0
+        ):
+            raise DagValidationError(
+                f"task {self.id!r}: timeout must be > 0, got {self.timeout!r}", task_id=self.id
+            )
+        if not isinstance(self.estimate, (int, float)) or self.estimate <= 0:
+            raise DagValidationError(
+                f"task {self.id!r}: estimate must be > 0, got {self.estimate!r}", task_id=self.id
+            )
+
+    def templates(self) -> List[str]:
+        out = [t for t in (self.prompt, self.system) if t is not None]
+        for m in self.messages or ():
+            content = m.get("content")
+            if isinstance(content, str):
+                out.append(content)
+        return out
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """How one task ended."""
+
+    id: str
+    status: Status
+    output: Optional[str] = None
+    error: Optional[BaseException] = field(default=None, compare=False)
+    server: Optional[str] = None
+    attempts: int = 0
+    queued_s: float = 0.0
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    priority: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def run_s(self) -> float:
+        if self.started_at is None or self.finished_at is None:
+            return 0.0
+        return self.finished_at - self.started_at
+
+    @property
+    def error_message(self) -> str:
+        return "" if self.error is None else f"{type(self.error).__name__}: {self.error}"
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """Progress: a task was queued, started, finished, failed, skipped or cancelled."""
+
+    kind: str
+    task_id: str
+    at: float
+    result: Optional[TaskResult] = None
+
+
+@dataclass(frozen=True)
+class DagResult:
+    """Every task's result, in input order, and the makespan."""
+
+    results: Tuple[TaskResult, ...]
+    makespan_s: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    @property
+    def outputs(self) -> Dict[str, str]:
+        return {r.id: r.output for r in self.results if r.ok and r.output is not None}
+
+    def __getitem__(self, task_id: str) -> TaskResult:
+        for r in self.results:
+            if r.id == task_id:
+                return r
+        raise KeyError(task_id)
+
+    def __iter__(self) -> Any:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def with_status(self, status: Status) -> Tuple[TaskResult, ...]:
+        return tuple(r for r in self.results if r.status == status)
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _placeholders(template: str, task_id: str) -> Set[str]:
+    names: Set[str] = set()
+    try:
+        for _, name, _, _ in string.Formatter().parse(template):
+            if name is None:
+                continue
+            base = name.split(".", 1)[0].split("[", 1)[0]
+            if not base or base.isdigit():
+                raise DagValidationError(
+                    f"task {task_id!r}: placeholder {{{name}}} must name a dependency (use {{{{ }}}} for literal braces)",
+                    task_id=task_id,
+                )
+            names.add(base)
+    except ValueError as exc:
+        raise DagValidationError(
+            f"task {task_id!r}: bad placeholder syntax: {exc}", task_id=task_id
+        ) from exc
+    return names
+
+
+def validate(
+    tasks: Sequence[Task], inputs: Mapping[str, str] = {}, *, source: str = ""
+) -> Dict[str, Task]:
+    """Check a DAG whole; return the tasks by id. Raises :class:`DagValidationError`."""
+    where = f"{source}: " if source else ""
+    by_id: Dict[str, Task] = {}
+    for i, t in enumerate(tasks):
+        if not isinstance(t, Task):
+            raise DagValidationError(f"{where}tasks[{i}] is not a Task: {t!r}")
+        if t.id in by_id:
+            raise DagValidationError(
+                f"{where}duplicate task id {t.id!r} (tasks[{i}])", task_id=t.id
+            )
+        by_id[t.id] = t
+    for t in tasks:
+        for dep in t.depends_on:
+            if dep == t.id:
+                raise DagValidationError(f"{where}task {t.id!r} depends on itself", task_id=t.id)
+            if dep not in by_id:
+                raise DagValidationError(
+                    f"{where}task {t.id!r} depends on unknown task {dep!r}", task_id=t.id
+                )
+        for template in t.templates():
+            for name in _placeholders(template, t.id):
+                if name not in t.depends_on and name not in inputs:
+                    raise DagValidationError(
+                        f"{where}task {t.id!r}: placeholder {{{name}}} names no dependency of this task"
+                        f" (depends_on: {list(t.depends_on)}) and no input",
+                        task_id=t.id,
+                    )
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
+        {t.id: t.depends_on for t in tasks}
+    )
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        cycle = exc.args[1] if len(exc.args) > 1 else []
+        path = " -> ".join(reversed([str(c) for c in cycle]))
+        raise DagValidationError(
+            f"{where}dependency cycle: {path}", task_id=str(cycle[0]) if cycle else None
+        ) from exc
+    return by_id
+
+
+def critical_path(tasks: Mapping[str, Task]) -> Dict[str, float]:
+    """For each task, the longest chain of work from its start to the end of the DAG."""
+    dependents: Dict[str, List[str]] = {tid: [] for tid in tasks}
+    for t in tasks.values():
+        for dep in t.depends_on:
+            dependents[dep].append(t.id)
+    order = list(
+        graphlib.TopologicalSorter({t.id: t.depends_on for t in tasks.values()}).static_order()
+    )
+    length: Dict[str, float] = {}
+    for tid in reversed(order):
+        length[tid] = tasks[tid].estimate + max((length[d] for d in dependents[tid]), default=0.0)
+    return length
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+class _Run:
+    def __init__(
+        self,
+        runner: Any,
+        tasks: Sequence[Task],
+        by_id: Dict[str, Task],
+        inputs: Mapping[str, str],
+        fail_fast: bool,
+        on_event: Optional[Callable[[TaskEvent], None]],
+        clock: Callable[[], float],
+    ) -> None:
+        self.runner = runner
+        self.tasks = tasks
+        self.by_id = by_id
+        self.inputs = dict(inputs)
+        self.fail_fast = fail_fast
+        self.on_event = on_event
+        self.clock = clock
+        self.results: Dict[str, TaskResult] = {}
+        self.outputs: Dict[str, str] = {}
+        cp = critical_path(by_id)
+        # Integer priorities for the balancer: longer remaining chain first.
+        scale = 1000.0 / max(cp.values()) if cp else 1.0
+        self.priority = {
+            tid: (t.priority if t.priority is not None else round(cp[tid] * scale))
+            for tid, t in by_id.items()
+        }
+        self.stop: Optional[anyio.CancelScope] = None
+        self.failed = False
+
+    def emit(self, kind: str, task_id: str, result: Optional[TaskResult] = None) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(TaskEvent(kind, task_id, self.clock(), result))
+        except Exception:
+            log.exception("on_event hook raised for %s %s", kind, task_id)
+
+    def blocked_by(self, task: Task) -> Optional[TaskResult]:
+        for dep in task.depends_on:
+            r = self.results.get(dep)
+            if r is not None and not r.ok:
+                return r
+        return None
+
+    def finish(self, result: TaskResult) -> None:
+        self.results[result.id] = result
+        if result.ok and result.output is not None:
+            self.outputs[result.id] = result.output
+        kind = {
+            "ok": "finished",
+            "failed": "failed",
+            "skipped": "skipped",
+            "cancelled": "cancelled",
+        }[result.status]
+        self.emit(kind, result.id, result)
+        if result.status == "failed" and self.fail_fast and self.stop is not None:
+            self.failed = True
+            self.stop.cancel()
+
+    def skip(self, task: Task, cause: TaskResult) -> None:
+        reason = f"dependency {cause.id!r} {cause.status}"
+        if cause.error is not None:
+            reason += f": {cause.error_message}"
+        self.finish(
+            TaskResult(task.id, "skipped", error=_Skipped(reason), priority=self.priority[task.id])
+        )
+
+    def fill(self, template: str, task: Task) -> str:
+        values = dict(self.inputs)
+        values.update({d: self.outputs[d] for d in task.depends_on if d in self.outputs})
+        return template.format(**values)
+
+    async def run_task(self, task: Task) -> None:
+        cause = self.blocked_by(task)
+        if cause is not None:
+            self.skip(task, cause)
+            return
+        prio = self.priority[task.id]
+        started = self.clock()
+        self.emit("started", task.id)
+        try:
+            with anyio.fail_after(task.timeout):
+                output, server, attempts, queued = await self.call(task, prio)
+        except anyio.get_cancelled_exc_class():
+            self.results[task.id] = TaskResult(
+                task.id, "cancelled", started_at=started, finished_at=self.clock(), priority=prio
+            )
+            self.emit("cancelled", task.id, self.results[task.id])
+            raise
+        except Exception as exc:
+            self.finish(
+                TaskResult(
+                    task.id,
+                    "failed",
+                    error=exc,
+                    started_at=started,
+                    finished_at=self.clock(),
+                    priority=prio,
+                )
+            )
+            return
+        self.finish(
+            TaskResult(
+                task.id,
+                "ok",
+                output=output,
+                server=server,
+                attempts=attempts,
+                queued_s=queued,
+                started_at=started,
+                finished_at=self.clock(),
+                priority=prio,
+            )
+        )
+
+    async def call(self, task: Task, prio: int) -> Tuple[str, Optional[str], int, float]:
+        if task.fn is not None:
+            inputs = {d: self.outputs[d] for d in task.depends_on if d in self.outputs}
+            out = await task.fn(self.runner, inputs)
+            return str(out), None, 0, 0.0
+        system = self.fill(task.system, task) if task.system is not None else None
+        if task.prompt is not None:
+            r: Any = await self.runner.generate(
+                task.model,
+                self.fill(task.prompt, task),
+                system=system,
+                options=task.options,
+                priority=prio,
+            )
+        else:
+            messages = []
+            if system is not None:
+                messages.append({"role": "system", "content": system})
+            for m in task.messages or ():
+                m = dict(m)
+                if isinstance(m.get("content"), str):
+                    m["content"] = self.fill(m["content"], task)
+                messages.append(m)
+            r = await self.runner.chat(task.model, messages, options=task.options, priority=prio)
+        return (
+            str(r.text),
+            getattr(r, "server", None),
+            int(getattr(r, "attempts", 1)),
+            float(getattr(r, "queued_s", 0.0)),
+        )
+
+    def ordered(self, ids: Sequence[str]) -> List[str]:
+        return sorted(ids, key=lambda tid: -self.priority[tid])
+
+
+class _Skipped(Exception):
+    """A dependency did not succeed."""
+
+
+async def run_dag(
+    runner: Any,
+    tasks: Sequence[Task],
+    *,
+    schedule: str = "eager",
+    fail_fast: bool = False,
+    on_event: Optional[Callable[[TaskEvent], None]] = None,
+    inputs: Optional[Mapping[str, str]] = None,
+    clock: Callable[[], float] = anyio.current_time,
+) -> DagResult:
+    """Run a DAG of tasks on ``runner`` (an :class:`Orchestra`); see the module docstring.
+
+    A failed task's dependents are skipped (the cause recorded), independent branches go on;
+    with ``fail_fast=True`` the first failure cancels everything still running. Errors of
+    tasks never propagate: they are in the result. Cancelling ``run_dag`` cancels its tasks.
+
+    Raises:
+        DagValidationError: duplicate or unknown ids, a cycle, a placeholder naming no
+            dependency: before anything runs.
+    """
+    if schedule not in SCHEDULES:
+        raise DagValidationError(
+            f"unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}"
+        )
+    inputs = dict(inputs or {})
+    by_id = validate(tasks, inputs)
+    t0 = clock()
+    if not tasks:
+        return DagResult((), 0.0)
+    run = _Run(runner, tasks, by_id, inputs, fail_fast, on_event, clock)
+    with anyio.CancelScope() as scope:
+        run.stop = scope
+        if schedule == "eager":
+            await _eager(run)
+        elif schedule == "waves":
+            await _waves(run)
+        else:
+            await _sequential(run)
+    if scope.cancelled_caught or run.failed:
+        for t in tasks:
+            if t.id not in run.results:
+                run.results[t.id] = TaskResult(t.id, "cancelled", priority=run.priority[t.id])
+                run.emit("cancelled", t.id, run.results[t.id])
+    return DagResult(tuple(run.results[t.id] for t in tasks), clock() - t0)
+
+
+def _sorter(run: _Run) -> graphlib.TopologicalSorter[str]:
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
+        {t.id: t.depends_on for t in run.tasks}
+    )
+    sorter.prepare()
+    return sorter
+
+
+async def _eager(run: _Run) -> None:
+    sorter = _sorter(run)
+    send, receive = anyio.create_memory_object_stream[str](max_buffer_size=len(run.tasks))
+    async with anyio.create_task_group() as tg, send, receive:
+
+        async def one(tid: str) -> None:
+            try:
+                await run.run_task(run.by_id[tid])
+            finally:
+                send.send_nowait(tid)
+
+        pending = 0
+        while sorter.is_active():
+            for tid in run.ordered(sorter.get_ready()):
+                run.emit("queued", tid)
+                tg.start_soon(one, tid, name=f"dag task {tid}")
+                pending += 1
+            if pending == 0:
+                break  # pragma: no cover - a prepared sorter always has work here
+            done = await receive.receive()
+            pending -= 1
+            sorter.done(done)
+
+
+async def _waves(run: _Run) -> None:
+    sorter = _sorter(run)
+    while sorter.is_active():
+        wave = run.ordered(sorter.get_ready())
+        async with anyio.create_task_group() as tg:
+            for tid in wave:
+                run.emit("queued", tid)
+                tg.start_soon(run.run_task, run.by_id[tid], name=f"dag task {tid}")
+        sorter.done(*wave)
+
+
+async def _sequential(run: _Run) -> None:
+    sorter = _sorter(run)
+    while sorter.is_active():
+        for tid in run.ordered(sorter.get_ready()):
+            run.emit("queued", tid)
+            await run.run_task(run.by_id[tid])
+            sorter.done(tid)
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DagSpec:
+    """A DAG loaded from a file: tasks, inputs for placeholders, and the schedule to use."""
+
+    tasks: Tuple[Task, ...]
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    schedule: str = "eager"
+
+
+_TASK_KEYS = (
+    "id",
+    "model",
+    "prompt",
+    "messages",
+    "depends_on",
+    "priority",
+    "options",
+    "timeout",
+    "system",
+    "estimate",
+)
+
+
+def load_dag(path: Union[str, Path]) -> DagSpec:
+    """Load a DAG from a TOML (``[[task]]`` tables) or JSON (``{"tasks": [...]}``) file.
+
+    Errors name the file, the task (index and id) and the bad field.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DagValidationError(f"{p}: cannot be read: {exc.strerror or exc}") from exc
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
+        raise DagValidationError(f"{p}: not valid {kind}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DagValidationError(f"{p}: expected a table/object at the top")
+    raw_tasks = data.get("task", data.get("tasks"))
+    if not isinstance(raw_tasks, list):
+        raise DagValidationError(f"{p}: expected [[task]] tables (TOML) or a 'tasks' list (JSON)")
+    unknown_top = set(data) - {"task", "tasks", "inputs", "schedule"}
+    if unknown_top:
+        raise DagValidationError(f"{p}: unknown top-level key(s): {', '.join(sorted(unknown_top))}")
+    inputs = data.get("inputs", {})
+    if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
+        raise DagValidationError(f"{p}: 'inputs' must be a table of strings")
+    schedule = data.get("schedule", "eager")
+    if schedule not in SCHEDULES:
+        raise DagValidationError(
+            f"{p}: unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}"
+        )
+    tasks: List[Task] = []
+    for i, raw in enumerate(raw_tasks):
+        label = f"{p}: task[{i}]"
+        if not isinstance(raw, dict):
+            raise DagValidationError(f"{label}: must be a table")
+        if "id" in raw:
+            label += f" ({raw['id']!r})"
+        for key in raw:
+            if key not in _TASK_KEYS:
+                raise DagValidationError(
+                    f"{label}: unknown field {key!r}; expected one of {', '.join(_TASK_KEYS)}"
+                )
+        try:
+            tasks.append(Task(**raw))
+        except DagValidationError as exc:
+            raise DagValidationError(f"{label}: {exc}", task_id=exc.task_id) from exc
+        except TypeError as exc:
+            raise DagValidationError(f"{label}: {exc}") from exc
+    validate(tasks, inputs, source=str(p))
+    return DagSpec(tuple(tasks), dict(inputs), schedule)
