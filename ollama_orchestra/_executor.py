@@ -537,13 +537,11 @@ def _sorter(run: _Run) -> graphlib.TopologicalSorter[str]:
 async def _eager(run: _Run) -> None:
     sorter = _sorter(run)
     send, receive = anyio.create_memory_object_stream[str](max_buffer_size=len(run.tasks))
-    async with anyio.create_task_group() as tg, send, receive:
+    async with send, receive, anyio.create_task_group() as tg:
 
         async def one(tid: str) -> None:
-            try:
-                await run.run_task(run.by_id[tid])
-            finally:
-                send.send_nowait(tid)
+            await run.run_task(run.by_id[tid])
+            send.send_nowait(tid)  # only on completion: when cancelled, nobody listens
 
         pending = 0
         while sorter.is_active():
@@ -615,10 +613,7 @@ def load_dag(path: Union[str, Path]) -> DagSpec:
     except OSError as exc:
         raise DagValidationError(f"{p}: cannot be read: {exc.strerror or exc}") from exc
     try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            data = tomllib.loads(text)
+        data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
         raise DagValidationError(f"{p}: not valid {kind}: {exc}") from exc

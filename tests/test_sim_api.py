@@ -29,7 +29,7 @@ class TestOfficialAsyncClient:
         """generate returns a typed response with Ollama's statistics."""
         r = await client.generate(model=TINY, prompt="Say hi", options={"num_predict": 5})
         assert r.done and r.done_reason == "length"
-        assert len(r.response.split()) == 5
+        assert len((r.response or "").split()) == 5
         assert r.eval_count == 5 and r.prompt_eval_count and r.prompt_eval_count > 0
         assert r.total_duration and r.load_duration is not None and r.eval_duration
         assert r.total_duration >= r.load_duration
