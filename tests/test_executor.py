@@ -11,7 +11,15 @@ import pytest
 from anyio import wait_all_tasks_blocked
 
 from ollama_orchestra import DagValidationError
-from ollama_orchestra._executor import DagResult, Task, TaskEvent, critical_path, load_dag, run_dag, validate
+from ollama_orchestra._executor import (
+    DagResult,
+    Task,
+    TaskEvent,
+    critical_path,
+    load_dag,
+    run_dag,
+    validate,
+)
 from ollama_orchestra._types import ChatResponse, GenerateResponse
 
 
@@ -47,11 +55,28 @@ class FakeRunner:
             raise RuntimeError(f"{key} exploded")
         return f"<{text}>"
 
-    async def generate(self, model: str, prompt: str = "", *, system: Optional[str] = None, options: Optional[Mapping[str, Any]] = None, priority: int = 0, timeout: Optional[float] = None) -> GenerateResponse:
+    async def generate(
+        self,
+        model: str,
+        prompt: str = "",
+        *,
+        system: Optional[str] = None,
+        options: Optional[Mapping[str, Any]] = None,
+        priority: int = 0,
+        timeout: Optional[float] = None,
+    ) -> GenerateResponse:
         out = await self._answer(model, prompt, priority)
         return GenerateResponse(response=out, server="fake", attempts=1, queued_s=0.0)
 
-    async def chat(self, model: str, messages: Sequence[Mapping[str, Any]], *, options: Optional[Mapping[str, Any]] = None, priority: int = 0, timeout: Optional[float] = None) -> ChatResponse:
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        options: Optional[Mapping[str, Any]] = None,
+        priority: int = 0,
+        timeout: Optional[float] = None,
+    ) -> ChatResponse:
         text = str(messages[-1]["content"])
         out = await self._answer(model, text, priority)
         return ChatResponse(message={"role": "assistant", "content": out}, server="fake")
@@ -70,7 +95,10 @@ class TestValidation:
     @pytest.mark.parametrize(
         ("tasks", "message"),
         [
-            ([Task("x", model="m", prompt="p"), Task("x", model="m", prompt="q")], "duplicate task id 'x'"),
+            (
+                [Task("x", model="m", prompt="p"), Task("x", model="m", prompt="q")],
+                "duplicate task id 'x'",
+            ),
             ([Task("x", model="m", prompt="p", depends_on=["y"])], "unknown task 'y'"),
             ([Task("x", model="m", prompt="p", depends_on=["x"])], "depends on itself"),
             ([Task("x", model="m", prompt="{z}")], "placeholder {z} names no dependency"),
@@ -79,7 +107,9 @@ class TestValidation:
     )
     def test_bad_graphs(self, tasks: List[Task], message: str) -> None:
         """Each bad graph raises DagValidationError with a message naming the problem."""
-        with pytest.raises(DagValidationError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        with pytest.raises(
+            DagValidationError, match=message.replace("{", r"\{").replace("}", r"\}")
+        ):
             validate(tasks)
 
     def test_cycle_reports_its_path(self) -> None:
@@ -96,7 +126,12 @@ class TestValidation:
 
     @pytest.mark.parametrize(
         "kwargs",
-        [{"model": "m"}, {"model": "m", "prompt": "p", "messages": [{"role": "user", "content": "x"}]}, {"prompt": "p"}, {"model": "m", "prompt": "p", "timeout": 0}],
+        [
+            {"model": "m"},
+            {"model": "m", "prompt": "p", "messages": [{"role": "user", "content": "x"}]},
+            {"prompt": "p"},
+            {"model": "m", "prompt": "p", "timeout": 0},
+        ],
     )
     def test_bad_task(self, kwargs: Dict[str, Any]) -> None:
         """A task needs exactly one of prompt/messages/fn, a model, a positive timeout."""
@@ -181,7 +216,14 @@ class TestRunning:
         ]
         r = await run_dag(FakeRunner(fail=["bad"]), tasks)
         status = {x.id: x.status for x in r.results}
-        assert status == {"root": "ok", "bad": "failed", "good": "ok", "child": "skipped", "grandchild": "skipped", "after_good": "ok"}
+        assert status == {
+            "root": "ok",
+            "bad": "failed",
+            "good": "ok",
+            "child": "skipped",
+            "grandchild": "skipped",
+            "after_good": "ok",
+        }
         assert "exploded" in r["bad"].error_message
         assert "'bad'" in r["child"].error_message and "'child'" in r["grandchild"].error_message
         assert not r.ok
@@ -189,7 +231,11 @@ class TestRunning:
     async def test_fail_fast_cancels_running_tasks(self) -> None:
         """With fail_fast, the first failure cancels what runs and marks the rest cancelled."""
         runner = FakeRunner(gated=True, fail=["bad"])
-        tasks = [Task("bad", model="m", prompt="bad|x"), Task("long", model="m", prompt="long|x"), Task("later", model="m", prompt="later|{long}", depends_on=["long"])]
+        tasks = [
+            Task("bad", model="m", prompt="bad|x"),
+            Task("long", model="m", prompt="long|x"),
+            Task("later", model="m", prompt="later|{long}", depends_on=["long"]),
+        ]
         out: List[DagResult] = []
         async with anyio.create_task_group() as tg:
 
@@ -218,7 +264,10 @@ class TestRunning:
     async def test_task_timeout(self) -> None:
         """A task over its timeout fails with a TimeoutError; others are unaffected."""
         runner = FakeRunner(gated=True)
-        tasks = [Task("stuck", model="m", prompt="stuck|x", timeout=0.01), Task("fine", model="m", prompt="fine|x")]
+        tasks = [
+            Task("stuck", model="m", prompt="stuck|x", timeout=0.01),
+            Task("fine", model="m", prompt="fine|x"),
+        ]
         runner.release("fine")
         r = await run_dag(runner, tasks)
         assert r["stuck"].status == "failed" and isinstance(r["stuck"].error, TimeoutError)
@@ -282,13 +331,25 @@ class TestFiles:
     def test_json(self, tmp_path: Path) -> None:
         """A JSON DAG loads too."""
         p = tmp_path / "dag.json"
-        p.write_text(json.dumps({"tasks": [{"id": "a", "model": "m", "messages": [{"role": "user", "content": "x"}]}]}), encoding="utf-8")
+        p.write_text(
+            json.dumps(
+                {
+                    "tasks": [
+                        {"id": "a", "model": "m", "messages": [{"role": "user", "content": "x"}]}
+                    ]
+                }
+            ),
+            encoding="utf-8",
+        )
         assert load_dag(p).tasks[0].messages == ({"role": "user", "content": "x"},)
 
     @pytest.mark.parametrize(
         ("text", "message"),
         [
-            ('[[task]]\nid = "a"\nmodel = "m"\nprompt = "x"\nslots = 2\n', r"task\[0\] \('a'\): unknown field 'slots'"),
+            (
+                '[[task]]\nid = "a"\nmodel = "m"\nprompt = "x"\nslots = 2\n',
+                r"task\[0\] \('a'\): unknown field 'slots'",
+            ),
             ('[[task]]\nid = "a"\nmodel = "m"\n', r"task\[0\] \('a'\): .*exactly one of prompt"),
             ('[[task]]\nid = "a"\nmodel = "m"\nprompt = "{nope}"\n', "placeholder {nope}"),
             ("[[task]\n", "not valid TOML"),
