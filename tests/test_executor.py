@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -196,7 +197,7 @@ class TestRunning:
         for schedule, expect_started in (("eager", True), ("waves", False)):
             runner = FakeRunner(gated=True)
             async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda s=schedule, r=runner: run_dag(r, tasks, schedule=s))
+                tg.start_soon(functools.partial(run_dag, runner, tasks, schedule=schedule))
                 await wait_all_tasks_blocked()
                 runner.release("fast")
                 await wait_all_tasks_blocked()
@@ -276,7 +277,7 @@ class TestRunning:
     async def test_priorities_follow_the_critical_path(self) -> None:
         """Tasks with longer remaining chains get higher priority; explicit priority wins."""
         runner = FakeRunner()
-        tasks = diamond() + [Task("solo", model="m", prompt="solo|x", priority=7)]
+        tasks = [*diamond(), Task("solo", model="m", prompt="solo|x", priority=7)]
         await run_dag(runner, tasks, inputs={"goal": "g"})
         prio = {c["text"].split("|")[0]: c["priority"] for c in runner.calls}
         assert prio["plan"] > prio["a"] == prio["b"] > prio["qa"]

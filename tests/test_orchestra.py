@@ -80,20 +80,21 @@ class TestModelRouting:
     @pytest.mark.parametrize("strategy", ["model_aware", "hybrid"])
     async def test_goes_where_the_model_is_loaded(self, strategy: str) -> None:
         """A request goes to the host that has its model loaded, not one that must cold-load it."""
-        async with fleet([two_model_profile("h1"), two_model_profile("h2")]) as sim:
-            async with Orchestra(config_for(sim, strategy=strategy)) as orch:
-                await orch.generate(OTHER, "", keep_alive=-1)  # load OTHER somewhere
-                where_other = next(s for s in sim if OTHER in s.state().loaded).name
-                warm = "h2" if where_other == "h1" else "h1"
-                # Load TINY on the other host directly, behind the orchestra's back.
-                async with __import__("httpx").AsyncClient() as http:
-                    await http.post(
-                        sim[warm].url + "/api/generate", json={"model": TINY, "keep_alive": -1}
-                    )
-                await orch.refresh()
-                assert [m.name for m in orch.state()[warm].loaded] == [TINY]
-                served = [(await orch.generate(TINY, f"q{i}")).server for i in range(4)]
-                assert sum(s.state().loads for s in sim) == 2  # no cold load caused by routing
+        async with fleet([two_model_profile("h1"), two_model_profile("h2")]) as sim, Orchestra(
+            config_for(sim, strategy=strategy)
+        ) as orch:
+            await orch.generate(OTHER, "", keep_alive=-1)  # load OTHER somewhere
+            where_other = next(s for s in sim if OTHER in s.state().loaded).name
+            warm = "h2" if where_other == "h1" else "h1"
+            # Load TINY on the other host directly, behind the orchestra's back.
+            async with __import__("httpx").AsyncClient() as http:
+                await http.post(
+                    sim[warm].url + "/api/generate", json={"model": TINY, "keep_alive": -1}
+                )
+            await orch.refresh()
+            assert [m.name for m in orch.state()[warm].loaded] == [TINY]
+            served = [(await orch.generate(TINY, f"q{i}")).server for i in range(4)]
+            assert sum(s.state().loads for s in sim) == 2  # no cold load caused by routing
         assert served == [warm] * 4
 
     async def test_model_aware_waits_for_busy_warm_host(self) -> None:
