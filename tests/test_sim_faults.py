@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Set
 
 import anyio
 import httpx
@@ -20,6 +20,10 @@ from ollama_orchestra.testing import tiny_profile
 
 TINY = "tiny:latest"
 BODY: Dict[str, Any] = {"model": TINY, "prompt": "x", "options": {"num_predict": 20}}
+
+
+def is_alive(server: SimServer) -> bool:
+    return server.alive
 
 
 async def lines_of(http: httpx.AsyncClient, body: Dict[str, Any] = BODY) -> List[Dict[str, Any]]:
@@ -37,14 +41,11 @@ class TestFaults:
         """'refuse' closes the port: connections are refused; clearing it serves again."""
         await sim_server.set_faults(Faults(refuse=True))
         async with httpx.AsyncClient(base_url=sim_server.url) as http:
-            with anyio.fail_after(5):
-                while sim_server.alive:  # the stop is scheduled; wait for its effect
-                    await anyio.lowlevel.checkpoint()
             with pytest.raises(httpx.ConnectError):
                 await http.get("/")
         await sim_server.clear_faults()
         with anyio.fail_after(5):
-            while not sim_server.alive:
+            while not is_alive(sim_server):  # the restart is scheduled; wait for its effect
                 await anyio.lowlevel.checkpoint()
         async with httpx.AsyncClient(base_url=sim_server.url) as http:
             assert (await http.get("/")).status_code == 200
@@ -62,11 +63,15 @@ class TestFaults:
         """'reset_after_chunks' breaks the connection after some chunks."""
         await sim_server.set_faults(Faults(reset_after_chunks=3))
         got: List[Dict[str, Any]] = []
+
+        async def read(http: httpx.AsyncClient) -> None:
+            async with http.stream("POST", "/api/generate", json=BODY) as r:
+                async for line in r.aiter_lines():
+                    got.append(json.loads(line))
+
         async with httpx.AsyncClient(base_url=sim_server.url) as http:
             with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-                async with http.stream("POST", "/api/generate", json=BODY) as r:
-                    async for line in r.aiter_lines():
-                        got.append(json.loads(line))
+                await read(http)
         assert len(got) == 3 and not any(x["done"] for x in got)
 
     @pytest.mark.parametrize("status", [500, 503])
@@ -110,7 +115,7 @@ class TestFaults:
     async def test_flapping(self, sim_server: SimServer) -> None:
         """'flap_period_s' alternates refusing and serving."""
         await sim_server.set_faults(Faults(flap_period_s=0.1))
-        seen = set()
+        seen: Set[str] = set()
         async with httpx.AsyncClient(base_url=sim_server.url) as http:
             with anyio.fail_after(5):
                 while seen != {"up", "down"}:
@@ -201,7 +206,7 @@ class TestCli:
     @pytest.mark.slow
     async def test_preset_prints_hosts_and_stops_on_sigterm(self) -> None:
         """No arguments: the preset fleet, one 'NAME URL' line per host; SIGTERM stops it cleanly."""
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: ASYNC220 - starting a child does not block
             [sys.executable, "-m", "ollama_orchestra.sim", "--time-scale", "0.01"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

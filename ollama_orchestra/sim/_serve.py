@@ -342,6 +342,7 @@ class SimServer:
             return
         if faults.refuse and self._alive:
             self._abort_connections()  # the port closes at once
+            self._alive = False
             self._spawn(self._stop_inprocess())
         elif not faults.refuse and not self._alive and self._server is None:
             self._spawn(self._start_inprocess())
