@@ -233,7 +233,8 @@ class FleetState:
         """The server answered 404 for ``model``: it does not have it (any more)."""
         st = self._servers[name]
         model = normalize_model(model)
-        if st.server.models is None and model in st.models:
+        # The server's own answer wins over a static list in the config.
+        if model in st.models:
             st.models = st.models - {model}
         st.loaded.pop(model, None)
         self._changed()
