@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Tuple
 
 import anyio
 import pytest
@@ -19,20 +19,23 @@ class Clock:
         return self.now
 
 
-def make(**kw: float) -> tuple:  # type: ignore[type-arg]
+def make(
+    *,
+    failure_threshold: int = 3,
+    failure_rate: float = 0.5,
+    half_open_probes: int = 1,
+) -> Tuple[CircuitBreaker, Clock, List[BreakerEvent]]:
     clock = Clock()
     events: List[BreakerEvent] = []
     policy = BreakerPolicy(
-        **{
-            "failure_threshold": 3,
-            "window": 10,
-            "min_calls": 4,
-            "failure_rate": 0.5,
-            "cooldown_s": 1.0,
-            "cooldown_max_s": 4.0,
-            **kw,
-        }
-    )  # type: ignore[arg-type]
+        failure_threshold=failure_threshold,
+        window=10,
+        min_calls=4,
+        failure_rate=failure_rate,
+        cooldown_s=1.0,
+        cooldown_max_s=4.0,
+        half_open_probes=half_open_probes,
+    )
     return CircuitBreaker("s", policy, clock=clock, on_change=events.append), clock, events
 
 

@@ -121,6 +121,10 @@ _WORDS = [
 ]
 
 
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))  # compact, as Ollama's Go encoder writes
+
+
 class SimulatedReset(Exception):
     """Raised inside the app to make the server drop a connection mid-stream."""
 
@@ -922,15 +926,15 @@ class SimHost:
                     and n >= faults.stream_error_after_chunks
                 ):
                     yield (
-                        json.dumps(
+                        _dumps(
                             {"error": "an error was encountered while running the model: simulated"}
                         ).encode()
                         + b"\n"
                     )
                     return
-                yield json.dumps(chunk(token, False)).encode() + b"\n"
+                yield _dumps(chunk(token, False)).encode() + b"\n"
                 n += 1
-            yield json.dumps(chunk("", True, self._final_stats(stats, started))).encode() + b"\n"
+            yield _dumps(chunk("", True, self._final_stats(stats, started))).encode() + b"\n"
 
         await _stream_ndjson(send, receive, lines())
 
@@ -1060,7 +1064,7 @@ class _watch_disconnect:
 
 
 async def _send_json(send: Send, status: int, body: Any) -> None:
-    data = json.dumps(body).encode()
+    data = _dumps(body).encode()
     await send(
         {
             "type": "http.response.start",
@@ -1119,7 +1123,7 @@ async def _stream_ndjson(send: Send, receive: Receive, lines: AsyncIterator[byte
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except _HTTPError as exc:
             if started:
-                data = json.dumps({"error": exc.message}).encode() + b"\n"
+                data = _dumps({"error": exc.message}).encode() + b"\n"
                 await send({"type": "http.response.body", "body": data, "more_body": False})
             else:
                 await _send_json(send, exc.status, {"error": exc.message})

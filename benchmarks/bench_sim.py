@@ -1,0 +1,122 @@
+"""Does the simulator keep time? Measures its decode rate, slot scaling and cold load.
+
+Run from the repo root: ``python -m benchmarks.bench_sim [--time-scale 0.05] [--tokens 1500]``.
+
+One simulated host runs in a child process (as in a fleet benchmark); this process streams
+from it and times every token as it arrives, in real time, then converts to simulated time
+(divides by ``time_scale``). Each measurement is printed next to what the host's profile
+promises, with their ratio; the exit status is 1 if any ratio is off by more than 5%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import anyio
+import httpx
+
+from ollama_orchestra.sim import SimServer, aggregate_speedup, preset_fleet
+
+TOLERANCE = 0.05
+MODEL = "qwen2.5:14b"
+
+
+@dataclass(frozen=True)
+class Row:
+    metric: str
+    unit: str
+    expected: float
+    measured: float
+
+    @property
+    def ratio(self) -> float:
+        return self.measured / self.expected
+
+    @property
+    def ok(self) -> bool:
+        return abs(self.ratio - 1.0) <= TOLERANCE
+
+
+async def _stream(client: httpx.AsyncClient, tokens: int, prompt: str) -> List[float]:
+    """Stream one generate; return the real arrival time of each token."""
+    body = {"model": MODEL, "prompt": prompt, "options": {"num_predict": tokens}}
+    times: List[float] = []
+    async with client.stream("POST", "/api/generate", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if line and not json.loads(line)["done"]:
+                times.append(time.perf_counter())
+    return times
+
+
+async def _per_request_rate(
+    client: httpx.AsyncClient, n: int, tokens: int, time_scale: float
+) -> float:
+    """Mean simulated tokens/s of each of ``n`` concurrent requests."""
+    results: List[List[float]] = [[] for _ in range(n)]
+
+    async def one(i: int) -> None:
+        results[i] = await _stream(client, tokens, f"bench {n} {i}")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(one, i)
+    rates = [(len(t) - 1) / ((t[-1] - t[0]) / time_scale) for t in results]
+    return sum(rates) / len(rates)
+
+
+async def measure(time_scale: float, tokens: int) -> List[Row]:
+    profile = preset_fleet()[1]
+    spec = profile.model(MODEL)
+    assert spec is not None
+    single = spec.decode_tps * profile.speed
+    rows: List[Row] = []
+    async with SimServer(
+        profile, time_scale=time_scale, mode="subprocess"
+    ) as srv, httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
+        t0 = time.perf_counter()
+        r = await client.post("/api/generate", json={"model": MODEL, "prompt": ""})
+        r.raise_for_status()
+        cold = (time.perf_counter() - t0) / time_scale
+        rows.append(Row(f"cold load {MODEL}", "s", spec.cold_load_s, cold))
+        for n in (n for n in (1, 2, 4, 8) if n <= profile.num_parallel):
+            rate = await _per_request_rate(client, n, tokens, time_scale)
+            expected = single * aggregate_speedup(n) / n
+            rows.append(Row(f"decode, {n} in parallel, per request", "tok/s", expected, rate))
+            if n > 1:
+                rows.append(
+                    Row(
+                        f"decode, {n} in parallel, aggregate",
+                        "tok/s",
+                        single * aggregate_speedup(n),
+                        rate * n,
+                    )
+                )
+    return rows
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_sim", description=__doc__)
+    parser.add_argument("--time-scale", type=float, default=0.05)
+    parser.add_argument("--tokens", type=int, default=1500, help="tokens per request")
+    args = parser.parse_args(argv)
+    rows = anyio.run(measure, args.time_scale, args.tokens)
+    width = max(len(r.metric) for r in rows)
+    print(f"simulator timing at time_scale={args.time_scale}, in simulated units")
+    print(f"{'metric':<{width}}  {'unit':<5}  {'profile':>9}  {'measured':>9}  {'ratio':>6}")
+    for r in rows:
+        flag = "" if r.ok else "  <-- off by more than 5%"
+        print(
+            f"{r.metric:<{width}}  {r.unit:<5}  {r.expected:>9.2f}  {r.measured:>9.2f}"
+            f"  {r.ratio:>6.3f}{flag}"
+        )
+    return 0 if all(r.ok for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
