@@ -273,7 +273,7 @@ def preset_fleet() -> Tuple[HostProfile, HostProfile]:
 
     ``ollama01``: a 24 GB-class GPU (RTX 3090-like): room for one large model at a time (so
     switching between the 14b and the 32b costs a cold load), 2 parallel slots.
-    ``ollama02``: an 80 GB-class GPU (A100/H100-like): twice as fast, everything stays
+    ``ollama02``: an 80 GB-class GPU (A100-like): 1.5x as fast per request, everything stays
     loaded, 4 parallel slots.
     """
     models = (QWEN14, CODER32, EMBED)
@@ -282,6 +282,6 @@ def preset_fleet() -> Tuple[HostProfile, HostProfile]:
             "ollama01", models, speed=1.0, num_parallel=2, max_loaded_models=3, vram_gb=24.0
         ),
         HostProfile(
-            "ollama02", models, speed=2.0, num_parallel=4, max_loaded_models=3, vram_gb=80.0
+            "ollama02", models, speed=1.5, num_parallel=4, max_loaded_models=3, vram_gb=80.0
         ),
     )
