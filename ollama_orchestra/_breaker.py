@@ -210,9 +210,17 @@ class CircuitBreaker:
             self._move(HALF_OPEN, "health probe succeeded")
 
     def record_probe_failure(self) -> None:
-        """A health probe failed: counts like a failed request while closed."""
-        if self.state is CLOSED:
+        """A health probe failed: counts like a failed request.
+
+        While closed it adds to the failure counts; while half-open it re-opens with a longer
+        cooldown, as a failed probe request would (the host is still down); while open it
+        changes nothing.
+        """
+        state = self.state
+        if state is CLOSED:
             self._failure()
+        elif state is HALF_OPEN:
+            self._trip("health probe failed", repeated=True)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` through the breaker: refused with :class:`BreakerOpen` while open."""

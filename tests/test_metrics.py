@@ -1,171 +1,292 @@
-"""Metric arithmetic with a fake clock: utilization, share, imbalance, percentiles, exposition."""
+"""Fleet metrics with a fake clock: utilization, shares, percentiles, Prometheus text."""
 
 from __future__ import annotations
 
-import random
 import re
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
-from ollama_orchestra import Server
+from ollama_orchestra._config import Server
 from ollama_orchestra._metrics import Histogram, Metrics
 
 
-class Clock:
+class FakeClock:
     def __init__(self) -> None:
-        self.now = 100.0
+        self.now = 0.0
 
     def __call__(self) -> float:
         return self.now
 
 
-def make(*servers: Server, window_s: float = 60.0) -> Tuple[Metrics, Clock]:
-    clock = Clock()
-    return Metrics(servers, clock=clock, window_s=window_s), clock
+def fleet() -> List[Server]:
+    return [
+        Server("a", "http://a:11434", max_concurrency=2, weight=1.0),
+        Server("b", "http://b:11434", max_concurrency=1, weight=2.0),
+    ]
 
 
-A = Server("a", "http://h:1", max_concurrency=2)
-B = Server("b", "http://h:2", max_concurrency=2)
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
 
 
-class TestUtilization:
-    def test_one_of_two_slots_busy_half_the_time(self) -> None:
-        """Two slots, one busy half the time: 25% utilization."""
-        m, clock = make(A)
-        m.lease_acquired("a")
-        clock.now += 5
-        m.lease_released("a")
-        clock.now += 5
-        s = m.snapshot().servers["a"]
-        assert s.utilization == pytest.approx(0.25)
-        assert s.busy_slot_s == pytest.approx(5.0)
-
-    def test_in_flight_counts_up_to_now(self) -> None:
-        """A slot still busy counts up to the snapshot's time."""
-        m, clock = make(A)
-        m.lease_acquired("a")
-        m.lease_acquired("a")
-        clock.now += 3
-        s = m.snapshot().servers["a"]
-        assert s.utilization == pytest.approx(1.0) and s.in_flight == 2
-
-    def test_window_rolls_over(self) -> None:
-        """Utilization covers the last window only; old busy time drops out."""
-        m, clock = make(A, window_s=10)
-        m.lease_acquired("a")
-        clock.now += 10
-        m.lease_released("a")
-        clock.now += 10  # 10 s busy, then 10 s idle: the window sees only idle time
-        assert m.snapshot().servers["a"].utilization == pytest.approx(0.0, abs=0.06)
-        assert m.snapshot().servers["a"].busy_slot_s == pytest.approx(10.0)
-
-    def test_reset_starts_a_new_window(self) -> None:
-        """reset() zeroes counters but keeps slots that are still busy."""
-        m, clock = make(A)
-        m.lease_acquired("a")
-        m.request_finished("a", ok=True, latency_s=1.0)
-        clock.now += 4
-        m.reset()
-        clock.now += 4
-        s = m.snapshot().servers["a"]
-        assert s.requests == 0 and s.utilization == pytest.approx(0.5)
-
-
-class TestShares:
-    def test_share_fair_share_and_imbalance(self) -> None:
-        """Share of successes vs capacity-weighted fair share; imbalance is the largest gap."""
-        fast = Server("fast", "http://h:1", max_concurrency=2, weight=2.0)
-        slow = Server("slow", "http://h:2", max_concurrency=2, weight=1.0)
-        m, _ = make(fast, slow)
-        for _ in range(6):
-            m.request_finished("fast", ok=True, latency_s=1.0)
-        for _ in range(4):
-            m.request_finished("slow", ok=True, latency_s=1.0)
-        m.request_finished("slow", ok=False, latency_s=1.0)
-        snap = m.snapshot()
-        assert snap.servers["fast"].share == pytest.approx(0.6)
-        assert snap.servers["fast"].fair_share == pytest.approx(2 / 3)
-        assert snap.imbalance == pytest.approx(abs(0.6 - 2 / 3))
-        assert snap.successes == 10 and snap.failures == 1 and snap.requests == 11
-
-    def test_no_work_no_imbalance(self) -> None:
-        """Nothing ran: imbalance 0, shares 0."""
-        m, _ = make(A, B)
-        assert m.snapshot().imbalance == 0.0
-
-    def test_throughput_and_tokens(self) -> None:
-        """Throughput is successes per second; tokens/s from eval counts and durations."""
-        m, clock = make(A)
-        clock.now += 10
-        for _ in range(5):
-            m.request_finished("a", ok=True, latency_s=1.0, eval_count=100, eval_duration_s=2.0)
-        snap = m.snapshot()
-        assert snap.throughput_rps == pytest.approx(0.5)
-        assert snap.servers["a"].tokens_per_s == pytest.approx(50.0)
-
-
-class TestPercentiles:
-    @pytest.mark.parametrize("seed", [1, 2, 3])
-    def test_within_histogram_error(self, seed: int) -> None:
-        """p50/p95/p99 are within the histogram's ~10% of the exact values."""
-        rng = random.Random(seed)
-        values = [rng.lognormvariate(0, 1) for _ in range(5000)]
-        h = Histogram()
-        for v in values:
-            h.add(v)
-        values.sort()
-        for q in (0.5, 0.95, 0.99):
-            exact = values[int(q * len(values)) - 1]
-            assert h.percentile(q) == pytest.approx(exact, rel=0.12)
-
-    def test_memory_is_bounded(self) -> None:
-        """The histogram's size does not grow with the number of samples."""
-        h = Histogram()
-        size = len(h.counts)
-        for i in range(10000):
-            h.add(i * 0.01)
-        assert len(h.counts) == size and h.count == 10000
-
-    def test_failover_stats(self) -> None:
-        """Failovers are counted with their durations."""
-        m, _ = make(A)
-        for d in (0.01, 0.02, 0.03, 0.5):
-            m.failover(d)
-        snap = m.snapshot()
-        assert snap.failovers == 4 and snap.failover_max_s == 0.5
-        assert 0.01 <= snap.failover_p50_s <= 0.035
-
-
-def parse(text: str) -> Dict[str, float]:
-    out: Dict[str, float] = {}
+def parse(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
+    """A tiny exposition-format parser: (name, labels) -> value; checks HELP/TYPE come first."""
+    out: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float] = {}
+    typed = set()
     for line in text.splitlines():
-        if not line or line.startswith("#"):
+        if line.startswith("# HELP "):
             continue
-        m = re.fullmatch(r"([a-z_]+)(\{[^}]*\})? (\S+)", line)
-        assert m, line
-        out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+            continue
+        m = _LINE.match(line)
+        assert m, f"bad line: {line!r}"
+        name, raw, value = m.groups()
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert name in typed or base in typed, f"{name} has no TYPE line"
+        labels: List[Tuple[str, str]] = []
+        if raw:
+            consumed = "".join(x.group(0) for x in _LABEL.finditer(raw))
+            assert consumed == raw, f"bad labels: {raw!r}"
+            labels = [(k, v) for k, v in _LABEL.findall(raw)]
+        out[(name, tuple(labels))] = float(value)
     return out
 
 
-class TestPrometheus:
-    def test_exposition(self) -> None:
-        """The text format has HELP/TYPE, labels, a histogram and the same values."""
-        odd = Server('we"ird\\name', "http://h:3")
-        m, clock = make(A, odd)
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+class TestUtilization:
+    def test_one_of_two_slots_busy_half_the_time(self, clock: FakeClock) -> None:
+        """Two slots, one busy for half the window: 25% utilization."""
+        m = Metrics(fleet(), clock=clock)
         m.lease_acquired("a")
-        clock.now += 2
+        clock.now = 5.0
+        m.lease_released("a")
+        clock.now = 10.0
+        s = m.snapshot().servers["a"]
+        assert s.utilization == pytest.approx(0.25)
+        assert s.busy_slot_s == pytest.approx(5.0)
+        assert s.in_flight == 0
+        assert s.slots == 2
+
+    def test_in_flight_counts_up_to_now(self, clock: FakeClock) -> None:
+        """A slot still busy counts until the snapshot time."""
+        m = Metrics(fleet(), clock=clock)
+        clock.now = 2.5
+        m.lease_acquired("b")
+        clock.now = 10.0
+        s = m.snapshot().servers["b"]
+        assert s.in_flight == 1
+        assert s.utilization == pytest.approx(0.75)
+
+    def test_window_rolls_over(self, clock: FakeClock) -> None:
+        """Busy time older than window_s leaves utilization but stays in busy_slot_s."""
+        m = Metrics(fleet(), clock=clock, window_s=10.0)
+        m.lease_acquired("a")
+        clock.now = 5.0
+        m.lease_released("a")
+        clock.now = 20.0
+        snap = m.snapshot()
+        assert snap.window_s == 10.0
+        assert snap.servers["a"].utilization == 0.0
+        assert snap.servers["a"].busy_slot_s == pytest.approx(5.0)
+        m.lease_acquired("a")
+        m.lease_acquired("a")
+        clock.now = 25.0
+        assert m.snapshot().servers["a"].utilization == pytest.approx(0.5)
+
+    def test_busy_memory_is_bounded(self, clock: FakeClock) -> None:
+        """A long busy stretch keeps only about window_s one-second buckets."""
+        m = Metrics(fleet(), clock=clock, window_s=10.0)
+        m.lease_acquired("a")
+        clock.now = 1000.0
+        assert m.snapshot().servers["a"].utilization == pytest.approx(0.5)
+        assert len(m._per["a"].busy.buckets) <= 12
+
+    def test_reset_starts_a_new_window(self, clock: FakeClock) -> None:
+        """reset() clears counters but keeps slots that are still busy."""
+        m = Metrics(fleet(), clock=clock)
+        m.lease_acquired("a")
+        m.request_finished("a", ok=True, latency_s=1.0)
+        m.breaker_trip("a")
+        m.failover(0.5)
+        clock.now = 10.0
+        m.reset()
+        clock.now = 20.0
+        snap = m.snapshot()
+        assert (snap.requests, snap.failovers, snap.breaker_trips) == (0, 0, 0)
+        assert snap.elapsed_s == pytest.approx(10.0)
+        assert snap.servers["a"].in_flight == 1
+        assert snap.servers["a"].utilization == pytest.approx(0.5)
+        assert snap.servers["a"].busy_slot_s == pytest.approx(10.0)
+
+
+class TestShares:
+    def test_share_fair_share_and_imbalance(self, clock: FakeClock) -> None:
+        """Fair share is slots*weight over the total; imbalance is the largest gap."""
+        m = Metrics(fleet(), clock=clock)  # capacities: a = 2*1, b = 1*2
+        for _ in range(3):
+            m.request_finished("a", ok=True, latency_s=0.1)
+        m.request_finished("b", ok=True, latency_s=0.1)
+        m.request_finished("b", ok=False, latency_s=0.1)
+        clock.now = 2.0
+        snap = m.snapshot()
+        a, b = snap.servers["a"], snap.servers["b"]
+        assert (a.fair_share, b.fair_share) == (0.5, 0.5)
+        assert (a.share, b.share) == (0.75, 0.25)
+        assert snap.imbalance == pytest.approx(0.25)
+        assert (snap.requests, snap.successes, snap.failures) == (5, 4, 1)
+        assert (b.requests, b.failures) == (2, 1)
+        assert snap.throughput_rps == pytest.approx(2.0)
+
+    def test_imbalance_zero_when_nothing_ran(self, clock: FakeClock) -> None:
+        """No successes: shares and imbalance are 0."""
+        clock.now = 1.0
+        snap = Metrics(fleet(), clock=clock).snapshot()
+        assert snap.imbalance == 0.0
+        assert all(s.share == 0.0 for s in snap.servers.values())
+
+    def test_tokens_per_second(self, clock: FakeClock) -> None:
+        """tokens/s is eval tokens over eval seconds; failures and zero durations are ignored."""
+        m = Metrics(fleet(), clock=clock)
+        m.request_finished("a", ok=True, latency_s=1, eval_count=100, eval_duration_s=2.0)
+        m.request_finished("a", ok=True, latency_s=1, eval_count=300, eval_duration_s=2.0)
+        m.request_finished("a", ok=True, latency_s=1, eval_count=50, eval_duration_s=0.0)
+        m.request_finished("a", ok=False, latency_s=1, eval_count=999, eval_duration_s=1.0)
+        assert m.snapshot().servers["a"].tokens_per_s == pytest.approx(100.0)
+        assert m.snapshot().servers["b"].tokens_per_s == 0.0
+
+
+class TestPercentiles:
+    def test_uniform_distribution(self) -> None:
+        """Percentiles of 1..1000 ms land within the histogram's 10% error."""
+        h = Histogram()
+        for i in range(1, 1001):
+            h.add(i / 1000)
+        stats = h.stats()
+        assert stats.count == 1000
+        assert stats.mean == pytest.approx(0.5005)
+        assert stats.p50 == pytest.approx(0.5, rel=0.1)
+        assert stats.p95 == pytest.approx(0.95, rel=0.1)
+        assert stats.p99 == pytest.approx(0.99, rel=0.1)
+
+    def test_bimodal_distribution(self) -> None:
+        """90% fast, 10% slow: p50 is fast, p95 and p99 are slow."""
+        h = Histogram()
+        for _ in range(900):
+            h.add(0.2)
+        for _ in range(100):
+            h.add(30.0)
+        assert h.percentile(0.5) == pytest.approx(0.2, rel=0.1)
+        assert h.percentile(0.95) == pytest.approx(30.0, rel=0.1)
+        assert h.percentile(0.99) == pytest.approx(30.0, rel=0.1)
+
+    def test_memory_does_not_grow(self) -> None:
+        """The bucket list has a fixed length whatever the number of samples."""
+        h = Histogram()
+        before = len(h.counts)
+        for i in range(5000):
+            h.add(i * 0.37)
+        assert len(h.counts) == before
+        assert h.percentile(1.0) > 0
+
+    def test_empty(self) -> None:
+        """An empty histogram reports zeros."""
+        assert Histogram().stats().p99 == 0.0
+
+    def test_failover_stats(self, clock: FakeClock) -> None:
+        """Failover count, p50, p95 and max over the recorded durations."""
+        m = Metrics(fleet(), clock=clock)
+        for d in (
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            0.1,
+            4.0,
+        ):
+            m.failover(d)
+        snap = m.snapshot()
+        assert snap.failovers == 20
+        assert snap.failover_p50_s == pytest.approx(0.1, rel=0.1)
+        assert snap.failover_p95_s == pytest.approx(0.1, rel=0.1)
+        assert snap.failover_max_s == 4.0
+
+
+class TestPrometheus:
+    def test_text_parses_with_expected_values(self, clock: FakeClock) -> None:
+        """Every line parses, has a TYPE, and carries the snapshot's values."""
+        m = Metrics(fleet(), clock=clock)
+        m.lease_acquired("a")
         m.request_finished("a", ok=True, latency_s=0.5)
-        m.request_finished('we"ird\\name', ok=False, latency_s=0.1)
+        m.request_finished("a", ok=False, latency_s=0.5)
+        m.breaker_trip("b")
+        m.failover(1.5)
+        clock.now = 4.0
         text = m.to_prometheus()
-        assert "# TYPE ollama_orchestra_requests_total counter" in text
-        values = parse(text)
-        assert values['ollama_orchestra_requests_total{server="a",outcome="success"}'] == 1
-        assert (
-            values['ollama_orchestra_requests_total{server="we\\"ird\\\\name",outcome="failure"}']
-            == 1
+        assert text.endswith("\n")
+        v = parse(text)
+        p = "ollama_orchestra_"
+        assert v[(p + "requests_total", (("server", "a"), ("outcome", "success")))] == 1
+        assert v[(p + "requests_total", (("server", "a"), ("outcome", "failure")))] == 1
+        assert v[(p + "in_flight", (("server", "a"),))] == 1
+        assert v[(p + "slots", (("server", "b"),))] == 1
+        assert v[(p + "busy_slot_seconds_total", (("server", "a"),))] == pytest.approx(4.0)
+        assert v[(p + "utilization", (("server", "a"),))] == pytest.approx(0.5)
+        assert v[(p + "breaker_trips_total", (("server", "b"),))] == 1
+        assert v[(p + "latency_seconds_count", (("server", "a"),))] == 1
+        assert v[(p + "latency_seconds_sum", (("server", "a"),))] == 0.5
+        assert v[(p + "latency_seconds_bucket", (("server", "a"), ("le", "+Inf")))] == 1
+        assert v[(p + "failovers_total", ())] == 1
+        assert v[(p + "failover_seconds_count", ())] == 1
+        assert v[(p + "imbalance", ())] == pytest.approx(0.5)
+
+    def test_buckets_are_cumulative_and_monotonic(self, clock: FakeClock) -> None:
+        """Histogram buckets grow with le and end at the count."""
+        m = Metrics(fleet(), clock=clock)
+        for x in (0.01, 0.1, 1.0, 10.0):
+            m.request_finished("a", ok=True, latency_s=x)
+        v = parse(m.to_prometheus())
+        buckets = sorted(
+            (float(dict(k[1])["le"]), val)
+            for k, val in v.items()
+            if k[0] == "ollama_orchestra_latency_seconds_bucket" and dict(k[1])["server"] == "a"
         )
-        assert values['ollama_orchestra_in_flight{server="a"}'] == 1
-        assert values['ollama_orchestra_latency_seconds_count{server="a"}'] == 1
-        assert values['ollama_orchestra_latency_seconds_bucket{server="a",le="+Inf"}'] == 1
-        assert values["ollama_orchestra_imbalance"] == pytest.approx(m.snapshot().imbalance)
+        counts = [c for _, c in buckets]
+        assert counts == sorted(counts)
+        assert counts[-1] == 4
+        below_half = [c for le, c in buckets if le < 0.5]
+        assert below_half[-1] == 2
+
+    def test_label_values_are_escaped(self, clock: FakeClock) -> None:
+        """Quotes, backslashes and newlines in a server name are escaped."""
+        odd = 'we"ird\\name\nx'
+        m = Metrics([Server(odd, "http://h:1")], clock=clock)
+        text = m.to_prometheus()
+        assert 'server="we\\"ird\\\\name\\nx"' in text
+        v = parse(text)
+        assert ("ollama_orchestra_slots", (("server", 'we\\"ird\\\\name\\nx'),)) in v
+
+    def test_no_secrets(self, clock: FakeClock) -> None:
+        """Server headers and URLs never appear in the metrics."""
+        s = Server("a", "http://secret-host:1", headers={"Authorization": "Bearer tok"})
+        text = Metrics([s], clock=clock).to_prometheus()
+        assert "tok" not in text and "secret-host" not in text
