@@ -269,6 +269,8 @@ class SimHost:
 
     def reset(self) -> None:
         """Fresh scheduler state, like a rebooted host."""
+        # Requests of the old "boot" that are still unwinding must not touch the new state.
+        self._epoch = getattr(self, "_epoch", 0) + 1
         for r in getattr(self, "_runners", {}).values():
             if r.expiry_handle is not None:
                 r.expiry_handle.cancel()
@@ -519,6 +521,7 @@ class SimHost:
         runner = await self._acquire_runner(spec)
         stats["load_duration"] = int(self._sim(time.monotonic() - started) * 1e9)
         await self._take_slot(runner)
+        epoch = self._epoch
         runner.keep_alive_s = keep_alive
         self._in_flight[spec.name] = self._in_flight.get(spec.name, 0) + 1
         self._notify()
@@ -566,12 +569,13 @@ class SimHost:
             stats["eval_duration"] = int(eval_s * 1e9)
             self._completed += 1
         finally:
-            if decoding:
-                self._decoding -= 1
-            self._in_flight[spec.name] -= 1
-            if keep_alive == 0:
-                runner.keep_alive_s = 0.0
-            self._leave(runner)
+            if epoch == self._epoch:
+                if decoding:
+                    self._decoding -= 1
+                self._in_flight[spec.name] -= 1
+                if keep_alive == 0:
+                    runner.keep_alive_s = 0.0
+                self._leave(runner)
 
     async def _wait_running(self) -> None:
         ev = self._resume_event()
@@ -966,6 +970,7 @@ class SimHost:
         runner = await self._acquire_runner(spec)
         load_ns = int(self._sim(time.monotonic() - started) * 1e9)
         await self._take_slot(runner)
+        epoch = self._epoch
         runner.keep_alive_s = keep_alive
         self._in_flight[spec.name] = self._in_flight.get(spec.name, 0) + 1
         self._notify()
@@ -978,8 +983,9 @@ class SimHost:
             vectors = [self._vector(spec, t) for t in texts]
             self._completed += 1
         finally:
-            self._in_flight[spec.name] -= 1
-            self._leave(runner)
+            if epoch == self._epoch:
+                self._in_flight[spec.name] -= 1
+                self._leave(runner)
         return vectors, {
             "total_duration": int(self._sim(time.monotonic() - started) * 1e9),
             "load_duration": load_ns,
