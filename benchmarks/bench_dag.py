@@ -1,0 +1,170 @@
+"""DAG figures: two hosts vs one, eager vs waves vs sequential, and the scheduler's own cost.
+
+Run from the repo root: ``python -m benchmarks.bench_dag [--quick]``.
+
+1. Independent tasks on one simulated host, then on two identical ones: the makespan ratio
+   (goal: about 2x).
+2. A DAG with uneven task lengths, run ``eager``, ``waves`` and ``sequential`` on the same
+   fleet: makespans and their ratios (eager should beat waves).
+3. Scheduler overhead: 10,000 tasks (a wide layer and chains) against an instant backend, so
+   only the executor's own work is timed: microseconds per task (goal < 100).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import anyio
+
+from ollama_orchestra import GenerateResponse, HealthPolicy, Orchestra, OrchestraConfig, Server
+from ollama_orchestra._executor import Task, run_dag
+from ollama_orchestra.sim import HostProfile, ModelSpec, SimFleet
+
+MODEL = "work:latest"
+RESULTS = Path(__file__).parent / "results"
+
+
+def profile(name: str) -> HostProfile:
+    return HostProfile(
+        name, (ModelSpec(MODEL, size_gb=1, decode_tps=100.0, load_s=0.01),), num_parallel=2
+    )
+
+
+async def makespan(hosts: int, tasks: Sequence[Task], schedule: str, time_scale: float) -> float:
+    async with SimFleet(
+        [profile(f"h{i + 1}") for i in range(hosts)], time_scale=time_scale, mode="subprocess"
+    ) as fleet:
+        servers = tuple(Server(s.name, s.url, max_concurrency=2) for s in fleet.servers)
+        cfg = OrchestraConfig(
+            servers=servers, strategy="least_loaded", health=HealthPolicy(interval_s=5)
+        )
+        async with Orchestra(cfg) as orch:
+            await orch.generate(MODEL, "warm", options={"num_predict": 1})
+            result = await orch.run(list(tasks), schedule=schedule)
+            assert result.ok, [r.error_message for r in result.results if not r.ok]
+            return result.makespan_s / time_scale
+
+
+def independent(n: int) -> List[Task]:
+    return [
+        Task(f"t{i}", model=MODEL, prompt=f"task {i}", options={"num_predict": 100})
+        for i in range(n)
+    ]
+
+
+def uneven() -> List[Task]:
+    """Two stages; in each, one long task and several short ones; stage 2 waits on stage 1's
+    matching task only, so eager can start it while stage 1's long task still runs."""
+    tasks: List[Task] = []
+    for i in range(4):
+        n = 400 if i == 0 else 50
+        tasks.append(
+            Task(f"a{i}", model=MODEL, prompt=f"a{i}", options={"num_predict": n}, estimate=n)
+        )
+    for i in range(4):
+        n = 400 if i == 1 else 50
+        tasks.append(
+            Task(
+                f"b{i}",
+                model=MODEL,
+                prompt=f"b{i} {{a{i}}}",
+                depends_on=[f"a{i}"],
+                options={"num_predict": n},
+                estimate=n,
+            )
+        )
+    return tasks
+
+
+class Instant:
+    """A backend that answers at once: only the executor's own work is left to time."""
+
+    async def generate(self, model: str, prompt: str = "", **kw: Any) -> GenerateResponse:
+        return GenerateResponse(response="x", server="instant")
+
+    async def chat(
+        self, model: str, messages: Sequence[Mapping[str, Any]], **kw: Any
+    ) -> GenerateResponse:
+        return GenerateResponse(response="x", server="instant")
+
+
+def big_dag(n: int) -> List[Task]:
+    """A wide first layer, then chains of four on each tenth task."""
+    tasks = [Task(f"w{i}", model=MODEL, prompt="x") for i in range(n // 2)]
+    i = 0
+    while len(tasks) < n:
+        root = f"w{(i * 10) % (n // 2)}"
+        prev = root
+        for j in range(4):
+            if len(tasks) >= n:
+                break
+            tid = f"c{i}_{j}"
+            tasks.append(Task(tid, model=MODEL, prompt="y", depends_on=[prev]))
+            prev = tid
+        i += 1
+    return tasks
+
+
+async def overhead(n: int) -> Dict[str, float]:
+    tasks = big_dag(n)
+    out: Dict[str, float] = {}
+    for schedule in ("eager", "waves"):
+        t0 = time.perf_counter()
+        r = await run_dag(Instant(), tasks, schedule=schedule)
+        elapsed = time.perf_counter() - t0
+        assert r.ok and len(r.results) == n
+        out[schedule] = 1e6 * elapsed / n
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_dag", description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    scale = 0.01
+    n = 16 if args.quick else 32
+    one = anyio.run(makespan, 1, independent(n), "eager", scale)
+    two = anyio.run(makespan, 2, independent(n), "eager", scale)
+    spans = {
+        s: anyio.run(makespan, 1, uneven(), s, scale) for s in ("eager", "waves", "sequential")
+    }
+    per_task = anyio.run(overhead, 10_000)
+    report: Dict[str, Any] = {
+        "independent_tasks": n,
+        "one_host_makespan_s": one,
+        "two_hosts_makespan_s": two,
+        "two_host_speedup": one / two,
+        "uneven_makespan_s": spans,
+        "eager_vs_waves": spans["waves"] / spans["eager"],
+        "eager_vs_sequential": spans["sequential"] / spans["eager"],
+        "scheduler_us_per_task": per_task,
+    }
+    print(
+        f"{n} independent tasks: 1 host {one:.1f}s, 2 hosts {two:.1f}s (simulated): {one / two:.2f}x (goal ~2x)"
+    )
+    print(
+        "uneven DAG makespan: eager {eager:.1f}s, waves {waves:.1f}s, sequential {sequential:.1f}s".format(
+            **spans
+        )
+        + f": waves/eager {report['eager_vs_waves']:.2f}x, sequential/eager {report['eager_vs_sequential']:.2f}x"
+    )
+    print(
+        f"scheduler overhead on 10,000 tasks: eager {per_task['eager']:.1f} us/task, waves {per_task['waves']:.1f} us/task (goal < 100)"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "dag.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    ok = (
+        report["two_host_speedup"] >= (1.6 if args.quick else 1.8)
+        and report["eager_vs_waves"] > 1.0
+        and per_task["eager"] < 100
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Failover figures: a host killed mid-run, and a fleet where every host errs at random.
+
+Run from the repo root: ``python -m benchmarks.bench_failover [--quick]``.
+
+1. Kill: two simulated hosts (subprocesses), 200 requests in flight or queued; one host is
+   killed (SIGKILL) mid-run. Reports tasks lost (goal 0), answers duplicated (goal 0), and the
+   time from the kill to each rerouted request's success (p50/p95/max; goal: p95 < 100 ms),
+   measured in real time on short answers so that the figure is the failover, not the work.
+2. Chaos: every host fails 10% of requests at random; 1,000 requests with 3 attempts each.
+   Reports the success rate (goal >= 99.9%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import anyio
+
+from ollama_orchestra import (
+    HealthPolicy,
+    Orchestra,
+    OrchestraConfig,
+    RequestError,
+    RetryPolicy,
+    Server,
+)
+from ollama_orchestra.sim import Faults, HostProfile, ModelSpec, SimFleet
+
+MODEL = "fast:latest"
+RESULTS = Path(__file__).parent / "results"
+
+
+def profiles(n: int, *, slots: int = 4) -> List[HostProfile]:
+    model = ModelSpec(MODEL, size_gb=1, decode_tps=2000.0, load_s=0.01, default_num_predict=4)
+    return [HostProfile(f"h{i + 1}", (model,), num_parallel=slots) for i in range(n)]
+
+
+def config(fleet: SimFleet, **kw: Any) -> OrchestraConfig:
+    servers = tuple(
+        Server(s.name, s.url, max_concurrency=s.profile.num_parallel) for s in fleet.servers
+    )
+    return OrchestraConfig(
+        servers=servers,
+        strategy="least_loaded",
+        health=HealthPolicy(interval_s=1.0, down_interval_s=0.1),
+        retry=RetryPolicy(attempts=3, backoff_base_s=0.01, backoff_max_s=0.1),
+        **kw,
+    )
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def kill_run(requests: int) -> Dict[str, Any]:
+    async with SimFleet(profiles(2), time_scale=0.05, mode="subprocess") as fleet, Orchestra(
+        config(fleet)
+    ) as orch:
+        for _ in range(4):  # warm both hosts and the connection pools
+            await orch.generate(MODEL, "warm")
+        done: Dict[int, Tuple[str, int, float]] = {}
+        lost: List[str] = []
+        killed_at: List[float] = []
+        victim = fleet.servers[0]
+        quarter = anyio.Event()
+
+        async def one(i: int) -> None:
+            try:
+                r = await orch.generate(MODEL, f"req {i}", options={"num_predict": 4})
+            except RequestError as exc:
+                lost.append(f"{i}: {exc}")
+                return
+            if i in done:
+                lost.append(f"{i}: answered twice")
+            done[i] = (r.server, r.attempts, time.perf_counter())
+            if len(done) >= requests // 4:
+                quarter.set()
+
+        async with anyio.create_task_group() as tg:
+            for i in range(requests):
+                tg.start_soon(one, i)
+            await quarter.wait()
+            killed_at.append(time.perf_counter())
+            await victim.kill()
+        kill = killed_at[0]
+        rerouted = [
+            t - kill for (server, attempts, t) in done.values() if attempts > 1 and t >= kill
+        ]
+        after_kill = [t - kill for (server, attempts, t) in done.values() if t >= kill]
+        m = orch.metrics()
+    return {
+        "requests": requests,
+        "completed": len(done),
+        "lost": len(lost),
+        "lost_detail": lost[:5],
+        "rerouted": len(rerouted),
+        "reroute_p50_ms": 1000 * pct(rerouted, 0.5),
+        "reroute_p95_ms": 1000 * pct(rerouted, 0.95),
+        "reroute_max_ms": 1000 * max(rerouted, default=0.0),
+        "orchestra_failover_p95_ms": 1000 * m.failover_p95_s,
+        "completed_after_kill": len(after_kill),
+        "success_rate": len(done) / requests,
+    }
+
+
+async def chaos_run(requests: int, error_rate: float) -> Dict[str, Any]:
+    async with SimFleet(profiles(2), time_scale=0.05, mode="subprocess", faults=None) as fleet:
+        for s in fleet.servers:
+            await s.set_faults(Faults(error_rate=error_rate))
+        # The breaker is for broken hosts; at a 10% random error rate no host is broken.
+        async with Orchestra(config(fleet)) as orch:
+            ok = 0
+            failed: List[str] = []
+            limiter = anyio.CapacityLimiter(32)
+
+            async def one(i: int) -> None:
+                nonlocal ok
+                async with limiter:
+                    try:
+                        await orch.generate(MODEL, f"chaos {i}", options={"num_predict": 2})
+                        ok += 1
+                    except RequestError as exc:
+                        failed.append(str(exc)[:120])
+
+            async with anyio.create_task_group() as tg:
+                for i in range(requests):
+                    tg.start_soon(one, i)
+            m = orch.metrics()
+    return {
+        "requests": requests,
+        "error_rate": error_rate,
+        "succeeded": ok,
+        "success_rate": ok / requests,
+        "failed_examples": failed[:3],
+        "failovers": m.failovers,
+        "breaker_trips": m.breaker_trips,
+    }
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_failover", description=__doc__
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer requests (CI)")
+    args = parser.parse_args(argv)
+    kill = anyio.run(kill_run, 200)
+    chaos = anyio.run(chaos_run, 300 if args.quick else 1000, 0.10)
+    print("kill one of two hosts mid-run")
+    print(
+        f"  requests {kill['requests']}, completed {kill['completed']}, lost {kill['lost']}, rerouted {kill['rerouted']}"
+    )
+    print(
+        f"  kill -> rerouted success: p50 {kill['reroute_p50_ms']:.1f} ms, p95 {kill['reroute_p95_ms']:.1f} ms, max {kill['reroute_max_ms']:.1f} ms (goal p95 < 100 ms)"
+    )
+    print(
+        f"  orchestra's own failover metric (first failure -> success) p95 {kill['orchestra_failover_p95_ms']:.1f} ms"
+    )
+    print(f"chaos: every host fails {chaos['error_rate']:.0%} of requests, 3 attempts")
+    print(
+        f"  {chaos['succeeded']}/{chaos['requests']} succeeded: {chaos['success_rate']:.2%} (goal >= 99.9%)"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "failover.json").write_text(
+        json.dumps({"kill": kill, "chaos": chaos}, indent=2), encoding="utf-8"
+    )
+    ok = (
+        kill["lost"] == 0
+        and kill["completed"] == kill["requests"]
+        and chaos["success_rate"] >= 0.995
+    )
+    if not args.quick:
+        ok = ok and kill["reroute_p95_ms"] < 100 and chaos["success_rate"] >= 0.999
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
