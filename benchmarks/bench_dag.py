@@ -47,7 +47,7 @@ async def makespan(hosts: int, tasks: Sequence[Task], schedule: str, time_scale:
             await orch.generate(MODEL, "warm", options={"num_predict": 1})
             result = await orch.run(list(tasks), schedule=schedule)
             assert result.ok, [r.error_message for r in result.results if not r.ok]
-            return result.makespan_s / time_scale
+            return float(result.makespan_s) / time_scale
 
 
 def independent(n: int) -> List[Task]:
