@@ -34,7 +34,8 @@ from ._errors import (
     SimConfigError,
     StreamInterrupted,
 )
-from ._metrics import LatencyStats, MetricsSnapshot, ServerMetrics
+from ._executor import DagResult, DagSpec, Task, TaskEvent, TaskResult, load_dag, run_dag
+from ._metrics import LatencyStats, Metrics, MetricsSnapshot, ServerMetrics
 from ._state import FleetSnapshot, LoadedModel, ServerSnapshot
 from ._types import (
     ChatChunk,
@@ -59,6 +60,8 @@ __all__ = [
     "Choice",
     "CircuitBreaker",
     "ConfigError",
+    "DagResult",
+    "DagSpec",
     "DagValidationError",
     "EmbedResponse",
     "FleetSnapshot",
@@ -69,6 +72,7 @@ __all__ = [
     "Lease",
     "LoadBalancer",
     "LoadedModel",
+    "Metrics",
     "MetricsSnapshot",
     "NoCapableServer",
     "NoHealthyServer",
@@ -88,8 +92,13 @@ __all__ = [
     "SimConfigError",
     "Strategy",
     "StreamInterrupted",
+    "Task",
+    "TaskEvent",
+    "TaskResult",
     "Timeouts",
     "__version__",
+    "load_dag",
+    "run_dag",
 ]
 
 for _name in __all__:

@@ -46,6 +46,7 @@ from ._errors import (
     RequestFailed,
     StreamInterrupted,
 )
+from ._executor import DagResult, Task, TaskEvent, run_dag
 from ._failover import AttemptError, build_retrying, classify, from_status
 from ._metrics import Metrics, MetricsSnapshot
 from ._monitor import HealthMonitor
@@ -862,11 +863,24 @@ class Orchestra:
             queued_s=lease.queued_s,
         )
 
-    async def run(self, tasks: Sequence[Any], **kwargs: Any) -> Any:
-        """Run a DAG of tasks over the fleet (see :func:`ollama_orchestra.run_dag`)."""
-        from ._executor import run_dag
+    async def run(
+        self,
+        tasks: Sequence[Task],
+        *,
+        schedule: str = "eager",
+        fail_fast: bool = False,
+        on_event: Optional[Callable[[TaskEvent], None]] = None,
+        inputs: Optional[Mapping[str, str]] = None,
+    ) -> DagResult:
+        """Run a DAG of tasks over the fleet; results in input order.
 
-        return await run_dag(self, tasks, **kwargs)
+        ``schedule`` is ``"eager"`` (a task starts when its dependencies are done),
+        ``"waves"`` or ``"sequential"``. A failed task's dependents are skipped; with
+        ``fail_fast`` the first failure cancels the rest. See :func:`run_dag`.
+        """
+        return await run_dag(
+            self, tasks, schedule=schedule, fail_fast=fail_fast, on_event=on_event, inputs=inputs
+        )
 
 
 def _merge_messages(objs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
