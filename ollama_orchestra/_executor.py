@@ -27,6 +27,7 @@ from typing import (
     Callable,
     Dict,
     List,
+    Literal,
     Mapping,
     Optional,
     Protocol,
@@ -37,10 +38,15 @@ from typing import (
 )
 
 import anyio
-import graphlib
 
 from ._errors import DagValidationError
 from ._types import ChatResponse, GenerateResponse
+
+if sys.version_info >= (3, 9):
+    import graphlib
+else:  # pragma: no cover
+    # graphlib-backport installs the same module name, without type information.
+    import graphlib  # type: ignore[import-untyped]
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,7 +66,8 @@ __all__ = [
 
 log = logging.getLogger("ollama_orchestra.executor")
 
-Status = str  # "ok" | "failed" | "skipped" | "cancelled"
+Status = Literal["ok", "failed", "skipped", "cancelled"]
+EventKind = Literal["queued", "started", "finished", "failed", "skipped", "cancelled"]
 SCHEDULES = ("eager", "waves", "sequential")
 
 
@@ -196,14 +203,18 @@ class TaskResult:
 
     @property
     def error_message(self) -> str:
-        return "" if self.error is None else f"{type(self.error).__name__}: {self.error}"
+        if self.error is None:
+            return ""
+        if isinstance(self.error, _Skipped):
+            return str(self.error)
+        return f"{type(self.error).__name__}: {self.error}"
 
 
 @dataclass(frozen=True)
 class TaskEvent:
     """Progress: a task was queued, started, finished, failed, skipped or cancelled."""
 
-    kind: str
+    kind: EventKind
     task_id: str
     at: float
     result: Optional[TaskResult] = None
@@ -237,7 +248,23 @@ class DagResult:
         return len(self.results)
 
     def with_status(self, status: Status) -> Tuple[TaskResult, ...]:
+        """The results with this status, in input order."""
         return tuple(r for r in self.results if r.status == status)
+
+    @property
+    def failed(self) -> Tuple[TaskResult, ...]:
+        """The tasks that raised, in input order."""
+        return self.with_status("failed")
+
+    @property
+    def skipped(self) -> Tuple[TaskResult, ...]:
+        """The tasks skipped because a dependency did not succeed."""
+        return self.with_status("skipped")
+
+    @property
+    def cancelled(self) -> Tuple[TaskResult, ...]:
+        """The tasks cancelled by ``fail_fast``."""
+        return self.with_status("cancelled")
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -355,7 +382,7 @@ class _Run:
         self.stop: Optional[anyio.CancelScope] = None
         self.failed = False
 
-    def emit(self, kind: str, task_id: str, result: Optional[TaskResult] = None) -> None:
+    def emit(self, kind: EventKind, task_id: str, result: Optional[TaskResult] = None) -> None:
         if self.on_event is None:
             return
         try:
@@ -374,13 +401,13 @@ class _Run:
         self.results[result.id] = result
         if result.ok and result.output is not None:
             self.outputs[result.id] = result.output
-        kind = {
+        kinds: Dict[str, EventKind] = {
             "ok": "finished",
             "failed": "failed",
             "skipped": "skipped",
             "cancelled": "cancelled",
-        }[result.status]
-        self.emit(kind, result.id, result)
+        }
+        self.emit(kinds[result.status], result.id, result)
         if result.status == "failed" and self.fail_fast and self.stop is not None:
             self.failed = True
             self.stop.cancel()
@@ -389,6 +416,7 @@ class _Run:
         reason = f"dependency {cause.id!r} {cause.status}"
         if cause.error is not None:
             reason += f": {cause.error_message}"
+        # A skipped dependency already carries the root cause in its own message.
         self.finish(
             TaskResult(task.id, "skipped", error=_Skipped(reason), priority=self.priority[task.id])
         )
@@ -399,6 +427,9 @@ class _Run:
         return template.format(**values)
 
     async def run_task(self, task: Task) -> None:
+        if self.failed:
+            # fail_fast already fired: run_dag marks this task cancelled without calling out.
+            return
         cause = self.blocked_by(task)
         if cause is not None:
             self.skip(task, cause)
@@ -537,11 +568,14 @@ def _sorter(run: _Run) -> graphlib.TopologicalSorter[str]:
 async def _eager(run: _Run) -> None:
     sorter = _sorter(run)
     send, receive = anyio.create_memory_object_stream[str](max_buffer_size=len(run.tasks))
+    # The task group exits first, so a cancelled task can still report on an open stream.
     async with send, receive, anyio.create_task_group() as tg:
 
         async def one(tid: str) -> None:
-            await run.run_task(run.by_id[tid])
-            send.send_nowait(tid)  # only on completion: when cancelled, nobody listens
+            try:
+                await run.run_task(run.by_id[tid])
+            finally:
+                send.send_nowait(tid)
 
         pending = 0
         while sorter.is_active():

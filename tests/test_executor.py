@@ -1,60 +1,51 @@
-"""The DAG executor: validation, wiring through placeholders, scheduling modes, failures."""
+"""Tests for the DAG executor: validation, scheduling, failure semantics, events, files."""
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import anyio
 import pytest
-from anyio import wait_all_tasks_blocked
 
-from ollama_orchestra import DagValidationError
+from ollama_orchestra._errors import DagValidationError
 from ollama_orchestra._executor import (
-    DagResult,
+    DagSpec,
     Task,
     TaskEvent,
-    critical_path,
     load_dag,
     run_dag,
-    validate,
 )
 from ollama_orchestra._types import ChatResponse, GenerateResponse
 
 
 class FakeRunner:
-    """Answers "<id-ish>:<prompt>" and lets the test decide when each call returns."""
+    """Records calls; each call either answers at once or waits for its gate to be set."""
 
-    def __init__(self, *, gated: bool = False, fail: Sequence[str] = ()) -> None:
+    def __init__(self, *, gated: bool = False) -> None:
         self.gated = gated
-        self.fail = set(fail)
-        self.calls: List[Dict[str, Any]] = []
+        self.gates: Dict[str, anyio.Event] = {}
+        self.calls: List[Tuple[str, str, Dict[str, Any]]] = []
         self.started: List[str] = []
         self.finished: List[str] = []
         self.cancelled: List[str] = []
-        self.gates: Dict[str, anyio.Event] = {}
+        self.fail: Dict[str, BaseException] = {}
 
-    def release(self, key: str) -> None:
-        self.gates.setdefault(key, anyio.Event()).set()
+    def gate(self, key: str) -> anyio.Event:
+        return self.gates.setdefault(key, anyio.Event())
 
-    async def _answer(self, model: str, text: str, priority: int) -> str:
-        key = text.split("|", 1)[0]
-        self.calls.append({"model": model, "text": text, "priority": priority})
+    async def _serve(self, key: str) -> None:
         self.started.append(key)
         try:
-            if self.gated:
-                await self.gates.setdefault(key, anyio.Event()).wait()
-            else:
-                await anyio.lowlevel.checkpoint()
+            if self.gated or key in self.gates:
+                await self.gate(key).wait()
         except anyio.get_cancelled_exc_class():
             self.cancelled.append(key)
             raise
-        self.finished.append(key)
         if key in self.fail:
-            raise RuntimeError(f"{key} exploded")
-        return f"<{text}>"
+            raise self.fail[key]
+        self.finished.append(key)
 
     async def generate(
         self,
@@ -66,8 +57,14 @@ class FakeRunner:
         priority: int = 0,
         timeout: Optional[float] = None,
     ) -> GenerateResponse:
-        out = await self._answer(model, prompt, priority)
-        return GenerateResponse(response=out, server="fake", attempts=1, queued_s=0.0)
+        key = prompt.split(":", 1)[0]
+        self.calls.append(
+            (model, prompt, {"system": system, "options": options, "priority": priority})
+        )
+        await self._serve(key)
+        return GenerateResponse(
+            response=f"<{prompt}>", server="s1", attempts=2, queued_s=0.5, done=True
+        )
 
     async def chat(
         self,
@@ -78,293 +75,381 @@ class FakeRunner:
         priority: int = 0,
         timeout: Optional[float] = None,
     ) -> ChatResponse:
-        text = str(messages[-1]["content"])
-        out = await self._answer(model, text, priority)
-        return ChatResponse(message={"role": "assistant", "content": out}, server="fake")
+        content = str(messages[-1]["content"])
+        key = content.split(":", 1)[0]
+        self.calls.append((model, content, {"messages": list(messages), "priority": priority}))
+        await self._serve(key)
+        return ChatResponse(message={"role": "assistant", "content": f"[{content}]"}, server="s2")
 
 
-def diamond() -> List[Task]:
-    return [
-        Task("plan", model="m", prompt="plan|{goal}"),
-        Task("a", model="m", prompt="a|{plan}", depends_on=["plan"]),
-        Task("b", model="m", prompt="b|{plan}", depends_on=["plan"]),
-        Task("qa", model="m", prompt="qa|{a}+{b}", depends_on=["a", "b"]),
-    ]
+def t(tid: str, *deps: str, **kw: Any) -> Task:
+    """A generate task whose prompt starts with its id, then its deps' outputs."""
+    prompt = tid + ":" + "".join("{" + d + "}" for d in deps)
+    return Task(tid, model="m", prompt=prompt, depends_on=deps, **kw)
 
 
 class TestValidation:
-    @pytest.mark.parametrize(
-        ("tasks", "message"),
-        [
-            (
-                [Task("x", model="m", prompt="p"), Task("x", model="m", prompt="q")],
-                "duplicate task id 'x'",
-            ),
-            ([Task("x", model="m", prompt="p", depends_on=["y"])], "unknown task 'y'"),
-            ([Task("x", model="m", prompt="p", depends_on=["x"])], "depends on itself"),
-            ([Task("x", model="m", prompt="{z}")], "placeholder {z} names no dependency"),
-            ([Task("x", model="m", prompt="{}")], "must name a dependency"),
-        ],
-    )
-    def test_bad_graphs(self, tasks: List[Task], message: str) -> None:
-        """Each bad graph raises DagValidationError with a message naming the problem."""
-        with pytest.raises(
-            DagValidationError, match=message.replace("{", r"\{").replace("}", r"\}")
-        ):
-            validate(tasks)
+    def test_duplicate_id(self) -> None:
+        """Two tasks with one id are rejected, naming the id."""
+        with pytest.raises(DagValidationError, match="duplicate task id 'a'") as ei:
+            anyio.run(run_dag, FakeRunner(), [t("a"), t("a")])
+        assert ei.value.task_id == "a"
 
-    def test_cycle_reports_its_path(self) -> None:
-        """A cycle is refused and its path is in the message."""
-        tasks = [
-            Task("a", model="m", prompt="p", depends_on=["c"]),
-            Task("b", model="m", prompt="p", depends_on=["a"]),
-            Task("c", model="m", prompt="p", depends_on=["b"]),
-        ]
-        with pytest.raises(DagValidationError, match="cycle") as info:
-            validate(tasks)
-        text = str(info.value)
-        assert all(n in text for n in ("a", "b", "c")) and "->" in text
+    async def test_unknown_dependency(self) -> None:
+        """A dependency on a missing task is rejected before anything runs."""
+        runner = FakeRunner()
+        with pytest.raises(DagValidationError, match="unknown task 'zz'"):
+            await run_dag(runner, [t("a"), Task("b", model="m", prompt="x", depends_on=["zz"])])
+        assert runner.calls == []
+
+    async def test_self_dependency(self) -> None:
+        """A task that depends on itself is rejected."""
+        with pytest.raises(DagValidationError, match="depends on itself"):
+            await run_dag(FakeRunner(), [Task("a", model="m", prompt="x", depends_on=["a"])])
+
+    async def test_cycle_names_path(self) -> None:
+        """A cycle is rejected with its path in the message."""
+        tasks = [t("a", "c"), t("b", "a"), t("c", "b")]
+        with pytest.raises(DagValidationError, match="cycle") as ei:
+            await run_dag(FakeRunner(), tasks)
+        msg = str(ei.value)
+        assert all(x in msg for x in ("a", "b", "c")) and "->" in msg
+
+    async def test_unknown_placeholder(self) -> None:
+        """A placeholder naming neither a dependency nor an input is rejected with its name."""
+        tasks = [t("a"), Task("b", model="m", prompt="use {nope}", depends_on=["a"])]
+        with pytest.raises(DagValidationError, match=r"\{nope\}") as ei:
+            await run_dag(FakeRunner(), tasks)
+        assert ei.value.task_id == "b"
+
+    async def test_literal_braces_and_inputs(self) -> None:
+        """Doubled braces are literal; caller inputs fill their placeholders."""
+        runner = FakeRunner()
+        res = await run_dag(
+            runner, [Task("a", model="m", prompt="a: {{x}} {goal}")], inputs={"goal": "G"}
+        )
+        assert res.ok and runner.calls[0][1] == "a: {x} G"
 
     @pytest.mark.parametrize(
-        "kwargs",
-        [
-            {"model": "m"},
-            {"model": "m", "prompt": "p", "messages": [{"role": "user", "content": "x"}]},
-            {"prompt": "p"},
-            {"model": "m", "prompt": "p", "timeout": 0},
-        ],
+        "kw",
+        [{}, {"prompt": "p", "messages": [{"role": "user", "content": "c"}]}],
     )
-    def test_bad_task(self, kwargs: Dict[str, Any]) -> None:
-        """A task needs exactly one of prompt/messages/fn, a model, a positive timeout."""
-        with pytest.raises(DagValidationError):
-            Task("t", **kwargs)
+    def test_exactly_one_body(self, kw: Dict[str, Any]) -> None:
+        """Neither or both of prompt and messages is rejected."""
+        with pytest.raises(DagValidationError, match="exactly one of prompt, messages or fn"):
+            Task("a", model="m", **kw)
+
+    @pytest.mark.parametrize("bad", ["", "a b", "x{y}"])
+    def test_bad_id(self, bad: str) -> None:
+        """Ids are non-empty letters, digits, '_', '-' or '.'."""
+        with pytest.raises(DagValidationError, match="invalid"):
+            Task(bad, model="m", prompt="p")
 
     async def test_bad_schedule(self) -> None:
-        """An unknown schedule is refused before anything runs."""
-        with pytest.raises(DagValidationError, match="schedule"):
-            await run_dag(FakeRunner(), diamond(), schedule="fastest", inputs={"goal": "g"})
+        """An unknown schedule is a ValueError naming it."""
+        with pytest.raises(ValueError, match="'fastest'"):
+            await run_dag(FakeRunner(), [t("a")], schedule="fastest")
 
     async def test_empty(self) -> None:
-        """An empty list gives an empty result."""
-        r = await run_dag(FakeRunner(), [])
-        assert r.results == () and r.ok
-
-    def test_critical_path(self) -> None:
-        """The critical path counts the longest chain of remaining work, weighted by estimates."""
-        tasks = {t.id: t for t in diamond()}
-        cp = critical_path(tasks)
-        assert cp == {"plan": 3.0, "a": 2.0, "b": 2.0, "qa": 1.0}
+        """An empty list gives an empty, ok result."""
+        res = await run_dag(FakeRunner(), [])
+        assert res.results == () and res.ok and res.outputs == {}
 
 
-class TestRunning:
+class TestOutputs:
     @pytest.mark.parametrize("schedule", ["eager", "waves", "sequential"])
-    async def test_diamond_wires_outputs(self, schedule: str) -> None:
-        """Outputs flow through placeholders; results come back in input order."""
-        runner = FakeRunner()
-        r = await run_dag(runner, diamond(), schedule=schedule, inputs={"goal": "G"})
-        assert [x.id for x in r.results] == ["plan", "a", "b", "qa"]
-        assert r.ok
-        assert r["plan"].output == "<plan|G>"
-        assert r["a"].output == "<a|<plan|G>>"
-        assert r["qa"].output == "<qa|<a|<plan|G>>+<b|<plan|G>>>"
-        assert r["qa"].server == "fake"
+    async def test_diamond(self, schedule: str) -> None:
+        """Outputs flow through placeholders; results come in input order."""
+        tasks = [t("d", "b", "c"), t("b", "a"), t("c", "a"), t("a")]
+        res = await run_dag(FakeRunner(), tasks, schedule=schedule)
+        assert [r.id for r in res.results] == ["d", "b", "c", "a"]
+        assert res.ok
+        assert res["a"].output == "<a:>"
+        assert res["b"].output == "<b:<a:>>"
+        assert res["d"].output == "<d:<b:<a:>><c:<a:>>>"
+        assert res["a"].server == "s1" and res["a"].attempts == 2 and res["a"].queued_s == 0.5
+        assert set(res.outputs) == {"a", "b", "c", "d"}
 
-    async def test_wide_dag_runs_in_parallel(self) -> None:
-        """Independent tasks are all started before any finishes."""
+    async def test_wide_runs_in_parallel(self) -> None:
+        """Independent tasks all start before any of them finishes."""
         runner = FakeRunner(gated=True)
-        tasks = [Task(f"t{i}", model="m", prompt=f"t{i}|x") for i in range(8)]
+        tasks = [t(f"w{i}") for i in range(6)] + [t("join", *[f"w{i}" for i in range(6)])]
         async with anyio.create_task_group() as tg:
-            results: List[DagResult] = []
+            box: List[Any] = []
 
             async def go() -> None:
-                results.append(await run_dag(runner, tasks))
+                box.append(await run_dag(runner, tasks))
 
             tg.start_soon(go)
-            await wait_all_tasks_blocked()
-            assert sorted(runner.started) == sorted(f"t{i}" for i in range(8))
+            await anyio.wait_all_tasks_blocked()
+            assert sorted(runner.started) == [f"w{i}" for i in range(6)]
             assert runner.finished == []
-            for i in range(8):
-                runner.release(f"t{i}")
-        assert [x.id for x in results[0].results] == [f"t{i}" for i in range(8)]
+            for i in range(6):
+                runner.gate(f"w{i}").set()
+            await anyio.wait_all_tasks_blocked()
+            runner.gate("join").set()
+        assert box[0].ok and box[0]["join"].output.startswith("<join:<w0:>")
 
-    async def test_eager_does_not_wait_for_the_wave(self) -> None:
-        """Eager starts a task when its own dependency finishes; waves waits for the wave."""
-        tasks = [
-            Task("fast", model="m", prompt="fast|x"),
-            Task("slow", model="m", prompt="slow|x"),
-            Task("after_fast", model="m", prompt="after_fast|{fast}", depends_on=["fast"]),
-        ]
-        for schedule, expect_started in (("eager", True), ("waves", False)):
-            runner = FakeRunner(gated=True)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(functools.partial(run_dag, runner, tasks, schedule=schedule))
-                await wait_all_tasks_blocked()
-                runner.release("fast")
-                await wait_all_tasks_blocked()
-                assert ("after_fast" in runner.started) is expect_started, schedule
-                runner.release("slow")
-                runner.release("after_fast")
-
-    async def test_failure_skips_exactly_the_dependents(self) -> None:
-        """A failed task's dependents (transitively) are skipped; other branches finish."""
-        tasks = [
-            Task("root", model="m", prompt="root|x"),
-            Task("bad", model="m", prompt="bad|{root}", depends_on=["root"]),
-            Task("good", model="m", prompt="good|{root}", depends_on=["root"]),
-            Task("child", model="m", prompt="child|{bad}", depends_on=["bad"]),
-            Task("grandchild", model="m", prompt="gc|{child}", depends_on=["child"]),
-            Task("after_good", model="m", prompt="ag|{good}", depends_on=["good"]),
-        ]
-        r = await run_dag(FakeRunner(fail=["bad"]), tasks)
-        status = {x.id: x.status for x in r.results}
-        assert status == {
-            "root": "ok",
-            "bad": "failed",
-            "good": "ok",
-            "child": "skipped",
-            "grandchild": "skipped",
-            "after_good": "ok",
-        }
-        assert "exploded" in r["bad"].error_message
-        assert "'bad'" in r["child"].error_message and "'child'" in r["grandchild"].error_message
-        assert not r.ok
-
-    async def test_fail_fast_cancels_running_tasks(self) -> None:
-        """With fail_fast, the first failure cancels what runs and marks the rest cancelled."""
-        runner = FakeRunner(gated=True, fail=["bad"])
-        tasks = [
-            Task("bad", model="m", prompt="bad|x"),
-            Task("long", model="m", prompt="long|x"),
-            Task("later", model="m", prompt="later|{long}", depends_on=["long"]),
-        ]
-        out: List[DagResult] = []
-        async with anyio.create_task_group() as tg:
-
-            async def go() -> None:
-                out.append(await run_dag(runner, tasks, fail_fast=True))
-
-            tg.start_soon(go)
-            await wait_all_tasks_blocked()
-            runner.release("bad")
-        r = out[0]
-        assert r["bad"].status == "failed"
-        assert r["long"].status == "cancelled" and r["later"].status == "cancelled"
-        assert runner.cancelled == ["long"]
-
-    async def test_cancelling_run_cancels_tasks(self) -> None:
-        """Cancelling run_dag cancels every running task and propagates."""
-        runner = FakeRunner(gated=True)
-        tasks = [Task(f"t{i}", model="m", prompt=f"t{i}|x") for i in range(3)]
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(lambda: run_dag(runner, tasks))
-                await wait_all_tasks_blocked()
-                scope.cancel()
-        assert sorted(runner.cancelled) == ["t0", "t1", "t2"]
-
-    async def test_task_timeout(self) -> None:
-        """A task over its timeout fails with a TimeoutError; others are unaffected."""
-        runner = FakeRunner(gated=True)
-        tasks = [
-            Task("stuck", model="m", prompt="stuck|x", timeout=0.01),
-            Task("fine", model="m", prompt="fine|x"),
-        ]
-        runner.release("fine")
-        r = await run_dag(runner, tasks)
-        assert r["stuck"].status == "failed" and isinstance(r["stuck"].error, TimeoutError)
-        assert r["fine"].ok
-
-    async def test_priorities_follow_the_critical_path(self) -> None:
-        """Tasks with longer remaining chains get higher priority; explicit priority wins."""
+    async def test_chat_and_system(self) -> None:
+        """Chat tasks fill message contents and prepend the system prompt."""
         runner = FakeRunner()
-        tasks = [*diamond(), Task("solo", model="m", prompt="solo|x", priority=7)]
-        await run_dag(runner, tasks, inputs={"goal": "g"})
-        prio = {c["text"].split("|")[0]: c["priority"] for c in runner.calls}
-        assert prio["plan"] > prio["a"] == prio["b"] > prio["qa"]
-        assert prio["solo"] == 7
+        tasks = [
+            t("a"),
+            Task(
+                "b",
+                model="coding",
+                messages=[{"role": "user", "content": "b: {a}"}],
+                system="sys {a}",
+                depends_on=["a"],
+            ),
+        ]
+        res = await run_dag(runner, tasks)
+        msgs = runner.calls[1][2]["messages"]
+        assert msgs[0] == {"role": "system", "content": "sys <a:>"}
+        assert res["b"].output == "[b: <a:>]" and res["b"].server == "s2"
 
-    async def test_chat_and_callable_steps(self) -> None:
-        """Chat tasks fill message placeholders; callable steps get their inputs."""
-        runner = FakeRunner()
+    async def test_callable_step(self) -> None:
+        """A callable step gets the runner and its dependencies' outputs."""
+        seen: List[Any] = []
 
         async def step(orch: Any, inputs: Mapping[str, str]) -> str:
-            assert orch is runner
-            return "step(" + inputs["c"] + ")"
+            seen.append((orch, dict(inputs)))
+            return inputs["a"].upper()
 
+        runner = FakeRunner()
+        res = await run_dag(runner, [t("a"), Task("s", fn=step, depends_on=["a"])])
+        assert seen == [(runner, {"a": "<a:>"})]
+        assert res["s"].output == "<A:>"
+
+
+class TestFailures:
+    async def test_failure_skips_transitive_dependents(self) -> None:
+        """A failure skips exactly its transitive dependents; other branches finish."""
+        runner = FakeRunner()
+        runner.fail["b"] = RuntimeError("boom")
+        tasks = [t("a"), t("b", "a"), t("c", "b"), t("d", "c"), t("e", "a"), t("f")]
+        res = await run_dag(runner, tasks)
+        assert [r.status for r in res.results] == ["ok", "failed", "skipped", "skipped", "ok", "ok"]
+        assert isinstance(res["b"].error, RuntimeError)
+        assert res["c"].error_message == "dependency 'b' failed: RuntimeError: boom"
+        assert "dependency 'b' failed" in res["d"].error_message
+        assert [r.id for r in res.failed] == ["b"] and [r.id for r in res.skipped] == ["c", "d"]
+        assert not res.ok and "c" not in runner.started
+        assert set(res.outputs) == {"a", "e", "f"}
+
+    async def test_fail_fast_cancels_running(self) -> None:
+        """With fail_fast, a failure cancels running tasks and marks unstarted ones cancelled."""
+        runner = FakeRunner()
+        runner.gate("slow")
+        runner.fail["bad"] = RuntimeError("x")
+        bad_gate = runner.gate("bad")
+        tasks = [t("slow"), t("bad"), t("after", "slow")]
+        async with anyio.create_task_group() as tg:
+            box: List[Any] = []
+
+            async def go() -> None:
+                box.append(await run_dag(runner, tasks, fail_fast=True))
+
+            tg.start_soon(go)
+            await anyio.wait_all_tasks_blocked()
+            bad_gate.set()
+        res = box[0]
+        assert runner.cancelled == ["slow"]
+        assert [r.status for r in res.results] == ["cancelled", "failed", "cancelled"]
+        assert "after" not in runner.started
+
+    @pytest.mark.parametrize("schedule", ["waves", "sequential"])
+    async def test_fail_fast_never_starts_later_tasks(self, schedule: str) -> None:
+        """With fail_fast, tasks after the failure are never sent to the runner."""
+        runner = FakeRunner()
+        runner.fail["a"] = RuntimeError("x")
+        res = await run_dag(
+            runner, [t("a", priority=5000), t("b"), t("c", "b")], schedule=schedule, fail_fast=True
+        )
+        assert res["a"].status == "failed"
+        assert "c" not in runner.started and res["c"].status == "cancelled"
+        if schedule == "sequential":
+            assert runner.started == ["a"] and res["b"].status == "cancelled"
+
+    async def test_task_timeout(self) -> None:
+        """A per-task timeout fails that task with TimeoutError and skips its dependents."""
+        runner = FakeRunner()
+        runner.gate("a")
+        res = await run_dag(runner, [t("a", timeout=0.01), t("b", "a"), t("c")])
+        assert isinstance(res["a"].error, TimeoutError)
+        assert res["b"].status == "skipped" and res["c"].ok
+        assert runner.cancelled == ["a"]
+
+    async def test_outer_cancel_propagates(self) -> None:
+        """Cancelling run_dag cancels its running tasks and does not return."""
+        runner = FakeRunner(gated=True)
+        returned: List[Any] = []
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+
+                async def go() -> None:
+                    returned.append(await run_dag(runner, [t("a"), t("b")]))
+
+                tg.start_soon(go)
+                await anyio.wait_all_tasks_blocked()
+                scope.cancel()
+        assert scope.cancelled_caught
+        assert sorted(runner.cancelled) == ["a", "b"] and returned == []
+
+
+class TestScheduling:
+    async def _run(self, schedule: str) -> List[str]:
+        """a and b run; a finishes; returns what has started by then."""
+        runner = FakeRunner(gated=True)
+        tasks = [t("a"), t("b"), t("c", "a"), t("d", "b")]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: run_dag(runner, tasks, schedule=schedule))
+            await anyio.wait_all_tasks_blocked()
+            runner.gate("a").set()
+            await anyio.wait_all_tasks_blocked()
+            snapshot = list(runner.started)
+            for k in "bcd":
+                runner.gate(k).set()
+        return snapshot
+
+    async def test_eager_starts_on_last_dependency(self) -> None:
+        """Eager starts c as soon as a finishes, while b still runs."""
+        assert sorted(await self._run("eager")) == ["a", "b", "c"]
+
+    async def test_waves_wait_for_whole_wave(self) -> None:
+        """Waves do not start c until b's wave is over too."""
+        assert sorted(await self._run("waves")) == ["a", "b"]
+
+    async def test_sequential_one_at_a_time(self) -> None:
+        """Sequential runs one task at a time."""
+        assert await self._run("sequential") in (["a", "b"], ["b", "a"])
+
+    async def test_critical_path_priority(self) -> None:
+        """Longer remaining chains get higher priority; explicit priority overrides."""
+        runner = FakeRunner()
         tasks = [
-            Task("c", model="m", messages=[{"role": "user", "content": "c|hi"}]),
-            Task("s", fn=step, depends_on=["c"]),
+            t("a"),
+            t("b", "a"),
+            t("c", "b", estimate=2.0),
+            t("x"),
+            t("y", priority=7),
         ]
-        r = await run_dag(runner, tasks)
-        assert r["c"].output == "<c|hi>"
-        assert r["s"].output == "step(<c|hi>)"
+        res = await run_dag(runner, tasks, schedule="sequential")
+        prio = {r.id: r.priority for r in res.results}
+        assert prio == {"a": 1000, "b": 750, "c": 500, "x": 250, "y": 7}
+        sent = {c[1].split(":")[0]: c[2]["priority"] for c in runner.calls}
+        assert sent == prio
+        # sequential runs the highest-priority ready task first
+        assert runner.started[:2] == ["a", "x"]
 
-    async def test_events_in_order_and_hook_errors_ignored(self) -> None:
-        """Events come queued → started → finished per task; a raising hook breaks nothing."""
+
+class TestEvents:
+    async def test_event_order(self) -> None:
+        """Each task goes queued, started, then finished/failed; skipped tasks only skipped."""
+        runner = FakeRunner()
+        runner.fail["b"] = RuntimeError("no")
         events: List[TaskEvent] = []
+        times = iter(range(1000))
+        await run_dag(
+            runner,
+            [t("a"), t("b", "a"), t("c", "b")],
+            on_event=events.append,
+            clock=lambda: float(next(times)),
+        )
+        kinds = [(e.kind, e.task_id) for e in events]
+        assert kinds == [
+            ("queued", "a"),
+            ("started", "a"),
+            ("finished", "a"),
+            ("queued", "b"),
+            ("started", "b"),
+            ("failed", "b"),
+            ("queued", "c"),
+            ("skipped", "c"),
+        ]
+        assert [e.at for e in events] == sorted(e.at for e in events)
+        assert events[2].result is not None and events[2].result.output == "<a:>"
+
+    async def test_raising_hook_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
+        """A hook that raises is logged and the run goes on."""
 
         def hook(e: TaskEvent) -> None:
-            events.append(e)
-            raise ValueError("hook bug")
+            raise ValueError("hook")
 
-        r = await run_dag(FakeRunner(), diamond(), on_event=hook, inputs={"goal": "g"})
-        assert r.ok
-        for tid in ("plan", "a", "b", "qa"):
-            kinds = [e.kind for e in events if e.task_id == tid]
-            assert kinds == ["queued", "started", "finished"]
-        assert events[0].task_id == "plan"
+        res = await run_dag(FakeRunner(), [t("a"), t("b", "a")], on_event=hook)
+        assert res.ok
+        assert any(r.name == "ollama_orchestra.executor" for r in caplog.records)
 
 
 class TestFiles:
     def test_toml(self, tmp_path: Path) -> None:
-        """A TOML DAG loads with inputs and schedule."""
+        """A TOML file gives tasks, inputs and schedule."""
         p = tmp_path / "dag.toml"
         p.write_text(
             'schedule = "waves"\n[inputs]\ngoal = "G"\n'
             '[[task]]\nid = "plan"\nmodel = "planning"\nprompt = "Plan {goal}"\n'
-            '[[task]]\nid = "code"\nmodel = "coding"\nprompt = "Code {plan}"\ndepends_on = ["plan"]\n',
-            encoding="utf-8",
+            '[[task]]\nid = "code"\nmodel = "coding"\nprompt = "{plan}"\n'
+            'depends_on = ["plan"]\npriority = 3\ntimeout = 5.0\n'
         )
         spec = load_dag(p)
-        assert [t.id for t in spec.tasks] == ["plan", "code"]
-        assert spec.inputs == {"goal": "G"} and spec.schedule == "waves"
+        assert isinstance(spec, DagSpec) and spec.schedule == "waves"
+        assert spec.inputs == {"goal": "G"}
+        assert [x.id for x in spec.tasks] == ["plan", "code"]
+        assert spec.tasks[1].depends_on == ("plan",) and spec.tasks[1].priority == 3
 
-    def test_json(self, tmp_path: Path) -> None:
-        """A JSON DAG loads too."""
+    async def test_json_runs(self, tmp_path: Path) -> None:
+        """A JSON file loads and runs."""
         p = tmp_path / "dag.json"
-        p.write_text(
-            json.dumps(
+        data = {
+            "inputs": {"goal": "G"},
+            "tasks": [
+                {"id": "a", "model": "m", "prompt": "a:{goal}"},
                 {
-                    "tasks": [
-                        {"id": "a", "model": "m", "messages": [{"role": "user", "content": "x"}]}
-                    ]
-                }
-            ),
-            encoding="utf-8",
+                    "id": "b",
+                    "model": "m",
+                    "messages": [{"role": "user", "content": "b:{a}"}],
+                    "depends_on": ["a"],
+                },
+            ],
+        }
+        p.write_text(json.dumps(data))
+        spec = load_dag(p)
+        res = await run_dag(FakeRunner(), spec.tasks, inputs=spec.inputs)
+        assert res["b"].output == "[b:<a:G>]"
+
+    def test_error_names_file_task_and_field(self, tmp_path: Path) -> None:
+        """A bad field names the file, the task index and id, and the field."""
+        p = tmp_path / "dag.toml"
+        p.write_text(
+            '[[task]]\nid = "ok"\nmodel = "m"\nprompt = "x"\n'
+            '[[task]]\nid = "bad"\nmodel = "m"\nprompt = "x"\ncolour = 1\n'
         )
-        assert load_dag(p).tasks[0].messages == ({"role": "user", "content": "x"},)
+        with pytest.raises(DagValidationError) as ei:
+            load_dag(p)
+        msg = str(ei.value)
+        assert str(p) in msg and "task[1]" in msg and "'bad'" in msg and "'colour'" in msg
+
+    def test_graph_error_names_file(self, tmp_path: Path) -> None:
+        """A graph error in a file names the file and the task."""
+        p = tmp_path / "dag.json"
+        p.write_text(json.dumps({"tasks": [{"id": "a", "model": "m", "prompt": "{zz}"}]}))
+        with pytest.raises(DagValidationError, match=r"\{zz\}") as ei:
+            load_dag(p)
+        assert str(p) in str(ei.value) and ei.value.task_id == "a"
 
     @pytest.mark.parametrize(
-        ("text", "message"),
+        ("name", "text", "match"),
         [
-            (
-                '[[task]]\nid = "a"\nmodel = "m"\nprompt = "x"\nslots = 2\n',
-                r"task\[0\] \('a'\): unknown field 'slots'",
-            ),
-            ('[[task]]\nid = "a"\nmodel = "m"\n', r"task\[0\] \('a'\): .*exactly one of prompt"),
-            ('[[task]]\nid = "a"\nmodel = "m"\nprompt = "{nope}"\n', "placeholder {nope}"),
-            ("[[task]\n", "not valid TOML"),
+            ("dag.toml", "[[task]\n", "not valid TOML"),
+            ("dag.json", "{", "not valid JSON"),
+            ("missing.toml", None, "cannot be read"),
         ],
     )
-    def test_errors_name_file_and_task(self, tmp_path: Path, text: str, message: str) -> None:
-        """File errors name the file, the task and the problem."""
-        p = tmp_path / "bad.toml"
-        p.write_text(text, encoding="utf-8")
-        with pytest.raises(DagValidationError, match=message) as info:
+    def test_unreadable(self, tmp_path: Path, name: str, text: Optional[str], match: str) -> None:
+        """An unreadable or unparsable file gives one clear error naming it."""
+        p = tmp_path / name
+        if text is not None:
+            p.write_text(text)
+        with pytest.raises(DagValidationError, match=match) as ei:
             load_dag(p)
-        assert str(p) in str(info.value)
-
-    def test_missing_file(self, tmp_path: Path) -> None:
-        """A missing file is one clear error."""
-        with pytest.raises(DagValidationError, match="cannot be read"):
-            load_dag(tmp_path / "nope.toml")
+        assert str(p) in str(ei.value)
