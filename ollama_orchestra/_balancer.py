@@ -404,7 +404,9 @@ class LoadBalancer:
         """Take a slot; pair with :meth:`release` (or use :meth:`lease`).
 
         ``exclude`` names servers to avoid (already tried for this request); they are used
-        only when no other server is eligible.
+        only when no other server is eligible. A request that has already been tried
+        (``exclude`` not empty) arrived before everything now waiting, so it waits at the
+        front of its priority's queue: a failover never queues behind newer work.
         """
         request = RouteRequest(model, role, priority)
         t0 = self._clock()
@@ -563,7 +565,10 @@ class LoadBalancer:
         queue = self._queues.get(prio)
         if queue is None:
             queue = self._queues[prio] = deque()
-        queue.append(waiter)
+        if waiter.exclude:
+            queue.appendleft(waiter)  # a retry: older than everything waiting
+        else:
+            queue.append(waiter)
         self._waiting += 1
 
     def _free_anywhere(self) -> bool:

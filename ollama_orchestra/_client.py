@@ -463,7 +463,9 @@ class Orchestra:
                         if not keep:
                             self._balancer.release(lease)
         except AttemptError as last:
-            raise RequestFailed(model, attempts) from last
+            failed = RequestFailed(model, attempts)
+            log.warning("%s", failed)
+            raise failed from last
         if first_failure is not None:
             self._metrics.failover(self._clock() - first_failure)
         lease.queued_s = queued
@@ -496,7 +498,7 @@ class Orchestra:
             self._poke(name)
         else:
             self._state.record_failure(name, err.message)
-        log.warning("attempt on %s failed (%s): %s", name, err.kind, err.message)
+        log.info("attempt on %s failed (%s): %s", name, err.kind, err.message)
 
     def _attempt_succeeded(
         self, lease: Lease, final: Mapping[str, Any], started: float, keep_alive: Any

@@ -386,3 +386,24 @@ class TestRoutingByModel:
         lb, _, _ = make((1, 1), strategy="hybrid", loaded={"s1": [BIG]})
         await lb.acquire(BIG)
         assert (await lb.acquire(M)).name == "s0"
+
+
+class TestRetriesFirst:
+    async def test_retry_waits_at_the_front(self) -> None:
+        """A request being retried is served before newer waiters of its priority."""
+        lb, _, _ = make((1,))
+        held = await lb.acquire(M)
+        order: List[str] = []
+
+        async def wait(tag: str, exclude: frozenset) -> None:  # type: ignore[type-arg]
+            lease = await lb.acquire(M, exclude=exclude)
+            order.append(tag)
+            lb.release(lease)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait, "new1", frozenset())
+            await wait_all_tasks_blocked()
+            tg.start_soon(wait, "retry", frozenset({"s9"}))
+            await wait_all_tasks_blocked()
+            lb.release(held)
+        assert order == ["retry", "new1"]
