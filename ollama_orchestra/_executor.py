@@ -294,6 +294,14 @@ def validate(
     tasks: Sequence[Task], inputs: Mapping[str, str] = {}, *, source: str = ""
 ) -> Dict[str, Task]:
     """Check a DAG whole; return the tasks by id. Raises :class:`DagValidationError`."""
+    return _validate(tasks, inputs, source=source)[0]
+
+
+def _validate(
+    tasks: Sequence[Task], inputs: Mapping[str, str] = {}, *, source: str = ""
+) -> Tuple[Dict[str, Task], graphlib.TopologicalSorter[str]]:
+    """:func:`validate`, also returning the prepared sorter (preparing finds cycles, and
+    costs as much as the rest of validation: it is done once, and the sorter is reused)."""
     where = f"{source}: " if source else ""
     by_id: Dict[str, Task] = {}
     for i, t in enumerate(tasks):
@@ -331,21 +339,29 @@ def validate(
         raise DagValidationError(
             f"{where}dependency cycle: {path}", task_id=str(cycle[0]) if cycle else None
         ) from exc
-    return by_id
+    return by_id, sorter
 
 
 def critical_path(tasks: Mapping[str, Task]) -> Dict[str, float]:
     """For each task, the longest chain of work from its start to the end of the DAG."""
     dependents: Dict[str, List[str]] = {tid: [] for tid in tasks}
+    waiting: Dict[str, int] = {}
     for t in tasks.values():
         for dep in t.depends_on:
             dependents[dep].append(t.id)
-    order = list(
-        graphlib.TopologicalSorter({t.id: t.depends_on for t in tasks.values()}).static_order()
-    )
+    # Kahn's algorithm from the sinks up (the graph is known to be acyclic here).
+    for tid, deps in dependents.items():
+        waiting[tid] = len(deps)
+    ready = [tid for tid, n in waiting.items() if n == 0]
     length: Dict[str, float] = {}
-    for tid in reversed(order):
-        length[tid] = tasks[tid].estimate + max((length[d] for d in dependents[tid]), default=0.0)
+    while ready:
+        tid = ready.pop()
+        task = tasks[tid]
+        length[tid] = task.estimate + max((length[d] for d in dependents[tid]), default=0.0)
+        for dep in task.depends_on:
+            waiting[dep] -= 1
+            if waiting[dep] == 0:
+                ready.append(dep)
     return length
 
 
@@ -380,6 +396,7 @@ class _Run:
             for tid, t in by_id.items()
         }
         self.stop: Optional[anyio.CancelScope] = None
+        self.sorter: Optional[graphlib.TopologicalSorter[str]] = None
         self.failed = False
 
     def emit(self, kind: EventKind, task_id: str, result: Optional[TaskResult] = None) -> None:
@@ -438,8 +455,11 @@ class _Run:
         started = self.clock()
         self.emit("started", task.id)
         try:
-            with anyio.fail_after(task.timeout):
+            if task.timeout is None:
                 output, server, attempts, queued = await self.call(task, prio)
+            else:
+                with anyio.fail_after(task.timeout):
+                    output, server, attempts, queued = await self.call(task, prio)
         except anyio.get_cancelled_exc_class():
             self.results[task.id] = TaskResult(
                 task.id, "cancelled", started_at=started, finished_at=self.clock(), priority=prio
@@ -536,11 +556,12 @@ async def run_dag(
             f"unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}"
         )
     inputs = dict(inputs or {})
-    by_id = validate(tasks, inputs)
+    by_id, sorter = _validate(tasks, inputs)
     t0 = clock()
     if not tasks:
         return DagResult((), 0.0)
     run = _Run(runner, tasks, by_id, inputs, fail_fast, on_event, clock)
+    run.sorter = sorter
     with anyio.CancelScope() as scope:
         run.stop = scope
         if schedule == "eager":
@@ -558,36 +579,40 @@ async def run_dag(
 
 
 def _sorter(run: _Run) -> graphlib.TopologicalSorter[str]:
-    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
-        {t.id: t.depends_on for t in run.tasks}
-    )
-    sorter.prepare()
-    return sorter
+    assert run.sorter is not None
+    return run.sorter
 
 
 async def _eager(run: _Run) -> None:
     sorter = _sorter(run)
-    send, receive = anyio.create_memory_object_stream[str](max_buffer_size=len(run.tasks))
-    # The task group exits first, so a cancelled task can still report on an open stream.
-    async with send, receive, anyio.create_task_group() as tg:
+    # Finished ids are collected in a list and the loop woken by an event: cheaper than a
+    # memory stream per task, which matters on DAGs of thousands of tasks.
+    finished: List[str] = []
+    wake = anyio.Event()
+    async with anyio.create_task_group() as tg:
 
         async def one(tid: str) -> None:
+            nonlocal wake
             try:
                 await run.run_task(run.by_id[tid])
             finally:
-                send.send_nowait(tid)
+                finished.append(tid)
+                wake.set()
 
         pending = 0
         while sorter.is_active():
             for tid in run.ordered(sorter.get_ready()):
                 run.emit("queued", tid)
-                tg.start_soon(one, tid, name=f"dag task {tid}")
+                tg.start_soon(one, tid)
                 pending += 1
             if pending == 0:
                 break  # pragma: no cover - a prepared sorter always has work here
-            done = await receive.receive()
-            pending -= 1
-            sorter.done(done)
+            if not finished:
+                await wake.wait()
+            wake = anyio.Event()
+            done, finished[:] = list(finished), []
+            pending -= len(done)
+            sorter.done(*done)
 
 
 async def _waves(run: _Run) -> None:
@@ -597,7 +622,7 @@ async def _waves(run: _Run) -> None:
         async with anyio.create_task_group() as tg:
             for tid in wave:
                 run.emit("queued", tid)
-                tg.start_soon(run.run_task, run.by_id[tid], name=f"dag task {tid}")
+                tg.start_soon(run.run_task, run.by_id[tid])
         sorter.done(*wave)
 
 
