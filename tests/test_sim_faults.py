@@ -257,3 +257,13 @@ class TestCli:
         )
         r = self.run("--config", str(p))
         assert r.returncode == 2 and "num_parallel" in r.stderr and "Traceback" not in r.stderr
+
+
+class TestAddresses:
+    async def test_one_loopback_address_per_host(self) -> None:
+        """addresses="loopback" puts host i on 127.0.0.(i+1), each answering on its own address."""
+        async with SimFleet([tiny_profile("a"), tiny_profile("b")], time_scale=0.01, addresses="loopback") as fleet:
+            assert [s.host for s in fleet] == ["127.0.0.1", "127.0.0.2"]
+            async with httpx.AsyncClient() as http:
+                for s in fleet:
+                    assert (await http.get(s.url + "/api/version")).status_code == 200
