@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union, cast
+from typing import Any, Dict, Mapping, Optional, Tuple, Type, Union, cast
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
@@ -48,17 +48,28 @@ def normalize_model(name: str) -> str:
     return name
 
 
-def _positive(owner: str, name: str, value: float, *, allow_zero: bool = False) -> None:
+def _positive(
+    owner: str,
+    name: str,
+    value: Any,
+    *,
+    allow_zero: bool = False,
+    error: Type[ConfigError] = ConfigError,
+) -> None:
+    """Raise ``error`` naming ``owner.name`` unless ``value`` is a finite number > 0 (or >= 0)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(
+        raise error(
             f"{owner}.{name}", value, "must be a finite number " + (">= 0" if allow_zero else "> 0")
         )
 
 
-def _positive_int(owner: str, name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{owner}.{name}", value, "must be an integer >= 1")
+def _positive_int(
+    owner: str, name: str, value: Any, *, minimum: int = 1, error: Type[ConfigError] = ConfigError
+) -> None:
+    """Raise ``error`` naming ``owner.name`` unless ``value`` is an integer >= ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise error(f"{owner}.{name}", value, f"must be an integer >= {minimum}")
 
 
 def _redact_headers(headers: Mapping[str, str]) -> Dict[str, str]:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .._config import normalize_model
+from .._config import _positive, _positive_int, normalize_model
 from .._errors import SimConfigError
 
 __all__ = [
@@ -42,16 +41,11 @@ def aggregate_speedup(n: int) -> float:
 
 
 def _check_positive(owner: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise SimConfigError(
-            f"{owner}.{name}", value, "must be a finite number " + (">= 0" if allow_zero else "> 0")
-        )
+    _positive(owner, name, value, allow_zero=allow_zero, error=SimConfigError)
 
 
 def _check_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SimConfigError(f"{owner}.{name}", value, f"must be an integer >= {minimum}")
+    _positive_int(owner, name, value, minimum=minimum, error=SimConfigError)
 
 
 @dataclass(frozen=True)
