@@ -170,3 +170,48 @@ class TestRawShapes:
         async with httpx.AsyncClient(base_url=sim_server.url) as http:
             r = await http.post("/api/embeddings", json={"model": EMBED, "prompt": "hello"})
             assert r.status_code == 200 and len(r.json()["embedding"]) == 32
+
+    async def test_errors_on_non_streaming_routes(self, sim_server: SimServer) -> None:
+        """Errors of embed and non-streamed generate keep their status (not a server crash)."""
+        async with httpx.AsyncClient(base_url=sim_server.url) as http:
+            cases = [
+                ("/api/embed", {"model": "nope", "input": "x"}, 404, "model 'nope' not found"),
+                (
+                    "/api/embeddings",
+                    {"model": "nope", "prompt": "x"},
+                    404,
+                    "model 'nope' not found",
+                ),
+                (
+                    "/api/embed",
+                    {"model": TINY, "input": "x"},
+                    400,
+                    f'"{TINY}" does not support embeddings',
+                ),
+                (
+                    "/api/generate",
+                    {"model": EMBED, "prompt": "x", "stream": False},
+                    400,
+                    f'"{EMBED}" does not support generate',
+                ),
+                (
+                    "/api/generate",
+                    {"model": "nope", "prompt": "x", "stream": False},
+                    404,
+                    "model 'nope' not found",
+                ),
+            ]
+            for path, body, status, error in cases:
+                r = await http.post(path, json=body)
+                assert (r.status_code, r.json()) == (status, {"error": error}), path
+
+    async def test_embeddings_are_deterministic_unit_vectors(self, sim_server: SimServer) -> None:
+        """The same text embeds to the same unit vector; different texts differ."""
+        async with httpx.AsyncClient(base_url=sim_server.url) as http:
+            body = {"model": EMBED, "input": ["alpha", "beta", "alpha"]}
+            first = (await http.post("/api/embed", json=body)).json()
+            again = (await http.post("/api/embed", json=body)).json()
+        vecs = first["embeddings"]
+        assert vecs == again["embeddings"] and vecs[0] == vecs[2] and vecs[0] != vecs[1]
+        assert all(abs(sum(x * x for x in v) - 1.0) < 1e-9 for v in vecs)
+        assert first["prompt_eval_count"] >= 3 and first["total_duration"] >= first["load_duration"]

@@ -122,7 +122,8 @@ class TestFaults:
                     try:
                         await http.get("/")
                         seen.add("up")
-                    except httpx.ConnectError:
+                    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                        # Refused, or a kept-alive connection aborted as the port went down.
                         seen.add("down")
                     await anyio.sleep(0.01)  # a client polling a flapping host
         await sim_server.clear_faults()
@@ -262,7 +263,9 @@ class TestCli:
 class TestAddresses:
     async def test_one_loopback_address_per_host(self) -> None:
         """addresses="loopback" puts host i on 127.0.0.(i+1), each answering on its own address."""
-        async with SimFleet([tiny_profile("a"), tiny_profile("b")], time_scale=0.01, addresses="loopback") as fleet:
+        async with SimFleet(
+            [tiny_profile("a"), tiny_profile("b")], time_scale=0.01, addresses="loopback"
+        ) as fleet:
             assert [s.host for s in fleet] == ["127.0.0.1", "127.0.0.2"]
             async with httpx.AsyncClient() as http:
                 for s in fleet:

@@ -229,3 +229,68 @@ class TestValidation:
         with pytest.raises(SimConfigError) as info:
             factory()
         assert info.value.field == field
+
+
+class TestKeepAliveOrder:
+    async def test_busy_eviction_picks_shortest_keep_alive_and_waits(self) -> None:
+        """With every runner busy, the shortest keep-alive is evicted once its request ends."""
+        models = tuple(ModelSpec(n, size_gb=1, load_s=0.5) for n in ("a", "b", "c"))
+        async with SimServer(
+            HostProfile("h", models, max_loaded_models=2, num_parallel=1), time_scale=0.01
+        ) as srv, httpx.AsyncClient(base_url=srv.url, timeout=30) as http:
+            await generate(http, "a", prompt="", keep_alive="1h")
+            await generate(http, "b", prompt="", keep_alive="10m")
+            done: List[str] = []
+
+            async def run(model: str, keep_alive: str) -> None:
+                await generate(http, model, keep_alive=keep_alive, options={"num_predict": 2})
+                done.append(model)
+
+            srv.pause()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, "a", "1h")
+                tg.start_soon(run, "b", "10m")
+                await srv.wait_until(lambda s: s.in_flight == 2)
+                tg.start_soon(run, "c", "5m")
+                st = await srv.wait_until(lambda s: s.evictions == 1)
+                # b is on its way out but still finishing its request; a stays.
+                assert st.loaded == ("a:latest",) and st.in_flight_by_model["b:latest"] == 1
+                assert done == []
+                srv.resume()
+            assert srv.state().loaded == ("a:latest", "c:latest")
+            assert sorted(done) == ["a", "b", "c"]
+
+    async def test_ps_lists_longest_keep_alive_first(self) -> None:
+        """/api/ps orders by remaining keep-alive, a negative keep_alive (forever) first."""
+        models = tuple(ModelSpec(n, size_gb=1, load_s=0.5) for n in ("a", "b", "c"))
+        async with SimServer(HostProfile("h", models), time_scale=0.01) as srv, httpx.AsyncClient(
+            base_url=srv.url
+        ) as http:
+            await generate(http, "a", prompt="", keep_alive="10m")
+            await generate(http, "b", prompt="", keep_alive=-1)
+            await generate(http, "c", prompt="", keep_alive=3600)
+            ps = (await http.get("/api/ps")).json()["models"]
+        assert [m["name"] for m in ps] == ["b:latest", "c:latest", "a:latest"]
+        assert all(m["expires_at"].endswith("Z") and m["size_vram"] for m in ps)
+
+    @pytest.mark.parametrize("bad", ["soon", True, [1]])
+    async def test_bad_keep_alive_is_400(self, bad: object) -> None:
+        """An unparseable keep_alive is a 400 that names it."""
+        async with SimServer(profile(), time_scale=0.01) as srv, httpx.AsyncClient(
+            base_url=srv.url
+        ) as http:
+            r = await http.post(
+                "/api/generate", json={"model": A, "prompt": "x", "keep_alive": bad}
+            )
+        assert r.status_code == 400 and "keep_alive" in r.json()["error"]
+
+    async def test_default_length_stops_and_num_predict_hits_length(self) -> None:
+        """The model's default answer ends with "stop"; an explicit num_predict with "length"."""
+        async with SimServer(profile(), time_scale=0.01) as srv, httpx.AsyncClient(
+            base_url=srv.url
+        ) as http:
+            default = await generate(http)
+            capped = await generate(http, options={"num_predict": 3})
+        assert (default["eval_count"], default["done_reason"]) == (8, "stop")
+        assert (capped["eval_count"], capped["done_reason"]) == (3, "length")
+        assert len(capped["response"].split()) == 3

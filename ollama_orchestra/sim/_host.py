@@ -35,6 +35,7 @@ from typing import (
     Sequence,
     Set,
     Tuple,
+    TypeVar,
 )
 
 import anyio
@@ -45,6 +46,8 @@ from ._spec import Faults, HostProfile, ModelSpec, aggregate_speedup
 __all__ = ["RequestRecord", "SimHost", "SimState", "SimulatedReset"]
 
 log = logging.getLogger("ollama_orchestra.sim")
+
+_T = TypeVar("_T")
 
 Scope = Dict[str, Any]
 Message = Dict[str, Any]
@@ -380,8 +383,9 @@ class SimHost:
         pool = idle or live
 
         def remaining(r: _Runner) -> float:
+            # Real seconds for both: a busy runner's timer stands still at its full keep-alive.
             if r.expires_at is None:
-                return math.inf if r.busy() or r.keep_alive_s == math.inf else r.keep_alive_s
+                return r.keep_alive_s * self.time_scale
             return r.expires_at - time.monotonic()
 
         return min(pool, key=remaining)
@@ -516,8 +520,8 @@ class SimHost:
         keep_alive: float,
         started: float,
         stats: Dict[str, Any],
-    ) -> AsyncIterator[str]:
-        """Yield tokens; fill ``stats`` with Ollama's durations (ns) at the end."""
+    ) -> AsyncIterator[List[str]]:
+        """Yield the tokens due at each tick; fill ``stats`` with Ollama's durations (ns) at the end."""
         runner = await self._acquire_runner(spec)
         stats["load_duration"] = int(self._sim(time.monotonic() - started) * 1e9)
         await self._take_slot(runner)
@@ -562,8 +566,8 @@ class SimHost:
                 due = min(target, int(progress))
                 if due > produced:
                     eval_s += (due - produced) / rate
-                    for _ in range(due - produced):
-                        yield " " + rng.choice(_WORDS)
+                    # Every token due this tick, together: one write per tick, not per token.
+                    yield [" " + rng.choice(_WORDS) for _ in range(due - produced)]
                     produced = due
             stats["eval_count"] = produced
             stats["eval_duration"] = int(eval_s * 1e9)
@@ -911,33 +915,40 @@ class SimHost:
         gen = self._generate(spec, full_text, num_predict, keep_alive, started, stats)
         if not stream:
             parts: List[str] = []
-            async with _watch_disconnect(receive):
-                async for token in gen:
-                    parts.append(token)
+
+            async def collect() -> None:
+                async for batch in gen:
+                    parts.extend(batch)
+
+            await _until_disconnect(receive, collect)
             await _send_json(
                 send, 200, chunk("".join(parts), True, self._final_stats(stats, started))
             )
             return
 
         async def lines() -> AsyncIterator[bytes]:
+            # One NDJSON line per token, as Ollama sends them; a tick's lines go out in one write.
             n = 0
-            async for token in gen:
-                faults = self.faults
-                if faults.reset_after_chunks is not None and n >= faults.reset_after_chunks:
-                    raise SimulatedReset(f"{self.name}: connection reset after {n} chunks")
-                if (
-                    faults.stream_error_after_chunks is not None
-                    and n >= faults.stream_error_after_chunks
-                ):
-                    yield (
-                        _dumps(
-                            {"error": "an error was encountered while running the model: simulated"}
-                        ).encode()
-                        + b"\n"
-                    )
-                    return
-                yield _dumps(chunk(token, False)).encode() + b"\n"
-                n += 1
+            async for batch in gen:
+                buf: List[bytes] = []
+                for token in batch:
+                    faults = self.faults
+                    if faults.reset_after_chunks is not None and n >= faults.reset_after_chunks:
+                        if buf:
+                            yield b"".join(buf)
+                        raise SimulatedReset(f"{self.name}: connection reset after {n} chunks")
+                    if (
+                        faults.stream_error_after_chunks is not None
+                        and n >= faults.stream_error_after_chunks
+                    ):
+                        error = "an error was encountered while running the model: simulated"
+                        buf.append(_dumps({"error": error}).encode() + b"\n")
+                        yield b"".join(buf)
+                        return
+                    buf.append(_dumps(chunk(token, False)).encode() + b"\n")
+                    n += 1
+                if buf:
+                    yield b"".join(buf)
             yield _dumps(chunk("", True, self._final_stats(stats, started))).encode() + b"\n"
 
         await _stream_ndjson(send, receive, lines())
@@ -1001,8 +1012,9 @@ class SimHost:
             texts = list(raw)
         else:
             raise _HTTPError(400, "invalid input type")
-        async with _watch_disconnect(receive):
-            vectors, stats = await self._embed_common(body, texts, "/api/embed")
+        vectors, stats = await _until_disconnect(
+            receive, lambda: self._embed_common(body, texts, "/api/embed")
+        )
         await _send_json(send, 200, {"model": body.get("model"), "embeddings": vectors, **stats})
 
     async def _embeddings_route(self, receive: Receive, send: Send) -> None:
@@ -1010,8 +1022,9 @@ class SimHost:
         prompt = body.get("prompt", "")
         if not isinstance(prompt, str):
             raise _HTTPError(400, "prompt must be a string")
-        async with _watch_disconnect(receive):
-            vectors, _ = await self._embed_common(body, [prompt], "/api/embeddings")
+        vectors, _ = await _until_disconnect(
+            receive, lambda: self._embed_common(body, [prompt], "/api/embeddings")
+        )
         await _send_json(send, 200, {"embedding": vectors[0]})
 
 
@@ -1044,29 +1057,36 @@ async def _wait_disconnect(receive: Receive) -> None:
             return
 
 
-class _watch_disconnect:
-    """Cancel the block when the client goes away (so its slot is freed at once)."""
+async def _until_disconnect(receive: Receive, work: Callable[[], Awaitable[_T]]) -> _T:
+    """Run ``work``, cancelling it when the client goes away (so its slot frees at once).
 
-    def __init__(self, receive: Receive) -> None:
-        self._receive = receive
-        self._tg: Optional[anyio.abc.TaskGroup] = None
-
-    async def __aenter__(self) -> None:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+    ``work`` runs as a child task and its errors are caught there, so a 404 or 503 comes
+    out as itself rather than wrapped in the task group's exception group (which would
+    turn it into a 500 with no body).
+    """
+    results: List[_T] = []
+    errors: List[Exception] = []
+    async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
-            await _wait_disconnect(self._receive)
-            assert self._tg is not None
-            self._tg.cancel_scope.cancel()
+            await _wait_disconnect(receive)
+            tg.cancel_scope.cancel()
 
-        self._tg.start_soon(watch)
+        async def run() -> None:
+            try:
+                results.append(await work())
+            except Exception as exc:
+                errors.append(exc)
+            finally:
+                tg.cancel_scope.cancel()
 
-    async def __aexit__(self, *exc: Any) -> Optional[bool]:
-        assert self._tg is not None
-        if exc[0] is None:
-            self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(*exc)
+        tg.start_soon(watch)
+        tg.start_soon(run)
+    if errors:
+        raise errors[0]
+    if not results:
+        raise _ClientGone
+    return results[0]
 
 
 async def _send_json(send: Send, status: int, body: Any) -> None:
