@@ -67,13 +67,13 @@ class TestSpreading:
             async with anyio.create_task_group() as tg:
 
                 async def one(i: int) -> None:
-                    results.append(await orch.generate(TINY, f"q{i}", options={"num_predict": 16}))
+                    results.append(await orch.generate(TINY, f"q{i}", options={"num_predict": 64}))
 
-                for i in range(36):
+                for i in range(30):
                     tg.start_soon(one, i)
         counts = Counter(r.server for r in results)
         ratio = counts["fast"] / counts["slow"]
-        assert 1.4 <= ratio <= 2.8, counts
+        assert 1.35 <= ratio <= 2.8, counts
 
 
 class TestModelRouting:
