@@ -398,6 +398,17 @@ class SimHost:
             runner.expiry_handle = None
         self._notify()
 
+    def _is_warm(self, spec: ModelSpec) -> bool:
+        runner = self._runners.get(spec.name)
+        return runner is not None and not runner.unloading
+
+    def _load_ns(self, started: float, warm: bool) -> int:
+        """``load_duration``: simulated time spent waiting for and loading the model. For a
+        model already loaded it is only this process's own overhead, which is real time and
+        is reported as such (scaling it up by ``1/time_scale`` would invent GPU time)."""
+        elapsed = time.monotonic() - started
+        return int((elapsed if warm else self._sim(elapsed)) * 1e9)
+
     async def _acquire_runner(self, spec: ModelSpec) -> _Runner:
         runner = self._runners.get(spec.name)
         if runner is not None and not runner.unloading:
@@ -522,8 +533,9 @@ class SimHost:
         stats: Dict[str, Any],
     ) -> AsyncIterator[List[str]]:
         """Yield the tokens due at each tick; fill ``stats`` with Ollama's durations (ns) at the end."""
+        warm = self._is_warm(spec)
         runner = await self._acquire_runner(spec)
-        stats["load_duration"] = int(self._sim(time.monotonic() - started) * 1e9)
+        stats["load_duration"] = self._load_ns(started, warm)
         await self._take_slot(runner)
         epoch = self._epoch
         runner.keep_alive_s = keep_alive
@@ -600,8 +612,9 @@ class SimHost:
                 "done_reason": "unload",
                 "total_duration": int(self._sim(time.monotonic() - started) * 1e9),
             }
+        warm = self._is_warm(spec)
         runner = await self._acquire_runner(spec)
-        load_ns = int(self._sim(time.monotonic() - started) * 1e9)
+        load_ns = self._load_ns(started, warm)
         runner.keep_alive_s = keep_alive
         if not runner.busy():
             if runner.expiry_handle is not None:
@@ -978,8 +991,9 @@ class SimHost:
         self._random_failure()
         started = time.monotonic()
         keep_alive = _parse_keep_alive(body.get("keep_alive"), self.profile.keep_alive_s)
+        warm = self._is_warm(spec)
         runner = await self._acquire_runner(spec)
-        load_ns = int(self._sim(time.monotonic() - started) * 1e9)
+        load_ns = self._load_ns(started, warm)
         await self._take_slot(runner)
         epoch = self._epoch
         runner.keep_alive_s = keep_alive
