@@ -162,11 +162,13 @@ class TestLoading:
             async with SimServer(profile(), time_scale=scale) as srv, httpx.AsyncClient(
                 base_url=srv.url
             ) as http:
-                out.append(await generate(http, options={"num_predict": 50}))
+                out.append(await generate(http, options={"num_predict": 200}))
         a, b = out
         assert b["eval_duration"] == pytest.approx(a["eval_duration"], rel=0.1)
         assert b["load_duration"] == pytest.approx(a["load_duration"], rel=0.2)
-        assert b["total_duration"] == pytest.approx(a["total_duration"], rel=0.25)
+        assert b["total_duration"] == pytest.approx(
+            a["total_duration"], rel=0.3
+        )  # includes real overhead, scaled
 
 
 class TestClients:
