@@ -122,8 +122,8 @@ class TestFaults:
                     try:
                         await http.get("/")
                         seen.add("up")
-                    except httpx.ConnectError:
-                        seen.add("down")
+                    except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                        seen.add("down")  # refused, or cut mid-request by the flap
                     await anyio.sleep(0.01)  # a client polling a flapping host
         await sim_server.clear_faults()
 
