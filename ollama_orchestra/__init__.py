@@ -3,7 +3,8 @@
 Layering, bottom up: ``_errors`` and ``_config`` (plain data) → ``_state`` (the one shared
 fleet state) ← ``_monitor`` (health probes) → ``_breaker`` and ``_balancer`` (who may serve,
 and a slot on it) → ``_failover`` (tenacity retries across servers) → ``_client`` (the
-``Orchestra`` facade) → ``_executor`` (DAGs). ``sim`` is the simulated Ollama fleet.
+``Orchestra`` facade) → ``_executor`` (DAGs);
+``_transport`` (Ollama's HTTP API served from an ``Orchestra``) → ``_proxy`` (the same over ASGI). ``sim`` is the simulated Ollama fleet.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ from ._errors import (
 )
 from ._executor import DagResult, DagSpec, Task, TaskEvent, TaskResult, load_dag, run_dag
 from ._metrics import LatencyStats, Metrics, MetricsSnapshot, ServerMetrics
+from ._proxy import proxy_app, serve_proxy
 from ._state import FleetSnapshot, LoadedModel, ServerSnapshot
+from ._transport import OrchestraTransport
 from ._types import (
     ChatChunk,
     ChatResponse,
@@ -81,6 +84,7 @@ __all__ = [
     "OrchestraClosed",
     "OrchestraConfig",
     "OrchestraError",
+    "OrchestraTransport",
     "RequestError",
     "RequestFailed",
     "ResponseStream",
@@ -98,7 +102,9 @@ __all__ = [
     "Timeouts",
     "__version__",
     "load_dag",
+    "proxy_app",
     "run_dag",
+    "serve_proxy",
 ]
 
 for _name in __all__:

@@ -826,12 +826,39 @@ class Orchestra:
             dimensions=dimensions,
         )
 
+        body, lease, n = await self._post_json(
+            "/api/embed", payload, "embeddings", resolved, role, priority, retry, timeout
+        )
+        return EmbedResponse(
+            model=str(body.get("model") or resolved),
+            embeddings=body["embeddings"],
+            total_duration=body.get("total_duration"),
+            load_duration=body.get("load_duration"),
+            prompt_eval_count=body.get("prompt_eval_count"),
+            server=lease.server.name,
+            attempts=n,
+            queued_s=lease.queued_s,
+        )
+
+    async def _post_json(
+        self,
+        path: str,
+        payload: Dict[str, Any],
+        key: str,
+        model: str,
+        role: Optional[str],
+        priority: int,
+        retry: Union[RetryPolicy, bool, None],
+        timeout: Optional[float],
+    ) -> Tuple[Dict[str, Any], Lease, int]:
+        """One unstreamed JSON answer (embeddings) that must hold ``key``, with failover."""
+
         async def work(lease: Lease) -> Dict[str, Any]:
             started = self._clock()
             name = lease.server.name
             try:
                 response = await self._client().post(
-                    lease.server.url + "/api/embed",
+                    lease.server.url + path,
                     json=payload,
                     headers=dict(lease.server.headers),
                 )
@@ -845,25 +872,72 @@ class Orchestra:
             except ValueError:
                 body = response.text
             if response.status_code != 200:
-                raise from_status(response.status_code, body, name, resolved)
-            if not isinstance(body, dict) or "embeddings" not in body:
-                raise AttemptError("server", name, "answer without embeddings")
-            self._attempt_succeeded(lease, body, started, keep_alive)
+                raise from_status(response.status_code, body, name, model)
+            if not isinstance(body, dict) or key not in body:
+                raise AttemptError("server", name, f"answer without {key}")
+            self._attempt_succeeded(lease, body, started, payload.get("keep_alive"))
             return body
 
         total = timeout if timeout is not None else self.config.timeouts.total_s
         with anyio.fail_after(total):
-            body, lease, attempts = await self._failover(resolved, role, priority, retry, work)
-        return EmbedResponse(
-            model=str(body.get("model") or resolved),
-            embeddings=body["embeddings"],
-            total_duration=body.get("total_duration"),
-            load_duration=body.get("load_duration"),
-            prompt_eval_count=body.get("prompt_eval_count"),
-            server=lease.server.name,
-            attempts=len(attempts) + 1,
-            queued_s=lease.queued_s,
+            body, lease, attempts = await self._failover(model, role, priority, retry, work)
+        return body, lease, len(attempts) + 1
+
+    # -- Ollama's raw JSON, for the transport and the proxy ------------------------------------
+
+    def _raw_payload(self, body: Mapping[str, Any]) -> Tuple[Dict[str, Any], str, Optional[str]]:
+        """The request body as sent upstream (a role resolved) with its model and role."""
+        resolved, role = self._resolve(cast(str, body.get("model")))
+        return dict(body, model=resolved), resolved, role
+
+    def _raw_stream(
+        self, path: str, body: Mapping[str, Any], *, priority: int = 0
+    ) -> ResponseStream[Dict[str, Any]]:
+        """Ollama's own JSON objects of a streamed ``/api/generate`` or ``/api/chat``.
+
+        The same request path as :meth:`generate_stream`: failover before the first object,
+        :class:`StreamInterrupted` after it. The body is the caller's, passed through.
+        """
+        payload, model, role = self._raw_payload(body)
+        payload["stream"] = True
+
+        def same(obj: Dict[str, Any], server: str, n: int, queued: float) -> Dict[str, Any]:
+            return obj
+
+        return self._stream(path, payload, model, role, priority, None, same)
+
+    async def _raw_collect(
+        self, path: str, body: Mapping[str, Any], *, priority: int = 0
+    ) -> List[Dict[str, Any]]:
+        """Every JSON object of one whole answer, retried elsewhere on any failure."""
+        payload, model, role = self._raw_payload(body)
+        payload["stream"] = True
+        objs, _, _ = await self._collect(path, payload, model, role, priority, None, None)
+        return objs
+
+    async def _raw_post(
+        self, path: str, body: Mapping[str, Any], key: str, *, priority: int = 0
+    ) -> Dict[str, Any]:
+        """The JSON answer of an unstreamed call (``/api/embed``, ``/api/embeddings``)."""
+        payload, model, role = self._raw_payload(body)
+        answer, _, _ = await self._post_json(path, payload, key, model, role, priority, None, None)
+        return answer
+
+    async def _host_json(
+        self, server: Server, method: str, path: str, body: Optional[Mapping[str, Any]] = None
+    ) -> Tuple[int, Any]:
+        """One plain call to one server, outside balancing: ``(status, JSON or text)``."""
+        response = await self._client().request(
+            method,
+            server.url + path,
+            json=dict(body) if body is not None else None,
+            headers=dict(server.headers),
+            timeout=self.config.health.timeout_s,
         )
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, response.text
 
     async def run(
         self,

@@ -1,4 +1,4 @@
-"""``ollama-orchestra``: status, run, sim and demo, from the command line.
+"""``ollama-orchestra``: status, run, proxy, sim and demo, from the command line.
 
 Every error a person can cause (bad flags, an unreachable fleet, a bad file) ends in one clear
 line on stderr and a non-zero exit, never a traceback.
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
@@ -234,6 +236,35 @@ def _summary(
     )
 
 
+async def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
+    import signal
+
+    from ._proxy import _is_loopback, serve_proxy
+
+    host, sep, port_text = str(args.listen).rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise CliError(f"--listen {args.listen!r}: expected HOST:PORT")
+    if not _is_loopback(host) and not args.allow_non_loopback:
+        raise CliError(
+            f"--listen {args.listen}: not a loopback address; anyone who can reach it can use "
+            "the fleet. Pass --allow-non-loopback (and --token) to expose it"
+        )
+    config = _config(args)
+    token = args.token or os.environ.get("OLLAMA_ORCHESTRA_PROXY_TOKEN") or None
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(
+            partial(serve_proxy, allow_non_loopback=True), config, host, int(port_text), token
+        )
+        out.write(f"proxy listening on {url}\n")
+        out.flush()
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+        tg.cancel_scope.cancel()
+    return 0
+
+
 def cmd_sim(args: argparse.Namespace, rest: List[str]) -> int:
     from .sim.__main__ import main as sim_main
 
@@ -406,6 +437,16 @@ def _parser() -> argparse.ArgumentParser:
     rn.add_argument("file", type=Path)
     rn.add_argument("--schedule", choices=("eager", "waves", "sequential"))
     fleet_flags(rn)
+    px = sub.add_parser("proxy", help="serve Ollama's API for the whole fleet (drop-in)")
+    px.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT")
+    px.add_argument(
+        "--token",
+        help="require 'Authorization: Bearer TOKEN' (default: $OLLAMA_ORCHESTRA_PROXY_TOKEN)",
+    )
+    px.add_argument(
+        "--allow-non-loopback", action="store_true", help="allow binding a non-loopback address"
+    )
+    fleet_flags(px)
     sub.add_parser(
         "sim",
         help="serve a simulated Ollama fleet (see: ollama-orchestra sim --help)",
@@ -429,7 +470,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     out = sys.stdout
-    commands = {"status": cmd_status, "run": cmd_run, "demo": cmd_demo}
+    commands = {"status": cmd_status, "run": cmd_run, "proxy": cmd_proxy, "demo": cmd_demo}
     try:
         return int(anyio.run(commands[args.command], args, out))
     except CliError as exc:
