@@ -18,8 +18,7 @@ import hmac
 import ipaddress
 import json
 import logging
-import socket
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, MutableMapping, Optional, Union
+from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Union
 
 import anyio
 import anyio.abc
@@ -29,7 +28,7 @@ import httpx
 from ._client import Orchestra
 from ._config import OrchestraConfig
 from ._errors import ConfigError
-from ._state import FleetSnapshot
+from ._serving import bind_socket, embedded_uvicorn
 from ._transport import OrchestraTransport
 
 __all__ = ["proxy_app", "serve_proxy"]
@@ -47,34 +46,6 @@ PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 class _ClientGone(Exception):
     pass
-
-
-def status_json(snap: FleetSnapshot) -> Dict[str, Any]:
-    """``orch.state()`` as plain JSON data (what ``GET /status`` answers)."""
-    return {
-        "taken_at": snap.taken_at,
-        "healthy": list(snap.healthy),
-        "servers": {
-            name: {
-                "url": s.url,
-                "healthy": s.healthy,
-                "version": s.version,
-                "models": list(s.models),
-                "loaded": [m.name for m in s.loaded],
-                "slots": s.slots,
-                "in_flight": s.in_flight,
-                "requests": s.requests,
-                "errors": s.errors,
-                "error_rate": s.error_rate,
-                "latency_s": dict(s.latency_s),
-                "tokens_per_s": dict(s.tokens_per_s),
-                "consecutive_failures": s.consecutive_failures,
-                "last_error": s.last_error,
-                "breaker": s.breaker,
-            }
-            for name, s in snap.servers.items()
-        },
-    }
 
 
 async def _send_body(send: Send, status: int, ctype: bytes, data: bytes, **extra: bytes) -> None:
@@ -131,7 +102,7 @@ def proxy_app(orch: Orchestra, *, token: Optional[str] = None) -> ASGIApp:
             await _send_body(send, 200, PROMETHEUS_TYPE, orch.prometheus().encode())
             return
         if path == "/status" and method == "GET":
-            data = json.dumps(status_json(orch.state()), separators=(",", ":")).encode()
+            data = json.dumps(orch.state().to_dict(), separators=(",", ":")).encode()
             await _send_body(send, 200, b"application/json; charset=utf-8", data)
             return
         try:
@@ -197,23 +168,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly so asyncio sets TCP_NODELAY (no Nagle delay on small chunks).
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            "listen", f"{host}:{port}", f"cannot bind: {exc.strerror or exc}"
-        ) from exc
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
-
-
 async def serve_proxy(
     orch_config: Union[OrchestraConfig, Orchestra],
     host: str = "127.0.0.1",
@@ -231,8 +185,6 @@ async def serve_proxy(
         port: the port; 0 picks a free one (the URL reported to ``task_status`` has it).
         token: require ``Authorization: Bearer <token>`` on every request.
     """
-    import uvicorn
-
     if not _is_loopback(host) and not allow_non_loopback:
         raise ConfigError(
             "listen", host, "not a loopback address; pass allow_non_loopback=True to expose it"
@@ -240,32 +192,14 @@ async def serve_proxy(
     if token is not None and not token.strip():
         raise ConfigError("token", "(empty)", "must not be empty")
 
-    class _Server(uvicorn.Server):
-        # The embedding program owns the signals (the CLI stops the proxy on SIGINT/SIGTERM).
-        def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-            pass
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:  # uvicorn >= 0.29
-            yield
-
     async with contextlib.AsyncExitStack() as stack:
         if isinstance(orch_config, Orchestra):
             orch = orch_config
         else:
             orch = await stack.enter_async_context(Orchestra(orch_config))
-        sock = _bind(host, port)
+        sock = bind_socket(host, port, field="listen")
         bound = sock.getsockname()[1]
-        server = _Server(
-            uvicorn.Config(
-                proxy_app(orch, token=token),
-                log_level="warning",
-                lifespan="off",
-                access_log=False,
-                timeout_graceful_shutdown=2,
-                timeout_keep_alive=30,
-            )
-        )
+        server = embedded_uvicorn(proxy_app(orch, token=token), graceful_shutdown_s=2)
         stopped = anyio.Event()
 
         async def run() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from ._config import Server, normalize_model
 
@@ -71,6 +71,33 @@ class FleetSnapshot:
 
     def __getitem__(self, name: str) -> ServerSnapshot:
         return self.servers[name]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able data (``ollama-orchestra status --json``, the proxy's ``/status``)."""
+        return {
+            "taken_at": self.taken_at,
+            "healthy": list(self.healthy),
+            "servers": {
+                name: {
+                    "url": s.url,
+                    "healthy": s.healthy,
+                    "version": s.version,
+                    "models": list(s.models),
+                    "loaded": [m.name for m in s.loaded],
+                    "slots": s.slots,
+                    "in_flight": s.in_flight,
+                    "requests": s.requests,
+                    "errors": s.errors,
+                    "error_rate": s.error_rate,
+                    "latency_s": dict(s.latency_s),
+                    "tokens_per_s": dict(s.tokens_per_s),
+                    "consecutive_failures": s.consecutive_failures,
+                    "last_error": s.last_error,
+                    "breaker": s.breaker,
+                }
+                for name, s in self.servers.items()
+            },
+        }
 
 
 @dataclass

@@ -171,7 +171,7 @@ async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     async with Orchestra(config) as orch:
         snap = orch.state()
     if args.json:
-        json.dump(_snapshot_json(snap), out, indent=2)
+        json.dump(snap.to_dict()["servers"], out, indent=2)
         out.write("\n")
     else:
         status_table(snap, out)
@@ -182,24 +182,6 @@ async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
             1,
         )
     return 0
-
-
-def _snapshot_json(snap: FleetSnapshot) -> Dict[str, Any]:
-    return {
-        name: {
-            "url": s.url,
-            "healthy": s.healthy,
-            "version": s.version,
-            "models": list(s.models),
-            "loaded": [m.name for m in s.loaded],
-            "slots": s.slots,
-            "in_flight": s.in_flight,
-            "latency_s": dict(s.latency_s),
-            "breaker": s.breaker,
-            "last_error": s.last_error,
-        }
-        for name, s in snap.servers.items()
-    }
 
 
 async def cmd_run(args: argparse.Namespace, out: TextIO) -> int:

@@ -22,9 +22,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import anyio
 import httpx
-import uvicorn
 
 from .._errors import SimConfigError
+from .._serving import bind_socket, embedded_uvicorn
 from ._host import SimHost, SimState, SimulatedReset
 from ._spec import Faults, HostProfile, ModelSpec, preset_fleet
 
@@ -51,32 +51,8 @@ class _QuietResets(logging.Filter):
 logging.getLogger("uvicorn.error").addFilter(_QuietResets())
 
 
-class _Uvicorn(uvicorn.Server):
-    """Uvicorn without its signal handling: the embedding program owns the signals."""
-
-    def install_signal_handlers(self) -> None:  # uvicorn < 0.29
-        pass
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:  # uvicorn >= 0.29
-        yield
-
-
 def _bind(host: str, port: int) -> socket.socket:
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP;
-    # without it Nagle's algorithm adds ~40 ms to every request on a kept-alive connection.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise SimConfigError(
-            "port", f"{host}:{port}", f"cannot bind: {exc.strerror or exc}"
-        ) from exc
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
+    return bind_socket(host, port, field="port", error=SimConfigError)
 
 
 def profile_to_dict(profile: HostProfile) -> Dict[str, Any]:
@@ -174,7 +150,7 @@ class SimServer:
             if mode == "inprocess"
             else None
         )
-        self._server: Optional[_Uvicorn] = None
+        self._server: Optional[Any] = None
         self._sock: Optional[socket.socket] = None
         self._tasks: List[asyncio.Task[Any]] = []
         self._proc: Optional[subprocess.Popen[bytes]] = None
@@ -223,15 +199,7 @@ class SimServer:
         assert self.sim is not None
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.sim,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            timeout_graceful_shutdown=1,
-            timeout_keep_alive=30,
-        )
-        server = _Uvicorn(config)
+        server = embedded_uvicorn(self.sim, graceful_shutdown_s=1)
         self._server, self._sock = server, sock
 
         async def serve() -> None:
@@ -275,7 +243,7 @@ class SimServer:
         assert self.sim is not None
         await self.sim.aclose()
 
-    def _abort_connections_of(self, server: _Uvicorn) -> None:
+    def _abort_connections_of(self, server: Any) -> None:
         saved = self._server
         self._server = server
         try:
