@@ -619,6 +619,21 @@ class Orchestra:
                 base[key] = value
         return base
 
+    def _generate_payload(
+        self,
+        model: str,
+        prompt: str,
+        images: Optional[Sequence[str]],
+        options: Optional[Mapping[str, Any]],
+        **fields: Any,
+    ) -> Dict[str, Any]:
+        return self._payload(
+            {"model": model, "prompt": prompt, "stream": True},
+            images=list(images) if images is not None else None,
+            options=dict(options) if options is not None else None,
+            **fields,
+        )
+
     async def generate(
         self,
         model: str,
@@ -649,12 +664,13 @@ class Orchestra:
             retry: ``False`` for a single attempt, a :class:`RetryPolicy` to override the config.
         """
         resolved, role = self._resolve(model)
-        payload = self._payload(
-            {"model": resolved, "prompt": prompt, "stream": True},
+        payload = self._generate_payload(
+            resolved,
+            prompt,
+            images,
+            options,
             system=system,
-            images=list(images) if images is not None else None,
             format=format,
-            options=dict(options) if options is not None else None,
             keep_alive=keep_alive,
             think=think,
             raw=raw,
@@ -689,6 +705,8 @@ class Orchestra:
         keep_alive: Optional[Union[float, str]] = None,
         think: Optional[bool] = None,
         raw: Optional[bool] = None,
+        suffix: Optional[str] = None,
+        template: Optional[str] = None,
         priority: int = 0,
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> ResponseStream[GenerateChunk]:
@@ -698,15 +716,18 @@ class Orchestra:
         stream raises :class:`StreamInterrupted` with the partial text.
         """
         resolved, role = self._resolve(model)
-        payload = self._payload(
-            {"model": resolved, "prompt": prompt, "stream": True},
+        payload = self._generate_payload(
+            resolved,
+            prompt,
+            images,
+            options,
             system=system,
-            images=list(images) if images is not None else None,
             format=format,
-            options=dict(options) if options is not None else None,
             keep_alive=keep_alive,
             think=think,
             raw=raw,
+            suffix=suffix,
+            template=template,
         )
 
         def make(obj: Dict[str, Any], server: str, n: int, queued: float) -> GenerateChunk:
