@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
+import sys
 from collections import Counter
 from typing import AsyncIterator, Dict, List, Optional
 
@@ -13,13 +15,13 @@ import ollama
 import pytest
 
 from ollama_orchestra import ConfigError, Orchestra, serve_proxy
-from ollama_orchestra.cli import main
 from ollama_orchestra.sim import SimFleet
 
 from .conftest import TINY, config_for, fleet, tiny_profile
 
 EMBED = "tiny-embed:latest"
 MSGS = [{"role": "user", "content": "hello"}]
+CLI = [sys.executable, "-m", "ollama_orchestra"]
 
 
 def pair(**kw: float) -> SimFleet:
@@ -66,9 +68,11 @@ class TestOfficialClient:
 
     async def test_kill_one_host_mid_run(self) -> None:
         """Killing h1 while requests run through the proxy loses none."""
-        async with pair(time_scale=0.02) as sim, Orchestra(
-            config_for(sim, strategy="least_loaded")
-        ) as orch, proxied(orch) as url:
+        async with SimFleet(
+            [tiny_profile("h1", num_parallel=4), tiny_profile("h2", num_parallel=4)],
+            time_scale=0.02,
+            mode="subprocess",
+        ) as sim, Orchestra(config_for(sim, strategy="least_loaded")) as orch, proxied(orch) as url:
             c = ollama.AsyncClient(host=url)
             done: List[str] = []
             try:
@@ -80,7 +84,8 @@ class TestOfficialClient:
 
                     for i in range(30):
                         tg.start_soon(one, i)
-                    await sim["h1"].wait_until(lambda st: st.completed >= 4)
+                    # Subprocess hosts: killing one is a process dying, as in production.
+                    await orch.wait_for_state(lambda snap: snap["h1"].requests >= 4)
                     await sim["h1"].kill()
             finally:
                 await close(c)
@@ -150,10 +155,31 @@ class TestServing:
             with pytest.raises(ConfigError, match="loopback"):
                 await serve_proxy(orch, "0.0.0.0", 0)
 
-    def test_cli_refuses_non_loopback(self, capsys: pytest.CaptureFixture[str]) -> None:
-        """The CLI needs --allow-non-loopback to bind 0.0.0.0."""
-        rc = main(["proxy", "--listen", "0.0.0.0:11435", "--server", "a=http://127.0.0.1:1"])
-        assert rc == 2 and "--allow-non-loopback" in capsys.readouterr().err
+    async def test_cli_refuses_non_loopback(self) -> None:
+        """The CLI needs --allow-non-loopback to bind 0.0.0.0: one line on stderr, exit 2."""
+        r = await anyio.run_process(
+            [*CLI, "proxy", "--listen", "0.0.0.0:11435", "--server", "a=http://127.0.0.1:1"],
+            check=False,
+        )
+        assert r.returncode == 2 and b"--allow-non-loopback" in r.stderr
+
+    async def test_cli_serves_until_sigterm(self) -> None:
+        """`ollama-orchestra proxy` prints its URL, serves, and exits 0 on SIGTERM."""
+        async with fleet([tiny_profile("h1")]) as sim:
+            argv = [*CLI, "proxy", "--listen", "127.0.0.1:0", "--server", f"h1={sim['h1'].url}"]
+            async with await anyio.open_process(argv) as proc:
+                assert proc.stdout is not None
+                line = b""
+                with anyio.fail_after(20):
+                    while not line.endswith(b"\n"):
+                        line += await proc.stdout.receive()
+                assert line.startswith(b"proxy listening on http://127.0.0.1:")
+                url = line.decode().split()[-1]
+                async with httpx.AsyncClient(base_url=url) as h:
+                    assert (await h.get("/api/tags")).json()["models"]
+                proc.send_signal(signal.SIGTERM)
+                with anyio.fail_after(20):
+                    assert await proc.wait() == 0
 
     async def test_serves_from_a_config(self) -> None:
         """Given a config, serve_proxy runs its own orchestra."""

@@ -101,9 +101,10 @@ class TestOfficialClient:
 
     async def test_kill_one_host_mid_run_loses_nothing(self) -> None:
         """Killing h1 while requests run: every request, streamed or not, still completes."""
-        async with fleet(
+        async with SimFleet(
             [tiny_profile("h1", num_parallel=4), tiny_profile("h2", num_parallel=4)],
             time_scale=0.02,
+            mode="subprocess",
         ) as sim, Orchestra(config_for(sim, strategy="least_loaded")) as orch:
             c = client(orch)
             done: List[str] = []
@@ -127,7 +128,8 @@ class TestOfficialClient:
 
                     for i in range(30):
                         tg.start_soon(whole, i)
-                    await sim["h1"].wait_until(lambda st: st.completed >= 4)
+                    # Subprocess hosts: killing one is a process dying, as in production.
+                    await orch.wait_for_state(lambda snap: snap["h1"].requests >= 4)
                     await sim["h1"].kill()
                     for i in range(10):  # streams started after the kill
                         tg.start_soon(streamed, i)
