@@ -126,7 +126,8 @@ class Outcome:
     elapsed_s: float
     per_host: Dict[str, int]
     failures: int = 0
-    utilization: Dict[str, float] = field(default_factory=dict)
+    utilization: Dict[str, float] = field(default_factory=dict)  # busy slot-s / slot-s
+    window_utilization: Dict[str, float] = field(default_factory=dict)  # metrics' own figure
     imbalance: Optional[float] = None
     timeline: List[Tuple[float, Dict[str, float]]] = field(default_factory=list)
     finished: List[float] = field(default_factory=list)  # completion times since the start
@@ -162,6 +163,7 @@ class Outcome:
             "steady_throughput_rps": self.steady_throughput,
             "per_host": self.per_host,
             "utilization": self.utilization,
+            "window_utilization": self.window_utilization,
             "imbalance": self.imbalance,
         }
 
@@ -372,7 +374,13 @@ async def run_workload(
         )
         if orch is not None:
             m = orch.metrics()
-            out.utilization = {n: s.utilization for n, s in m.servers.items()}
+            # busy_slot_s is integrated exactly since reset_metrics(); the snapshot's own
+            # `utilization` comes from 1 s buckets and under-counts windows of a few seconds
+            # (the first, partial second after a reset is discounted twice): both reported.
+            out.utilization = {
+                n: s.busy_slot_s / (s.slots * m.elapsed_s) for n, s in m.servers.items()
+            }
+            out.window_utilization = {n: s.utilization for n, s in m.servers.items()}
             out.imbalance = m.imbalance
     if out.imbalance is None:
         out.imbalance = out.share_imbalance(hosts)
@@ -415,6 +423,7 @@ async def scaling(
         for name, outs in runs.items():
             ratios = [o.steady_throughput / b for o, b in zip(outs, base)]
             util = [min(o.utilization.values()) for o in outs if o.utilization]
+            wutil = [min(o.window_utilization.values()) for o in outs if o.window_utilization]
             row[name] = {
                 "throughput_rps": statistics.mean(o.steady_throughput for o in outs),
                 "speedup_vs_one_host": statistics.mean(ratios),
@@ -422,6 +431,7 @@ async def scaling(
                     o.throughput / b for o, b in zip(outs, base_batch)
                 ),
                 "min_utilization": statistics.mean(util) if util else None,
+                "min_window_utilization": statistics.mean(wutil) if wutil else None,
                 "imbalance": statistics.mean(o.imbalance or 0.0 for o in outs),
                 "failures": sum(o.failures for o in outs),
                 "runs": [o.to_dict() for o in outs],
@@ -696,11 +706,12 @@ def checks(report: Dict[str, Any], quick: bool) -> List[Check]:
             for name, row in rows.items():
                 if name.startswith("orchestra") and row["min_utilization"] is not None:
                     u = row["min_utilization"]
+                    w = row.get("min_window_utilization") or 0.0
                     out.append(
                         Check(
                             "compare",
                             f"a. {n} hosts, {name}: lowest host utilization",
-                            f"{u:.1%}",
+                            f"{u:.1%} (metrics' windowed figure {w:.1%})",
                             ">= 95%",
                             u >= 0.95,
                         )
@@ -794,13 +805,21 @@ def checks(report: Dict[str, Any], quick: bool) -> List[Check]:
 
 
 async def run_sim(quick: bool, only: Sequence[str] = "abcd") -> Dict[str, Any]:
+    t0 = time.perf_counter()
+    try:
+        return await _run_sim(quick, only)
+    finally:
+        print(f"  (simulated scenarios took {time.perf_counter() - t0:.0f}s)", flush=True)
+
+
+async def _run_sim(quick: bool, only: Sequence[str]) -> Dict[str, Any]:
     report: Dict[str, Any] = {"mode": "quick" if quick else "full", "hosts": "simulated"}
     rounds = 1 if quick else 2
     counts = [1, 2, 4] if quick else [1, 2, 4, 8]
     per_slot = 8 if quick else 20
-    het_per_slot = 10 if quick else 20
-    mixed_requests = 24 if quick else 48
-    batch = 30 if quick else 60
+    het_per_slot = 8 if quick else 20
+    mixed_requests = 20 if quick else 48
+    batch = 20 if quick else 60
     model = work_model()
     profiles = [HostProfile(f"h{i + 1}", (model,), num_parallel=SLOTS) for i in range(counts[-1])]
     if "a" in only:
@@ -829,7 +848,7 @@ async def run_sim(quick: bool, only: Sequence[str] = "abcd") -> Dict[str, Any]:
             "instant", (work_model(1e6, load_s=0.0),), num_parallel=4, keep_alive_s=1e6
         )
         async with SimFleet([instant], time_scale=0.01, mode="subprocess") as fleet:
-            report["overhead"] = await overhead(hosts_of(fleet)[0], batch, 5 if quick else 9)
+            report["overhead"] = await overhead(hosts_of(fleet)[0], batch, 3 if quick else 9)
     return report
 
 
