@@ -640,7 +640,11 @@ def plot(report: Dict[str, Any]) -> List[str]:
         ax.set_xlabel("hosts (identical, 2 slots each)")
         ax.set_ylabel("throughput / one host's (same round)")
         ax.set_xticks(counts)
-        ax.set_title("Throughput vs number of hosts (simulated, saturating load)")
+        ax.set_title(
+            "Throughput vs hosts, at saturation (10%-90% of answers)\n"
+            f"simulated hosts as subprocesses on {os.cpu_count()} CPUs",
+            fontsize=10,
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -688,20 +692,21 @@ def checks(report: Dict[str, Any], quick: bool) -> List[Check]:
         two = sc["by_hosts"]["2"]
         for name, row in two.items():
             s = row["speedup_vs_one_host"]
+            whole = f"{s:.2f}x (whole batch {row['batch_speedup_vs_one_host']:.2f}x)"
             if name.startswith("orchestra"):
                 goal = 1.6 if quick else 1.95
                 out.append(
                     Check(
                         "compare",
                         f"a. 2 hosts vs 1, {name}",
-                        f"{s:.2f}x",
+                        whole,
                         f">= {goal}x",
                         s >= goal,
                         gated=quick,
                     )
                 )
             else:
-                out.append(Check("compare", f"a. 2 hosts vs 1, {name}", f"{s:.2f}x", "-", None))
+                out.append(Check("compare", f"a. 2 hosts vs 1, {name}", whole, "-", None))
         for n, rows in sc["by_hosts"].items():
             for name, row in rows.items():
                 if name.startswith("orchestra") and row["min_utilization"] is not None:
@@ -732,7 +737,8 @@ def checks(report: Dict[str, Any], quick: bool) -> List[Check]:
                 Check(
                     "compare",
                     f"a. {last} hosts vs 1, {name}",
-                    f"{row['speedup_vs_one_host']:.2f}x (imbalance {row['imbalance']:.1%})",
+                    f"{row['speedup_vs_one_host']:.2f}x (whole batch "
+                    f"{row['batch_speedup_vs_one_host']:.2f}x, imbalance {row['imbalance']:.1%})",
                     "-",
                     None,
                 )
