@@ -36,10 +36,14 @@ matrix:
 demo: $(STAMP)
 	$(BIN)/python -m ollama_orchestra demo
 
-bench: $(STAMP)
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[sim,dev,bench]'
+	touch $(VENV)/.bench
+
+bench: $(VENV)/.bench
 	$(BIN)/python -m benchmarks --quick
 
-bench-full: $(STAMP)
+bench-full: $(VENV)/.bench
 	$(BIN)/python -m benchmarks
 
 clean:

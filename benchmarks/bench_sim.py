@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional, Sequence
 
 import anyio
@@ -23,6 +24,7 @@ import httpx
 from ollama_orchestra.sim import SimServer, aggregate_speedup, preset_fleet
 
 TOLERANCE = 0.05
+RESULTS = Path(__file__).parent / "results"
 MODEL = "qwen2.5:14b"
 
 
@@ -115,6 +117,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{r.metric:<{width}}  {r.unit:<5}  {r.expected:>9.2f}  {r.measured:>9.2f}"
             f"  {r.ratio:>6.3f}{flag}"
         )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "sim.json").write_text(
+        json.dumps(
+            {
+                "time_scale": args.time_scale,
+                "tokens": args.tokens,
+                "rows": [
+                    {
+                        "metric": r.metric,
+                        "unit": r.unit,
+                        "expected": r.expected,
+                        "measured": r.measured,
+                        "ratio": r.ratio,
+                        "ok": r.ok,
+                    }
+                    for r in rows
+                ],
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     return 0 if all(r.ok for r in rows) else 1
 
 

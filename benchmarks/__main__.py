@@ -1,0 +1,212 @@
+"""Every benchmark, one command: ``python -m benchmarks [--quick] [--hosts URL ...]``.
+
+Runs bench_sim, bench_dag, bench_failover, bench_compare (and bench_proxy, when that module
+exists), each in this order, then writes ``benchmarks/results/summary.md``: one Markdown table
+with every figure, its goal and whether it was met. Each benchmark also writes its JSON to
+``benchmarks/results/``. The exit status is non-zero when a benchmark fails or a quick-mode
+check is missed. With ``--hosts``, only the comparisons run, against those real Ollama hosts
+(the other benchmarks need the simulator's controls: kills, faults, exact timing).
+
+Absolute timings depend on the machine; only ratios measured side by side are checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+from types import ModuleType
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from . import bench_compare, bench_dag, bench_failover, bench_sim
+from .bench_compare import RESULTS, Check
+
+
+def _optional(name: str) -> Optional[ModuleType]:
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"benchmarks.{name}":
+            raise
+        return None
+
+
+def _load(name: str) -> Dict[str, Any]:
+    path = RESULTS / name
+    if not path.exists():
+        return {}
+    data: Dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def sim_checks(quick: bool) -> List[Check]:
+    rows = _load("sim.json").get("rows", [])
+    return [
+        Check(
+            "sim",
+            f"simulator: {r['metric']}",
+            f"{r['measured']:.2f} {r['unit']} ({r['ratio']:.3f}x the profile)",
+            "within 5% of the profile",
+            abs(r["ratio"] - 1) <= 0.05,
+            gated=True,
+        )
+        for r in rows
+    ]
+
+
+def dag_checks(quick: bool) -> List[Check]:
+    d = _load("dag.json")
+    if not d:
+        return []
+    goal = 1.6 if quick else 1.8
+    us = d["scheduler_us_per_task"]
+    return [
+        Check(
+            "dag",
+            f"{d['independent_tasks']} independent tasks: 2 hosts vs 1",
+            f"{d['two_host_speedup']:.2f}x",
+            f">= {goal}x",
+            d["two_host_speedup"] >= goal,
+            gated=True,
+        ),
+        Check(
+            "dag",
+            "uneven DAG: waves makespan / eager makespan",
+            f"{d['eager_vs_waves']:.2f}x",
+            "> 1.0x",
+            d["eager_vs_waves"] > 1.0,
+            gated=True,
+        ),
+        Check(
+            "dag",
+            "uneven DAG: sequential / eager",
+            f"{d['eager_vs_sequential']:.2f}x",
+            "-",
+            None,
+        ),
+        Check(
+            "dag",
+            "scheduler overhead, eager (10,000 tasks)",
+            f"{us['eager']:.1f} us/task",
+            "< 100 us/task",
+            us["eager"] < 100,
+            gated=True,
+        ),
+    ]
+
+
+def failover_checks(quick: bool) -> List[Check]:
+    d = _load("failover.json")
+    if not d:
+        return []
+    k, c = d["kill"], d["chaos"]
+    return [
+        Check(
+            "failover",
+            "kill one of two hosts mid-run: requests lost",
+            f"{k['lost']} of {k['requests']}",
+            "0",
+            k["lost"] == 0 and k["completed"] == k["requests"],
+            gated=True,
+        ),
+        Check(
+            "failover",
+            "kill -> rerouted success, p95",
+            f"{k['reroute_p95_ms']:.0f} ms",
+            "< 100 ms",
+            k["reroute_p95_ms"] < 100,
+            gated=False,
+        ),
+        Check(
+            "failover",
+            f"chaos ({c['error_rate']:.0%} errors per attempt): success rate",
+            f"{c['success_rate']:.2%} of {c['requests']}",
+            ">= 99.9%",
+            c["success_rate"] >= 0.999,
+            gated=False,
+        ),
+    ]
+
+
+def write_summary(
+    checks: List[Check], exits: Dict[str, int], quick: bool, hosts: Optional[Sequence[str]]
+) -> str:
+    lines = [
+        "# Benchmark summary",
+        "",
+        f"Mode: {'quick' if quick else 'full'}; hosts: "
+        + (", ".join(hosts) if hosts else "simulated (subprocesses on loopback)")
+        + f"; machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        + f"{platform.system()} {platform.machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        "Only ratios measured side by side are checked; absolute figures are printed, never "
+        "asserted. *gated*: a miss fails `python -m benchmarks --quick`.",
+        "",
+        "| bench | figure | value | goal | result |",
+        "|---|---|---|---|---|",
+    ]
+    for c in checks:
+        result = "-" if c.ok is None else ("pass" if c.ok else "**FAIL**")
+        if c.gated and c.ok is not None:
+            result += " (gated)"
+        lines.append(f"| {c.bench} | {c.figure} | {c.value} | {c.goal} | {result} |")
+    lines += ["", "| benchmark | exit status |", "|---|---|"]
+    lines += [f"| {name} | {code} |" for name, code in exits.items()]
+    text = "\n".join(lines) + "\n"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "summary.md").write_text(text, encoding="utf-8")
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="CI: under 2 minutes")
+    parser.add_argument("--hosts", nargs="+", metavar="URL", help="real Ollama hosts")
+    parser.add_argument("--model", help="the model to use on real hosts")
+    parser.add_argument("--slots", type=int, default=1, help="OLLAMA_NUM_PARALLEL of real hosts")
+    args = parser.parse_args(argv)
+    flag = ["--quick"] if args.quick else []
+    exits: Dict[str, int] = {}
+    checks: List[Check] = []
+    started = time.perf_counter()
+
+    def step(name: str, fn: Callable[[], int]) -> None:
+        print(f"== {name}", flush=True)
+        t0 = time.perf_counter()
+        exits[name] = fn()
+        print(f"== {name}: exit {exits[name]} in {time.perf_counter() - t0:.0f}s", flush=True)
+
+    if not args.hosts:
+        step("bench_sim", lambda: bench_sim.main(["--tokens", "400"] if args.quick else []))
+        checks += sim_checks(args.quick)
+        step("bench_dag", lambda: bench_dag.main(flag))
+        checks += dag_checks(args.quick)
+        step("bench_failover", lambda: bench_failover.main(flag))
+        checks += failover_checks(args.quick)
+    compare_args = list(flag)
+    if args.hosts:
+        compare_args += ["--hosts", *args.hosts, "--slots", str(args.slots)]
+        if args.model:
+            compare_args += ["--model", args.model]
+    step("bench_compare", lambda: bench_compare.main(compare_args))
+    checks += bench_compare.checks(_load("compare.json"), args.quick)
+    proxy = _optional("bench_proxy")
+    if proxy is not None and not args.hosts:
+        step("bench_proxy", lambda: int(proxy.main(flag)))
+        proxy_checks = getattr(proxy, "checks", None)
+        if proxy_checks is not None:
+            checks += proxy_checks(args.quick)
+    print(write_summary(checks, exits, args.quick, args.hosts))
+    print(f"all benchmarks in {time.perf_counter() - started:.0f}s")
+    missed = [c for c in checks if c.gated and c.ok is False]
+    if args.quick:
+        return 1 if missed or any(exits.values()) else 0
+    return 1 if any(c.ok is False for c in checks) or any(exits.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
