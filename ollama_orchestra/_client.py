@@ -9,6 +9,7 @@ way a hung host is caught by the first-byte timeout, never by a whole-answer tim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -140,6 +141,14 @@ class _Exchange:
                     "server", self.server, f"unexpected line from server: {line[:80]!r}"
                 )
             return obj
+
+    async def drain(self) -> None:
+        """Read what is left after the final chunk (the end of the chunked body), so httpx
+        hands the connection back to the pool instead of closing it: without this every
+        request would open a new connection."""
+        with contextlib.suppress(Exception):
+            async for _ in self.lines:
+                pass
 
     async def close(self) -> None:
         if self.closed:
@@ -551,6 +560,7 @@ class Orchestra:
                     if obj is None:
                         raise AttemptError("reset", lease.server.name, "stream ended before done")
                     objs.append(obj)
+                await exchange.drain()
             finally:
                 exchange.closed = True
                 with anyio.CancelScope(shield=True):
@@ -590,6 +600,7 @@ class Orchestra:
                     chunk = make(obj, exchange.server, n, lease.queued_s)
                     if obj.get("done"):
                         self._attempt_succeeded(lease, obj, started, payload.get("keep_alive"))
+                        await exchange.drain()
                         yield chunk
                         return
                     yield chunk

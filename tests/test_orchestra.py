@@ -198,3 +198,16 @@ class TestLifecycle:
         assert all(s.healthy and s.probed for s in snap.servers.values())
         assert "qwen2.5-coder:32b" in snap["ollama01"].models
         assert snap["ollama02"].version
+
+
+class TestConnections:
+    async def test_connections_are_reused(self) -> None:
+        """Sequential requests reuse pooled connections instead of opening one each."""
+        async with fleet([tiny_profile("h1")]) as sim, Orchestra(config_for(sim)) as orch:
+            before = sim["h1"].state().connections
+            for i in range(10):
+                await orch.generate(TINY, f"q{i}")
+            async for _ in orch.generate_stream(TINY, "s"):
+                pass
+            opened = sim["h1"].state().connections - before
+        assert opened <= 2

@@ -171,6 +171,8 @@ class SimState:
     evictions: int
     rejected_busy: int
     paused: bool
+    #: distinct client connections seen (host, port) since the host (re)started.
+    connections: int = 0
 
     @property
     def queued(self) -> int:
@@ -288,6 +290,7 @@ class SimHost:
         self._loads = 0
         self._evictions = 0
         self._rejected = 0
+        self._clients: Set[Any] = set()
         self._notify()
 
     def set_faults(self, faults: Faults) -> None:
@@ -325,6 +328,7 @@ class SimHost:
             evictions=self._evictions,
             rejected_busy=self._rejected,
             paused=self._paused,
+            connections=len(self._clients),
         )
 
     async def wait_until(self, predicate: Callable[[SimState], bool]) -> SimState:
@@ -627,6 +631,8 @@ class SimHost:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
+        if len(self._clients) < 100_000:
+            self._clients.add(scope.get("client"))
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)

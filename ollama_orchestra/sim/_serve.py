@@ -153,6 +153,7 @@ class SimServer:
         self._server: Optional[Any] = None
         self._sock: Optional[socket.socket] = None
         self._tasks: List[asyncio.Task[Any]] = []
+        self._serve_task: Optional[asyncio.Task[Any]] = None
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self._alive = False
         self._flap_scope: Optional[anyio.CancelScope] = None
@@ -210,6 +211,7 @@ class SimServer:
 
         task = asyncio.get_running_loop().create_task(serve())
         self._tasks.append(task)
+        self._serve_task = task
         # Uvicorn flags `started` once its listener is up; it offers no event to wait on.
         while not server.started:
             if task.done():
@@ -220,17 +222,10 @@ class SimServer:
         self._faults_changed(self.sim.faults)
 
     def _abort_connections(self) -> None:
-        server = self._server
-        if server is None:
-            return
-        for listener in getattr(server, "servers", []):
-            listener.close()
+        if self._server is not None:
+            self._abort_connections_of(self._server)
         if self._sock is not None:
             self._sock.close()
-        for conn in list(server.server_state.connections):
-            transport = getattr(conn, "transport", None)
-            if transport is not None:
-                transport.abort()
 
     async def _stop_inprocess(self) -> None:
         server, self._server = self._server, None
@@ -242,14 +237,24 @@ class SimServer:
         server.force_exit = True
         assert self.sim is not None
         await self.sim.aclose()
+        # Uvicorn notices should_exit on its next tick; a connection accepted while the
+        # door was closing may only show up by then. Wait for the server to stop, then abort
+        # the stragglers too: a dead host leaves no socket open behind it.
+        task, self._serve_task = self._serve_task, None
+        if task is not None and not task.done():
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        self._abort_connections_of(server)
 
-    def _abort_connections_of(self, server: Any) -> None:
-        saved = self._server
-        self._server = server
-        try:
-            self._abort_connections()
-        finally:
-            self._server = saved
+    @staticmethod
+    def _abort_connections_of(server: Any) -> None:
+        """Close ``server``'s listeners and break its open connections, as a dying host would."""
+        for listener in getattr(server, "servers", []):
+            listener.close()
+        for conn in list(server.server_state.connections):
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abort()
 
     async def _stop(self) -> None:
         if self._flap_scope is not None:
