@@ -267,7 +267,9 @@ class Metrics:
         for s in self._servers:
             c = self._per[s.name]
             c.busy.advance(now, self.window_s)
-            busy_window = c.busy.within(start, now)
+            # Since the last reset (the window not yet full) every bucket lies inside it: the
+            # first one started at the reset, so it must not be pro-rated as if it had not.
+            busy_window = c.busy.total if elapsed <= self.window_s else c.busy.within(start, now)
             share = c.successes / total_ok if total_ok else 0.0
             fair = capacity[s.name] / total_capacity
             if total_ok:
