@@ -249,12 +249,15 @@ class SimServer:
     @staticmethod
     def _abort_connections_of(server: Any) -> None:
         """Close ``server``'s listeners and break its open connections, as a dying host would."""
+        # Already-closed sockets may be met here (Python 3.8's selectors then raise).
         for listener in getattr(server, "servers", []):
-            listener.close()
+            with contextlib.suppress(OSError, ValueError):
+                listener.close()
         for conn in list(server.server_state.connections):
             transport = getattr(conn, "transport", None)
             if transport is not None:
-                transport.abort()
+                with contextlib.suppress(OSError, ValueError):
+                    transport.abort()
 
     async def _stop(self) -> None:
         if self._flap_scope is not None:
