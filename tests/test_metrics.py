@@ -296,7 +296,9 @@ class TestWindowStart:
     def test_reset_mid_second_is_not_discounted(self) -> None:
         """After a reset in the middle of a second, utilization counts that second in full."""
         now = [100.5]
-        m = Metrics([Server("a", "http://h:1", max_concurrency=1)], clock=lambda: now[0], window_s=60)
+        m = Metrics(
+            [Server("a", "http://h:1", max_concurrency=1)], clock=lambda: now[0], window_s=60
+        )
         m.reset()
         m.lease_acquired("a")
         now[0] = 102.5
