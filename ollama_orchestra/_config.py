@@ -11,7 +11,7 @@ import os
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Type, Union, cast
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Type, Union, cast
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
@@ -70,6 +70,25 @@ def _positive_int(
     """Raise ``error`` naming ``owner.name`` unless ``value`` is an integer >= ``minimum``."""
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise error(f"{owner}.{name}", value, f"must be an integer >= {minimum}")
+
+
+def _reject_unknown_keys(
+    data: Mapping[str, Any],
+    allowed: Iterable[str],
+    prefix: str,
+    *,
+    error: Type[ConfigError] = ConfigError,
+) -> None:
+    """Raise ``error`` for the first key of ``data`` not in ``allowed``; its field is
+    ``prefix + key``, and the message lists what is allowed."""
+    allowed = set(allowed)
+    for key in data:
+        if key not in allowed:
+            raise error(
+                f"{prefix}{key}",
+                data[key],
+                f"unknown key; expected one of {', '.join(sorted(allowed))}",
+            )
 
 
 def _redact_headers(headers: Mapping[str, str]) -> Dict[str, str]:
@@ -377,14 +396,7 @@ class OrchestraConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> OrchestraConfig:
         """Build a config from plain data (the shape of the TOML file)."""
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(
-                    f"{source}: {key}",
-                    data[key],
-                    f"unknown key; expected one of {', '.join(sorted(known))}",
-                )
+        _reject_unknown_keys(data, (f.name for f in fields(cls)), f"{source}: ")
         raw_servers = data.get("servers")
         if not isinstance(raw_servers, list):
             raise ConfigError(
@@ -488,14 +500,7 @@ class OrchestraConfig:
 def _build(kind: Any, raw: Any, where: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(where, raw, "must be a table")
-    allowed = {f.name for f in fields(kind)}
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(
-                f"{where}.{key}",
-                raw[key],
-                f"unknown key; expected one of {', '.join(sorted(allowed))}",
-            )
+    _reject_unknown_keys(raw, (f.name for f in fields(kind)), f"{where}.")
     values = dict(raw)
     for key in ("models", "servers"):
         if isinstance(values.get(key), list):

@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import anyio
 import httpx
 
+from .._config import _reject_unknown_keys
 from .._errors import SimConfigError
 from .._serving import bind_socket, embedded_uvicorn
 from ._host import SimHost, SimState, SimulatedReset
@@ -77,13 +78,7 @@ def profile_from_dict(data: Mapping[str, Any], *, where: str = "host") -> HostPr
         "keep_alive_s",
         "version",
     }
-    for key in data:
-        if key not in known:
-            raise SimConfigError(
-                f"{where}.{key}",
-                data[key],
-                f"unknown key; expected one of {', '.join(sorted(known))}",
-            )
+    _reject_unknown_keys(data, known, f"{where}.", error=SimConfigError)
     raw_models = data.get("models")
     if not isinstance(raw_models, list):
         raise SimConfigError(f"{where}.models", raw_models, "must be a list of model tables")
@@ -92,13 +87,7 @@ def profile_from_dict(data: Mapping[str, Any], *, where: str = "host") -> HostPr
     for i, m in enumerate(raw_models):
         if not isinstance(m, Mapping):
             raise SimConfigError(f"{where}.models[{i}]", m, "must be a table")
-        for key in m:
-            if key not in model_keys:
-                raise SimConfigError(
-                    f"{where}.models[{i}].{key}",
-                    m[key],
-                    f"unknown key; expected one of {', '.join(sorted(model_keys))}",
-                )
+        _reject_unknown_keys(m, model_keys, f"{where}.models[{i}].", error=SimConfigError)
         values = dict(m)
         if isinstance(values.get("capabilities"), list):
             values["capabilities"] = tuple(values["capabilities"])
