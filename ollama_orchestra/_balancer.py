@@ -8,14 +8,19 @@ How a request gets a slot:
    once. A strategy may also decide that waiting for a busy but better server (one with the
    model loaded, or much faster) beats a free but worse one.
 3. Otherwise the request waits in one queue, ordered by priority then arrival. It is not
-   pinned to a server chosen early: whichever eligible server frees a slot first hands that
-   slot straight to the first waiter that can use it.
+   pinned to a server chosen early: whenever a slot frees, the queue is walked in order and
+   each waiter is offered the servers again, free and busy alike. A waiter that would rather
+   wait for a busy server (a faster one, or one with its model loaded) *claims* that
+   server's next slot, so the waiters behind it see that server as busy for longer: near
+   the end of a batch the last requests go to whichever server will finish them first,
+   not to whichever is free first.
 
 Every slot is released on every path, cancellation included.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import time
@@ -210,7 +215,11 @@ class HybridStrategy:
     longer than the time it would have saved.
     """
 
-    #: Wait for a busy server only if it beats the best free one by this factor.
+    #: Wait for a busy server only if its expected completion beats the best free one's by
+    #: this factor (the estimates are averages: a near tie goes to the free server).
+    wait_margin = 0.9
+    #: Free servers whose expected completion is within this factor of the best one's are
+    #: taken as equally good, and the load is spread over them.
     margin = 0.8
 
     def __init__(self) -> None:
@@ -241,8 +250,10 @@ class HybridStrategy:
             return WAIT
         best_free_ect = min(ect(c) for c in free)
         best = min(candidates, key=ect)
-        if not best.free and ect(best) < self.margin * best_free_ect:
-            among = frozenset(c.name for c in candidates if ect(c) < self.margin * best_free_ect)
+        if not best.free and ect(best) < self.wait_margin * best_free_ect:
+            among = frozenset(
+                c.name for c in candidates if ect(c) < self.wait_margin * best_free_ect
+            )
             return Choice(None, among=among, widen_after_s=best_free_ect - ect(best))
         # Among (nearly) equally good free servers, spread the load.
         good = [c for c in free if ect(c) <= best_free_ect / self.margin]
@@ -311,8 +322,10 @@ class _Waiter:
         "gone",
         "granted",
         "no_eligible_since",
+        "rearm",
         "request",
         "since",
+        "wake_at",
         "widen_at",
     )
 
@@ -322,6 +335,8 @@ class _Waiter:
         self.exclude = exclude
         self.among: Optional[FrozenSet[str]] = None
         self.widen_at: Optional[float] = None
+        self.wake_at: Optional[float] = None
+        self.rearm = False
         self.event = anyio.Event()
         self.granted: Optional[Lease] = None
         self.gone = False
@@ -412,14 +427,23 @@ class LoadBalancer:
         t0 = self._clock()
         waiter = _Waiter(request, exclude, t0)
         cands = self._candidates(waiter)
-        if cands:
+        if not cands:
+            waiter.no_eligible_since = t0
+            self._enqueue(waiter)
+        elif self._waiting:
+            # Others are waiting: join the queue and let the walk place this request in
+            # order, seeing the slots the waiters ahead of it have claimed.
+            self._enqueue(waiter)
+            self._dispatch()
+            granted = _granted(waiter)
+            if granted is not None:
+                return granted
+        else:
             choice = self._strategy.choose(request, cands)
-            if choice.server is not None:
+            if choice.server is not None and self._has_free_slot(choice.server):
                 return self._grant(waiter, choice.server)
             self._restrict(waiter, choice, t0)
-        else:
-            waiter.no_eligible_since = t0
-        self._enqueue(waiter)
+            self._enqueue(waiter)
         try:
             while True:
                 timeout = self._timeout(waiter)
@@ -428,7 +452,12 @@ class LoadBalancer:
                 if waiter.granted is not None:
                     return waiter.granted
                 waiter.event = anyio.Event()
+                if waiter.rearm:  # a walk set an earlier wake-up time: wait again with it
+                    waiter.rearm = False
+                    continue
                 now = self._clock()
+                if waiter.wake_at is not None and now >= waiter.wake_at:
+                    waiter.wake_at = None
                 if waiter.widen_at is not None and now >= waiter.widen_at:
                     waiter.among = None
                     waiter.widen_at = None
@@ -502,7 +531,11 @@ class LoadBalancer:
                 up = fresh
         return up
 
-    def _candidates(self, waiter: _Waiter) -> List[Candidate]:
+    def _candidates(
+        self, waiter: _Waiter, claims: Optional[Mapping[str, int]] = None
+    ) -> List[Candidate]:
+        """The eligible servers as the strategy sees them. ``claims`` counts, per server,
+        the slots already claimed by waiters ahead of this one in the current walk."""
         now = self._clock()
         model = waiter.request.model
         states = self._eligible_states(waiter)
@@ -527,13 +560,54 @@ class LoadBalancer:
             else:
                 cold = DEFAULT_COLD_LOAD_S
             service = st.latency_s.get(model)
+            claimed = claims.get(name, 0) if claims else 0
             busy_for = 0.0
-            if in_use >= slots and self._leases[name]:
-                busy_for = max(0.0, min(lease.predicted_end for lease in self._leases[name]) - now)
+            if in_use + claimed >= slots:
+                busy_for = self._busy_for(name, slots, claimed, service, now)
             out.append(
-                Candidate(name, slots, in_use, st.server.weight, loaded, service, cold, busy_for)
+                Candidate(
+                    name,
+                    slots,
+                    min(slots, in_use + claimed),
+                    st.server.weight,
+                    loaded,
+                    service,
+                    cold,
+                    busy_for,
+                )
             )
         return out
+
+    def _busy_for(
+        self, name: str, slots: int, claimed: int, service: Optional[float], now: float
+    ) -> float:
+        """Predicted time until a slot on ``name`` is free for the next claimant.
+
+        Each slot frees when its lease is predicted to end (a lease past that point is
+        expected to need a quarter of its age more, so a stuck server soon stops looking
+        about to free up); each claim ahead then holds the slot it gets for one service time.
+        """
+        leases = self._leases[name]
+        ends = [now] * max(0, slots - len(leases))
+        for lease in leases:
+            if lease.predicted_end > now:
+                ends.append(lease.predicted_end)
+            else:
+                ends.append(now + 0.25 * (now - lease.acquired_at))
+        if not ends:
+            return 0.0
+        heapq.heapify(ends)
+        hold = service if service is not None else _mean_hold(leases)
+        for _ in range(claimed):
+            heapq.heapreplace(ends, ends[0] + hold)
+        return max(0.0, ends[0] - now)
+
+    def _has_free_slot(self, name: str) -> bool:
+        try:
+            st = self._state[name]
+        except KeyError:
+            return False
+        return self._in_use[name] < st.server.max_concurrency
 
     def _restrict(self, waiter: _Waiter, choice: Choice, now: float) -> None:
         waiter.among = choice.among
@@ -595,6 +669,8 @@ class LoadBalancer:
     def _dispatch_once(self) -> None:
         if not self._waiting or not self._free_anywhere():
             return
+        claims: Dict[str, int] = {}
+        now = self._clock()
         for prio in sorted(self._queues, reverse=True):
             queue = self._queues[prio]
             i = 0
@@ -603,11 +679,13 @@ class LoadBalancer:
                 if waiter.gone:
                     del queue[i]
                     continue
-                cands = self._candidates(waiter)
-                free = [c for c in cands if c.free]
-                if free:
-                    choice = self._strategy.choose(waiter.request, free)
-                    if choice.server is not None:
+                if waiter.widen_at is not None and now >= waiter.widen_at:
+                    waiter.among = None
+                    waiter.widen_at = None
+                cands = self._candidates(waiter, claims)
+                if cands and any(c.free for c in cands):
+                    choice = self._strategy.choose(waiter.request, cands)
+                    if choice.server is not None and self._has_free_slot(choice.server):
                         del queue[i]
                         waiter.gone = True
                         self._waiting -= 1
@@ -616,6 +694,21 @@ class LoadBalancer:
                         if not self._free_anywhere():
                             return
                         continue
+                    # It would rather wait for a busy server: claim that server's next slot,
+                    # and look again once waiting has stopped paying off.
+                    target = _claim_target(cands, choice)
+                    if choice.widen_after_s is not None:
+                        wake = now + max(0.0, choice.widen_after_s)
+                        if waiter.wake_at is None or wake < waiter.wake_at:
+                            waiter.wake_at = wake
+                            waiter.rearm = True
+                            waiter.event.set()
+                elif cands:
+                    target = min(cands, key=lambda c: c.busy_for_s).name
+                else:
+                    target = None
+                if target is not None:
+                    claims[target] = claims.get(target, 0) + 1
                 i += 1
             if not queue:
                 del self._queues[prio]
@@ -623,6 +716,8 @@ class LoadBalancer:
     def _timeout(self, waiter: _Waiter) -> float:
         now = self._clock()
         limits = [math.inf]
+        if waiter.wake_at is not None:
+            limits.append(waiter.wake_at - now)
         if waiter.widen_at is not None:
             limits.append(waiter.widen_at - now)
         if waiter.no_eligible_since is not None:
@@ -652,6 +747,23 @@ class LoadBalancer:
                 request.model, {st.server.name: sorted(st.models) for st in states}
             )
         return NoHealthyServer(request.model, capable, waited)
+
+
+def _claim_target(cands: Sequence[Candidate], choice: Choice) -> Optional[str]:
+    """The busy server a waiting request is waiting for: the one to free up first among
+    those the strategy named (any, if it named none)."""
+    busy = [c for c in cands if not c.free and (choice.among is None or c.name in choice.among)]
+    if choice.server is not None:
+        busy = [c for c in busy if c.name == choice.server] or busy
+    if not busy:
+        return None
+    return min(busy, key=lambda c: c.busy_for_s).name
+
+
+def _mean_hold(leases: Sequence[Lease]) -> float:
+    if not leases:
+        return 1.0
+    return sum(lease.predicted_end - lease.acquired_at for lease in leases) / len(leases)
 
 
 def _granted(waiter: _Waiter) -> Optional[Lease]:

@@ -297,9 +297,12 @@ class FleetState:
             st.tokens_per_s[model] = _ewma(
                 st.tokens_per_s.get(model), eval_count / (eval_duration_ns / 1e9)
             )
-        if load_duration_ns > 1e9:  # a cold load (warm loads take milliseconds)
+        was_loaded = st.is_loaded(model, self._clock())
+        if load_duration_ns > 0 and (not was_loaded or load_duration_ns > 1e9):
+            # A cold load: the model was not loaded there as far as we knew, or the load took
+            # over a second (a warm request reports a few milliseconds of load time).
             st.load_s[model] = _ewma(st.load_s.get(model), load_duration_ns / 1e9)
-        if not st.is_loaded(model, self._clock()):
+        if not was_loaded:
             size = st.model_sizes.get(model, 0)
             st.loaded[model] = LoadedModel(model, self._clock() + keep_alive_s, size)
         if not st.healthy:

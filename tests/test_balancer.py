@@ -19,6 +19,7 @@ from ollama_orchestra._balancer import (
     RoundRobinStrategy,
     RouteRequest,
     WeightedStrategy,
+    _Waiter,
 )
 from ollama_orchestra._state import FleetState, LoadedModel
 
@@ -407,3 +408,79 @@ class TestRetriesFirst:
             await wait_all_tasks_blocked()
             lb.release(held)
         assert order == ["retry", "new1"]
+
+
+def speeds(state: FleetState, latency: Dict[str, float]) -> None:
+    """Teach the state how long a request of M takes on each server."""
+    for name, seconds in latency.items():
+        state.record_success(name, M, latency_s=seconds)
+
+
+class TestCompletionTime:
+    async def test_waiters_claim_the_fast_servers_next_slots(self) -> None:
+        """Hybrid: a waiter that waits for the busy fast server claims its next slot, so the
+        one behind it takes the free slow server at once instead of queueing there too."""
+        lb, state, clock = make((1, 1), strategy="hybrid", loaded={"s0": [M], "s1": [M]})
+        speeds(state, {"s0": 2.0, "s1": 1.0})
+        fast = await lb.acquire(M)
+        assert fast.name == "s1"
+        clock.now += 0.8  # the fast server's request ends in 0.2 s; s0 is free
+        got: Dict[str, str] = {}
+
+        async def request(tag: str) -> None:
+            got[tag] = (await lb.acquire(M)).name
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(request, "first")
+            await wait_all_tasks_blocked()
+            assert got == {}  # 0.2 + 1.0 s on s1 beats 2.0 s on s0: it waits for s1
+            tg.start_soon(request, "second")
+            await wait_all_tasks_blocked()
+            assert got == {"second": "s0"}  # behind "first", s1 would finish it in 2.2 s
+            lb.release(fast)
+        assert got == {"first": "s1", "second": "s0"}
+
+    async def test_least_loaded_takes_the_free_slot(self) -> None:
+        """The contrast: least_loaded never waits while a slot is free, even a slow one."""
+        lb, state, _ = make((1, 1), strategy="least_loaded", loaded={"s0": [M], "s1": [M]})
+        speeds(state, {"s0": 2.0, "s1": 1.0})
+        a, b = await lb.acquire(M), await lb.acquire(M)
+        lb.release(a if a.name == "s0" else b)
+        assert (await lb.acquire(M)).name == "s0"
+
+    async def test_an_overdue_server_stops_being_waited_for(self) -> None:
+        """A busy server past its predicted end looks busier the longer it overruns: the
+        waiter gives up on it and takes the free server."""
+        lb, state, clock = make((1, 1), strategy="hybrid", loaded={"s0": [M], "s1": [M]})
+        speeds(state, {"s0": 0.05, "s1": 0.005})
+        stuck = await lb.acquire(M)
+        assert stuck.name == "s1"
+        stuck.predicted_end = clock.now + 0.03
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                got: List[str] = []
+
+                async def request() -> None:
+                    got.append((await lb.acquire(M)).name)
+
+                tg.start_soon(request)
+                await wait_all_tasks_blocked()
+                assert got == []  # 30 ms + 5 ms on s1 beats 50 ms on s0: it waits
+                clock.now += 1.0  # s1 overruns by a second; the waiter's timer fires
+        assert got == ["s0"]
+        lb.release(stuck)
+
+    def test_a_measured_cold_load_replaces_the_size_guess(self) -> None:
+        """A request that loaded its model reports the load time; that, not a guess from the
+        model's size, is what the other servers' cold start is then expected to cost."""
+        lb, state, _ = make((1, 1), strategy="hybrid")
+        waiter = _Waiter(RouteRequest(M), frozenset(), 0.0)
+        guessed = {c.name: c.cold_s for c in lb._candidates(waiter)}
+        assert guessed["s0"] > 1.0  # 9 GB: the guess is seconds
+        state.record_success("s1", M, latency_s=0.5, load_duration_ns=40_000_000)
+        cands = {c.name: c for c in lb._candidates(waiter)}
+        assert cands["s1"].loaded and cands["s1"].cold_s == 0.0
+        assert cands["s0"].cold_s == pytest.approx(0.04)
+        # A warm request's few milliseconds of load time are not a cold load.
+        state.record_success("s1", M, latency_s=0.5, load_duration_ns=2_000_000)
+        assert {c.name: c.cold_s for c in lb._candidates(waiter)}["s0"] == pytest.approx(0.04)
