@@ -19,11 +19,23 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import bench_compare, bench_dag, bench_failover, bench_sim
-from .bench_compare import RESULTS, Check
+from .bench_compare import Check
+
+#: Where the full run's results live (committed); quick runs go to ``results/quick``.
+FULL_RESULTS = Path(__file__).parent / "results"
+_out = FULL_RESULTS
+
+
+def _set_results(path: Path, modules: Sequence[ModuleType]) -> None:
+    global _out
+    _out = path
+    for module in modules:
+        module.RESULTS = path  # type: ignore[attr-defined]
 
 
 def _optional(name: str) -> Optional[ModuleType]:
@@ -36,7 +48,7 @@ def _optional(name: str) -> Optional[ModuleType]:
 
 
 def _load(name: str) -> Dict[str, Any]:
-    path = RESULTS / name
+    path = _out / name
     if not path.exists():
         return {}
     data: Dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -45,13 +57,14 @@ def _load(name: str) -> Dict[str, Any]:
 
 def sim_checks(quick: bool) -> List[Check]:
     rows = _load("sim.json").get("rows", [])
+    tol = 0.15 if quick else 0.05  # quick: a regression check on whatever machine CI has
     return [
         Check(
             "sim",
             f"simulator: {r['metric']}",
             f"{r['measured']:.2f} {r['unit']} ({r['ratio']:.3f}x the profile)",
-            "within 5% of the profile",
-            abs(r["ratio"] - 1) <= 0.05,
+            f"within {tol:.0%} of the profile",
+            abs(r["ratio"] - 1) <= tol,
             gated=True,
         )
         for r in rows
@@ -63,6 +76,7 @@ def dag_checks(quick: bool) -> List[Check]:
     if not d:
         return []
     goal = 1.6 if quick else 1.8
+    limit = 300 if quick else 100
     us = d["scheduler_us_per_task"]
     return [
         Check(
@@ -92,8 +106,8 @@ def dag_checks(quick: bool) -> List[Check]:
             "dag",
             "scheduler overhead, eager (10,000 tasks)",
             f"{us['eager']:.1f} us/task",
-            "< 100 us/task",
-            us["eager"] < 100,
+            f"< {limit} us/task",
+            us["eager"] < limit,
             gated=True,
         ),
     ]
@@ -157,8 +171,8 @@ def write_summary(
     lines += ["", "| benchmark | exit status |", "|---|---|"]
     lines += [f"| {name} | {code} |" for name, code in exits.items()]
     text = "\n".join(lines) + "\n"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "summary.md").write_text(text, encoding="utf-8")
+    _out.mkdir(parents=True, exist_ok=True)
+    (_out / "summary.md").write_text(text, encoding="utf-8")
     return text
 
 
@@ -168,7 +182,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--hosts", nargs="+", metavar="URL", help="real Ollama hosts")
     parser.add_argument("--model", help="the model to use on real hosts")
     parser.add_argument("--slots", type=int, default=1, help="OLLAMA_NUM_PARALLEL of real hosts")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="where to write results (default: benchmarks/results, or results/quick with --quick)",
+    )
     args = parser.parse_args(argv)
+    proxy = _optional("bench_proxy")
+    modules = [bench_sim, bench_dag, bench_failover, bench_compare]
+    if proxy is not None:
+        modules.append(proxy)
+    _set_results(args.results or (FULL_RESULTS / "quick" if args.quick else FULL_RESULTS), modules)
     flag = ["--quick"] if args.quick else []
     exits: Dict[str, int] = {}
     checks: List[Check] = []
@@ -194,7 +218,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             compare_args += ["--model", args.model]
     step("bench_compare", lambda: bench_compare.main(compare_args))
     checks += bench_compare.checks(_load("compare.json"), args.quick)
-    proxy = _optional("bench_proxy")
     if proxy is not None and not args.hosts:
         step("bench_proxy", lambda: int(proxy.main(flag)))
         proxy_checks = getattr(proxy, "checks", None)

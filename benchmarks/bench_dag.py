@@ -157,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
         f"scheduler overhead on 10,000 tasks: eager {per_task['eager']:.1f} us/task, waves {per_task['waves']:.1f} us/task (goal < 100)"
     )
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "dag.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     ok = (
         report["two_host_speedup"] >= (1.6 if args.quick else 1.8)

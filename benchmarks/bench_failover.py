@@ -213,7 +213,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
         f"  {chaos['succeeded']}/{chaos['requests']} succeeded: {chaos['success_rate']:.2%} (goal >= 99.9%; 1 - 0.1^3 = 99.9% expected)"
     )
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     report = {"kill": kill, "refused": refused, "chaos": chaos}
     (RESULTS / "failover.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     ok = (

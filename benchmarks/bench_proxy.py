@@ -96,7 +96,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_proxy", description=__doc__)
     parser.add_argument("--requests", type=int, default=300, help="requests per path and mode")
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="60 requests per path (CI)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.requests, args.warmup = min(args.requests, 60), min(args.warmup, 10)
     report = []
     for stream in (False, True):
         result = anyio.run(measure, args.requests, args.warmup, stream)
@@ -115,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"  {name:10} {s['median_us']:8.0f}us {s['mean_us']:8.0f}us "
                 f"{s['p95_us']:8.0f}us   {extra}"
             )
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "proxy.json").write_text(
         json.dumps({"python": sys.version.split()[0], "runs": report}, indent=2), encoding="utf-8"
     )

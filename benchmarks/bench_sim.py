@@ -117,7 +117,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{r.metric:<{width}}  {r.unit:<5}  {r.expected:>9.2f}  {r.measured:>9.2f}"
             f"  {r.ratio:>6.3f}{flag}"
         )
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sim.json").write_text(
         json.dumps(
             {

@@ -116,9 +116,10 @@ class Candidate:
 class Choice:
     """A strategy's answer.
 
-    Either ``server`` (a candidate with a free slot: take it now), or wait. While waiting
-    the request can be restricted to the servers in ``among`` (``None``: any eligible
-    server), for ``widen_after_s`` seconds at most (``None``: for as long as it waits).
+    Either ``server`` (a candidate with a free slot: take it now), or wait: for one of the
+    busy servers in ``among`` (``None``: whichever frees first). A waiting request is
+    offered the servers again whenever a slot frees, and after ``widen_after_s`` seconds
+    (``None``: only when a slot frees), so the strategy can change its mind.
     """
 
     server: Optional[str] = None
@@ -191,7 +192,8 @@ class WeightedStrategy:
 
 
 class ModelAwareStrategy:
-    """Prefer servers where the model is already loaded: never cause a cold load needlessly."""
+    """Prefer servers where the model is already loaded: never cause a cold load needlessly;
+    when it must be loaded, load it where that is cheapest (evicting nothing in use)."""
 
     def __init__(self) -> None:
         self._least = LeastLoadedStrategy()
@@ -203,7 +205,12 @@ class ModelAwareStrategy:
             if choice.server is None:
                 return Choice(None, among=frozenset(c.name for c in warm))
             return choice
-        return self._least.choose(request, candidates)
+        # Loaded nowhere: load it where that costs least (it evicts nothing in use).
+        free = [c for c in candidates if c.free]
+        if not free:
+            return WAIT
+        cheapest = min(c.cold_s for c in free)
+        return self._least.choose(request, [c for c in free if c.cold_s == cheapest])
 
 
 class HybridStrategy:
@@ -316,7 +323,6 @@ class Lease:
 
 class _Waiter:
     __slots__ = (
-        "among",
         "event",
         "exclude",
         "gone",
@@ -326,15 +332,12 @@ class _Waiter:
         "request",
         "since",
         "wake_at",
-        "widen_at",
     )
 
     def __init__(self, request: RouteRequest, exclude: FrozenSet[str], since: float) -> None:
         self.request = request
         self.since = since
         self.exclude = exclude
-        self.among: Optional[FrozenSet[str]] = None
-        self.widen_at: Optional[float] = None
         self.wake_at: Optional[float] = None
         self.rearm = False
         self.event = anyio.Event()
@@ -374,6 +377,7 @@ class LoadBalancer:
         self._leases: Dict[str, List[Lease]] = {s.name: [] for s in config.servers}
         self._queues: Dict[int, Deque[_Waiter]] = {}
         self._waiting = 0
+        self._wanted: Dict[str, int] = {}  # waiting requests per model
         self._dispatching = False
         self._again = False
         state.subscribe(self._on_state_change)
@@ -458,9 +462,6 @@ class LoadBalancer:
                 now = self._clock()
                 if waiter.wake_at is not None and now >= waiter.wake_at:
                     waiter.wake_at = None
-                if waiter.widen_at is not None and now >= waiter.widen_at:
-                    waiter.among = None
-                    waiter.widen_at = None
                 if self._candidates(waiter):
                     waiter.no_eligible_since = None
                 elif waiter.no_eligible_since is None:
@@ -475,8 +476,7 @@ class LoadBalancer:
             # Cancelled (or failed) while waiting: leave the queue; a slot granted at the
             # same moment goes straight back to the pool.
             if not waiter.gone:
-                waiter.gone = True
-                self._waiting -= 1
+                self._dequeued(waiter)
             if waiter.granted is not None:
                 self.release(waiter.granted)
             raise
@@ -539,31 +539,23 @@ class LoadBalancer:
         now = self._clock()
         model = waiter.request.model
         states = self._eligible_states(waiter)
-        if waiter.among is not None:
-            states = [st for st in states if st.server.name in waiter.among] or states
         out = []
-        loads = [st.load_s[model] for st in self._state.servers() if model in st.load_s]
-        fleet_load = sum(loads) / len(loads) if loads else None
         for st in states:
             name = st.server.name
             in_use = self._in_use[name]
             slots = st.server.max_concurrency
-            loaded = st.is_loaded(model, now)
-            if loaded:
-                cold = 0.0
-            elif model in st.load_s:
-                cold = st.load_s[model]
-            elif fleet_load is not None:
-                cold = fleet_load
-            elif st.model_sizes.get(model):
-                cold = 0.5 + st.model_sizes[model] / LOAD_BYTES_PER_S
-            else:
-                cold = DEFAULT_COLD_LOAD_S
+            # Loaded, or being loaded by a request in flight there.
+            loaded = st.is_loaded(model, now) or any(
+                lease.model == model for lease in self._leases[name]
+            )
+            cold = (
+                0.0 if loaded else self._cold_load_s(st, model) + self._displaced_s(st, model, now)
+            )
             service = st.latency_s.get(model)
             claimed = claims.get(name, 0) if claims else 0
             busy_for = 0.0
             if in_use + claimed >= slots:
-                busy_for = self._busy_for(name, slots, claimed, service, now)
+                busy_for = self._busy_for(name, model, slots, claimed, service, now)
             out.append(
                 Candidate(
                     name,
@@ -579,7 +571,7 @@ class LoadBalancer:
         return out
 
     def _busy_for(
-        self, name: str, slots: int, claimed: int, service: Optional[float], now: float
+        self, name: str, model: str, slots: int, claimed: int, service: Optional[float], now: float
     ) -> float:
         """Predicted time until a slot on ``name`` is free for the next claimant.
 
@@ -597,10 +589,53 @@ class LoadBalancer:
         if not ends:
             return 0.0
         heapq.heapify(ends)
-        hold = service if service is not None else _mean_hold(leases)
+        hold = service if service is not None else self._expected_service(self._state[name], model)
         for _ in range(claimed):
             heapq.heapreplace(ends, ends[0] + hold)
         return max(0.0, ends[0] - now)
+
+    def _cold_load_s(self, st: ServerState, model: str) -> float:
+        """Expected cost of loading ``model`` on ``st``'s server: measured there; else
+        measured elsewhere; else guessed from the model's size; else a default."""
+        if model in st.load_s:
+            return st.load_s[model]
+        loads = [o.load_s[model] for o in self._state.servers() if model in o.load_s]
+        if loads:
+            return sum(loads) / len(loads)
+        if st.model_sizes.get(model):
+            return 0.5 + st.model_sizes[model] / LOAD_BYTES_PER_S
+        return DEFAULT_COLD_LOAD_S
+
+    def _displaced_s(self, st: ServerState, model: str, now: float) -> float:
+        """What loading ``model`` on ``st``'s server may cost others: a model loaded there
+        that requests are using or waiting for may be evicted (Ollama makes room when
+        memory or its model limit runs out), and would then need loading again."""
+        in_use = {lease.model for lease in self._leases[st.server.name]}
+        costs = [
+            self._cold_load_s(st, other)
+            for other in st.loaded
+            if other != model
+            and (other in in_use or other in self._wanted)
+            and st.is_loaded(other, now)
+        ]
+        return max(costs, default=0.0)
+
+    def _expected_service(self, st: ServerState, model: str) -> float:
+        """How long a request for ``model`` is expected to hold a slot on ``st``'s server:
+        measured there; else measured for that model elsewhere; else the server's typical
+        request; else the fleet's; else a second."""
+        known = st.latency_s.get(model)
+        if known is not None:
+            return known
+        elsewhere = [o.latency_s[model] for o in self._state.servers() if model in o.latency_s]
+        if elsewhere:
+            return sum(elsewhere) / len(elsewhere)
+        if st.latency_s:
+            return sum(st.latency_s.values()) / len(st.latency_s)
+        anywhere = [t for o in self._state.servers() for t in o.latency_s.values()]
+        if anywhere:
+            return sum(anywhere) / len(anywhere)
+        return 1.0
 
     def _has_free_slot(self, name: str) -> bool:
         try:
@@ -610,10 +645,8 @@ class LoadBalancer:
         return self._in_use[name] < st.server.max_concurrency
 
     def _restrict(self, waiter: _Waiter, choice: Choice, now: float) -> None:
-        waiter.among = choice.among
-        waiter.widen_at = (
-            None if choice.widen_after_s is None else now + max(0.0, choice.widen_after_s)
-        )
+        if choice.widen_after_s is not None:
+            waiter.wake_at = now + max(0.0, choice.widen_after_s)
 
     def _grant(self, waiter: _Waiter, name: str) -> Lease:
         st = self._state[name]
@@ -622,7 +655,8 @@ class LoadBalancer:
         breaker = self._breakers.get(name)
         if breaker is not None:
             permit = breaker.admit()
-        service = st.latency_s.get(waiter.request.model, 1.0)
+        model = waiter.request.model
+        service = self._expected_service(st, model)
         lease = Lease(
             st.server, waiter.request.model, now - waiter.since, now, permit, now + service
         )
@@ -644,6 +678,18 @@ class LoadBalancer:
         else:
             queue.append(waiter)
         self._waiting += 1
+        model = waiter.request.model
+        self._wanted[model] = self._wanted.get(model, 0) + 1
+
+    def _dequeued(self, waiter: _Waiter) -> None:
+        waiter.gone = True
+        self._waiting -= 1
+        model = waiter.request.model
+        left = self._wanted[model] - 1
+        if left:
+            self._wanted[model] = left
+        else:
+            del self._wanted[model]
 
     def _free_anywhere(self) -> bool:
         return any(
@@ -679,16 +725,12 @@ class LoadBalancer:
                 if waiter.gone:
                     del queue[i]
                     continue
-                if waiter.widen_at is not None and now >= waiter.widen_at:
-                    waiter.among = None
-                    waiter.widen_at = None
                 cands = self._candidates(waiter, claims)
                 if cands and any(c.free for c in cands):
                     choice = self._strategy.choose(waiter.request, cands)
                     if choice.server is not None and self._has_free_slot(choice.server):
                         del queue[i]
-                        waiter.gone = True
-                        self._waiting -= 1
+                        self._dequeued(waiter)
                         self._grant(waiter, choice.server)
                         waiter.event.set()
                         if not self._free_anywhere():
@@ -718,8 +760,6 @@ class LoadBalancer:
         limits = [math.inf]
         if waiter.wake_at is not None:
             limits.append(waiter.wake_at - now)
-        if waiter.widen_at is not None:
-            limits.append(waiter.widen_at - now)
         if waiter.no_eligible_since is not None:
             limits.append(waiter.no_eligible_since + self._config.wait_for_healthy_s - now)
             for name, br in self._breakers.items():
@@ -758,12 +798,6 @@ def _claim_target(cands: Sequence[Candidate], choice: Choice) -> Optional[str]:
     if not busy:
         return None
     return min(busy, key=lambda c: c.busy_for_s).name
-
-
-def _mean_hold(leases: Sequence[Lease]) -> float:
-    if not leases:
-        return 1.0
-    return sum(lease.predicted_end - lease.acquired_at for lease in leases) / len(leases)
 
 
 def _granted(waiter: _Waiter) -> Optional[Lease]:

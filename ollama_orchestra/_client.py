@@ -519,13 +519,14 @@ class Orchestra:
         latency = self._clock() - started
         eval_count = int(final.get("eval_count") or 0)
         eval_ns = int(final.get("eval_duration") or 0)
+        load_ns = int(final.get("load_duration") or 0)
         self._state.record_success(
             name,
             lease.model,
             latency_s=latency,
             eval_count=eval_count,
             eval_duration_ns=eval_ns,
-            load_duration_ns=int(final.get("load_duration") or 0),
+            load_duration_ns=load_ns,
             keep_alive_s=keep_alive
             if isinstance(keep_alive, (int, float)) and keep_alive > 0
             else 300.0,
@@ -533,6 +534,10 @@ class Orchestra:
         self._metrics.request_finished(
             name, ok=True, latency_s=latency, eval_count=eval_count, eval_duration_s=eval_ns / 1e9
         )
+        if load_ns > 1e9:
+            # A cold load may have evicted other models there: ask for /api/ps now rather
+            # than route on a stale list of loaded models until the next probe.
+            self._poke(name)
 
     def _poke(self, name: str) -> None:
         if self._monitor is not None:

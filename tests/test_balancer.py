@@ -484,3 +484,25 @@ class TestCompletionTime:
         # A warm request's few milliseconds of load time are not a cold load.
         state.record_success("s1", M, latency_s=0.5, load_duration_ns=2_000_000)
         assert {c.name: c.cold_s for c in lb._candidates(waiter)}["s0"] == pytest.approx(0.04)
+
+    async def test_no_cold_load_over_a_model_in_use(self) -> None:
+        """Loading a model where another one is in use would evict it (Ollama makes room),
+        so hybrid counts that reload too: it waits for the warm server while the other
+        model is busy there, and cold-loads only once nothing there needs it."""
+        lb, state, clock = make((2, 1), strategy="hybrid", loaded={"s0": [M], "s1": [BIG]})
+        state.record_success("s1", BIG, latency_s=1.0, load_duration_ns=2_000_000_000)
+        small = await lb.acquire(M)
+        big = await lb.acquire(BIG)
+        assert (small.name, big.name) == ("s0", "s1")
+        big.predicted_end = clock.now + 3.0  # s1: 4 s; s0: a 2 s load + 1 s, had M no users
+        got: List[str] = []
+        async with anyio.create_task_group() as tg:
+
+            async def request() -> None:
+                got.append((await lb.acquire(BIG)).name)
+
+            tg.start_soon(request)
+            await wait_all_tasks_blocked()
+            assert got == []  # loading BIG on s0 would evict M, which is in use
+            lb.release(small)
+        assert got == ["s0"]
