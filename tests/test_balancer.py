@@ -506,3 +506,21 @@ class TestCompletionTime:
             assert got == []  # loading BIG on s0 would evict M, which is in use
             lb.release(small)
         assert got == ["s0"]
+
+    async def test_a_model_being_loaded_counts_as_loaded(self) -> None:
+        """While the first request for a model is loading it on one server, the next one
+        waits for that server instead of loading the model on a second one."""
+        lb, state, _ = make((1, 1), strategy="model_aware")
+        first = await lb.acquire(BIG)
+        got: List[str] = []
+        async with anyio.create_task_group() as tg:
+
+            async def request() -> None:
+                got.append((await lb.acquire(BIG)).name)
+
+            tg.start_soon(request)
+            await wait_all_tasks_blocked()
+            assert got == []
+            state.record_success(first.name, BIG, latency_s=1.0)  # loaded now
+            lb.release(first)
+        assert got == [first.name]
