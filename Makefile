@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # The oldest and newest Pythons we support, for `make matrix`.
 MATRIX ?= 3.8 3.13
 
-.PHONY: install test lint typecheck unit matrix demo bench bench-full clean
+.PHONY: install test lint typecheck unit matrix demo bench-quick bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,9 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-## make test: lint, type-check, the suite on the default Python, then on the oldest and newest.
-test: lint typecheck unit matrix
+## make test: lint, type-check, the suite on the default Python, then on the oldest and newest,
+## then the benchmarks' quick mode (loose ratio checks; LiteLLM and plots only if installed).
+test: lint typecheck unit matrix bench-quick
 
 matrix:
 	@set -e; for v in $(MATRIX); do ./.ci/pytest-on "$$v"; done
@@ -39,6 +40,9 @@ demo: $(STAMP)
 $(VENV)/.bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[sim,dev,bench]'
 	touch $(VENV)/.bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks --quick
 
 bench: $(VENV)/.bench
 	$(BIN)/python -m benchmarks --quick
