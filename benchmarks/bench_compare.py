@@ -844,7 +844,9 @@ async def _run_sim(quick: bool, only: Sequence[str]) -> Dict[str, Any]:
         # spends between the hosts and this process (3 processes on this machine's cores)
         # are a visible share of the fast host's time, and of no contender's doing.
         async with SimFleet(het, time_scale=0.5, mode="subprocess") as fleet:
-            report["heterogeneous"] = await heterogeneous(hosts_of(fleet), het_per_slot, rounds)
+            report["heterogeneous"] = await heterogeneous(
+                hosts_of(fleet), het_per_slot, rounds if quick else 3
+            )
     if "c" in only:
         print("c. mixed models, one loaded per host, cold loads", flush=True)
         two = (work_model(name=MODEL, load_s=2.0), work_model(name=MODEL_B, load_s=2.0))
