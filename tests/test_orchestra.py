@@ -10,7 +10,13 @@ import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
-from ollama_orchestra import GenerateResponse, NoCapableServer, Orchestra, OrchestraClosed
+from ollama_orchestra import (
+    GenerateResponse,
+    HealthPolicy,
+    NoCapableServer,
+    Orchestra,
+    OrchestraClosed,
+)
 from ollama_orchestra.sim import SimFleet
 
 from .conftest import OTHER, TINY, config_for, fleet, tiny_profile, two_model_profile
@@ -119,6 +125,23 @@ class TestModelRouting:
                 assert sim[cold].state().requests == 0
                 sim[warm].resume()
         assert got == [warm]
+
+    async def test_cold_load_refreshes_what_is_loaded(self) -> None:
+        """A request that cold-loads its model may have evicted another: the orchestra re-reads
+        /api/ps at once instead of routing on a stale list until the next probe (a minute)."""
+        slow_probes = HealthPolicy(interval_s=60.0, timeout_s=1.0, startup_timeout_s=5)
+        async with fleet([two_model_profile("h1", max_loaded_models=1)]) as sim, Orchestra(
+            config_for(sim, health=slow_probes)
+        ) as orch:
+            await orch.generate(OTHER, "first")
+            assert [m.name for m in orch.state()["h1"].loaded] == [OTHER]
+            await orch.generate(TINY, "evicts OTHER")  # 20 s load (simulated): a cold load
+            assert list(sim["h1"].state().loaded) == [TINY]
+            with anyio.fail_after(5):
+                snap = await orch.wait_for_state(
+                    lambda s: [m.name for m in s["h1"].loaded] == [TINY]
+                )
+        assert snap["h1"].healthy
 
     async def test_unknown_model(self) -> None:
         """A model no host has raises NoCapableServer naming what each host has."""
