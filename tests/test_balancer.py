@@ -74,6 +74,11 @@ def make(
     return LoadBalancer(cfg, state, clock=clock), state, clock
 
 
+async def served_by(lb: LoadBalancer, model: str, got: List[str]) -> None:
+    """Wait for a slot for ``model`` and note which server gave it."""
+    got.append((await lb.acquire(model)).name)
+
+
 class TestLeases:
     async def test_never_more_than_slots(self) -> None:
         """A server never holds more leases than its slots; release frees them."""
@@ -230,11 +235,7 @@ class TestEligibility:
         state.mark_down("s0", "refused")
         got: List[str] = []
         async with anyio.create_task_group() as tg:
-
-            async def wait() -> None:
-                got.append((await lb.acquire(M)).name)
-
-            tg.start_soon(wait)
+            tg.start_soon(served_by, lb, M, got)
             await wait_all_tasks_blocked()
             assert got == []
             state.probe_succeeded("s0", version=None, models={M: 1}, loaded=[])
@@ -355,11 +356,7 @@ class TestRoutingByModel:
         assert first.name == "s1"
         got: List[str] = []
         async with anyio.create_task_group() as tg:
-
-            async def second() -> None:
-                got.append((await lb.acquire(BIG)).name)
-
-            tg.start_soon(second)
+            tg.start_soon(served_by, lb, BIG, got)
             await wait_all_tasks_blocked()
             assert got == [] and lb.in_use("s0") == 0
             lb.release(first)
@@ -372,11 +369,7 @@ class TestRoutingByModel:
         assert first.name == "s1"
         got: List[str] = []
         async with anyio.create_task_group() as tg:
-
-            async def second() -> None:
-                got.append((await lb.acquire(BIG)).name)
-
-            tg.start_soon(second)
+            tg.start_soon(served_by, lb, BIG, got)
             await wait_all_tasks_blocked()
             assert got == [] and lb.in_use("s0") == 0
             lb.release(first)
@@ -460,10 +453,7 @@ class TestCompletionTime:
             async with anyio.create_task_group() as tg:
                 got: List[str] = []
 
-                async def request() -> None:
-                    got.append((await lb.acquire(M)).name)
-
-                tg.start_soon(request)
+                tg.start_soon(served_by, lb, M, got)
                 await wait_all_tasks_blocked()
                 assert got == []  # 30 ms + 5 ms on s1 beats 50 ms on s0: it waits
                 clock.now += 1.0  # s1 overruns by a second; the waiter's timer fires
@@ -497,11 +487,7 @@ class TestCompletionTime:
         big.predicted_end = clock.now + 3.0  # s1: 4 s; s0: a 2 s load + 1 s, had M no users
         got: List[str] = []
         async with anyio.create_task_group() as tg:
-
-            async def request() -> None:
-                got.append((await lb.acquire(BIG)).name)
-
-            tg.start_soon(request)
+            tg.start_soon(served_by, lb, BIG, got)
             await wait_all_tasks_blocked()
             assert got == []  # loading BIG on s0 would evict M, which is in use
             lb.release(small)
@@ -514,11 +500,7 @@ class TestCompletionTime:
         first = await lb.acquire(BIG)
         got: List[str] = []
         async with anyio.create_task_group() as tg:
-
-            async def request() -> None:
-                got.append((await lb.acquire(BIG)).name)
-
-            tg.start_soon(request)
+            tg.start_soon(served_by, lb, BIG, got)
             await wait_all_tasks_blocked()
             assert got == []
             state.record_success(first.name, BIG, latency_s=1.0)  # loaded now
