@@ -33,6 +33,7 @@ from typing import (
     Deque,
     Dict,
     FrozenSet,
+    Iterable,
     List,
     Mapping,
     Optional,
@@ -446,7 +447,7 @@ class LoadBalancer:
             choice = self._strategy.choose(request, cands)
             if choice.server is not None and self._has_free_slot(choice.server):
                 return self._grant(waiter, choice.server)
-            self._restrict(waiter, choice, t0)
+            self._wake_later(waiter, choice, t0)
             self._enqueue(waiter)
         try:
             while True:
@@ -586,8 +587,6 @@ class LoadBalancer:
                 ends.append(lease.predicted_end)
             else:
                 ends.append(now + 0.25 * (now - lease.acquired_at))
-        if not ends:
-            return 0.0
         heapq.heapify(ends)
         hold = service if service is not None else self._expected_service(self._state[name], model)
         for _ in range(claimed):
@@ -599,9 +598,9 @@ class LoadBalancer:
         measured elsewhere; else guessed from the model's size; else a default."""
         if model in st.load_s:
             return st.load_s[model]
-        loads = [o.load_s[model] for o in self._state.servers() if model in o.load_s]
-        if loads:
-            return sum(loads) / len(loads)
+        elsewhere = _mean(o.load_s[model] for o in self._state.servers() if model in o.load_s)
+        if elsewhere is not None:
+            return elsewhere
         if st.model_sizes.get(model):
             return 0.5 + st.model_sizes[model] / LOAD_BYTES_PER_S
         return DEFAULT_COLD_LOAD_S
@@ -627,15 +626,14 @@ class LoadBalancer:
         known = st.latency_s.get(model)
         if known is not None:
             return known
-        elsewhere = [o.latency_s[model] for o in self._state.servers() if model in o.latency_s]
-        if elsewhere:
-            return sum(elsewhere) / len(elsewhere)
-        if st.latency_s:
-            return sum(st.latency_s.values()) / len(st.latency_s)
-        anywhere = [t for o in self._state.servers() for t in o.latency_s.values()]
-        if anywhere:
-            return sum(anywhere) / len(anywhere)
-        return 1.0
+        servers = self._state.servers()
+        elsewhere = _mean(o.latency_s[model] for o in servers if model in o.latency_s)
+        if elsewhere is not None:
+            return elsewhere
+        typical = _mean(st.latency_s.values())
+        if typical is None:
+            typical = _mean(t for o in servers for t in o.latency_s.values())
+        return 1.0 if typical is None else typical
 
     def _has_free_slot(self, name: str) -> bool:
         try:
@@ -644,9 +642,17 @@ class LoadBalancer:
             return False
         return self._in_use[name] < st.server.max_concurrency
 
-    def _restrict(self, waiter: _Waiter, choice: Choice, now: float) -> None:
-        if choice.widen_after_s is not None:
-            waiter.wake_at = now + max(0.0, choice.widen_after_s)
+    @staticmethod
+    def _wake_later(waiter: _Waiter, choice: Choice, now: float) -> bool:
+        """Have a waiting request look again after the strategy's ``widen_after_s``; True if
+        that is sooner than the wake-up time it had."""
+        if choice.widen_after_s is None:
+            return False
+        wake = now + max(0.0, choice.widen_after_s)
+        if waiter.wake_at is not None and wake >= waiter.wake_at:
+            return False
+        waiter.wake_at = wake
+        return True
 
     def _grant(self, waiter: _Waiter, name: str) -> Lease:
         st = self._state[name]
@@ -739,12 +745,9 @@ class LoadBalancer:
                     # It would rather wait for a busy server: claim that server's next slot,
                     # and look again once waiting has stopped paying off.
                     target = _claim_target(cands, choice)
-                    if choice.widen_after_s is not None:
-                        wake = now + max(0.0, choice.widen_after_s)
-                        if waiter.wake_at is None or wake < waiter.wake_at:
-                            waiter.wake_at = wake
-                            waiter.rearm = True
-                            waiter.event.set()
+                    if self._wake_later(waiter, choice, now):
+                        waiter.rearm = True  # its timer was set for later: restart it
+                        waiter.event.set()
                 elif cands:
                     target = min(cands, key=lambda c: c.busy_for_s).name
                 else:
@@ -798,6 +801,11 @@ def _claim_target(cands: Sequence[Candidate], choice: Choice) -> Optional[str]:
     if not busy:
         return None
     return min(busy, key=lambda c: c.busy_for_s).name
+
+
+def _mean(values: Iterable[float]) -> Optional[float]:
+    seen = list(values)
+    return sum(seen) / len(seen) if seen else None
 
 
 def _granted(waiter: _Waiter) -> Optional[Lease]:
