@@ -18,7 +18,7 @@ import hmac
 import ipaddress
 import json
 import logging
-from typing import Any, Awaitable, Callable, List, MutableMapping, Optional, Union
+from typing import Any, Awaitable, Callable, MutableMapping, Optional, Union
 
 import anyio
 import anyio.abc
@@ -28,7 +28,7 @@ import httpx
 from ._client import Orchestra
 from ._config import OrchestraConfig
 from ._errors import ConfigError
-from ._serving import bind_socket, embedded_uvicorn
+from ._serving import ClientGone, bind_socket, embedded_uvicorn, read_body
 from ._transport import OrchestraTransport
 
 __all__ = ["proxy_app", "serve_proxy"]
@@ -44,26 +44,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
-class _ClientGone(Exception):
-    pass
-
-
 async def _send_body(send: Send, status: int, ctype: bytes, data: bytes, **extra: bytes) -> None:
     headers = [(b"content-type", ctype), (b"content-length", str(len(data)).encode())]
     headers += [(k.encode(), v) for k, v in extra.items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data})
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: List[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 def proxy_app(orch: Orchestra, *, token: Optional[str] = None) -> ASGIApp:
@@ -106,8 +91,8 @@ def proxy_app(orch: Orchestra, *, token: Optional[str] = None) -> ASGIApp:
             await _send_body(send, 200, b"application/json; charset=utf-8", data)
             return
         try:
-            body = await _read_body(receive)
-        except _ClientGone:
+            body = await read_body(receive)
+        except ClientGone:
             return
         await _forward(transport, scope, body, receive, send)
 

@@ -3,12 +3,53 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
-from typing import Any, Iterator, Type
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Mapping, Type
 
 from ._errors import ConfigError
 
-__all__ = ["bind_socket", "embedded_uvicorn"]
+__all__ = [
+    "BadRequestBody",
+    "ClientGone",
+    "bind_socket",
+    "embedded_uvicorn",
+    "json_object",
+    "read_body",
+]
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was read."""
+
+
+class BadRequestBody(ValueError):
+    """A request body Ollama refuses with 400; the message is Ollama's."""
+
+
+async def read_body(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> bytes:
+    """The whole body of an ASGI request; :class:`ClientGone` if the client left first."""
+    chunks: List[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def json_object(raw: bytes) -> Dict[str, Any]:
+    """A request body parsed as Ollama does: a JSON object, else :class:`BadRequestBody`."""
+    if not raw.strip():
+        raise BadRequestBody("missing request body")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequestBody(f"invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequestBody("invalid request body: expected a JSON object")
+    return body
 
 
 def bind_socket(

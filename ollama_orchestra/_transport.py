@@ -61,6 +61,7 @@ from ._errors import (
     RequestFailed,
     StreamInterrupted,
 )
+from ._serving import BadRequestBody, json_object
 
 __all__ = ["OrchestraTransport"]
 
@@ -219,15 +220,10 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
 
     @staticmethod
     async def _body(request: httpx.Request) -> Dict[str, Any]:
-        raw = await request.aread()
-        if not raw.strip():
-            raise _Answer(400, "missing request body")
         try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise _Answer(400, f"invalid JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise _Answer(400, "invalid request body: expected a JSON object")
+            body = json_object(await request.aread())
+        except BadRequestBody as exc:
+            raise _Answer(400, str(exc)) from exc
         model = body.get("model", body.get("name"))
         if not isinstance(model, str) or not model.strip():
             raise _Answer(400, "model is required")

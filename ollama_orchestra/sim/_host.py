@@ -41,6 +41,7 @@ from typing import (
 import anyio
 
 from .._config import normalize_model
+from .._serving import BadRequestBody, ClientGone, json_object, read_body
 from ._spec import Faults, HostProfile, ModelSpec, aggregate_speedup
 
 __all__ = ["RequestRecord", "SimHost", "SimState", "SimulatedReset"]
@@ -130,10 +131,6 @@ def _dumps(obj: Any) -> str:
 
 class SimulatedReset(Exception):
     """Raised inside the app to make the server drop a connection mid-stream."""
-
-
-class _ClientGone(Exception):
-    """The client disconnected before the request body was read."""
 
 
 class _HTTPError(Exception):
@@ -682,13 +679,13 @@ class SimHost:
             await handler(receive, send)
         except _HTTPError as exc:
             await _send_json(send, exc.status, {"error": exc.message})
-        except _ClientGone:
+        except ClientGone:
             return
 
     async def _admin(self, method: str, path: str, receive: Receive, send: Send) -> None:
         if path == "/_sim/faults" and method == "POST":
             try:
-                body = json.loads(await _read_body(receive) or b"{}")
+                body = json.loads(await read_body(receive) or b"{}")
                 faults = Faults.from_mapping(body)
             except (ValueError, TypeError) as exc:
                 await _send_json(send, 400, {"error": str(exc)})
@@ -797,16 +794,10 @@ class SimHost:
         await _send_json(send, 200, {"models": models})
 
     async def _json_body(self, receive: Receive) -> Dict[str, Any]:
-        raw = await _read_body(receive)
-        if not raw.strip():
-            raise _HTTPError(400, "missing request body")
         try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise _HTTPError(400, f"invalid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise _HTTPError(400, "invalid request body: expected a JSON object")
-        return body
+            return json_object(await read_body(receive))
+        except BadRequestBody as exc:
+            raise _HTTPError(400, str(exc)) from None
 
     def _model_for(self, body: Dict[str, Any], capability: str, verb: str) -> ModelSpec:
         name = body.get("model")
@@ -1059,17 +1050,6 @@ def _status_message(status: int) -> str:
 # -- tiny ASGI helpers ---------------------------------------------------------------------------
 
 
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
 async def _wait_disconnect(receive: Receive) -> None:
     while True:
         message = await receive()
@@ -1105,7 +1085,7 @@ async def _until_disconnect(receive: Receive, work: Callable[[], Awaitable[_T]])
     if errors:
         raise errors[0]
     if not results:
-        raise _ClientGone
+        raise ClientGone
     return results[0]
 
 
