@@ -78,16 +78,17 @@ def _reject_unknown_keys(
     prefix: str,
     *,
     error: Type[ConfigError] = ConfigError,
+    what: str = "key",
 ) -> None:
     """Raise ``error`` for the first key of ``data`` not in ``allowed``; its field is
-    ``prefix + key``, and the message lists what is allowed."""
+    ``prefix + key``, and the message ("unknown <what>") lists what is allowed."""
     allowed = set(allowed)
     for key in data:
         if key not in allowed:
             raise error(
                 f"{prefix}{key}",
                 data[key],
-                f"unknown key; expected one of {', '.join(sorted(allowed))}",
+                f"unknown {what}; expected one of {', '.join(sorted(allowed))}",
             )
 
 

@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, fields, replace
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from .._config import _positive, _positive_int, normalize_model
+from .._config import _positive, _positive_int, _reject_unknown_keys, normalize_model
 from .._errors import SimConfigError
 
 __all__ = [
@@ -221,14 +221,9 @@ class Faults:
     def from_mapping(cls, data: Mapping[str, Any]) -> Faults:
         if not isinstance(data, Mapping):
             raise SimConfigError("faults", data, "must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise SimConfigError(
-                    f"faults.{key}",
-                    data[key],
-                    f"unknown fault; expected one of {', '.join(sorted(known))}",
-                )
+        _reject_unknown_keys(
+            data, (f.name for f in fields(cls)), "faults.", error=SimConfigError, what="fault"
+        )
         try:
             return cls(**dict(data))
         except TypeError as exc:  # pragma: no cover - guarded by the key check
