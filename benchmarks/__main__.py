@@ -178,10 +178,7 @@ def write_summary(
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="CI: under 2 minutes")
-    parser.add_argument("--hosts", nargs="+", metavar="URL", help="real Ollama hosts")
-    parser.add_argument("--model", help="the model to use on real hosts")
-    parser.add_argument("--slots", type=int, default=1, help="OLLAMA_NUM_PARALLEL of real hosts")
+    bench_compare.add_common_args(parser, "CI: under 2 minutes")
     parser.add_argument(
         "--results",
         type=Path,

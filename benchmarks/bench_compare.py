@@ -899,12 +899,17 @@ def run(quick: bool, hosts: Optional[Sequence[str]] = None, **real: Any) -> Dict
     return report
 
 
+def add_common_args(parser: argparse.ArgumentParser, quick_help: str) -> None:
+    """The options ``python -m benchmarks`` shares with this script: quick mode, real hosts."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--hosts", nargs="+", metavar="URL", help="real Ollama hosts")
+    parser.add_argument("--model", help="the model to use on real hosts")
+    parser.add_argument("--slots", type=int, default=1, help="OLLAMA_NUM_PARALLEL of real hosts")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_compare", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="fewer hosts and rounds (CI)")
-    parser.add_argument("--hosts", nargs="+", metavar="URL", help="real Ollama hosts")
-    parser.add_argument("--model", help="model to use on real hosts")
-    parser.add_argument("--slots", type=int, default=1, help="OLLAMA_NUM_PARALLEL of real hosts")
+    add_common_args(parser, "fewer hosts and rounds (CI)")
     parser.add_argument("--only", default="abcd", help="scenarios to run (simulated), e.g. 'cd'")
     args = parser.parse_args(argv)
     report = run(args.quick, args.hosts, model=args.model, slots=args.slots, only=args.only)
