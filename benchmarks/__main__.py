@@ -57,7 +57,7 @@ def _load(name: str) -> Dict[str, Any]:
 
 def sim_checks(quick: bool) -> List[Check]:
     rows = _load("sim.json").get("rows", [])
-    tol = 0.15 if quick else 0.05  # quick: a regression check on whatever machine CI has
+    tol = bench_sim.QUICK_TOLERANCE if quick else bench_sim.TOLERANCE
     return [
         Check(
             "sim",
@@ -75,8 +75,8 @@ def dag_checks(quick: bool) -> List[Check]:
     d = _load("dag.json")
     if not d:
         return []
-    goal = 1.6 if quick else 1.8
-    limit = 300 if quick else 100
+    goal = bench_dag.speedup_goal(quick)
+    limit = bench_dag.us_per_task_limit(quick)
     us = d["scheduler_us_per_task"]
     return [
         Check(
@@ -205,7 +205,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         step(
             "bench_sim",
             lambda: bench_sim.main(
-                ["--tokens", "400", "--tolerance", "0.15"] if args.quick else []
+                ["--tokens", "400", "--tolerance", str(bench_sim.QUICK_TOLERANCE)]
+                if args.quick
+                else []
             ),
         )
         checks += sim_checks(args.quick)
