@@ -9,6 +9,8 @@ and a slot on it) → ``_failover`` (tenacity retries across servers) → ``_cli
 
 from __future__ import annotations
 
+import logging as _logging
+
 from ._balancer import Candidate, Choice, Lease, LoadBalancer, RouteRequest, Strategy
 from ._breaker import BreakerEvent, BreakerOpen, BreakerSnapshot, BreakerState, CircuitBreaker
 from ._client import Orchestra, ResponseStream
@@ -106,6 +108,11 @@ __all__ = [
     "run_dag",
     "serve_proxy",
 ]
+
+# A library configures no logging: without this, Python's last-resort handler would print
+# our warnings (a host going down, a breaker opening) on the stderr of programs that never
+# asked for logs. Applications opt in with logging.basicConfig() or their own handlers.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 for _name in __all__:
     _obj = globals()[_name]

@@ -783,13 +783,33 @@ class LoadBalancer:
                     waiter.event.set()
 
     def _no_server(self, request: RouteRequest, waited: float) -> Exception:
+        return self.no_server_error(request.model, waited)
+
+    def no_server_error(self, model: str, waited: float = 0.0) -> Exception:
+        """Why no server can take ``model`` now: :class:`NoCapableServer` if every server's
+        models are known and none has it, else :class:`NoHealthyServer` naming the servers
+        that have it (or may have it: never reached, models unknown) and why each is out."""
         states = self._state.servers()
-        capable = [st.server.name for st in states if request.model in st.models]
-        if not capable:
-            return NoCapableServer(
-                request.model, {st.server.name: sorted(st.models) for st in states}
-            )
-        return NoHealthyServer(request.model, capable, waited)
+        suspects = [st for st in states if model in st.models]
+        if not suspects:
+            suspects = [st for st in states if not st.models_known]
+            if not suspects:
+                return NoCapableServer(model, {st.server.name: sorted(st.models) for st in states})
+        return NoHealthyServer(
+            model,
+            [st.server.name for st in suspects],
+            waited,
+            errors={st.server.name: self._why_out(st) for st in suspects},
+            urls={st.server.name: st.server.url for st in suspects},
+        )
+
+    def _why_out(self, st: ServerState) -> str:
+        if not st.healthy:
+            return st.last_error or st.probe_error or "not answering yet"
+        br = self._breakers.get(st.server.name)
+        if br is not None and not br.can_admit():
+            return f"circuit breaker {br.state}"
+        return "excluded by an affinity rule"
 
 
 def _claim_target(cands: Sequence[Candidate], choice: Choice) -> Optional[str]:

@@ -8,8 +8,9 @@
     ├── DagValidationError (ValueError)   a task graph that cannot run (duplicate id, cycle, ...)
     ├── OrchestraClosed (RuntimeError)    the orchestra was used outside ``async with``
     └── RequestError                      a request could not be served
-        ├── NoCapableServer               no server in the fleet has the model
-        ├── NoHealthyServer               servers have the model, but none is up
+        ├── NoCapableServer               every server is known, and none has the model
+        ├── NoHealthyServer               no server that has (or may have) the model is up;
+        │                                 ``errors`` says why, per server
         ├── OllamaResponseError           Ollama answered with an error the caller must fix (400, ...)
         ├── RequestFailed                 every attempt failed; ``attempts`` lists them
         └── StreamInterrupted             a stream broke after text was yielded
@@ -21,7 +22,8 @@ Lower-level errors (httpx, anyio) are mapped to the most specific class with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "Attempt",
@@ -36,7 +38,22 @@ __all__ = [
     "RequestFailed",
     "SimConfigError",
     "StreamInterrupted",
+    "redact_url",
 ]
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (``http://user:pass@host`` -> ``http://user:***@host``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}:***@{hostport}" if user else f"***@{hostport}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class OrchestraError(Exception):
@@ -79,7 +96,11 @@ class RequestError(OrchestraError):
 
 
 class NoCapableServer(RequestError):
-    """No server in the fleet has the requested model.
+    """Every server's models are known, and none of them has the requested model.
+
+    Raised only when the fleet truly lacks the model: while a server whose models are not
+    known yet (it never answered a probe, and its config lists no ``models``) is down, the
+    request ends in :class:`NoHealthyServer` instead, since that server may have it.
 
     Attributes:
         model: the model that was asked for.
@@ -97,15 +118,39 @@ class NoCapableServer(RequestError):
 
 
 class NoHealthyServer(RequestError):
-    """Servers have the model, but none of them is healthy and admitted by its breaker."""
+    """No server that has the model (or may have it: its models are unknown, because it
+    never answered) is healthy and admitted by its breaker.
 
-    def __init__(self, model: str, servers: Sequence[str], waited_s: float) -> None:
+    Attributes:
+        model: the model that was asked for.
+        servers: the servers that have (or may have) the model.
+        errors: for each of them, why it cannot serve: its last error (``connection
+            refused``, a malformed probe answer, ...), or its breaker state.
+        waited_s: how long the request waited for one of them to come back.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        servers: Sequence[str],
+        waited_s: float,
+        *,
+        errors: Optional[Mapping[str, str]] = None,
+        urls: Optional[Mapping[str, str]] = None,
+    ) -> None:
         self.model = model
         self.servers = tuple(servers)
         self.waited_s = waited_s
+        self.errors: Dict[str, str] = {name: (errors or {}).get(name, "") for name in servers}
+        parts = []
+        for name in self.servers:
+            url = (urls or {}).get(name)
+            where = f"{name} ({redact_url(url)})" if url else name
+            why = self.errors[name]
+            parts.append(f"{where}: {why}" if why else where)
         super().__init__(
-            f"no healthy server for model {model!r} after waiting {waited_s:.2f}s "
-            f"(capable: {', '.join(self.servers)})"
+            f"no healthy server for model {model!r} after waiting {waited_s:.2f}s: "
+            + "; ".join(parts)
         )
 
 

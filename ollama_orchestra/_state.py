@@ -7,13 +7,17 @@ objects.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from ._config import Server, normalize_model
+from ._errors import redact_url
 
 __all__ = ["FleetSnapshot", "FleetState", "LoadedModel", "ServerSnapshot", "ServerState"]
+
+log = logging.getLogger("ollama_orchestra.health")
 
 #: Weight of the newest sample in the moving averages.
 EWMA_ALPHA = 0.3
@@ -34,7 +38,13 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class ServerSnapshot:
-    """A frozen view of one server, as ``orch.state()`` returns it."""
+    """A frozen view of one server, as ``orch.state()`` returns it.
+
+    ``last_error`` is the latest failure seen on the server, by a probe or a request (it
+    says why a server is down); ``probe_error`` is why its latest health probe failed
+    (``connection refused``, ``malformed /api/tags answer: ...``, or the health monitor's
+    own failure), ``None`` once a probe succeeds.
+    """
 
     name: str
     url: str
@@ -53,6 +63,7 @@ class ServerSnapshot:
     error_rate: float
     last_error: Optional[str]
     breaker: str
+    probe_error: Optional[str] = None
 
     def has_model(self, model: str) -> bool:
         return normalize_model(model) in self.models
@@ -93,6 +104,7 @@ class FleetSnapshot:
                     "tokens_per_s": dict(s.tokens_per_s),
                     "consecutive_failures": s.consecutive_failures,
                     "last_error": s.last_error,
+                    "probe_error": s.probe_error,
                     "breaker": s.breaker,
                 }
                 for name, s in self.servers.items()
@@ -120,6 +132,9 @@ class ServerState:
     errors: int = 0
     error_ewma: float = 0.0
     last_error: Optional[str] = None
+    probe_error: Optional[str] = None
+    #: The health last logged: None before the first verdict (one line per change).
+    reported: Optional[bool] = None
 
     @property
     def models_known(self) -> bool:
@@ -197,6 +212,7 @@ class FleetState:
                 error_rate=st.error_ewma,
                 last_error=st.last_error,
                 breaker=self._breaker_state(name),
+                probe_error=st.probe_error,
             )
         return FleetSnapshot(servers=out, taken_at=now)
 
@@ -211,6 +227,19 @@ class FleetState:
     def _changed(self) -> None:
         for listener in list(self._listeners):
             listener()
+
+    @staticmethod
+    def _report(st: ServerState, cause: str) -> None:
+        """Log a server going down or coming up: one line per change, with its cause."""
+        where = f"{st.server.name} ({redact_url(st.server.url)})"
+        if st.healthy and st.reported is not True:
+            st.reported = True
+            log.info("server %s is up: %s", where, cause)
+        elif not st.healthy and st.reported is not False and st.consecutive_failures > 0:
+            # Down after being up, or never up since the start (a host down from the
+            # start, a mistyped URL) once its first probe fails.
+            st.reported = False
+            log.warning("server %s is down: %s", where, cause)
 
     def probe_succeeded(
         self,
@@ -232,8 +261,10 @@ class FleetState:
             st.models = frozenset(normalize_model(m) for m in models)
         st.model_sizes = {normalize_model(m): size for m, size in models.items()}
         st.loaded = {normalize_model(lm.name): lm for lm in loaded}
+        st.probe_error = None
         if not was:
             st.last_error = None
+        self._report(st, f"version {st.version or 'unknown'}, {len(models)} models")
         self._changed()
 
     def probe_failed(self, name: str, error: str, *, unhealthy_after: int) -> None:
@@ -241,7 +272,23 @@ class FleetState:
         st = self._servers[name]
         st.consecutive_failures += 1
         st.last_error = error
+        st.probe_error = error
         if st.consecutive_failures >= unhealthy_after and st.healthy:
+            st.healthy = False
+            st.loaded = {}
+        self._report(st, error)
+        self._changed()
+
+    def monitor_failed(self, name: str, error: str) -> None:
+        """The health monitor itself failed for this server (a bug, logged at ERROR where it
+        happened): what is known about it is stale, so it is out of rotation until a probe
+        succeeds, and ``error`` is what requests and ``status`` are told."""
+        st = self._servers[name]
+        st.consecutive_failures += 1
+        st.last_error = error
+        st.probe_error = error
+        st.reported = False  # already logged, at ERROR
+        if st.healthy:
             st.healthy = False
             st.loaded = {}
         self._changed()
@@ -254,6 +301,7 @@ class FleetState:
         if st.healthy:
             st.healthy = False
             st.loaded = {}
+            self._report(st, error)
             self._changed()
 
     def forget_model(self, name: str, model: str) -> None:
@@ -308,6 +356,7 @@ class FleetState:
         if not st.healthy:
             st.healthy = True
             st.consecutive_failures = 0
+            self._report(st, "a request succeeded")
             self._changed()
 
     def record_failure(self, name: str, error: str) -> None:
