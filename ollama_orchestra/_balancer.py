@@ -45,7 +45,7 @@ import anyio
 
 from ._breaker import CircuitBreaker, Permit
 from ._config import OrchestraConfig, Server
-from ._errors import NoCapableServer, NoHealthyServer
+from ._errors import NoCapableServer, NoHealthyServer, RequestError
 from ._metrics import Metrics
 from ._state import FleetState, ServerState
 
@@ -782,10 +782,10 @@ class LoadBalancer:
                 if not waiter.gone and waiter.granted is None and not self._candidates(waiter):
                     waiter.event.set()
 
-    def _no_server(self, request: RouteRequest, waited: float) -> Exception:
+    def _no_server(self, request: RouteRequest, waited: float) -> RequestError:
         return self.no_server_error(request.model, waited)
 
-    def no_server_error(self, model: str, waited: float = 0.0) -> Exception:
+    def no_server_error(self, model: str, waited: float = 0.0) -> RequestError:
         """Why no server can take ``model`` now: :class:`NoCapableServer` if every server's
         models are known and none has it, else :class:`NoHealthyServer` naming the servers
         that have it (or may have it: never reached, models unknown) and why each is out."""

@@ -23,6 +23,7 @@ from typing import (
     Callable,
     Dict,
     Generic,
+    Iterable,
     List,
     Mapping,
     Optional,
@@ -43,7 +44,9 @@ from ._breaker import BreakerEvent, CircuitBreaker
 from ._config import OrchestraConfig, RetryPolicy, Server
 from ._errors import (
     Attempt,
+    NoHealthyServer,
     OrchestraClosed,
+    RequestError,
     RequestFailed,
     StreamInterrupted,
 )
@@ -344,6 +347,39 @@ class Orchestra:
         assert self._monitor is not None
         await self._monitor.probe_all()
         return self.state()
+
+    async def check_models(self, names: Iterable[str]) -> Dict[str, RequestError]:
+        """Pre-flight: which of ``names`` (models or roles) the fleet cannot serve at all.
+
+        Returns each such name with the error a request for it would raise:
+        :class:`NoCapableServer` when every server's models are known and none has it, or
+        :class:`NoHealthyServer` when no known server has it and the servers whose models
+        are unknown (never reached since the start) stay unreachable; for those, this waits
+        up to ``wait_for_healthy_s`` first. A name some server has passes, up or down:
+        health is the request's business. ``orch.run`` calls this before any task starts.
+        """
+        self._client()
+        pending = list(dict.fromkeys(names))
+        t0 = self._clock()
+
+        def verdict(waited: float = 0.0) -> Dict[str, RequestError]:
+            states = self._state.servers()
+            out: Dict[str, RequestError] = {}
+            for name in pending:
+                model, _ = self._resolve(name)
+                if not any(model in st.models for st in states):
+                    out[name] = self._balancer.no_server_error(model, waited)
+            return out
+
+        bad = verdict()
+        if any(isinstance(err, NoHealthyServer) for err in bad.values()):
+            # Only unreachable hosts can tell: give them the wait a request would.
+            with anyio.move_on_after(self.config.wait_for_healthy_s):
+                await self.wait_for_state(
+                    lambda _: not any(isinstance(e, NoHealthyServer) for e in verdict().values())
+                )
+            bad = verdict(self._clock() - t0)
+        return bad
 
     @property
     def balancer(self) -> LoadBalancer:

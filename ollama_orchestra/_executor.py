@@ -39,7 +39,7 @@ from typing import (
 
 import anyio
 
-from ._errors import DagValidationError
+from ._errors import DagValidationError, NoCapableServer
 from ._types import ChatResponse, GenerateResponse
 
 if sys.version_info >= (3, 9):
@@ -549,7 +549,11 @@ async def run_dag(
 
     Raises:
         DagValidationError: duplicate or unknown ids, a cycle, a placeholder naming no
-            dependency: before anything runs.
+            dependency, a task whose model is neither a role nor a model any server has
+            (checked against the fleet, when ``runner`` has ``check_models``): before
+            anything runs.
+        NoHealthyServer: the fleet's hosts are unreachable, so the DAG's models cannot be
+            checked (see :meth:`Orchestra.check_models`): before anything runs.
     """
     if schedule not in SCHEDULES:
         raise DagValidationError(
@@ -560,6 +564,7 @@ async def run_dag(
     t0 = clock()
     if not tasks:
         return DagResult((), 0.0)
+    await _preflight(runner, tasks)
     run = _Run(runner, tasks, by_id, inputs, fail_fast, on_event, clock)
     run.sorter = sorter
     with anyio.CancelScope() as scope:
@@ -576,6 +581,43 @@ async def run_dag(
                 run.results[t.id] = TaskResult(t.id, "cancelled", priority=run.priority[t.id])
                 run.emit("cancelled", t.id, run.results[t.id])
     return DagResult(tuple(run.results[t.id] for t in tasks), clock() - t0)
+
+
+async def _preflight(runner: Any, tasks: Sequence[Task]) -> None:
+    """Check every task's model or role against the fleet before the first task runs.
+
+    An unknown model is the DAG's error, found before any GPU time is spent, like a bad
+    placeholder: :class:`DagValidationError` naming the task (the fleet's
+    :class:`NoCapableServer` is its cause). An unreachable fleet is not the DAG's fault:
+    its :class:`NoHealthyServer` is raised as it is.
+    """
+    check = getattr(runner, "check_models", None)
+    if check is None:  # a custom runner: nothing to check against
+        return
+    bad = await check([t.model for t in tasks if t.fn is None])
+    for t in tasks:
+        err = bad.get(t.model) if t.fn is None else None
+        if err is None:
+            continue
+        if not isinstance(err, NoCapableServer):
+            raise err
+        config = getattr(runner, "config", None)
+        roles: Mapping[str, str] = getattr(config, "roles", None) or {}
+        listing = "; ".join(
+            f"{name}: {', '.join(models) if models else '(none)'}"
+            for name, models in err.available.items()
+        )
+        if t.model in roles:
+            what = f"role {t.model!r} is model {err.model!r}, which no server has"
+        else:
+            known = ", ".join(f"{r}={m}" for r, m in roles.items()) or "none"
+            what = (
+                f"{t.model!r} is neither a configured role (roles: {known})"
+                f" nor a model any server has"
+            )
+        raise DagValidationError(
+            f"task {t.id!r}: {what} (models: {listing})", task_id=t.id
+        ) from err
 
 
 def _sorter(run: _Run) -> graphlib.TopologicalSorter[str]:

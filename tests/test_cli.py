@@ -98,7 +98,7 @@ class TestRun:
         )
         async with SimFleet([tiny_profile("h1")], time_scale=0.01) as fleet:
             await fleet["h1"].set_faults(
-                __import__("ollama_orchestra.sim", fromlist=["Faults"]).Faults(status=500)
+                __import__("ollama_orchestra.sim", fromlist=["Faults"]).Faults(error_rate=1.0)
             )
             r = await cli("run", str(dag), *servers(fleet))
         assert r.returncode == 1
