@@ -140,7 +140,7 @@ def _entries(path: str, body: Any) -> List[Mapping[str, Any]]:
 def _name(path: str, i: int, m: Mapping[str, Any]) -> str:
     for key in ("name", "model"):
         value = m.get(key)
-        if value is None or value == "":
+        if value is None or (isinstance(value, str) and not value.strip()):
             continue
         if not isinstance(value, str):
             raise ProbeError(

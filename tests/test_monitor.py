@@ -174,7 +174,7 @@ class TestProbeParserProperties:
     @given(
         st.lists(
             st.fixed_dictionaries(
-                {"name": st.text(min_size=1, max_size=10)},
+                {"name": st.text(min_size=1, max_size=10).filter(str.strip)},
                 optional={
                     "size": st.integers(min_value=0),
                     "size_vram": st.integers(min_value=0),
