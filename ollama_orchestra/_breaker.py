@@ -193,14 +193,15 @@ class CircuitBreaker:
         self._consecutive = 0
         self._window.append(False)
 
-    def record_failure(self, permit: Permit) -> None:
+    def record_failure(self, permit: Permit, cause: Optional[str] = None) -> None:
+        """The request failed on the server; ``cause`` (the error) goes into the log line."""
         if permit.generation != self._generation:
             return
         if permit.probe:
             self._probes_out = max(0, self._probes_out - 1)
-            self._trip("probe request failed", repeated=True)
+            self._trip(_with_cause("probe request failed", cause), repeated=True)
             return
-        self._failure()
+        self._failure(cause)
 
     # -- the health monitor's feed -------------------------------------------------------------
 
@@ -209,7 +210,7 @@ class CircuitBreaker:
         if self._state is OPEN:
             self._move(HALF_OPEN, "health probe succeeded")
 
-    def record_probe_failure(self) -> None:
+    def record_probe_failure(self, cause: Optional[str] = None) -> None:
         """A health probe failed: counts like a failed request.
 
         While closed it adds to the failure counts; while half-open it re-opens with a longer
@@ -218,9 +219,9 @@ class CircuitBreaker:
         """
         state = self.state
         if state is CLOSED:
-            self._failure()
+            self._failure(cause)
         elif state is HALF_OPEN:
-            self._trip("health probe failed", repeated=True)
+            self._trip(_with_cause("health probe failed", cause), repeated=True)
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` through the breaker: refused with :class:`BreakerOpen` while open."""
@@ -241,15 +242,19 @@ class CircuitBreaker:
 
     # -- transitions -------------------------------------------------------------------------
 
-    def _failure(self) -> None:
+    def _failure(self, cause: Optional[str] = None) -> None:
         self._consecutive += 1
         self._window.append(True)
         p = self.policy
         if self._consecutive >= p.failure_threshold:
-            self._trip(f"{self._consecutive} consecutive failures", repeated=False)
+            self._trip(
+                _with_cause(f"{self._consecutive} consecutive failures", cause), repeated=False
+            )
         elif len(self._window) >= p.min_calls and self.failure_rate() >= p.failure_rate:
             self._trip(
-                f"failure rate {self.failure_rate():.0%} over {len(self._window)} calls",
+                _with_cause(
+                    f"failure rate {self.failure_rate():.0%} over {len(self._window)} calls", cause
+                ),
                 repeated=False,
             )
 
@@ -275,9 +280,19 @@ class CircuitBreaker:
         self._state = new
         self._generation += 1
         self._probes_out = 0
-        if new is OPEN:
+        if new is OPEN and old is CLOSED:
+            # Opening is news: WARNING. Re-opening after a failed half-open trial is the same
+            # outage going on, at most once per (growing) cooldown: INFO.
             log.warning(
                 "breaker %s: %s -> open (%s; cooldown %.2fs)",
+                self.name,
+                old,
+                reason,
+                self._cooldown,
+            )
+        elif new is OPEN:
+            log.info(
+                "breaker %s: %s -> open again (%s; cooldown %.2fs)",
                 self.name,
                 old,
                 reason,
@@ -290,3 +305,7 @@ class CircuitBreaker:
                 self._on_change(BreakerEvent(self.name, old, new, self._clock(), reason))
             except Exception:
                 log.exception("breaker %s: on_change hook raised", self.name)
+
+
+def _with_cause(reason: str, cause: Optional[str]) -> str:
+    return f"{reason}, last: {cause}" if cause else reason

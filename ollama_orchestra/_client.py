@@ -532,7 +532,7 @@ class Orchestra:
         attempts.append(Attempt(name, err.message, started, duration))
         self._metrics.request_finished(name, ok=False, latency_s=duration)
         if err.breaker_failure and permit is not None:
-            breaker.record_failure(permit)
+            breaker.record_failure(permit, err.message)
         elif permit is not None:
             breaker.release(permit)
         if err.kind == "connect":

@@ -334,7 +334,7 @@ class HealthMonitor:
                 server.name, str(exc), unhealthy_after=self._policy.unhealthy_after
             )
             if breaker is not None:
-                breaker.record_probe_failure()
+                breaker.record_probe_failure(str(exc))
             return
         self._state.probe_succeeded(server.name, version=version, models=models, loaded=loaded)
         if breaker is not None:

@@ -417,3 +417,27 @@ class TestConcurrentProbes:
             gate.set()
         assert sorted(outcomes) == ["ok", "refused", "refused"]
         assert br.state == "closed"
+
+
+class TestLogLines:
+    def test_opening_is_one_warning_with_the_cause(
+        self, clock: FakeClock, events: List[BreakerEvent], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Opening logs one WARNING naming the last error; re-opening after a failed trial
+        (the same outage going on) is INFO."""
+        caplog.set_level(logging.INFO, logger="ollama_orchestra.breaker")
+        b = make(clock, events)
+        for _ in range(3):
+            permit = b.admit()
+            assert permit is not None
+            b.record_failure(permit, "500 model runner crashed")
+        clock.advance(2.5)
+        b.record_probe_failure("connection refused")
+        records = [r for r in caplog.records if r.name == "ollama_orchestra.breaker"]
+        warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "closed -> open" in warnings[0]
+        assert "last: 500 model runner crashed" in warnings[0]
+        reopened = [r.getMessage() for r in records if "open again" in r.getMessage()]
+        assert len(reopened) == 1 and "last: connection refused" in reopened[0]
+        assert records[-1].levelno == logging.INFO
