@@ -43,17 +43,15 @@ __all__ = [
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password (``http://user:pass@host`` -> ``http://user:***@host``)."""
+    """``url`` without its credentials: ``http://user:pass@host`` -> ``http://***@host``."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<invalid url>"
-    if parts.password is None and "@" not in parts.netloc:
+    if "@" not in parts.netloc:
         return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    netloc = f"{user}:***@{hostport}" if user else f"***@{hostport}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    hostport = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"***@{hostport}"))
 
 
 class OrchestraError(Exception):
