@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from typing import Any, Callable, Dict, List
 
 import anyio
@@ -23,6 +24,7 @@ from ollama_orchestra import (
 from ollama_orchestra._monitor import (
     HealthMonitor,
     ProbeError,
+    describe_transport_error,
     parse_json,
     parse_ps,
     parse_tags,
@@ -212,6 +214,53 @@ class TestProbeParserProperties:
             parse_json("/api/tags", b"[" * 100_000 + b"]" * 100_000)
 
 
+class TestTransportFailures:
+    @pytest.mark.parametrize(
+        ("failure", "reason"),
+        [
+            (httpx.Response(500, json={"error": "boom"}), "/api/ps answered HTTP 500"),
+            (httpx.ReadTimeout("slow"), "timed out (ReadTimeout)"),
+            (httpx.RemoteProtocolError("bad"), "RemoteProtocolError: bad"),
+            (RuntimeError("transport bug"), "RuntimeError: transport bug"),
+        ],
+    )
+    async def test_failed_probe_request_has_a_reason(self, failure: Any, reason: str) -> None:
+        """An error status or any exception from the transport is that host's probe failure."""
+        hosts = FakeHosts("h")
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/api/ps":
+                if isinstance(failure, httpx.Response):
+                    return failure
+                raise failure
+            return hosts.handler(request)
+
+        async with Orchestra(hosts.config(), transport=httpx.MockTransport(handler)) as orch:
+            snap = orch.state()
+        assert snap["h"].probe_error == reason and not snap["h"].healthy
+
+    async def test_hung_probe_times_out(self) -> None:
+        """A host that never answers fails its probe after timeout_s."""
+        hosts = FakeHosts("h")
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        policy = HealthPolicy(timeout_s=0.05, startup_timeout_s=2, unhealthy_after=1)
+        config = hosts.config(health=policy)
+        async with Orchestra(config, transport=httpx.MockTransport(handler)) as orch:
+            snap = orch.state()
+        assert snap["h"].probe_error == "probe timed out after 0.05s"
+
+    def test_unresolvable_host(self) -> None:
+        """A name that does not resolve says so (and a plain ConnectError says it cannot connect)."""
+        exc = httpx.ConnectError("[Errno -2] Name or service not known")
+        exc.__cause__ = socket.gaierror(-2, "Name or service not known")
+        assert describe_transport_error(exc) == "cannot resolve host: Name or service not known"
+        assert describe_transport_error(httpx.ConnectError("nope")) == "cannot connect: nope"
+
+
 class TestMalformedAnswers:
     @pytest.mark.parametrize(("path", "body", "reason"), MALFORMED)
     async def test_host_is_down_with_a_reason_and_comes_back(
@@ -324,8 +373,6 @@ class TestMonitorBugs:
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
