@@ -10,12 +10,15 @@ fixture in one task, the task group is entered directly.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Callable, Coroutine, List, Optional
 
 import anyio
 from anyio.abc import TaskGroup
 
 __all__ = ["Background"]
+
+log = logging.getLogger("ollama_orchestra")
 
 Service = Callable[..., Coroutine[Any, Any, Any]]
 
@@ -51,6 +54,9 @@ class Background:
                     await stop.wait()
                     tg.cancel_scope.cancel()
             except BaseException as exc:  # reported to start() if it fails early
+                if started.is_set() and isinstance(exc, Exception):
+                    # Too late for start() to raise it: never let a crash go unseen.
+                    log.error("background service crashed", exc_info=exc)
                 failure.append(exc)
                 started.set()
                 if not isinstance(exc, Exception):
