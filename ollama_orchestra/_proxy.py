@@ -28,6 +28,7 @@ import httpx
 from ._client import Orchestra
 from ._config import OrchestraConfig
 from ._errors import ConfigError
+from ._openai import openai_app
 from ._serving import ClientGone, bind_socket, embedded_uvicorn, read_body
 from ._transport import OrchestraTransport
 
@@ -61,6 +62,16 @@ def proxy_app(orch: Orchestra, *, token: Optional[str] = None) -> ASGIApp:
     transport = OrchestraTransport(orch)
     expected = f"Bearer {token}".encode() if token is not None else None
 
+    async def native(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await read_body(receive)
+        except ClientGone:
+            return
+        await _forward(transport, scope, body, receive, send)
+
+    # OpenAI's /v1 routes, translated into the native ones as Ollama does (see ``_openai``).
+    openai = openai_app(native)
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -83,6 +94,9 @@ def proxy_app(orch: Orchestra, *, token: Optional[str] = None) -> ASGIApp:
                 )
                 return
         method, path = scope["method"], scope["path"]
+        if path.startswith("/v1/"):
+            await openai(scope, receive, send)
+            return
         if path == "/metrics" and method == "GET":
             await _send_body(send, 200, PROMETHEUS_TYPE, orch.prometheus().encode())
             return
