@@ -78,7 +78,8 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# Loosely typed: the simulator and the proxy spell their ASGI types differently.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 _JSON = b"application/json; charset=utf-8"
 _SSE = b"text/event-stream"

@@ -4,7 +4,8 @@ Any Ollama client (other languages, ``curl``, sync ``ollama.Client``) talks to t
 it were one Ollama server. Routing lives in :class:`OrchestraTransport` only: the app turns
 the ASGI request into an ``httpx.Request``, hands it to the transport and streams the answer
 back, chunk by chunk. The proxy adds three things of its own: ``GET /metrics`` (Prometheus
-text), ``GET /status`` (the fleet state as JSON) and an optional bearer token.
+text), ``GET /status`` (the fleet state as JSON) and an optional bearer token. OpenAI's
+``/v1`` routes go through ``_openai``'s translation layer, in front of the same native path.
 
 A client that goes away cancels its request: the upstream answer is closed at once, so the
 server's slot (in the orchestra and on the Ollama host) is freed, not held until the model
