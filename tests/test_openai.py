@@ -530,6 +530,23 @@ class TestProxy:
                 finally:
                     await c.close()
 
+    async def test_disconnect_frees_the_slot(self) -> None:
+        """A client leaving a /v1 stream cancels the upstream request: the slots free at once."""
+        async with host_and_proxy() as (sim, _, proxy):
+            c = client(proxy)
+            try:
+                stream = await c.chat.completions.create(
+                    model=TINY, messages=MSGS, stream=True, max_tokens=100000
+                )
+                async for _ in stream:
+                    break
+                await stream.close()
+            finally:
+                await c.close()
+            with anyio.fail_after(5):
+                await sim["h1"].wait_until(lambda st: st.in_flight == 0)
+            assert sim["h1"].state().completed == 0
+
     async def test_bearer_token(self) -> None:
         """With a token, the SDK's api_key is the bearer token the proxy checks."""
         async with fleet([tiny_profile("h1")]) as sim, Orchestra(
