@@ -19,9 +19,11 @@ import pytest
 from ollama_orchestra import Orchestra, serve_proxy
 from ollama_orchestra._openai import (
     OpenAIError,
+    chat_completion,
     chat_request,
     completion_request,
     embed_request,
+    openai_app,
     owned_by,
     unix_time,
 )
@@ -261,6 +263,181 @@ class TestTranslation:
         assert owned_by("hf.co/org/repo:Q4") == "org"
         assert unix_time("2026-01-01T00:00:00Z") == 1767225600
         assert unix_time("2026-01-01T01:30:00.123456789+01:30") == 1767225600
+
+
+def events(raw: bytes) -> List[Any]:
+    """The data of each server-sent event: parsed JSON, or the ``[DONE]`` marker."""
+    out: List[Any] = []
+    for event in raw.decode().split("\n\n"):
+        if event:
+            assert event.startswith("data: ")
+            data = event[len("data: ") :]
+            out.append(data if data == "[DONE]" else json.loads(data))
+    return out
+
+
+async def through_middleware(
+    path: str, body: Dict[str, Any], native_status: int, native_parts: List[bytes]
+) -> Tuple[int, bytes, Dict[str, Any]]:
+    """Run ``openai_app`` over a fake native app that answers with ``native_parts`` as its
+    body writes; returns the status, the body and the native request it received."""
+    seen: Dict[str, Any] = {}
+
+    async def native(scope: Any, receive: Any, send: Any) -> None:
+        seen["path"] = scope["path"]
+        seen["body"] = json.loads((await receive())["body"])
+        start = {"type": "http.response.start", "status": native_status, "headers": []}
+        await send(start)
+        for i, part in enumerate(native_parts):
+            more = i < len(native_parts) - 1
+            await send({"type": "http.response.body", "body": part, "more_body": more})
+
+    sent: List[Any] = []
+    incoming = [{"type": "http.request", "body": json.dumps(body).encode()}]
+
+    async def receive() -> Any:
+        return incoming.pop() if incoming else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+    await openai_app(native)(scope, receive, send)
+    status = sent[0]["status"]
+    return status, b"".join(m.get("body", b"") for m in sent[1:]), seen
+
+
+class TestAnswers:
+    """Native answers become OpenAI's, as Ollama's writers make them."""
+
+    async def test_lines_split_across_writes(self) -> None:
+        """NDJSON lines cut anywhere between writes still make one event each."""
+        lines = [
+            {
+                "model": "m",
+                "created_at": "2026-01-01T00:00:00Z",
+                "message": {"role": "assistant", "content": "a"},
+                "done": False,
+            },
+            {
+                "model": "m",
+                "created_at": "2026-01-01T00:00:01Z",
+                "message": {"role": "assistant", "content": "b"},
+                "done": False,
+            },
+            {
+                "model": "m",
+                "created_at": "2026-01-01T00:00:02Z",
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": 3,
+                "eval_count": 2,
+            },
+        ]
+        raw = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+        parts = [raw[i : i + 7] for i in range(0, len(raw), 7)]  # cut anywhere
+        body = {
+            "model": "m",
+            "messages": MSGS,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        status, out, seen = await through_middleware("/v1/chat/completions", body, 200, parts)
+        assert status == 200 and seen["path"] == "/api/chat" and seen["body"]["stream"] is True
+        got = events(out)
+        assert [e["choices"][0]["delta"] for e in got[:2]] == [
+            {"role": "assistant", "content": "a"},
+            {"content": "b"},
+        ]
+        assert got[2]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+        assert got[3]["choices"] == [] and got[3]["usage"] == {
+            "prompt_tokens": 3,
+            "completion_tokens": 2,
+            "total_tokens": 5,
+        }
+        assert got[4] == "[DONE]" and len(got) == 5
+        assert {e["created"] for e in got[:4]} == {1767225600}  # the first answer's, throughout
+
+    async def test_reasoning_and_tool_calls_in_a_stream(self) -> None:
+        """Thinking with content splits in two chunks; tool calls make finish_reason tool_calls."""
+        call = {"function": {"name": "f", "arguments": {"x": 1}}}
+        lines = [
+            {
+                "model": "m",
+                "message": {"role": "assistant", "content": "c", "thinking": "t"},
+                "done": False,
+            },
+            {
+                "model": "m",
+                "message": {"role": "assistant", "content": "", "tool_calls": [call]},
+                "done": False,
+            },
+            {
+                "model": "m",
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": "stop",
+            },
+        ]
+        raw = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+        body = {"model": "m", "messages": MSGS, "stream": True}
+        _, out, _ = await through_middleware("/v1/chat/completions", body, 200, [raw])
+        deltas = [e["choices"][0]["delta"] for e in events(out)[:-1]]
+        assert deltas == [
+            {"role": "assistant", "reasoning": "t"},
+            {"content": "c"},
+            {
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": "",
+                        "index": 0,
+                        "type": "function",
+                        "function": {"name": "f", "arguments": '{"x":1}'},
+                    }
+                ],
+            },
+            {},
+        ]
+        assert events(out)[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+    def test_whole_chat_with_tool_calls(self) -> None:
+        """A whole answer with tool calls finishes with tool_calls and keeps the reasoning."""
+        final = {
+            "model": "m",
+            "created_at": "2026-01-01T00:00:00Z",
+            "message": {
+                "role": "assistant",
+                "content": "",
+                "thinking": "t",
+                "tool_calls": [{"function": {"name": "f", "arguments": {}}}],
+            },
+            "done": True,
+            "done_reason": "stop",
+        }
+        choice = chat_completion("chatcmpl-1", final)["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        assert choice["message"]["reasoning"] == "t"
+        assert choice["message"]["tool_calls"][0]["function"] == {"name": "f", "arguments": "{}"}
+
+    async def test_native_errors(self) -> None:
+        """A native error keeps its status; its message moves into OpenAI's error object."""
+        body = {"model": "m", "prompt": "p"}
+        status, out, _ = await through_middleware(
+            "/v1/completions", body, 404, [b'{"error":"model ', b"'m' not found\"}"]
+        )
+        assert status == 404
+        assert json.loads(out) == {
+            "error": {
+                "message": "model 'm' not found",
+                "type": "not_found_error",
+                "param": None,
+                "code": None,
+            }
+        }
+        status, out, _ = await through_middleware("/v1/completions", body, 502, [b"bad gateway"])
+        assert status == 502 and json.loads(out)["error"]["message"] == "bad gateway"
 
 
 class TestSimulatedHost:
