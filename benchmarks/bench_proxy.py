@@ -9,10 +9,14 @@ paths so that drift affects them alike:
 - ``direct``: httpx straight to the host;
 - ``transport``: httpx with :class:`OrchestraTransport` (the orchestra's request path, no
   extra HTTP hop);
-- ``proxy``: httpx to the proxy (uvicorn, in this process) which uses the transport.
+- ``proxy``: httpx to the proxy (uvicorn, in this process) which uses the transport;
+- ``direct_v1`` and ``proxy_v1``: the same request in OpenAI's shape (``/v1/completions``),
+  to the host's ``/v1`` and to the proxy's, which translates it into the native request
+  (``ollama_orchestra._openai``) and its answer back, as the host itself does.
 
 Reported per path: median, mean and p95 latency; per front end: the ratio of its median to
-the direct one and the microseconds it adds. Results go to ``benchmarks/results/proxy.json``.
+the direct one of the same API (native or ``/v1``) and the microseconds it adds. Results go
+to ``benchmarks/results/proxy.json``; :func:`checks` puts the added latencies in the summary.
 """
 
 from __future__ import annotations
@@ -23,13 +27,15 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import anyio
 import httpx
 
 from ollama_orchestra import Orchestra, OrchestraConfig, OrchestraTransport, Server, serve_proxy
 from ollama_orchestra.sim import HostProfile, ModelSpec, SimServer
+
+from .bench_compare import Check
 
 RESULTS = Path(__file__).parent / "results"
 MODEL = "fast:latest"
@@ -52,6 +58,7 @@ async def measure(requests: int, warmup: int, stream: bool) -> Dict[str, object]
         num_parallel=1,
     )
     body = {"model": MODEL, "prompt": "hello", "stream": stream}
+    native, v1 = "/api/generate", "/v1/completions"
     async with SimServer(profile, time_scale=TIME_SCALE, mode="subprocess") as host:
         config = OrchestraConfig(servers=(Server("bench", host.url, max_concurrency=1),))
         async with Orchestra(config) as orch, anyio.create_task_group() as tg:
@@ -62,13 +69,16 @@ async def measure(requests: int, warmup: int, stream: bool) -> Dict[str, object]
                     base_url="http://orchestra", transport=OrchestraTransport(orch), timeout=30
                 ),
                 "proxy": httpx.AsyncClient(base_url=url, timeout=30),
+                "direct_v1": httpx.AsyncClient(base_url=host.url, timeout=30),
+                "proxy_v1": httpx.AsyncClient(base_url=url, timeout=30),
             }
             samples: Dict[str, List[float]] = {name: [] for name in clients}
             try:
                 for i in range(warmup + requests):
                     for name, client in clients.items():
                         started = time.perf_counter()
-                        async with client.stream("POST", "/api/generate", json=body) as r:
+                        path = v1 if name.endswith("_v1") else native
+                        async with client.stream("POST", path, json=body) as r:
                             async for _ in r.aiter_bytes():
                                 pass
                         elapsed = time.perf_counter() - started
@@ -81,14 +91,13 @@ async def measure(requests: int, warmup: int, stream: bool) -> Dict[str, object]
                     await client.aclose()
             tg.cancel_scope.cancel()
     stats = {name: _summary(s) for name, s in samples.items()}
-    base = stats["direct"]["median_us"]
-    added = {
-        name: {
+    added = {}
+    for name, direct in (("transport", "direct"), ("proxy", "direct"), ("proxy_v1", "direct_v1")):
+        base = stats[direct]["median_us"]
+        added[name] = {
             "ratio": stats[name]["median_us"] / base,
             "added_us": stats[name]["median_us"] - base,
         }
-        for name in ("transport", "proxy")
-    }
     return {"stream": stream, "requests": requests, "latency": stats, "vs_direct": added}
 
 
@@ -109,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         vs = result["vs_direct"]
         assert isinstance(vs, dict)
         print(f"stream={str(stream).lower():5}  {args.requests} sequential requests per path")
-        print(f"  {'path':10} {'median':>10} {'mean':>10} {'p95':>10}   vs direct")
+        print(f"  {'path':10} {'median':>10} {'mean':>10} {'p95':>10}   vs direct (same API)")
         for name, s in lat.items():
             extra = (
                 f"x{vs[name]['ratio']:.2f}, +{vs[name]['added_us']:.0f} us" if name in vs else ""
@@ -124,6 +133,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     print(f"wrote {RESULTS / 'proxy.json'}")
     return 0
+
+
+def checks(quick: bool) -> List[Check]:
+    """The added latencies, native and ``/v1``, side by side in the summary (reported only)."""
+    path = RESULTS / "proxy.json"
+    if not path.exists():
+        return []
+    report: Dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    out: List[Check] = []
+    for run in report.get("runs", []):
+        mode = "streamed" if run["stream"] else "whole answer"
+        vs = run["vs_direct"]
+        for name, label in (("proxy", "native /api/generate"), ("proxy_v1", "/v1/completions")):
+            if name in vs:
+                row = vs[name]
+                out.append(
+                    Check(
+                        "proxy",
+                        f"latency the proxy adds, {label}, {mode}",
+                        f"+{row['added_us']:.0f} us (x{row['ratio']:.2f})",
+                        "reported",
+                        None,
+                    )
+                )
+    return out
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Any Ollama client (other languages, ``curl``, sync ``ollama.Client``) talks to t
 it were one Ollama server. Routing lives in :class:`OrchestraTransport` only: the app turns
 the ASGI request into an ``httpx.Request``, hands it to the transport and streams the answer
 back, chunk by chunk. The proxy adds three things of its own: ``GET /metrics`` (Prometheus
-text), ``GET /status`` (the fleet state as JSON) and an optional bearer token.
+text), ``GET /status`` (the fleet state as JSON) and an optional bearer token. OpenAI's
+``/v1`` routes go through ``_openai``'s translation layer, in front of the same native path.
 
 A client that goes away cancels its request: the upstream answer is closed at once, so the
 server's slot (in the orchestra and on the Ollama host) is freed, not held until the model
@@ -28,6 +29,7 @@ import httpx
 from ._client import Orchestra
 from ._config import OrchestraConfig
 from ._errors import ConfigError
+from ._openai import openai_app
 from ._serving import ClientGone, bind_socket, embedded_uvicorn, read_body
 from ._transport import OrchestraTransport
 
@@ -61,6 +63,16 @@ def proxy_app(orch: Orchestra, *, token: Optional[str] = None) -> ASGIApp:
     transport = OrchestraTransport(orch)
     expected = f"Bearer {token}".encode() if token is not None else None
 
+    async def native(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await read_body(receive)
+        except ClientGone:
+            return
+        await _forward(transport, scope, body, receive, send)
+
+    # OpenAI's /v1 routes, translated into the native ones as Ollama does (see ``_openai``).
+    openai = openai_app(native)
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             while True:
@@ -83,6 +95,9 @@ def proxy_app(orch: Orchestra, *, token: Optional[str] = None) -> ASGIApp:
                 )
                 return
         method, path = scope["method"], scope["path"]
+        if path.startswith("/v1/"):
+            await openai(scope, receive, send)
+            return
         if path == "/metrics" and method == "GET":
             await _send_body(send, 200, PROMETHEUS_TYPE, orch.prometheus().encode())
             return

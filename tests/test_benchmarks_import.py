@@ -14,6 +14,7 @@ import pytest
         "benchmarks.bench_dag",
         "benchmarks.bench_failover",
         "benchmarks.bench_compare",
+        "benchmarks.bench_proxy",
         "benchmarks.__main__",
     ],
 )

@@ -41,6 +41,7 @@ from typing import (
 import anyio
 
 from .._config import normalize_model
+from .._openai import openai_app
 from .._serving import BadRequestBody, ClientGone, json_object, read_body
 from ._spec import Faults, HostProfile, ModelSpec, aggregate_speedup
 
@@ -265,6 +266,8 @@ class SimHost:
         self._running: Optional[asyncio.Event] = None  # created lazily, on the serving loop
         self._paused = False
         self._tasks: Set[asyncio.Task[Any]] = set()
+        # Ollama's /v1 routes: its OpenAI middleware in front of the native handlers below.
+        self._openai = openai_app(self._handle)
         self.reset()
 
     # -- controls ---------------------------------------------------------------------------
@@ -647,6 +650,9 @@ class SimHost:
         method, path = scope["method"], scope["path"]
         if path.startswith("/_sim/"):
             await self._admin(method, path, receive, send)
+            return
+        if path.startswith("/v1/"):
+            await self._openai(scope, receive, send)
             return
         faults = self.faults
         if faults.hang:
