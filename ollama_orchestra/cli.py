@@ -23,7 +23,7 @@ from ._config import OrchestraConfig, Server, parse_role_specs, parse_server_spe
 from ._errors import ConfigError, DagValidationError, OrchestraError
 from ._executor import DagResult, Task, TaskEvent, TaskResult, load_dag
 from ._metrics import MetricsSnapshot
-from ._state import FleetSnapshot
+from ._state import FleetSnapshot, ServerSnapshot
 
 if sys.version_info >= (3, 11):
     from builtins import BaseExceptionGroup as _BaseExceptionGroup
@@ -124,7 +124,11 @@ def status_table(snap: FleetSnapshot, out: TextIO) -> None:
     if down:
         out.write("\n")
     for s in down:
-        out.write(f"{s.name} is down: {_one_line(s.last_error or 'no answer to the probes yet')}\n")
+        out.write(f"{s.name} is down: {_down_cause(s)}\n")
+
+
+def _down_cause(s: ServerSnapshot) -> str:
+    return _one_line(s.last_error or "no answer to the probes yet")
 
 
 def _one_line(text: str) -> str:
@@ -206,7 +210,7 @@ async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if not snap.healthy:
         raise CliError(
             "no server is reachable: "
-            + "; ".join(f"{s.name}: {_one_line(str(s.last_error))}" for s in snap.servers.values()),
+            + "; ".join(f"{s.name}: {_down_cause(s)}" for s in snap.servers.values()),
             1,
         )
     return 0
@@ -237,7 +241,7 @@ async def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             if r.ok and r.output is not None:
                 (args.output / f"{r.id}.txt").write_text(r.output, encoding="utf-8")
     if args.json:
-        json.dump(run_report(result, metrics, t0), out, indent=2)
+        json.dump(_run_report(result, metrics, t0), out, indent=2)
         out.write("\n")
     else:
         if args.print_outputs:
@@ -249,7 +253,7 @@ async def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if failed else 0
 
 
-def run_report(result: DagResult, metrics: MetricsSnapshot, t0: float) -> Dict[str, Any]:
+def _run_report(result: DagResult, metrics: MetricsSnapshot, t0: float) -> Dict[str, Any]:
     """``run --json``: every task's outcome (times in seconds from the start of the run),
     then the makespan and each server's share of the work."""
 
