@@ -51,7 +51,9 @@ def _config(args: argparse.Namespace) -> OrchestraConfig:
     ``OLLAMA_ORCHESTRA_ROLES`` and ``OLLAMA_ORCHESTRA_STRATEGY``. ``--role`` and
     ``--strategy`` override whatever the file or the environment says.
     """
-    env = os.environ
+    env: Dict[str, str] = dict(os.environ)
+    if args.strategy:
+        env["OLLAMA_ORCHESTRA_STRATEGY"] = args.strategy  # the flag wins, even over a bad value
     flag_roles = parse_role_specs(args.role or (), field="--role")
     if args.server:
         servers = tuple(
@@ -64,11 +66,10 @@ def _config(args: argparse.Namespace) -> OrchestraConfig:
         roles_raw = env.get("OLLAMA_ORCHESTRA_ROLES", "")
         if roles_raw.strip():
             kwargs["roles"] = parse_role_specs(roles_raw.split(","), field="OLLAMA_ORCHESTRA_ROLES")
-        cfg = OrchestraConfig(**kwargs)
-    elif args.config:
-        cfg = OrchestraConfig.from_file(args.config)
-    else:
-        cfg = OrchestraConfig.from_env(env)
+        kwargs["roles"] = {**kwargs.get("roles", {}), **flag_roles}
+        return OrchestraConfig(**kwargs)
+    # (OLLAMA_ORCHESTRA_CONFIG, like --config, names a file whose strategy the flag overrides.)
+    cfg = OrchestraConfig.from_file(args.config) if args.config else OrchestraConfig.from_env(env)
     changes: Dict[str, Any] = {}
     if args.strategy:
         changes["strategy"] = args.strategy

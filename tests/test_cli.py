@@ -434,6 +434,44 @@ class TestRoles:
         assert r.code == 0, r.err
         assert all(t["status"] == "ok" for t in json.loads(r.out)["tasks"])
 
+    async def test_role_flags_over_env_servers(
+        self,
+        two_hosts: SimFleet,
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """With the servers from OLLAMA_ORCHESTRA_SERVERS, --role overrides its _ROLES."""
+        monkeypatch.setenv(
+            "OLLAMA_ORCHESTRA_SERVERS", ",".join(f"{s.name}={s.url}*2" for s in two_hosts)
+        )
+        monkeypatch.setenv("OLLAMA_ORCHESTRA_ROLES", "planner=tiny,coder=absent-model")
+        dag = write_dag(tmp_path / "dag.json", self.ROLE_DAG)
+        r = await main_in_thread(capsys, "run", str(dag), "--json", "--role", "coder=tiny")
+        assert r.code == 0, r.err
+        assert {t["server"] for t in json.loads(r.out)["tasks"]} <= {"h1", "h2"}
+
+    def test_env_strategy_with_server(
+        self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """OLLAMA_ORCHESTRA_STRATEGY applies with --server too (here a bad one: exit 2)."""
+        monkeypatch.setenv("OLLAMA_ORCHESTRA_STRATEGY", "fastest")
+        r = main_here(capsys, "status", "--server", "a=http://127.0.0.1:9")
+        assert r.code == 2 and "strategy" in one_error_line(r)
+
+    async def test_strategy_flag_over_env(
+        self,
+        two_hosts: SimFleet,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """--strategy overrides the environment's."""
+        monkeypatch.setenv("OLLAMA_ORCHESTRA_STRATEGY", "fastest")
+        r = await main_in_thread(
+            capsys, "status", *servers(two_hosts), "--strategy", "least_loaded"
+        )
+        assert r.code == 0, r.err
+
     @pytest.mark.parametrize("role", ["coder", "=tiny", "coder="])
     def test_bad_role_flag(
         self, role: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
