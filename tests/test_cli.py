@@ -17,7 +17,7 @@ import pytest_asyncio
 
 import ollama_orchestra.cli as orchestra_cli
 from ollama_orchestra import ConfigError
-from ollama_orchestra.sim import SimFleet
+from ollama_orchestra.sim import Faults, SimFleet
 from ollama_orchestra.testing import tiny_profile
 
 
@@ -102,9 +102,9 @@ class TestRun:
             json.dumps({"tasks": [{"id": "x", "model": "tiny", "prompt": "hi"}]}), encoding="utf-8"
         )
         async with SimFleet([tiny_profile("h1")], time_scale=0.01) as fleet:
-            await fleet["h1"].set_faults(
-                __import__("ollama_orchestra.sim", fromlist=["Faults"]).Faults(status=500)
-            )
+            # Generation fails, probes do not: the task fails at once (status=500 would take
+            # the host down and make the task wait wait_for_healthy_s first).
+            await fleet["h1"].set_faults(Faults(error_rate=1.0))
             r = await cli("run", str(dag), *servers(fleet))
         assert r.returncode == 1
         assert "failed: x:" in r.stdout
