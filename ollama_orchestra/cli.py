@@ -268,10 +268,10 @@ def _run_report(result: DagResult, metrics: MetricsSnapshot, t0: float) -> Dict[
             "output": r.output,
             "server": r.server,
             "attempts": r.attempts,
-            "queued_s": r.queued_s,
+            "queued_s": round(r.queued_s, 6),
             "started_s": since(r.started_at),
             "finished_s": since(r.finished_at),
-            "run_s": r.run_s,
+            "run_s": round(r.run_s, 6),
             "priority": r.priority,
             "error": r.error_message or None,
         }
