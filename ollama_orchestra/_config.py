@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -468,34 +469,64 @@ class OrchestraConfig:
             raise ConfigError(
                 "OLLAMA_ORCHESTRA_SERVERS", raw, "is not set; expected name=url[,name=url...]"
             )
-        servers = []
-        for i, item in enumerate(p.strip() for p in raw.split(",")):
-            name, sep, rest = item.partition("=")
-            if not sep or not name.strip() or not rest.strip():
-                raise ConfigError(f"OLLAMA_ORCHESTRA_SERVERS[{i}]", item, "expected name=url")
-            url, star, slots = rest.strip().partition("*")
-            conc = 1
-            if star:
-                try:
-                    conc = int(slots)
-                except ValueError:
-                    raise ConfigError(
-                        f"OLLAMA_ORCHESTRA_SERVERS[{i}]", item, "slots after '*' must be an integer"
-                    ) from None
-            servers.append(Server(name.strip(), url, max_concurrency=conc))
-        kwargs: Dict[str, Any] = {"servers": tuple(servers)}
+        servers = tuple(
+            parse_server_spec(item, field=f"OLLAMA_ORCHESTRA_SERVERS[{i}]")
+            for i, item in enumerate(raw.split(","))
+        )
+        kwargs: Dict[str, Any] = {"servers": servers}
         if env.get("OLLAMA_ORCHESTRA_STRATEGY"):
             kwargs["strategy"] = env["OLLAMA_ORCHESTRA_STRATEGY"]
         roles_raw = env.get("OLLAMA_ORCHESTRA_ROLES", "")
         if roles_raw.strip():
-            roles = {}
-            for item in (p.strip() for p in roles_raw.split(",")):
-                role, sep, model = item.partition("=")
-                if not sep or not role.strip() or not model.strip():
-                    raise ConfigError("OLLAMA_ORCHESTRA_ROLES", item, "expected role=model")
-                roles[role.strip()] = model.strip()
-            kwargs["roles"] = roles
+            kwargs["roles"] = parse_role_specs(roles_raw.split(","), field="OLLAMA_ORCHESTRA_ROLES")
         return cls(**kwargs)
+
+
+# The environment's and the command line's shorthand for servers and roles: one parser each,
+# so ``OLLAMA_ORCHESTRA_SERVERS`` and ``--server`` (``_ROLES`` and ``--role``) cannot drift.
+
+
+def parse_server_spec(item: str, *, field: str, default_name: Optional[str] = None) -> Server:
+    """``NAME=URL[*SLOTS]`` to a :class:`Server` (``*SLOTS`` sets ``max_concurrency``).
+
+    Every malformed value, whatever part of it is wrong, raises :class:`ConfigError` naming
+    ``field`` (credentials in the URL are not shown). An empty ``NAME`` takes
+    ``default_name`` when one is given.
+    """
+    shown = _redact_userinfo(item)
+    name, sep, rest = item.strip().partition("=")
+    name = name.strip() or (default_name or "")
+    if not sep or not name or not rest.strip():
+        raise ConfigError(field, shown, "expected NAME=URL[*SLOTS]")
+    url, star, slots = rest.strip().partition("*")
+    conc = 1
+    if star:
+        try:
+            conc = int(slots)
+        except ValueError:
+            raise ConfigError(field, shown, "slots after '*' must be an integer") from None
+    try:
+        return Server(name, url.strip(), max_concurrency=conc)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as exc:  # e.g. urlsplit's "Invalid IPv6 URL"
+        raise ConfigError(field, shown, str(exc)) from exc
+
+
+def parse_role_specs(items: Iterable[str], *, field: str) -> Dict[str, str]:
+    """``ROLE=MODEL`` items to a roles mapping (a later item overrides an earlier one)."""
+    roles: Dict[str, str] = {}
+    for item in items:
+        role, sep, model = item.strip().partition("=")
+        if not sep or not role.strip() or not model.strip():
+            raise ConfigError(field, item, "expected ROLE=MODEL")
+        roles[role.strip()] = model.strip()
+    return roles
+
+
+def _redact_userinfo(text: str) -> str:
+    """``http://user:pass@host`` shown as ``http://<redacted>@host``."""
+    return re.sub(r"://[^/@\s]*@", f"://{_REDACTED}@", text)
 
 
 def _build(kind: Any, raw: Any, where: str) -> Any:

@@ -1,7 +1,9 @@
 """``ollama-orchestra``: status, run, proxy, sim and demo, from the command line.
 
-Every error a person can cause (bad flags, an unreachable fleet, a bad file) ends in one clear
-line on stderr and a non-zero exit, never a traceback.
+Every error a person can cause (bad flags, an unreachable fleet, a bad file, a port in use)
+ends in one clear line on stderr and a non-zero exit, never a traceback: exit 2 for bad input
+(flags, config, DAG file), 1 for a failure at run time (a task failed, no server reachable,
+an OS error), 130 when interrupted. A bug still shows its traceback.
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 import anyio
 
 from ._client import Orchestra
-from ._config import OrchestraConfig, Server
+from ._config import OrchestraConfig, Server, parse_role_specs, parse_server_spec
 from ._errors import ConfigError, DagValidationError, OrchestraError
-from ._executor import DagResult, Task, TaskEvent, load_dag
+from ._executor import DagResult, Task, TaskEvent, TaskResult, load_dag
 from ._metrics import MetricsSnapshot
-from ._state import FleetSnapshot
+from ._state import FleetSnapshot, ServerSnapshot
+
+if sys.version_info >= (3, 11):
+    from builtins import BaseExceptionGroup as _BaseExceptionGroup
+else:  # pragma: no cover - anyio depends on the backport there
+    from exceptiongroup import BaseExceptionGroup as _BaseExceptionGroup
 
 __all__ = ["main"]
 
@@ -38,24 +45,37 @@ class CliError(Exception):
 
 
 def _config(args: argparse.Namespace) -> OrchestraConfig:
+    """The fleet from the flags, over a config file or the environment.
+
+    ``--server`` replaces the servers only: the roles and the strategy still come from
+    ``OLLAMA_ORCHESTRA_ROLES`` and ``OLLAMA_ORCHESTRA_STRATEGY``. ``--role`` and
+    ``--strategy`` override whatever the file or the environment says.
+    """
+    env: Dict[str, str] = dict(os.environ)
+    if args.strategy:
+        env["OLLAMA_ORCHESTRA_STRATEGY"] = args.strategy  # the flag wins, even over a bad value
+    flag_roles = parse_role_specs(args.role or (), field="--role")
     if args.server:
-        servers = []
-        for i, item in enumerate(args.server):
-            name, sep, rest = item.partition("=")
-            if not sep:
-                raise CliError(f"--server {item!r}: expected NAME=URL[*SLOTS]")
-            url, star, slots = rest.partition("*")
-            try:
-                conc = int(slots) if star else 1
-            except ValueError:
-                raise CliError(f"--server {item!r}: slots after '*' must be an integer") from None
-            servers.append(Server(name or f"server{i}", url, max_concurrency=conc))
-        kwargs: Dict[str, Any] = {"servers": tuple(servers)}
-        if args.strategy:
-            kwargs["strategy"] = args.strategy
+        servers = tuple(
+            parse_server_spec(item, field="--server", default_name=f"server{i}")
+            for i, item in enumerate(args.server)
+        )
+        kwargs: Dict[str, Any] = {"servers": servers}
+        if env.get("OLLAMA_ORCHESTRA_STRATEGY"):
+            kwargs["strategy"] = env["OLLAMA_ORCHESTRA_STRATEGY"]
+        roles_raw = env.get("OLLAMA_ORCHESTRA_ROLES", "")
+        if roles_raw.strip():
+            kwargs["roles"] = parse_role_specs(roles_raw.split(","), field="OLLAMA_ORCHESTRA_ROLES")
+        kwargs["roles"] = {**kwargs.get("roles", {}), **flag_roles}
         return OrchestraConfig(**kwargs)
-    cfg = OrchestraConfig.from_file(args.config) if args.config else OrchestraConfig.from_env()
-    return cfg.replace(strategy=args.strategy) if args.strategy else cfg
+    # (OLLAMA_ORCHESTRA_CONFIG, like --config, names a file whose strategy the flag overrides.)
+    cfg = OrchestraConfig.from_file(args.config) if args.config else OrchestraConfig.from_env(env)
+    changes: Dict[str, Any] = {}
+    if args.strategy:
+        changes["strategy"] = args.strategy
+    if flag_roles:
+        changes["roles"] = {**cfg.roles, **flag_roles}
+    return cfg.replace(**changes) if changes else cfg
 
 
 # -- tables ------------------------------------------------------------------------------------
@@ -101,6 +121,19 @@ def status_table(snap: FleetSnapshot, out: TextIO) -> None:
             ]
         )
     _table(rows, out)
+    down = [s for s in snap.servers.values() if not s.healthy]
+    if down:
+        out.write("\n")
+    for s in down:
+        out.write(f"{s.name} is down: {_down_cause(s)}\n")
+
+
+def _down_cause(s: ServerSnapshot) -> str:
+    return _one_line(s.last_error or "no answer to the probes yet")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def metrics_table(m: MetricsSnapshot, counts: Dict[str, int], out: TextIO) -> None:
@@ -178,7 +211,7 @@ async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if not snap.healthy:
         raise CliError(
             "no server is reachable: "
-            + "; ".join(f"{s.name}: {s.last_error}" for s in snap.servers.values()),
+            + "; ".join(f"{s.name}: {_down_cause(s)}" for s in snap.servers.values()),
             1,
         )
     return 0
@@ -187,8 +220,16 @@ async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
 async def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
     spec = load_dag(args.file)
     config = _config(args)
+    if args.output is not None:
+        try:
+            args.output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CliError(f"--output {args.output}: cannot create: {exc.strerror or exc}") from exc
+    # With --json, stdout is the one JSON document: progress and failures go to stderr.
+    log = sys.stderr if args.json else out
     async with Orchestra(config) as orch:
-        progress = Progress(len(spec.tasks), out)
+        progress = Progress(len(spec.tasks), log)
+        t0 = anyio.current_time()
         result = await orch.run(
             list(spec.tasks),
             schedule=args.schedule or spec.schedule,
@@ -196,22 +237,86 @@ async def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             on_event=progress,
         )
         metrics = orch.metrics()
-    _summary(result, metrics, out)
+    if args.output is not None:
+        for r in result.results:
+            if r.ok and r.output is not None:
+                (args.output / f"{r.id}.txt").write_text(r.output, encoding="utf-8")
+    if args.json:
+        json.dump(_run_report(result, metrics, t0), out, indent=2)
+        out.write("\n")
+    else:
+        if args.print_outputs:
+            _print_outputs(result, out)
+        _summary(result, metrics, out)
     failed = [r for r in result.results if not r.ok]
     for r in failed:
-        out.write(f"{r.status}: {r.id}: {r.error_message}\n")
+        log.write(f"{r.status}: {r.id}: {_one_line(r.error_message)}\n")
     return 1 if failed else 0
+
+
+def _run_report(result: DagResult, metrics: MetricsSnapshot, t0: float) -> Dict[str, Any]:
+    """``run --json``: every task's outcome (times in seconds from the start of the run),
+    then the makespan and each server's share of the work."""
+
+    def since(at: Optional[float]) -> Optional[float]:
+        return None if at is None else round(at - t0, 6)
+
+    def task(r: TaskResult) -> Dict[str, Any]:
+        return {
+            "id": r.id,
+            "status": r.status,
+            "output": r.output,
+            "server": r.server,
+            "attempts": r.attempts,
+            "queued_s": round(r.queued_s, 6),
+            "started_s": since(r.started_at),
+            "finished_s": since(r.finished_at),
+            "run_s": round(r.run_s, 6),
+            "priority": r.priority,
+            "error": r.error_message or None,
+        }
+
+    counts = _task_counts(result)
+    return {
+        "ok": result.ok,
+        "tasks": [task(r) for r in result.results],
+        "makespan_s": result.makespan_s,
+        "imbalance": metrics.imbalance,
+        "servers": {
+            s.name: {
+                "tasks": counts.get(s.name, 0),
+                "requests": s.requests,
+                "failures": s.failures,
+                "utilization": s.utilization,
+                "share": s.share,
+                "fair_share": s.fair_share,
+                "tokens_per_s": s.tokens_per_s,
+            }
+            for s in metrics.servers.values()
+        },
+    }
+
+
+def _print_outputs(result: DagResult, out: TextIO) -> None:
+    for r in result.results:
+        if r.ok and r.output is not None:
+            out.write(f"\n== {r.id}" + (f" ({r.server})" if r.server else "") + " ==\n")
+            out.write(r.output.rstrip("\n") + "\n")
+
+
+def _task_counts(result: DagResult) -> Dict[str, int]:
+    counts: Dict[str, int] = {}
+    for r in result.results:
+        if r.server:
+            counts[r.server] = counts.get(r.server, 0) + 1
+    return counts
 
 
 def _summary(
     result: DagResult, metrics: MetricsSnapshot, out: TextIO, *, scale: float = 1.0
 ) -> None:
-    counts: Dict[str, int] = {}
-    for r in result.results:
-        if r.server:
-            counts[r.server] = counts.get(r.server, 0) + 1
     out.write("\n")
-    metrics_table(metrics, counts, out)
+    metrics_table(metrics, _task_counts(result), out)
     ok = sum(1 for r in result.results if r.ok)
     out.write(
         f"\n{ok}/{len(result.results)} tasks ok, makespan {result.makespan_s / scale:.2f}s, imbalance {metrics.imbalance:.1%}\n"
@@ -409,6 +514,12 @@ def _parser() -> argparse.ArgumentParser:
             help="a server (repeatable); overrides --config",
         )
         sp.add_argument(
+            "--role",
+            action="append",
+            metavar="ROLE=MODEL",
+            help="a role (repeatable); overrides the config's or OLLAMA_ORCHESTRA_ROLES's",
+        )
+        sp.add_argument(
             "--strategy", help="round_robin, least_loaded, weighted, model_aware or hybrid"
         )
 
@@ -418,6 +529,22 @@ def _parser() -> argparse.ArgumentParser:
     rn = sub.add_parser("run", help="run a DAG file (TOML or JSON) on the fleet")
     rn.add_argument("file", type=Path)
     rn.add_argument("--schedule", choices=("eager", "waves", "sequential"))
+    shown = rn.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (every task's status, output, server, timings, error)"
+        " on stdout; progress goes to stderr",
+    )
+    shown.add_argument(
+        "--print-outputs", action="store_true", help="print each task's output after the run"
+    )
+    rn.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="write each successful task's output to DIR/ID.txt",
+    )
     fleet_flags(rn)
     px = sub.add_parser("proxy", help="serve Ollama's API for the whole fleet (drop-in)")
     px.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT")
@@ -455,14 +582,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = {"status": cmd_status, "run": cmd_run, "proxy": cmd_proxy, "demo": cmd_demo}
     try:
         return int(anyio.run(commands[args.command], args, out))
-    except CliError as exc:
-        print(f"ollama-orchestra: {exc}", file=sys.stderr)
-        return exc.code
-    except (ConfigError, DagValidationError) as exc:
-        print(f"ollama-orchestra: {exc}", file=sys.stderr)
-        return 2
-    except OrchestraError as exc:
-        print(f"ollama-orchestra: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    except BaseException as exc:
+        failure = _expected_failure(exc)
+        if failure is None:
+            raise  # a bug: its traceback is what a report needs
+        message, code = failure
+        if message:
+            print(f"ollama-orchestra: {message}", file=sys.stderr)
+        return code
+
+
+def _expected_failure(exc: BaseException) -> Optional[Tuple[str, int]]:
+    """The one line to print and the exit code for a failure a person can cause; ``None``
+    for anything else (a bug).
+
+    anyio's task groups wrap errors in exception groups: a group counts as expected when
+    everything in it is, and is reported by its first error.
+    """
+    if isinstance(exc, _BaseExceptionGroup):
+        failures = [_expected_failure(e) for e in exc.exceptions]
+        if not failures or any(f is None for f in failures):
+            return None
+        found = [f for f in failures if f is not None]
+        messages = list(dict.fromkeys(m for m, _ in found if m))
+        if len(messages) > 1:
+            return f"{messages[0]} (and {len(messages) - 1} more)", found[0][1]
+        return (messages[0] if messages else ""), found[0][1]
+    if isinstance(exc, KeyboardInterrupt):
+        return "", 130
+    code: Optional[int] = None
+    if isinstance(exc, CliError):
+        code = exc.code
+    elif isinstance(exc, (ConfigError, DagValidationError)):
+        code = 2
+    elif isinstance(exc, (OrchestraError, OSError)):
+        code = 1
+    return None if code is None else (_one_line(str(exc)) or type(exc).__name__, code)

@@ -228,3 +228,29 @@ first_byte_s = 30
         with pytest.raises(ConfigError) as info:
             OrchestraConfig.from_env({"OLLAMA_ORCHESTRA_SERVERS": value})
         assert "OLLAMA_ORCHESTRA_SERVERS" in str(info.value) or "url" in info.value.field
+
+
+class TestServerAndRoleSpecs:
+    """NAME=URL[*SLOTS] and ROLE=MODEL: one parser for the environment and the CLI's flags."""
+
+    @pytest.mark.parametrize("value", ["a=http://[::1", "a=http://h:99999", "a=http://h*0"])
+    def test_every_malformed_server_is_a_config_error(self, value: str) -> None:
+        """Whatever part is wrong (urlsplit's own ValueError included): ConfigError."""
+        with pytest.raises(ConfigError):
+            OrchestraConfig.from_env({"OLLAMA_ORCHESTRA_SERVERS": value})
+
+    def test_url_password_not_in_error(self) -> None:
+        """The message of a malformed item does not show the URL's credentials."""
+        with pytest.raises(ConfigError) as info:
+            OrchestraConfig.from_env({"OLLAMA_ORCHESTRA_SERVERS": "a=http://u:s3cret@h*x"})
+        assert "s3cret" not in str(info.value)
+        assert info.value.field == "OLLAMA_ORCHESTRA_SERVERS[0]"
+
+    @pytest.mark.parametrize("value", ["coding", "=m", "coding=", "a=b,"])
+    def test_malformed_roles(self, value: str) -> None:
+        """A malformed OLLAMA_ORCHESTRA_ROLES item names the variable."""
+        with pytest.raises(ConfigError) as info:
+            OrchestraConfig.from_env(
+                {"OLLAMA_ORCHESTRA_SERVERS": "a=http://h:1", "OLLAMA_ORCHESTRA_ROLES": value}
+            )
+        assert info.value.field == "OLLAMA_ORCHESTRA_ROLES"
