@@ -255,7 +255,9 @@ class TestRunJson:
             tmp_path / "dag.json",
             [
                 {"id": "good", "model": "tiny", "prompt": "hi"},
-                {"id": "bad", "model": "no-such-model", "prompt": "hi"},
+                # Passes the pre-flight (the model exists) but fails on the host: an embedding
+                # model cannot generate (HTTP 400, not retried).
+                {"id": "bad", "model": "tiny-embed", "prompt": "hi"},
                 {"id": "after", "model": "tiny", "prompt": "{bad}", "depends_on": ["bad"]},
             ],
         )
@@ -265,7 +267,7 @@ class TestRunJson:
         status = {t["id"]: (t["status"], t["error"]) for t in doc["tasks"]}
         assert doc["ok"] is False
         assert status["good"] == ("ok", None)
-        assert status["bad"][0] == "failed" and "no-such-model" in status["bad"][1]
+        assert status["bad"][0] == "failed" and "tiny-embed" in status["bad"][1]
         assert status["after"][0] == "skipped" and "'bad'" in status["after"][1]
         assert "failed: bad:" in r.err
 
@@ -306,7 +308,9 @@ class TestRunOutputs:
             tmp_path / "dag.json",
             [
                 {"id": "good", "model": "tiny", "prompt": "hi"},
-                {"id": "bad", "model": "no-such-model", "prompt": "hi"},
+                # Passes the pre-flight (the model exists) but fails on the host: an embedding
+                # model cannot generate (HTTP 400, not retried).
+                {"id": "bad", "model": "tiny-embed", "prompt": "hi"},
             ],
         )
         r = await main_in_thread(
@@ -407,12 +411,14 @@ class TestRoles:
         capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """Without the flag, the environment's role is the one used (here: a missing model)."""
+        """Without the flag, the environment's role is the one used: here a missing model,
+        which the pre-flight refuses before any task runs (exit 2, the role and model named)."""
         monkeypatch.setenv("OLLAMA_ORCHESTRA_ROLES", "planner=tiny,coder=absent-model")
-        got = await self.run_roles(two_hosts, tmp_path, capsys)
-        assert got["plan"] == ("ok", None)
-        status, error = got["code"]
-        assert status == "failed" and error is not None and "absent-model" in error
+        dag = write_dag(tmp_path / "dag.json", self.ROLE_DAG)
+        r = await main_in_thread(capsys, "run", str(dag), "--json", *servers(two_hosts))
+        assert r.code == 2 and r.out == ""
+        assert "'code'" in r.err and "absent-model" in r.err
+        assert all(two_hosts[h].state().requests == 0 for h in ("h1", "h2"))
 
     async def test_role_flag_over_config_file(
         self, two_hosts: SimFleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
