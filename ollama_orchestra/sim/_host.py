@@ -592,15 +592,19 @@ class SimHost:
             rate = _NUM_BATCH / (_NUM_BATCH / rate + step)
         return rate / max(1, runner.prefilling)
 
-    async def _prefill(self, runner: _Runner, n: int) -> float:
-        """Evaluate ``n`` prompt tokens; return the simulated seconds they took."""
+    async def _prefill(self, runner: _Runner, n: int, credit_s: float = 0.0) -> float:
+        """Evaluate ``n`` prompt tokens; return the simulated seconds they took.
+
+        ``credit_s`` real seconds already spent on this prompt (rendering, tokenising) count
+        as evaluation time.
+        """
         if n <= 0:
             return 0.0
         runner.prefilling += 1
         done = 0.0
         spent = 0.0
         try:
-            last = time.monotonic()
+            last = time.monotonic() - credit_s
             while n - done > 1e-9:
                 if self._paused:
                     await self._wait_running()
@@ -653,7 +657,7 @@ class SimHost:
             await self._sleep_sim(
                 admission.copied_bytes / (self.profile.host_to_device_gbps * 1e9) * self.faults.slow
             )
-            prompt_s = await self._prefill(runner, admission.evaluate)
+            prompt_s = await self._prefill(runner, admission.evaluate, prompt.overhead_s)
             kept = prompt.tokens
             # Ollama: prompt_eval_count = cache_n + prompt_n; the duration is prompt_ms only.
             stats["prompt_eval_count"] = len(prompt.tokens)
@@ -978,6 +982,7 @@ class SimHost:
             raise _HTTPError(500, "llama runner process has terminated: simulated failure")
 
     async def _generate_route(self, receive: Receive, send: Send) -> None:
+        t0 = time.monotonic()  # reading, rendering, tokenising: absorbed by the prefill
         body = await self._json_body(receive)
         spec = self._model_for(body, "completion", "generate")
         self._record("/api/generate", body)
@@ -987,10 +992,11 @@ class SimHost:
         system = body.get("system") or ""
         num_ctx = self._num_ctx(body, spec)
         text = render_generate(prompt, str(system), raw=body.get("raw") is True)
-        rendered = self._fit(body, text, tokenize(text), num_ctx)
+        rendered = self._fit(body, text, tokenize(text), num_ctx, t0)
         await self._complete(receive, send, body, spec, prompt, rendered, chat=False)
 
     async def _chat_route(self, receive: Receive, send: Send) -> None:
+        t0 = time.monotonic()  # reading, rendering, tokenising: absorbed by the prefill
         body = await self._json_body(receive)
         spec = self._model_for(body, "completion", "chat")
         self._record("/api/chat", body)
@@ -1000,7 +1006,7 @@ class SimHost:
         tools = body.get("tools") if isinstance(body.get("tools"), list) else None
         num_ctx = self._num_ctx(body, spec)
         tokens = fit_chat(messages, tools, num_ctx, truncate=body.get("truncate") is not False)
-        rendered = self._fit(body, "".join(tokens), tokens, num_ctx)
+        rendered = self._fit(body, "".join(tokens), tokens, num_ctx, t0)
         await self._complete(
             receive, send, body, spec, "" if not messages else rendered.text, rendered, chat=True
         )
@@ -1020,7 +1026,7 @@ class SimHost:
         return min(max(int(value), 4), spec.context_length)
 
     def _fit(
-        self, body: Dict[str, Any], text: str, tokens: List[Token], num_ctx: int
+        self, body: Dict[str, Any], text: str, tokens: List[Token], num_ctx: int, t0: float
     ) -> RenderedPrompt:
         """Cut a prompt longer than its context as Ollama does (``truncate``, the default),
         or refuse it as llama-server does when ``truncate`` is false."""
@@ -1032,7 +1038,7 @@ class SimHost:
             tokens = shift_truncate(tokens, num_ctx, num_keep)
         elif len(tokens) >= num_ctx:
             raise _HTTPError(400, CONTEXT_EXCEEDED)
-        return RenderedPrompt(text, tokens, num_ctx)
+        return RenderedPrompt(text, tokens, num_ctx, time.monotonic() - t0)
 
     async def _complete(
         self,

@@ -44,6 +44,11 @@ __all__ = ["Admission", "PromptCache", "SlotView", "common_prefix"]
 
 #: llama.cpp ``common_params.slot_prompt_similarity``.
 SLOT_PROMPT_SIMILARITY = 0.1
+#: The simulator keeps at most this many RAM cache entries (oldest dropped first), so that
+#: scanning them stays cheap under a flood of short prompts. llama-server has no such count
+#: limit, but its size limit binds long before it for agent-sized prompts (8 GiB holds about
+#: 43k tokens of a 14B model's f16 KV cache).
+MAX_RAM_ENTRIES = 64
 
 
 def common_prefix(a: Sequence[Token], b: Sequence[Token]) -> int:
@@ -193,10 +198,13 @@ class PromptCache:
         if not tokens:
             return 0
         n = len(tokens)
+        kept: List[List[Token]] = []
         for e in self._ram:
-            if common_prefix(e, tokens) == n:
+            lcp = common_prefix(e, tokens)
+            if lcp == n:
                 return 0  # already held
-        kept = [e for e in self._ram if common_prefix(e, tokens) != len(e)]
+            if lcp != len(e):
+                kept.append(e)  # entries the saved prompt contains are dropped
         self._ram = deque(kept)
         if n * self._kv > self._ram_limit:
             return 0  # larger than the whole cache: dropped
@@ -226,7 +234,7 @@ class PromptCache:
         def size() -> int:
             return sum(len(e) for e in self._ram) * self._kv
 
-        while len(self._ram) > 1 and size() > self._ram_limit:
+        while len(self._ram) > 1 and (size() > self._ram_limit or len(self._ram) > MAX_RAM_ENTRIES):
             self._ram.popleft()
         n_tokens = sum(len(e) for e in self._ram)
         per_token = max(1.0, size() / max(1, n_tokens))

@@ -43,11 +43,17 @@ Token = str
 
 @dataclass(frozen=True)
 class RenderedPrompt:
-    """A request's prompt as the model sees it: text (seeds the answer), tokens, context."""
+    """A request's prompt as the model sees it: text (seeds the answer), tokens, context.
+
+    ``overhead_s`` is the real time the simulator spent rendering and tokenising it: the
+    prompt's evaluation absorbs it, so that the simulator's own work does not show up as
+    simulated time (it would, scaled by ``1/time_scale``).
+    """
 
     text: str
     tokens: List[Token]
     num_ctx: int
+    overhead_s: float = 0.0
 
 
 _PIECES = re.compile(r" ?\w{1,5}| ?[^\w\s]{1,3}|\n+|[^\S\n]+")
