@@ -11,6 +11,7 @@ import ollama
 import pytest
 
 from ollama_orchestra.sim import HostProfile, ModelSpec, SimServer
+from ollama_orchestra.sim._kvcache import PromptCache
 from ollama_orchestra.sim._prompt import render_chat, tokenize
 
 M = "m:latest"
@@ -298,3 +299,68 @@ class TestPrefillAndDecode:
         alone = 400 / DECODE_TPS
         assert dec["eval_duration"] > 1.5 * alone * 1e9
         assert pre["prompt_eval_duration"] >= prefill_ns(pre["prompt_eval_count"])
+
+
+def toks(tag: str, n: int) -> List[str]:
+    return [f"{tag}{i}" for i in range(n)]
+
+
+def cache(slots: int = 2, ram: int = 10**9) -> PromptCache:
+    return PromptCache(slots, kv_bytes_per_token=1000, ram_bytes=ram, limit_tokens=100)
+
+
+class TestSlotRule:
+    def test_empty_slots_go_in_lru_order_last_first(self) -> None:
+        """llama-server's LRU pick keeps the last of equally old slots: slot n-1 first."""
+        c = cache(3)
+        assert c.admit(toks("a", 10)).slot == 2
+        assert c.admit(toks("b", 10)).slot == 1
+
+    def test_most_similar_idle_slot_wins(self) -> None:
+        """The idle slot sharing the longest prefix (> 10% of the prompt) is taken."""
+        c = cache()
+        a, b = c.admit(toks("a", 100)), c.admit(toks("b", 100))
+        c.release(a.slot, toks("a", 100))
+        c.release(b.slot, toks("b", 100))
+        again = c.admit(toks("a", 100) + toks("x", 5))
+        assert (again.slot, again.cached, again.evaluate) == (a.slot, 100, 5)
+
+    def test_below_threshold_falls_back_to_lru(self) -> None:
+        """A prefix of at most 10% of the prompt does not count: the oldest slot is used."""
+        c = cache()
+        a = c.admit(toks("a", 100))
+        c.release(a.slot, toks("a", 100))
+        b = c.admit(toks("b", 100))
+        c.release(b.slot, toks("b", 100))
+        other = c.admit(toks("a", 10) + toks("z", 90))
+        assert other.slot == a.slot  # least recently used, and it holds the 10-token prefix
+        assert other.cached == 10
+
+    def test_low_keep_saves_to_ram_and_restores_later(self) -> None:
+        """Taking a slot that keeps under half its tokens saves them; a later prompt restores them."""
+        c = cache(1)
+        a = c.admit(toks("a", 100))
+        c.release(a.slot, toks("a", 100))
+        b = c.admit(toks("a", 20) + toks("b", 80))  # keeps 20% of a: a goes to RAM
+        assert b.cached == 20 and c.ram_entries() == (100,)
+        c.release(b.slot, toks("a", 20) + toks("b", 80))
+        back = c.admit(toks("a", 100) + toks("q", 3))
+        assert (back.cached, back.restored_tokens) == (100, 100)
+        assert back.copied_bytes == (100 + 100) * 1000  # b saved, a restored
+        assert c.ram_entries() == (100,)  # b's tokens now
+
+    def test_identical_prompt_evaluates_one_token(self) -> None:
+        """A fully cached prompt still evaluates its last token (for the logits)."""
+        c = cache(1)
+        a = c.admit(toks("a", 50))
+        c.release(a.slot, toks("a", 50))
+        assert (c.admit(toks("a", 50)).cached, c.slots()[0].busy) == (49, True)
+
+    def test_ram_cache_drops_oldest_over_its_size(self) -> None:
+        """Over --cache-ram, the oldest entries go (at least one stays)."""
+        c = cache(1, ram=250_000)  # 250 tokens
+        for tag in "abcd":
+            s = c.admit(toks(tag, 100))
+            c.release(s.slot, toks(tag, 100))
+        assert c.ram_entries() == (100, 100)
+        assert c.ram_bytes() == 200_000
