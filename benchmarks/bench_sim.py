@@ -1,4 +1,4 @@
-"""Does the simulator keep time? Measures its decode rate, slot scaling and cold load.
+"""Does the simulator keep time? Measures its decode rate, slot scaling, cold load and prefill.
 
 Run from the repo root: ``python -m benchmarks.bench_sim [--time-scale 0.05] [--tokens 1500]``.
 
@@ -6,6 +6,14 @@ One simulated host runs in a child process (as in a fleet benchmark); this proce
 from it and times every token as it arrives, in real time, then converts to simulated time
 (divides by ``time_scale``). Each measurement is printed next to what the host's profile
 promises, with their ratio; the exit status is 1 if any ratio is off by more than 5%.
+
+Prefill: the time to first token of a long raw prompt (cold: every token is evaluated at the
+model's ``prompt_tps`` times the host's ``speed``), then of the same prompt with more text
+appended (only the appended tokens are evaluated: the slot holds the prefix), each plus one
+decode step. Token counts come from the responses' ``prompt_eval_count``. Both are measured
+less the fixed overhead of a request (HTTP, the simulator's decode tick: a few real
+milliseconds, which ``1/time_scale`` would make look like a tenth of a second), taken as the
+excess time to first token of a short prompt.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import anyio
 import httpx
@@ -28,6 +36,9 @@ TOLERANCE = 0.05
 QUICK_TOLERANCE = 0.15
 RESULTS = Path(__file__).parent / "results"
 MODEL = "qwen2.5:14b"
+#: words in the long prompt, and in the text appended to it (the second turn).
+PREFILL_WORDS = 20000
+APPENDED_WORDS = 12000
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,28 @@ async def _stream(client: httpx.AsyncClient, tokens: int, prompt: str) -> List[f
             if line and not json.loads(line)["done"]:
                 times.append(time.perf_counter())
     return times
+
+
+async def _first_token(
+    client: httpx.AsyncClient, prompt: str, time_scale: float
+) -> Tuple[float, int]:
+    """Simulated seconds to the first token of a raw prompt, and its prompt_eval_count."""
+    body = {"model": MODEL, "prompt": prompt, "raw": True, "options": {"num_predict": 2}}
+    first: Optional[float] = None
+    count = 0
+    t0 = time.perf_counter()
+    async with client.stream("POST", "/api/generate", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line:
+                continue
+            data = json.loads(line)
+            if first is None and not data["done"]:
+                first = time.perf_counter()
+            if data["done"]:
+                count = int(data["prompt_eval_count"])
+    assert first is not None
+    return (first - t0) / time_scale, count
 
 
 async def _per_request_rate(
@@ -100,6 +133,47 @@ async def measure(time_scale: float, tokens: int) -> List[Row]:
                         rate * n,
                     )
                 )
+        prompt_rate = spec.prompt_rate * profile.speed
+        step = 1.0 / single  # the first token: one decode step after the prompt
+        overheads = []
+        for i in range(3):
+            ttft, count = await _first_token(client, f"x{i}", time_scale)
+            overheads.append(ttft - (count / prompt_rate + step))
+        overhead = min(overheads)
+        # The best of two (other processes' load only ever adds time); new text each time.
+        cold_runs = [
+            await _first_token(
+                client, " ".join(f"{c}{i % 10000}" for i in range(PREFILL_WORDS)), time_scale
+            )
+            for c in "uw"
+        ]
+        ttft, count = min(cold_runs)
+        prompt = " ".join(f"w{i % 10000}" for i in range(PREFILL_WORDS))
+        rows.append(
+            Row(
+                f"time to first token, {count}-token prompt, cold",
+                "s",
+                count / prompt_rate + step,
+                ttft - overhead,
+            )
+        )
+        warm_runs = [
+            await _first_token(
+                client,
+                prompt + "".join(f" {c}{i % 10000}" for i in range(APPENDED_WORDS)),
+                time_scale,
+            )
+            for c in "vx"
+        ]
+        ttft, count2 = min(warm_runs)
+        rows.append(
+            Row(
+                f"time to first token, {count2 - count} tokens after a cached prefix",
+                "s",
+                (count2 - count) / prompt_rate + step,
+                ttft - overhead,
+            )
+        )
     return rows
 
 

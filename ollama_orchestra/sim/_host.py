@@ -9,6 +9,14 @@ Timing: a request's decode speed is the model's single-request speed times the h
 ``speed``, times ``aggregate_speedup(n) / n`` with ``n`` requests decoding at once on the
 host. Every real wait is the simulated time times ``time_scale``; every reported duration is
 in simulated time.
+
+Prompts: a request's prompt is rendered and tokenised (``_prompt``); the loaded model's
+slots and RAM cache (``_kvcache``) decide how much of it is already evaluated, and only the
+rest is charged, at the model's ``prompt_tps`` times the host's ``speed``. As in
+llama-server's batches (``update_slots``: each decoding slot adds its one token, then prompt
+tokens fill the batch up to ``num_batch``, 512 as Ollama sets it), a prompt being evaluated
+stretches every decode step of the same model by a 512-token chunk's time, and decoding
+slots slow the prompt a little in turn.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import math
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import (
     Any,
@@ -43,6 +51,16 @@ import anyio
 from .._config import normalize_model
 from .._openai import openai_app
 from .._serving import BadRequestBody, ClientGone, json_object, read_body
+from ._kvcache import PromptCache
+from ._prompt import (
+    CONTEXT_EXCEEDED,
+    RenderedPrompt,
+    Token,
+    fit_chat,
+    render_generate,
+    shift_truncate,
+    tokenize,
+)
 from ._spec import Faults, HostProfile, ModelSpec, aggregate_speedup
 
 __all__ = ["RequestRecord", "SimHost", "SimState", "SimulatedReset"]
@@ -171,18 +189,40 @@ class SimState:
     paused: bool
     #: distinct client connections seen (host, port) since the host (re)started.
     connections: int = 0
+    #: per loaded model: the tokens each slot's KV cache holds, by slot.
+    slot_cached_tokens: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+    #: per loaded model: the tokens of each entry of llama-server's RAM prompt cache.
+    ram_cached_tokens: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+    #: per loaded model: the context (``num_ctx``) it was loaded with.
+    num_ctx: Dict[str, int] = field(default_factory=dict)
 
     @property
     def queued(self) -> int:
         return self.waiting_for_slot + self.waiting_for_load
 
 
-class _Runner:
-    """A loaded model: its slots and keep-alive."""
+#: ``num_batch``: Ollama's default, passed to llama-server as ``-b``/``-ub``.
+_NUM_BATCH = 512
+#: ``num_keep``: Ollama's default (``api.DefaultOptions``).
+_NUM_KEEP = 4
 
-    def __init__(self, spec: ModelSpec, slots: int) -> None:
+
+class _Runner:
+    """A loaded model: its slots, prompt cache and keep-alive."""
+
+    def __init__(self, spec: ModelSpec, profile: HostProfile, num_ctx: int) -> None:
         self.spec = spec
-        self.slots = slots
+        self.slots = slots = profile.num_parallel
+        self.num_ctx = num_ctx
+        # llama-server -c num_ctx*np -np np: each slot holds num_ctx tokens.
+        self.cache = PromptCache(
+            slots,
+            kv_bytes_per_token=spec.kv_bytes,
+            ram_bytes=profile.cache_ram_mib * 1024 * 1024,
+            limit_tokens=num_ctx * slots,
+        )
+        self.decoding = 0
+        self.prefilling = 0
         self.active = 0
         self.waiters: Deque[asyncio.Future[None]] = deque()
         self.keep_alive_s: float = 300.0  # simulated seconds, from the latest request
@@ -220,10 +260,6 @@ def _parse_keep_alive(value: Any, default: float) -> float:
             raise _HTTPError(400, f"invalid keep_alive duration {value!r}") from None
         return math.inf if n < 0 else n
     raise _HTTPError(400, f"invalid keep_alive {value!r}")
-
-
-def _count_tokens(text: str) -> int:
-    return max(1, (len(text) + 3) // 4)
 
 
 def _now_rfc3339() -> str:
@@ -329,6 +365,15 @@ class SimHost:
             rejected_busy=self._rejected,
             paused=self._paused,
             connections=len(self._clients),
+            slot_cached_tokens={
+                n: tuple(v.cached_tokens for v in r.cache.slots())
+                for n, r in self._runners.items()
+                if not r.unloading
+            },
+            ram_cached_tokens={
+                n: r.cache.ram_entries() for n, r in self._runners.items() if not r.unloading
+            },
+            num_ctx={n: r.num_ctx for n, r in self._runners.items() if not r.unloading},
         )
 
     async def wait_until(self, predicate: Callable[[SimState], bool]) -> SimState:
@@ -402,9 +447,13 @@ class SimHost:
             runner.expiry_handle = None
         self._notify()
 
-    def _is_warm(self, spec: ModelSpec) -> bool:
+    def _is_warm(self, spec: ModelSpec, num_ctx: Optional[int] = None) -> bool:
         runner = self._runners.get(spec.name)
-        return runner is not None and not runner.unloading
+        return (
+            runner is not None
+            and not runner.unloading
+            and (num_ctx is None or runner.num_ctx == num_ctx)
+        )
 
     def _load_ns(self, started: float, warm: bool) -> int:
         """``load_duration``: simulated time spent waiting for and loading the model. For a
@@ -413,10 +462,9 @@ class SimHost:
         elapsed = time.monotonic() - started
         return int((elapsed if warm else self._sim(elapsed)) * 1e9)
 
-    async def _acquire_runner(self, spec: ModelSpec) -> _Runner:
-        runner = self._runners.get(spec.name)
-        if runner is not None and not runner.unloading:
-            return runner
+    async def _acquire_runner(self, spec: ModelSpec, num_ctx: int) -> _Runner:
+        if self._is_warm(spec, num_ctx):
+            return self._runners[spec.name]
         if self._waiting_load >= self.profile.max_queue:
             self._rejected += 1
             raise _HTTPError(
@@ -428,9 +476,16 @@ class SimHost:
             if self._load_lock is None:
                 self._load_lock = asyncio.Lock()
             async with self._load_lock:
-                runner = self._runners.get(spec.name)
-                if runner is not None and not runner.unloading:
-                    return runner
+                if self._is_warm(spec, num_ctx):
+                    return self._runners[spec.name]
+                old = self._runners.get(spec.name)
+                if old is not None and not old.unloading:
+                    # Another num_ctx: Ollama's needsReload sees changed options and reloads
+                    # the model once its requests are done (server/sched.go).
+                    old.unloading = True
+                    self._notify()
+                    await old.idle.wait()
+                    self._unload(old)
                 while self._needs_eviction(spec):
                     victim = self._pick_victim()
                     if victim is None:
@@ -446,7 +501,7 @@ class SimHost:
                     await self._sleep_sim(spec.cold_load_s / self.faults.slow)
                 finally:
                     self._loading = None
-                runner = _Runner(spec, self.profile.num_parallel)
+                runner = _Runner(spec, self.profile, num_ctx)
                 runner.keep_alive_s = self.profile.keep_alive_s
                 self._runners[spec.name] = runner
                 self._loads += 1
@@ -517,9 +572,57 @@ class SimHost:
         if not runner.busy() and self._runners.get(runner.spec.name) is runner:
             self._unload(runner)
 
-    def _rate(self, spec: ModelSpec) -> float:
+    def _decode_rate(self, spec: ModelSpec) -> float:
         n = max(1, self._decoding)
         return spec.decode_tps * self.profile.speed / self.faults.slow * aggregate_speedup(n) / n
+
+    def _prompt_rate(self, spec: ModelSpec) -> float:
+        return spec.prompt_rate * self.profile.speed / self.faults.slow
+
+    def _rate(self, runner: _Runner) -> float:
+        """Tokens/s of one decoding request of ``runner``."""
+        rate = self._decode_rate(runner.spec)
+        if runner.prefilling:
+            # Each batch carries a num_batch chunk of prompt next to the decode step.
+            rate = 1.0 / (1.0 / rate + _NUM_BATCH / self._prompt_rate(runner.spec))
+        return rate
+
+    def _prefill_rate(self, runner: _Runner) -> float:
+        """Prompt tokens/s of one request of ``runner`` evaluating its prompt."""
+        rate = self._prompt_rate(runner.spec)
+        if runner.decoding:
+            step = 1.0 / self._decode_rate(runner.spec)
+            rate = _NUM_BATCH / (_NUM_BATCH / rate + step)
+        return rate / max(1, runner.prefilling)
+
+    async def _prefill(self, runner: _Runner, n: int, credit_s: float = 0.0) -> float:
+        """Evaluate ``n`` prompt tokens; return the simulated seconds they took.
+
+        ``credit_s`` real seconds already spent on this prompt (rendering, tokenising) count
+        as evaluation time.
+        """
+        if n <= 0:
+            return 0.0
+        runner.prefilling += 1
+        done = 0.0
+        spent = 0.0
+        try:
+            last = time.monotonic() - credit_s
+            while n - done > 1e-9:
+                if self._paused:
+                    await self._wait_running()
+                    last = time.monotonic()
+                rate = self._prefill_rate(runner)
+                await asyncio.sleep(min(0.02, (n - done) / rate * self.time_scale))
+                now = time.monotonic()
+                rate = self._prefill_rate(runner)
+                step = min(n - done, self._sim(now - last) * rate)
+                last = now
+                spent += step / rate
+                done += step
+        finally:
+            runner.prefilling -= 1
+        return spent
 
     # -- a generation ----------------------------------------------------------------------
 
@@ -530,28 +633,37 @@ class SimHost:
     async def _generate(
         self,
         spec: ModelSpec,
-        prompt_text: str,
+        prompt: RenderedPrompt,
         num_predict: Optional[int],
         keep_alive: float,
         started: float,
         stats: Dict[str, Any],
     ) -> AsyncIterator[List[str]]:
         """Yield the tokens due at each tick; fill ``stats`` with Ollama's durations (ns) at the end."""
-        warm = self._is_warm(spec)
-        runner = await self._acquire_runner(spec)
+        warm = self._is_warm(spec, prompt.num_ctx)
+        runner = await self._acquire_runner(spec, prompt.num_ctx)
         stats["load_duration"] = self._load_ns(started, warm)
         await self._take_slot(runner)
         epoch = self._epoch
         runner.keep_alive_s = keep_alive
         self._in_flight[spec.name] = self._in_flight.get(spec.name, 0) + 1
+        # -- prompt cache (see _kvcache): the slot, and how much of the prompt it holds ----
+        admission = runner.cache.admit(prompt.tokens)
+        kept: List[Token] = prompt.tokens[: admission.cached]
+        generated: List[str] = []
+        # ------------------------------------------------------------------------------------
         self._notify()
         decoding = False
         try:
-            prompt_tokens = _count_tokens(prompt_text)
-            prompt_s = prompt_tokens / (spec.prompt_rate * self.profile.speed / self.faults.slow)
             await self._wait_running()
-            await self._sleep_sim(prompt_s)
-            stats["prompt_eval_count"] = prompt_tokens
+            # Saving/restoring KV state between RAM and VRAM, before the prompt timer starts.
+            await self._sleep_sim(
+                admission.copied_bytes / (self.profile.host_to_device_gbps * 1e9) * self.faults.slow
+            )
+            prompt_s = await self._prefill(runner, admission.evaluate, prompt.overhead_s)
+            kept = prompt.tokens
+            # Ollama: prompt_eval_count = cache_n + prompt_n; the duration is prompt_ms only.
+            stats["prompt_eval_count"] = len(prompt.tokens)
             stats["prompt_eval_duration"] = int(prompt_s * 1e9)
             target = (
                 num_predict
@@ -561,21 +673,22 @@ class SimHost:
             stats["done_reason"] = (
                 "length" if num_predict is not None and num_predict >= 0 else "stop"
             )
-            rng = self._text_rng(spec.name, prompt_text)
+            rng = self._text_rng(spec.name, prompt.text)
             self._decoding += 1
+            runner.decoding += 1
             decoding = True
             produced = 0
             progress = 0.0
             eval_s = 0.0
             last = time.monotonic()
-            tick = max(0.002, min(0.02, 1.0 / max(1.0, self._rate(spec)) * self.time_scale))
+            tick = max(0.002, min(0.02, 1.0 / max(1.0, self._rate(runner)) * self.time_scale))
             while produced < target:
                 if self._paused:
                     await self._wait_running()
                     last = time.monotonic()
                 await asyncio.sleep(tick)
                 now = time.monotonic()
-                rate = self._rate(spec)
+                rate = self._rate(runner)
                 sim_elapsed = self._sim(now - last)
                 last = now
                 progress += sim_elapsed * rate
@@ -583,7 +696,9 @@ class SimHost:
                 if due > produced:
                     eval_s += (due - produced) / rate
                     # Every token due this tick, together: one write per tick, not per token.
-                    yield [" " + rng.choice(_WORDS) for _ in range(due - produced)]
+                    batch = [" " + rng.choice(_WORDS) for _ in range(due - produced)]
+                    generated.extend(batch)
+                    yield batch
                     produced = due
             stats["eval_count"] = produced
             stats["eval_duration"] = int(eval_s * 1e9)
@@ -592,9 +707,16 @@ class SimHost:
             if epoch == self._epoch:
                 if decoding:
                     self._decoding -= 1
+                    runner.decoding -= 1
                 self._in_flight[spec.name] -= 1
                 if keep_alive == 0:
                     runner.keep_alive_s = 0.0
+                # The slot keeps prompt + generated tokens; the last sampled token was never
+                # evaluated unless generation ended on its own (the end token is not kept).
+                answer = tokenize("".join(generated))
+                if answer and not (stats.get("done_reason") == "stop" and "eval_count" in stats):
+                    answer.pop()
+                runner.cache.release(admission.slot, (kept + answer)[: runner.num_ctx])
                 self._leave(runner)
 
     async def _wait_running(self) -> None:
@@ -603,7 +725,7 @@ class SimHost:
             await ev.wait()
 
     async def _load_only(
-        self, spec: ModelSpec, keep_alive: float, started: float
+        self, spec: ModelSpec, keep_alive: float, started: float, num_ctx: int
     ) -> Dict[str, Any]:
         """Empty prompt: load (or, with keep_alive 0, unload) the model."""
         if keep_alive == 0:
@@ -616,8 +738,8 @@ class SimHost:
                 "done_reason": "unload",
                 "total_duration": int(self._sim(time.monotonic() - started) * 1e9),
             }
-        warm = self._is_warm(spec)
-        runner = await self._acquire_runner(spec)
+        warm = self._is_warm(spec, num_ctx)
+        runner = await self._acquire_runner(spec, num_ctx)
         load_ns = self._load_ns(started, warm)
         runner.keep_alive_s = keep_alive
         if not runner.busy():
@@ -794,7 +916,7 @@ class SimHost:
                     "details": self._details(spec),
                     "expires_at": expires.isoformat().replace("+00:00", "Z"),
                     "size_vram": spec.size_bytes,
-                    "context_length": spec.context_length,
+                    "context_length": runner.num_ctx,
                 }
             )
         await _send_json(send, 200, {"models": models})
@@ -866,6 +988,7 @@ class SimHost:
             raise _HTTPError(500, "llama runner process has terminated: simulated failure")
 
     async def _generate_route(self, receive: Receive, send: Send) -> None:
+        t0 = time.monotonic()  # reading, rendering, tokenising: absorbed by the prefill
         body = await self._json_body(receive)
         spec = self._model_for(body, "completion", "generate")
         self._record("/api/generate", body)
@@ -873,19 +996,55 @@ class SimHost:
         if not isinstance(prompt, str):
             raise _HTTPError(400, "prompt must be a string")
         system = body.get("system") or ""
-        await self._complete(receive, send, body, spec, prompt, str(system) + prompt, chat=False)
+        num_ctx = self._num_ctx(body, spec)
+        text = render_generate(prompt, str(system), raw=body.get("raw") is True)
+        rendered = self._fit(body, text, tokenize(text), num_ctx, t0)
+        await self._complete(receive, send, body, spec, prompt, rendered, chat=False)
 
     async def _chat_route(self, receive: Receive, send: Send) -> None:
+        t0 = time.monotonic()  # reading, rendering, tokenising: absorbed by the prefill
         body = await self._json_body(receive)
         spec = self._model_for(body, "completion", "chat")
         self._record("/api/chat", body)
         messages = body.get("messages") or []
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise _HTTPError(400, "messages must be a list of objects")
-        text = "\n".join(f"{m.get('role', '')}: {m.get('content', '')}" for m in messages)
+        tools = body.get("tools") if isinstance(body.get("tools"), list) else None
+        num_ctx = self._num_ctx(body, spec)
+        tokens = fit_chat(messages, tools, num_ctx, truncate=body.get("truncate") is not False)
+        rendered = self._fit(body, "".join(tokens), tokens, num_ctx, t0)
         await self._complete(
-            receive, send, body, spec, "" if not messages else text, text, chat=True
+            receive, send, body, spec, "" if not messages else rendered.text, rendered, chat=True
         )
+
+    # -- num_ctx, as Ollama applies it per request -------------------------------------------
+
+    def _num_ctx(self, body: Dict[str, Any], spec: ModelSpec) -> int:
+        """The request's context: ``options.num_ctx`` or the host's default; at least 4 and
+        at most the model's context length (``server/sched.go`` ``getRunner``,
+        ``effectiveContext``)."""
+        options = body.get("options")
+        value = options.get("num_ctx") if isinstance(options, dict) else None
+        if value is None:
+            return self.profile.default_num_ctx(spec)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise _HTTPError(400, f"invalid num_ctx {value!r}")
+        return min(max(int(value), 4), spec.context_length)
+
+    def _fit(
+        self, body: Dict[str, Any], text: str, tokens: List[Token], num_ctx: int, t0: float
+    ) -> RenderedPrompt:
+        """Cut a prompt longer than its context as Ollama does (``truncate``, the default),
+        or refuse it as llama-server does when ``truncate`` is false."""
+        options = body.get("options")
+        num_keep = options.get("num_keep", _NUM_KEEP) if isinstance(options, dict) else _NUM_KEEP
+        if isinstance(num_keep, bool) or not isinstance(num_keep, int):
+            raise _HTTPError(400, f"invalid num_keep {num_keep!r}")
+        if body.get("truncate") is not False:
+            tokens = shift_truncate(tokens, num_ctx, num_keep)
+        elif len(tokens) >= num_ctx:
+            raise _HTTPError(400, CONTEXT_EXCEEDED)
+        return RenderedPrompt(text, tokens, num_ctx, time.monotonic() - t0)
 
     async def _complete(
         self,
@@ -894,7 +1053,7 @@ class SimHost:
         body: Dict[str, Any],
         spec: ModelSpec,
         prompt: str,
-        full_text: str,
+        rendered: RenderedPrompt,
         *,
         chat: bool,
     ) -> None:
@@ -922,13 +1081,15 @@ class SimHost:
 
         if not prompt:
             await _send_json(
-                send, 200, chunk("", True, await self._load_only(spec, keep_alive, started))
+                send,
+                200,
+                chunk("", True, await self._load_only(spec, keep_alive, started, rendered.num_ctx)),
             )
             return
 
         self._random_failure()
         stats: Dict[str, Any] = {}
-        gen = self._generate(spec, full_text, num_predict, keep_alive, started, stats)
+        gen = self._generate(spec, rendered, num_predict, keep_alive, started, stats)
         if not stream:
             parts: List[str] = []
 
@@ -994,8 +1155,9 @@ class SimHost:
         self._random_failure()
         started = time.monotonic()
         keep_alive = _parse_keep_alive(body.get("keep_alive"), self.profile.keep_alive_s)
-        warm = self._is_warm(spec)
-        runner = await self._acquire_runner(spec)
+        num_ctx = self._num_ctx(body, spec)
+        warm = self._is_warm(spec, num_ctx)
+        runner = await self._acquire_runner(spec, num_ctx)
         load_ns = self._load_ns(started, warm)
         await self._take_slot(runner)
         epoch = self._epoch
@@ -1003,7 +1165,7 @@ class SimHost:
         self._in_flight[spec.name] = self._in_flight.get(spec.name, 0) + 1
         self._notify()
         try:
-            tokens = sum(_count_tokens(t) for t in texts)
+            tokens = sum(max(1, len(tokenize(t))) for t in texts)
             await self._wait_running()
             await self._sleep_sim(
                 tokens / (spec.prompt_rate * self.profile.speed / self.faults.slow)

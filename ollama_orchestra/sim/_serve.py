@@ -77,6 +77,9 @@ def profile_from_dict(data: Mapping[str, Any], *, where: str = "host") -> HostPr
         "vram_gb",
         "keep_alive_s",
         "version",
+        "num_ctx",
+        "cache_ram_mib",
+        "host_to_device_gbps",
     }
     _reject_unknown_keys(data, known, f"{where}.", error=SimConfigError)
     raw_models = data.get("models")

@@ -60,6 +60,8 @@ class ModelSpec:
         load_s: cold-load time in seconds (default: 0.5 s + 1 s per 1.5 GB).
         capabilities: ``("completion",)`` or ``("embedding",)`` (plus e.g. ``"tools"``).
         default_num_predict: answer length in tokens when the request sets none.
+        kv_bytes_per_token: the KV cache's size per token (default: 16 KiB per GB of
+            weights); sizes the RAM prompt cache's entries and their copy time.
     """
 
     name: str
@@ -74,6 +76,7 @@ class ModelSpec:
     context_length: int = 32768
     default_num_predict: int = 128
     embedding_length: int = 768
+    kv_bytes_per_token: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -89,6 +92,8 @@ class ModelSpec:
         _check_int(owner, "default_num_predict", self.default_num_predict)
         _check_int(owner, "context_length", self.context_length)
         _check_int(owner, "embedding_length", self.embedding_length)
+        if self.kv_bytes_per_token is not None:
+            _check_int(owner, "kv_bytes_per_token", self.kv_bytes_per_token, minimum=0)
         caps = tuple(self.capabilities)
         if not caps or not ({"completion", "embedding"} & set(caps)):
             raise SimConfigError(
@@ -99,6 +104,13 @@ class ModelSpec:
     @property
     def prompt_rate(self) -> float:
         return self.prompt_tps if self.prompt_tps is not None else 25.0 * self.decode_tps
+
+    @property
+    def kv_bytes(self) -> int:
+        """KV cache bytes per token."""
+        if self.kv_bytes_per_token is not None:
+            return self.kv_bytes_per_token
+        return int(self.size_gb * 16384)
 
     @property
     def cold_load_s(self) -> float:
@@ -121,9 +133,13 @@ class ModelSpec:
 class HostProfile:
     """A simulated Ollama host: its GPU (``speed``, ``vram_gb``) and its scheduler settings.
 
-    ``num_parallel``, ``max_loaded_models``, ``max_queue`` and ``keep_alive_s`` mirror
-    ``OLLAMA_NUM_PARALLEL``, ``OLLAMA_MAX_LOADED_MODELS``, ``OLLAMA_MAX_QUEUE`` and
-    ``OLLAMA_KEEP_ALIVE``.
+    ``num_parallel``, ``max_loaded_models``, ``max_queue``, ``keep_alive_s`` and ``num_ctx``
+    mirror ``OLLAMA_NUM_PARALLEL``, ``OLLAMA_MAX_LOADED_MODELS``, ``OLLAMA_MAX_QUEUE``,
+    ``OLLAMA_KEEP_ALIVE`` and ``OLLAMA_CONTEXT_LENGTH``. Without ``num_ctx``, the default
+    context follows the VRAM as Ollama's does (``server/routes.go``): 262144 from 47 GB,
+    32768 from 23 GB, else 4096 (and at most the model's context length).
+    ``cache_ram_mib`` is llama-server's ``--cache-ram`` (its default; Ollama sets none);
+    ``host_to_device_gbps`` is the speed of copying KV state between RAM and VRAM.
     """
 
     name: str
@@ -135,6 +151,9 @@ class HostProfile:
     vram_gb: Optional[float] = None
     keep_alive_s: float = 300.0
     version: str = "0.12.0"
+    num_ctx: Optional[int] = None
+    cache_ram_mib: int = 8192
+    host_to_device_gbps: float = 12.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -153,6 +172,10 @@ class HostProfile:
         _check_int(owner, "max_loaded_models", self.max_loaded_models)
         _check_int(owner, "max_queue", self.max_queue, minimum=0)
         _check_positive(owner, "keep_alive_s", self.keep_alive_s, allow_zero=True)
+        if self.num_ctx is not None:
+            _check_int(owner, "num_ctx", self.num_ctx)
+        _check_int(owner, "cache_ram_mib", self.cache_ram_mib, minimum=0)
+        _check_positive(owner, "host_to_device_gbps", self.host_to_device_gbps)
         if self.vram_gb is not None:
             _check_positive(owner, "vram_gb", self.vram_gb)
             too_big = [m.name for m in models if m.size_gb > self.vram_gb]
@@ -167,6 +190,18 @@ class HostProfile:
             if m.name == name:
                 return m
         return None
+
+    def default_num_ctx(self, spec: ModelSpec) -> int:
+        """The context a request gets when it sets no ``num_ctx``."""
+        if self.num_ctx is not None:
+            ctx = self.num_ctx
+        elif self.vram_gb is not None and self.vram_gb >= 47:
+            ctx = 262144
+        elif self.vram_gb is not None and self.vram_gb >= 23:
+            ctx = 32768
+        else:
+            ctx = 4096
+        return min(ctx, spec.context_length)
 
     def replace(self, **changes: Any) -> HostProfile:
         return replace(self, **changes)
@@ -237,11 +272,25 @@ class Faults:
         return self != Faults()
 
 
+# Prompt evaluation defaults to 25x decode: 875 tok/s for the 32b and 1,750 tok/s for the
+# 14b on the 24 GB-class host (700-1,000 tok/s is what a 32B Q4 gets there). KV bytes per
+# token, f16: 2 (K, V) x layers x KV heads x head dim x 2 bytes (qwen2.5-14b: 48 x 8 x 128;
+# qwen2.5-32b: 64 x 8 x 128).
 QWEN14 = ModelSpec(
-    "qwen2.5:14b", size_gb=9.0, decode_tps=70.0, parameter_size="14.8B", family="qwen2"
+    "qwen2.5:14b",
+    size_gb=9.0,
+    decode_tps=70.0,
+    parameter_size="14.8B",
+    family="qwen2",
+    kv_bytes_per_token=196_608,
 )
 CODER32 = ModelSpec(
-    "qwen2.5-coder:32b", size_gb=20.0, decode_tps=35.0, parameter_size="32.8B", family="qwen2"
+    "qwen2.5-coder:32b",
+    size_gb=20.0,
+    decode_tps=35.0,
+    parameter_size="32.8B",
+    family="qwen2",
+    kv_bytes_per_token=262_144,
 )
 EMBED = ModelSpec(
     "nomic-embed-text:latest",
