@@ -14,6 +14,7 @@ import pytest
         "benchmarks.bench_dag",
         "benchmarks.bench_failover",
         "benchmarks.bench_compare",
+        "benchmarks.bench_soak",
         "benchmarks.__main__",
     ],
 )

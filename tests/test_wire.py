@@ -195,10 +195,11 @@ class TestMalformedBodies:
         and the transport give the same message and never send the body upstream."""
         errors = _Errors()
         loggers = [logging.getLogger(n) for n in ("uvicorn.error", "ollama_orchestra", "")]
-        for lg in loggers:
-            lg.addHandler(errors)
-        try:
-            async with setting() as (sim, orch, url), httpx.AsyncClient() as h:
+        async with setting() as (sim, orch, url), httpx.AsyncClient() as h:
+            # Attached once the servers run: uvicorn's logging set-up replaces its handlers.
+            for lg in loggers:
+                lg.addHandler(errors)
+            try:
                 direct = sim["h1"].url
                 via = httpx.AsyncClient(
                     transport=OrchestraTransport(orch), base_url="http://orchestra"
@@ -222,10 +223,10 @@ class TestMalformedBodies:
                 # Only the simulator, asked directly, saw the two bodies Ollama answers late.
                 assert len(sent) == 2
                 assert orch.state()["h1"].healthy and str(orch.breaker("h1").state) == "closed"
-        finally:
-            for lg in loggers:
-                lg.removeHandler(errors)
-        assert errors.records == []
+            finally:
+                for lg in loggers:
+                    lg.removeHandler(errors)
+        assert [r.getMessage() for r in errors.records] == []
 
     @pytest.mark.parametrize("stream", [None, True, False])
     async def test_null_and_bools_are_accepted(self, stream: Optional[bool]) -> None:
