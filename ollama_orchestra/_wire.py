@@ -268,15 +268,16 @@ _DURATION_UNITS = {
     "m": 60.0,
     "h": 3600.0,
 }
-_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)?")
+_DURATION_NUMBER = re.compile(r"\d*(\.\d*)?")
+_DURATION_UNIT = re.compile(r"[^\d.]*")
 
 
 def _parse_go_duration(text: str) -> float:
-    """Go's ``time.ParseDuration``, in seconds; its error texts."""
+    """Go's ``time.ParseDuration``, in seconds, with its error texts."""
     quoted = json.dumps(text, ensure_ascii=False)
     rest = text
     sign = 1.0
-    if rest[:1] in "+-" and rest:
+    if rest and rest[0] in "+-":
         sign = -1.0 if rest[0] == "-" else 1.0
         rest = rest[1:]
     if rest == "0":
@@ -285,13 +286,21 @@ def _parse_go_duration(text: str) -> float:
         raise _Abort(f"time: invalid duration {quoted}")
     total = 0.0
     while rest:
-        match = _DURATION_PART.match(rest)
-        if match is None:
+        number = _DURATION_NUMBER.match(rest)
+        digits = number.group(0) if number is not None else ""
+        if not digits.strip(".") or not any(ch.isdigit() for ch in digits):
             raise _Abort(f"time: invalid duration {quoted}")
-        if match.group(2) is None:
+        rest = rest[len(digits) :]
+        unit_match = _DURATION_UNIT.match(rest)
+        unit = unit_match.group(0) if unit_match is not None else ""
+        if not unit:
             raise _Abort(f"time: missing unit in duration {quoted}")
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        rest = rest[match.end() :]
+        if unit not in _DURATION_UNITS:
+            raise _Abort(
+                f"time: unknown unit {json.dumps(unit, ensure_ascii=False)} in duration {quoted}"
+            )
+        total += float(digits) * _DURATION_UNITS[unit]
+        rest = rest[len(unit) :]
     return sign * total
 
 

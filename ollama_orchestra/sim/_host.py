@@ -660,9 +660,10 @@ class SimHost:
     async def _admin(self, method: str, path: str, receive: Receive, send: Send) -> None:
         if path == "/_sim/faults" and method == "POST":
             try:
-                body = json.loads(await read_body(receive) or b"{}")
+                raw = await read_body(receive)
+                body = parse_json(raw) if raw.strip() else {}
                 faults = Faults.from_mapping(body)
-            except (ValueError, TypeError) as exc:
+            except (BadRequestBody, ValueError, TypeError) as exc:
                 await _send_json(send, 400, {"error": str(exc)})
                 return
             self.set_faults(faults)
