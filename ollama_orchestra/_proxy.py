@@ -27,7 +27,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, MutableMapping, Optional, Union
+from typing import Any, Awaitable, Callable, Dict, Mapping, MutableMapping, Optional, Tuple, Union
 
 import anyio
 import anyio.abc
@@ -134,7 +134,15 @@ def proxy_app(
     transport = OrchestraTransport(orch)
     expected = token.encode() if token is not None else None
     limits = limits or ProxyLimits()
-    max_body = limits.max_body_bytes
+
+    # The proxy's own routes; every other request goes to the transport (Ollama's API).
+    local: Dict[Tuple[str, str], Callable[[], Tuple[bytes, bytes]]] = {
+        ("GET", "/metrics"): lambda: (PROMETHEUS_TYPE, orch.prometheus().encode()),
+        ("GET", "/status"): lambda: (
+            _JSON,
+            json.dumps(orch.state().to_dict(), separators=(",", ":")).encode(),
+        ),
+    }
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -153,40 +161,48 @@ def proxy_app(
                 await _send_body(
                     send,
                     401,
-                    b"application/json; charset=utf-8",
+                    _JSON,
                     b'{"error":"unauthorized: this proxy needs Authorization: Bearer <token>"}',
                     **{"www-authenticate": b"Bearer"},
                 )
                 return
-        method, path = scope["method"], scope["path"]
-        if path == "/metrics" and method == "GET":
-            await _send_body(send, 200, PROMETHEUS_TYPE, orch.prometheus().encode())
+        own = local.get((scope["method"], scope["path"]))
+        if own is not None:
+            ctype, data = own()
+            await _send_body(send, 200, ctype, data)
             return
-        if path == "/status" and method == "GET":
-            data = json.dumps(orch.state().to_dict(), separators=(",", ":")).encode()
-            await _send_body(send, 200, b"application/json; charset=utf-8", data)
-            return
-        length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > max_body:  # refused before reading any of it
-            await _send_error(
-                send, 413, f"request body too large: the limit is {max_body} bytes", close=True
-            )
-            return
-        try:
-            with anyio.fail_after(limits.body_timeout_s):
-                body = await read_body(receive, limit=max_body)
-        except ClientGone:
-            return
-        except BodyTooLarge as exc:
-            await _send_error(send, 413, str(exc), close=True)
-            return
-        except TimeoutError:
-            error = f"request body not received within {limits.body_timeout_s:g} s"
-            await _send_error(send, 408, error, close=True)
+        body = await _bounded_body(headers, receive, send, limits)
+        if body is None:  # answered already (413, 408) or the client left
             return
         await _forward(transport, scope, body, receive, send)
 
     return app
+
+
+async def _bounded_body(
+    headers: Mapping[bytes, bytes], receive: Receive, send: Send, limits: ProxyLimits
+) -> Optional[bytes]:
+    """The request body within ``limits``; ``None`` when it was refused (413 or 408, then the
+    connection closes) or the client went away."""
+    max_body = limits.max_body_bytes
+    length = headers.get(b"content-length", b"")
+    if length.isdigit() and int(length) > max_body:  # refused before reading any of it
+        await _send_error(
+            send, 413, f"request body too large: the limit is {max_body} bytes", close=True
+        )
+        return None
+    try:
+        with anyio.fail_after(limits.body_timeout_s):
+            return await read_body(receive, limit=max_body)
+    except ClientGone:
+        return None
+    except BodyTooLarge as exc:
+        await _send_error(send, 413, str(exc), close=True)
+        return None
+    except TimeoutError:
+        error = f"request body not received within {limits.body_timeout_s:g} s"
+        await _send_error(send, 408, error, close=True)
+        return None
 
 
 async def _forward(
