@@ -9,7 +9,8 @@ import anyio
 import httpx
 import pytest
 
-from ollama_orchestra import Orchestra, OrchestraTransport, serve_proxy
+from ollama_orchestra import OllamaResponseError, Orchestra, OrchestraTransport, serve_proxy
+from ollama_orchestra.sim import HostProfile, ModelSpec
 
 from .conftest import TINY, config_for, fleet, tiny_profile
 
@@ -123,8 +124,26 @@ class TestEveryPath:
             assert sim["h1"].requests == ()
 
     async def test_think_levels_are_passed_through(self) -> None:
-        """think takes Ollama's levels as well as booleans."""
-        async with fleet([tiny_profile("h1")]) as sim, Orchestra(config_for(sim)) as orch:
+        """think takes Ollama's levels as well as booleans; a model that cannot think
+        answers 400 as Ollama does (a client error: no breaker counts it)."""
+        thinker = ModelSpec(
+            "thinker:latest",
+            size_gb=1,
+            decode_tps=400.0,
+            load_s=0.1,
+            capabilities=("completion", "thinking"),
+            default_num_predict=2,
+        )
+        async with fleet([HostProfile("h1", (thinker,))]) as sim, Orchestra(
+            config_for(sim)
+        ) as orch:
             for level in ("high", "medium", "low", "max", True, False):
-                await orch.generate(TINY, "x", think=level, options={"num_predict": 1})
+                await orch.generate("thinker:latest", "x", think=level)
             assert len(sim["h1"].requests) == 6
+        async with fleet([tiny_profile("h1"), tiny_profile("h2")]) as sim, Orchestra(
+            config_for(sim)
+        ) as orch:
+            with pytest.raises(OllamaResponseError, match="does not support thinking"):
+                await orch.chat(TINY, MSGS, think="low")
+            await orch.chat(TINY, MSGS, think=False)
+            assert all(str(orch.breaker(n).state) == "closed" for n in ("h1", "h2"))

@@ -784,6 +784,13 @@ class SimHost:
             raise _HTTPError(400, "invalid request body: expected a JSON object")
         return body
 
+    @staticmethod
+    def _check_think(body: Dict[str, Any], spec: ModelSpec) -> None:
+        """Thinking asked of a model without the capability: Ollama's 400 (routes.go, v0.33)."""
+        think = body.get("think")
+        if think not in (None, False) and "thinking" not in spec.capabilities:
+            raise _HTTPError(400, f"{json.dumps(body.get('model'))} does not support thinking")
+
     def _late_errors(self, body: Dict[str, Any]) -> None:
         """What Ollama refuses once the model is scheduled, with a 500 (``_wire.late_errors``)."""
         error = late_errors(body)
@@ -859,6 +866,7 @@ class SimHost:
     async def _generate_route(self, receive: Receive, send: Send) -> None:
         body = await self._json_body(receive, "/api/generate")
         spec = self._model_for(body, "completion", "generate")
+        self._check_think(body, spec)
         self._record("/api/generate", body)
         self._late_errors(body)
         prompt = body.get("prompt") or ""
@@ -868,6 +876,7 @@ class SimHost:
     async def _chat_route(self, receive: Receive, send: Send) -> None:
         body = await self._json_body(receive, "/api/chat")
         spec = self._model_for(body, "completion", "chat")
+        self._check_think(body, spec)
         self._record("/api/chat", body)
         self._late_errors(body)
         messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
