@@ -61,17 +61,29 @@ async def read_body(
             return b"".join(chunks)
 
 
+def _no_constant(name: str) -> Any:
+    # Python reads NaN and Infinity; JSON (and Go's decoder) has no such values.
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e999: Go's float64 cannot hold it either
+        raise ValueError(f"number {text} out of range")
+    return value
+
+
 def parse_json(raw: bytes) -> Any:
     """A request body parsed as JSON (any value); :class:`BadRequestBody` with the reason.
 
     Hostile input is a 400 like any other bad JSON: nesting deeper than Python's recursion
-    allows (Go's decoder stops at 10,000 levels, ``exceeded max depth``) and bytes that are
-    not UTF-8.
+    allows (Go's decoder stops at 10,000 levels, ``exceeded max depth``), bytes that are not
+    UTF-8, and what Python reads but JSON has not (``NaN``, ``Infinity``, ``1e999``).
     """
     if not raw.strip():
         raise BadRequestBody("missing request body")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
         raise BadRequestBody("invalid JSON: exceeded max depth") from None
     except UnicodeDecodeError:

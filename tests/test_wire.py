@@ -161,6 +161,22 @@ CASES: List[Tuple[str, str, Any, int, int, str]] = [
         "invalid JSON: the body is not UTF-8",
     ),
     ("empty", "/api/chat", b"", 400, 400, "missing request body"),
+    (
+        "nan",
+        "/api/generate",
+        b'{"model": "tiny", "options": {"temperature": NaN}}',
+        400,
+        400,
+        "invalid JSON: invalid character 'N' looking for beginning of value",
+    ),
+    (
+        "huge-number",
+        "/api/generate",
+        b'{"model": "tiny", "options": {"num_predict": 1e999}}',
+        400,
+        400,
+        "invalid JSON: number 1e999 out of range",
+    ),
 ]
 
 
