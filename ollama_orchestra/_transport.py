@@ -25,9 +25,9 @@ route                       answer
 Errors are Ollama's ``{"error": "..."}`` bodies. A body Ollama would refuse (not JSON, a field
 of the wrong type, ``top_logprobs`` out of range, an option of the wrong type: see ``_wire``)
 is answered 400 here, with Ollama's message, before any server is asked. An Ollama 4xx (a
-model that cannot chat) passes through with its status; a model no server has is 404; no healthy server
-is 503; every attempt failed is 502 (a gateway whose upstreams failed), with the orchestra's
-message listing each attempt. A stream that breaks after its first chunk ends with an
+model that cannot chat) passes through with its status; a model no server has is 404; no
+healthy server is 503; every attempt failed is 502 (a gateway whose upstreams failed), with
+the orchestra's message listing each attempt. A stream that breaks after its first chunk ends with an
 ``{"error": ...}`` line, as Ollama's own streams do.
 
 Why 405 for the calls that change one host: they are valid Ollama requests that this front
