@@ -1,7 +1,7 @@
 """Every benchmark, one command: ``python -m benchmarks [--quick] [--hosts URL ...]``.
 
-Runs bench_sim, bench_dag, bench_failover, bench_compare (and bench_proxy, when that module
-exists), each in this order, then writes ``benchmarks/results/summary.md``: one Markdown table
+Runs bench_sim, bench_dag, bench_failover, bench_compare, bench_soak (and bench_proxy, when
+that module exists), each in this order, then writes ``benchmarks/results/summary.md``: one Markdown table
 with every figure, its goal and whether it was met. Each benchmark also writes its JSON to
 ``benchmarks/results/``. The exit status is non-zero when a benchmark fails or a quick-mode
 check is missed. With ``--hosts``, only the comparisons run, against those real Ollama hosts
@@ -23,7 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from . import bench_compare, bench_dag, bench_failover, bench_sim
+from . import bench_compare, bench_dag, bench_failover, bench_sim, bench_soak
 from .bench_compare import Check
 
 #: Where the full run's results live (committed); quick runs go to ``results/quick``.
@@ -186,7 +186,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
     proxy = _optional("bench_proxy")
-    modules = [bench_sim, bench_dag, bench_failover, bench_compare]
+    modules = [bench_sim, bench_dag, bench_failover, bench_compare, bench_soak]
     if proxy is not None:
         modules.append(proxy)
     _set_results(args.results or (FULL_RESULTS / "quick" if args.quick else FULL_RESULTS), modules)
@@ -222,6 +222,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             compare_args += ["--model", args.model]
     step("bench_compare", lambda: bench_compare.main(compare_args))
     checks += bench_compare.checks(_load("compare.json"), args.quick)
+    if not args.hosts:  # the soak abuses the proxy on a simulated fleet
+        step("bench_soak", lambda: bench_soak.main(flag))
+        checks += bench_soak.checks(args.quick)
     if proxy is not None and not args.hosts:
         step("bench_proxy", lambda: int(proxy.main(flag)))
         proxy_checks = getattr(proxy, "checks", None)

@@ -39,7 +39,7 @@ from ._errors import (
 )
 from ._executor import DagResult, DagSpec, Task, TaskEvent, TaskResult, load_dag, run_dag
 from ._metrics import LatencyStats, Metrics, MetricsSnapshot, ServerMetrics
-from ._proxy import proxy_app, serve_proxy
+from ._proxy import ProxyLimits, proxy_app, serve_proxy
 from ._state import FleetSnapshot, LoadedModel, ServerSnapshot
 from ._transport import OrchestraTransport
 from ._types import (
@@ -87,6 +87,7 @@ __all__ = [
     "OrchestraConfig",
     "OrchestraError",
     "OrchestraTransport",
+    "ProxyLimits",
     "RequestError",
     "RequestFailed",
     "ResponseStream",

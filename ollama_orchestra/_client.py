@@ -62,7 +62,11 @@ from ._types import (
     GenerateChunk,
     GenerateResponse,
     Message,
+    Think,
+    _logprobs_of,
+    _merge_logprobs,
     _stats_from,
+    _text_of,
 )
 
 __all__ = ["Orchestra", "ResponseStream"]
@@ -645,7 +649,7 @@ class Orchestra:
                         yield chunk
                         return
                     yield chunk
-                    text.append(getattr(chunk, "text", ""))
+                    text.append(_text_of(obj))
                     try:
                         obj = await exchange.next_obj()
                     except AttemptError as err:
@@ -679,6 +683,7 @@ class Orchestra:
         options: Optional[Mapping[str, Any]],
         **fields: Any,
     ) -> Dict[str, Any]:
+        _check_sampling(fields.get("think"), fields.get("logprobs"), fields.get("top_logprobs"))
         return self._payload(
             {"model": model, "prompt": prompt, "stream": True},
             images=list(images) if images is not None else None,
@@ -696,7 +701,9 @@ class Orchestra:
         format: Optional[Union[str, Mapping[str, Any]]] = None,
         options: Optional[Mapping[str, Any]] = None,
         keep_alive: Optional[Union[float, str]] = None,
-        think: Optional[bool] = None,
+        think: Optional[Think] = None,
+        logprobs: Optional[bool] = None,
+        top_logprobs: Optional[int] = None,
         raw: Optional[bool] = None,
         suffix: Optional[str] = None,
         template: Optional[str] = None,
@@ -710,6 +717,9 @@ class Orchestra:
             model: a model name, or a role from ``config.roles``.
             prompt: the prompt; ``system``, ``images``, ``format``, ``options``, ``keep_alive``,
                 ``think``, ``raw``, ``suffix``, ``template``: as in Ollama's API, passed through.
+            logprobs: ask for each token's log probability (``top_logprobs``: with that many
+                likeliest alternatives, 0 to 20); the answer's ``logprobs`` holds every
+                token's, gathered across the streamed chunks as Ollama does.
             priority: higher waits less for a slot.
             timeout: bound on the whole request, all attempts included (default:
                 ``config.timeouts.total_s``, off).
@@ -728,6 +738,8 @@ class Orchestra:
             raw=raw,
             suffix=suffix,
             template=template,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
         )
         objs, lease, n = await self._collect(
             "/api/generate", payload, resolved, role, priority, retry, timeout
@@ -739,6 +751,7 @@ class Orchestra:
             response="".join(str(o.get("response") or "") for o in objs),
             thinking=thinking,
             context=tuple(context) if isinstance(context, list) else None,
+            logprobs=_merge_logprobs(objs),
             server=lease.server.name,
             attempts=n,
             queued_s=lease.queued_s,
@@ -755,7 +768,9 @@ class Orchestra:
         format: Optional[Union[str, Mapping[str, Any]]] = None,
         options: Optional[Mapping[str, Any]] = None,
         keep_alive: Optional[Union[float, str]] = None,
-        think: Optional[bool] = None,
+        think: Optional[Think] = None,
+        logprobs: Optional[bool] = None,
+        top_logprobs: Optional[int] = None,
         raw: Optional[bool] = None,
         suffix: Optional[str] = None,
         template: Optional[str] = None,
@@ -780,12 +795,15 @@ class Orchestra:
             raw=raw,
             suffix=suffix,
             template=template,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
         )
 
         def make(obj: Dict[str, Any], server: str, n: int, queued: float) -> GenerateChunk:
             return GenerateChunk(
                 response=str(obj.get("response") or ""),
                 thinking=obj.get("thinking"),
+                logprobs=_logprobs_of(obj),
                 server=server,
                 attempts=n,
                 queued_s=queued,
@@ -803,19 +821,24 @@ class Orchestra:
         format: Optional[Union[str, Mapping[str, Any]]] = None,
         options: Optional[Mapping[str, Any]] = None,
         keep_alive: Optional[Union[float, str]] = None,
-        think: Optional[bool] = None,
+        think: Optional[Think] = None,
+        logprobs: Optional[bool] = None,
+        top_logprobs: Optional[int] = None,
         priority: int = 0,
         timeout: Optional[float] = None,
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> ChatResponse:
         """``/api/chat`` on the best server; one answer (see :meth:`generate` for the knobs)."""
         resolved, role = self._resolve(model)
-        payload = self._chat_payload(resolved, messages, tools, format, options, keep_alive, think)
+        payload = self._chat_payload(
+            resolved, messages, tools, format, options, keep_alive, think, logprobs, top_logprobs
+        )
         objs, lease, n = await self._collect(
             "/api/chat", payload, resolved, role, priority, retry, timeout
         )
         return ChatResponse(
             message=_merge_messages(objs),
+            logprobs=_merge_logprobs(objs),
             server=lease.server.name,
             attempts=n,
             queued_s=lease.queued_s,
@@ -831,13 +854,17 @@ class Orchestra:
         format: Optional[Union[str, Mapping[str, Any]]] = None,
         options: Optional[Mapping[str, Any]] = None,
         keep_alive: Optional[Union[float, str]] = None,
-        think: Optional[bool] = None,
+        think: Optional[Think] = None,
+        logprobs: Optional[bool] = None,
+        top_logprobs: Optional[int] = None,
         priority: int = 0,
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> ResponseStream[ChatChunk]:
         """``/api/chat``, streamed: an async iterator of :class:`ChatChunk`."""
         resolved, role = self._resolve(model)
-        payload = self._chat_payload(resolved, messages, tools, format, options, keep_alive, think)
+        payload = self._chat_payload(
+            resolved, messages, tools, format, options, keep_alive, think, logprobs, top_logprobs
+        )
 
         def make(obj: Dict[str, Any], server: str, n: int, queued: float) -> ChatChunk:
             message = obj.get("message")
@@ -845,6 +872,7 @@ class Orchestra:
                 message=dict(message)
                 if isinstance(message, dict)
                 else {"role": "assistant", "content": ""},
+                logprobs=_logprobs_of(obj),
                 server=server,
                 attempts=n,
                 queued_s=queued,
@@ -861,8 +889,11 @@ class Orchestra:
         format: Optional[Union[str, Mapping[str, Any]]],
         options: Optional[Mapping[str, Any]],
         keep_alive: Optional[Union[float, str]],
-        think: Optional[bool],
+        think: Optional[Think],
+        logprobs: Optional[bool],
+        top_logprobs: Optional[int],
     ) -> Dict[str, Any]:
+        _check_sampling(think, logprobs, top_logprobs)
         if isinstance(cast(object, messages), (str, bytes)) or not all(
             isinstance(m, Mapping) for m in messages
         ):
@@ -874,6 +905,8 @@ class Orchestra:
             options=dict(options) if options is not None else None,
             keep_alive=keep_alive,
             think=think,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
         )
 
     async def embed(
@@ -1030,6 +1063,25 @@ class Orchestra:
         return await run_dag(
             self, tasks, schedule=schedule, fail_fast=fail_fast, on_event=on_event, inputs=inputs
         )
+
+
+_THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def _check_sampling(think: object, logprobs: object, top_logprobs: object) -> None:
+    """The arguments Ollama types strictly (``api/types.go``, v0.33), checked before any work."""
+    if think is not None and not isinstance(think, bool) and think not in _THINK_LEVELS:
+        raise ValueError(
+            f"think must be a bool or one of {', '.join(map(repr, _THINK_LEVELS))}, got {think!r}"
+        )
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise TypeError(f"logprobs must be a bool, got {logprobs!r}")
+    if top_logprobs is not None and (
+        isinstance(top_logprobs, bool)
+        or not isinstance(top_logprobs, int)
+        or not 0 <= top_logprobs <= 20
+    ):
+        raise ValueError(f"top_logprobs must be an int from 0 to 20, got {top_logprobs!r}")
 
 
 def _merge_messages(objs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:

@@ -211,5 +211,6 @@ class StreamInterrupted(RequestError):
         self.server = server
         self.cause = cause
         super().__init__(
-            f"stream from {server} interrupted after {len(partial)} characters: {cause!r}"
+            f"stream from {server} interrupted after {len(partial)} characters: "
+            f"{str(cause) or type(cause).__name__}"
         )

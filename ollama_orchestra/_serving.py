@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Mapping, Type
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Type
 
 from ._errors import ConfigError
 
 __all__ = [
     "BadRequestBody",
+    "BodyTooLarge",
     "ClientGone",
     "bind_socket",
     "embedded_uvicorn",
     "json_object",
+    "parse_json",
     "read_body",
 ]
 
@@ -27,26 +30,71 @@ class BadRequestBody(ValueError):
     """A request body Ollama refuses with 400; the message is Ollama's."""
 
 
-async def read_body(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> bytes:
-    """The whole body of an ASGI request; :class:`ClientGone` if the client left first."""
+class BodyTooLarge(Exception):
+    """The request body is larger than the limit (its bytes were not all read)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body too large: the limit is {limit} bytes")
+        self.limit = limit
+
+
+async def read_body(
+    receive: Callable[[], Awaitable[Mapping[str, Any]]], *, limit: Optional[int] = None
+) -> bytes:
+    """The whole body of an ASGI request; :class:`ClientGone` if the client left first.
+
+    With ``limit``, :class:`BodyTooLarge` as soon as more than ``limit`` bytes arrived: what
+    is held never exceeds the limit plus one received chunk (the server's read buffer).
+    """
     chunks: List[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
 
 
-def json_object(raw: bytes) -> Dict[str, Any]:
-    """A request body parsed as Ollama does: a JSON object, else :class:`BadRequestBody`."""
+def _no_constant(name: str) -> Any:
+    # Python reads NaN and Infinity; JSON (and Go's decoder) has no such values.
+    raise ValueError(f"invalid character {name[0]!r} looking for beginning of value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e999: Go's float64 cannot hold it either
+        raise ValueError(f"number {text} out of range")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """A request body parsed as JSON (any value); :class:`BadRequestBody` with the reason.
+
+    Hostile input is a 400 like any other bad JSON: nesting deeper than Python's recursion
+    allows (Go's decoder stops at 10,000 levels, ``exceeded max depth``), bytes that are not
+    UTF-8, and what Python reads but JSON has not (``NaN``, ``Infinity``, ``1e999``).
+    """
     if not raw.strip():
         raise BadRequestBody("missing request body")
     try:
-        body = json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise BadRequestBody("invalid JSON: exceeded max depth") from None
+    except UnicodeDecodeError:
+        raise BadRequestBody("invalid JSON: the body is not UTF-8") from None
     except ValueError as exc:
         raise BadRequestBody(f"invalid JSON: {exc}") from None
+
+
+def json_object(raw: bytes) -> Dict[str, Any]:
+    """A request body parsed as Ollama does: a JSON object, else :class:`BadRequestBody`."""
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise BadRequestBody("invalid request body: expected a JSON object")
     return body
@@ -74,11 +122,80 @@ def bind_socket(
     return sock
 
 
-def embedded_uvicorn(app: Any, *, graceful_shutdown_s: int) -> Any:
+def _guarded_h11(header_timeout_s: float, max_connections: Optional[int], busy_app: Any) -> Any:
+    """Uvicorn's h11 protocol, plus what uvicorn does not bound itself.
+
+    Checked with raw sockets (``tests/test_proxy_limits.py``): uvicorn (0.27 to 0.54) arms
+    no timer while it waits for a request's headers, so a client that sends half a header
+    and stops holds its connection forever; its keep-alive timer only runs between complete
+    requests, and any byte cancels it. Here a connection whose request headers are not
+    complete ``header_timeout_s`` after the connection (or after the first byte of a later
+    request) is closed. And past ``max_connections`` open connections, a new connection's
+    requests are answered by ``busy_app`` (a 503) and it is closed, while the connections
+    already open carry on (uvicorn's own ``limit_concurrency`` would refuse their requests
+    too, and with a plain-text body).
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11(H11Protocol):
+        _header_timer: Optional[asyncio.TimerHandle] = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if max_connections is not None and len(self.connections) > max_connections:
+                self.app = busy_app
+            self._arm_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            before = self.cycle
+            super().data_received(data)
+            if self.cycle is not before and not self._waiting_for_headers():
+                self._cancel_header_timer()  # a new request's headers are complete
+            elif self._waiting_for_headers():
+                self._arm_header_timer()
+
+        def connection_lost(self, exc: Optional[Exception]) -> None:
+            self._cancel_header_timer()
+            super().connection_lost(exc)
+
+        def _waiting_for_headers(self) -> bool:
+            return self.cycle is None or bool(self.cycle.response_complete)
+
+        def _arm_header_timer(self) -> None:
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(
+                    header_timeout_s, self._header_timeout, self.cycle
+                )
+
+        def _cancel_header_timer(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_timeout(self, cycle: Any) -> None:
+            self._header_timer = None
+            waiting = self.cycle is cycle and self._waiting_for_headers()
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11
+
+
+def embedded_uvicorn(
+    app: Any,
+    *,
+    graceful_shutdown_s: int,
+    keep_alive_s: float = 30,
+    header_timeout_s: Optional[float] = None,
+    max_connections: Optional[int] = None,
+    busy_app: Any = None,
+) -> Any:
     """A ``uvicorn.Server`` for ``app`` that leaves signals to the embedding program.
 
     Several servers may share a process (a simulated fleet), and the program decides when to
     stop them (the CLI on SIGINT/SIGTERM), so uvicorn must not install its own handlers.
+    With ``header_timeout_s``, connections are guarded as :func:`_guarded_h11` says (h11 is
+    then used even where httptools is installed, so the same limits hold everywhere).
     """
     import uvicorn
 
@@ -90,12 +207,16 @@ def embedded_uvicorn(app: Any, *, graceful_shutdown_s: int) -> Any:
         def capture_signals(self) -> Iterator[None]:  # uvicorn >= 0.29
             yield
 
+    http: Any = "auto"
+    if header_timeout_s is not None:
+        http = _guarded_h11(header_timeout_s, max_connections, busy_app)
+    options: Dict[str, Any] = {"timeout_keep_alive": keep_alive_s, "http": http}  # a float works
     config = uvicorn.Config(
         app,
         log_level="warning",
         lifespan="off",
         access_log=False,
         timeout_graceful_shutdown=graceful_shutdown_s,
-        timeout_keep_alive=30,
+        **options,
     )
     return Server(config)

@@ -22,10 +22,12 @@ route                       answer
 ``delete``, ``blobs/*``
 ==========================  ==================================================================
 
-Errors are Ollama's ``{"error": "..."}`` bodies: an Ollama 4xx (a bad option, a model that
-cannot chat) passes through with its status; a model no server has is 404; no healthy server
-is 503; every attempt failed is 502 (a gateway whose upstreams failed), with the orchestra's
-message listing each attempt. A stream that breaks after its first chunk ends with an
+Errors are Ollama's ``{"error": "..."}`` bodies. A body Ollama would refuse (not JSON, a field
+of the wrong type, ``top_logprobs`` out of range, an option of the wrong type: see ``_wire``)
+is answered 400 here, with Ollama's message, before any server is asked. An Ollama 4xx (a
+model that cannot chat) passes through with its status; a model no server has is 404; no
+healthy server is 503; every attempt failed is 502 (a gateway whose upstreams failed), with
+the orchestra's message listing each attempt. A stream that breaks after its first chunk ends with an
 ``{"error": ...}`` line, as Ollama's own streams do.
 
 Why 405 for the calls that change one host: they are valid Ollama requests that this front
@@ -61,7 +63,9 @@ from ._errors import (
     RequestFailed,
     StreamInterrupted,
 )
-from ._serving import BadRequestBody, json_object
+from ._serving import BadRequestBody, parse_json
+from ._types import _merge_logprobs
+from ._wire import RequestRejected, check_request, late_errors
 
 __all__ = ["OrchestraTransport"]
 
@@ -210,7 +214,7 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
             return await self._version()
         if path in ("/api/tags", "/api/ps"):
             return await self._union(path)
-        body = await self._body(request)
+        body = await self._body(path, request)
         if path == "/api/show":
             return await self._show(body)
         if path in ("/api/embed", "/api/embeddings"):
@@ -219,21 +223,34 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
         return await self._complete(path, body)
 
     @staticmethod
-    async def _body(request: httpx.Request) -> Dict[str, Any]:
+    async def _body(path: str, request: httpx.Request) -> Dict[str, Any]:
+        """The body, refused up front where Ollama would refuse it (see ``_wire``): a request
+        that is the client's fault never reaches a server, so it can fail nowhere else."""
         try:
-            body = json_object(await request.aread())
+            body = parse_json(await request.aread())
+            check_request(path, body)
         except BadRequestBody as exc:
             raise _Answer(400, str(exc)) from exc
+        except RequestRejected as exc:
+            raise _Answer(exc.status, exc.message) from exc
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise _Answer(400, "invalid request body: expected a JSON object")
         model = body.get("model", body.get("name"))
         if not isinstance(model, str) or not model.strip():
             raise _Answer(400, "model is required")
         body["model"] = model
+        # Ollama answers these with a 500 once the model is loaded; the fault is the client's.
+        late = late_errors(body) if path != "/api/show" else None
+        if late is not None:
+            raise _Answer(400, late)
         return body
 
     # -- generate and chat --------------------------------------------------------------------
 
     async def _complete(self, path: str, body: Dict[str, Any]) -> httpx.Response:
-        if body.get("stream", True) is False:
+        if body.get("stream") is False:  # checked: a bool or null (null streams, as in Ollama)
             objs = await self.orch._raw_collect(path, body, priority=self.priority)
             final = dict(objs[-1])
             if path == "/api/chat":
@@ -243,6 +260,10 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
                 thinking = "".join(str(o.get("thinking") or "") for o in objs)
                 if thinking:
                     final["thinking"] = thinking
+            logprobs = _merge_logprobs(objs)  # the upstream answer was streamed: gather them
+            final.pop("logprobs", None)
+            if logprobs is not None:
+                final["logprobs"] = logprobs
             return _json(200, final)
         stream = self.orch._raw_stream(path, body, priority=self.priority)
         try:

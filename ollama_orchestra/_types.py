@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
 __all__ = [
     "ChatChunk",
@@ -16,6 +16,14 @@ __all__ = [
 
 #: A chat message as Ollama's API takes it: ``{"role": "user", "content": "..."}``.
 Message = Mapping[str, Any]
+
+#: ``think`` as Ollama types it (``api.ThinkValue`` in ``api/types.go``, v0.33): on/off, or a
+#: level for the models that take one.
+Think = Union[bool, Literal["high", "medium", "low", "max"]]
+
+#: One entry of Ollama's ``logprobs`` (``api.Logprob``): ``token``, ``logprob``, ``bytes``,
+#: and ``top_logprobs`` (a list of ``{"token", "logprob", "bytes"}``) when asked for.
+Logprob = Dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class GenerateResponse(_Stats):
     response: str = ""
     thinking: Optional[str] = None
     context: Optional[Tuple[int, ...]] = None
+    #: every token's log probability, when asked for with ``logprobs=True``.
+    logprobs: Optional[List[Logprob]] = None
 
     @property
     def text(self) -> str:
@@ -57,6 +67,8 @@ class GenerateChunk(_Stats):
 
     response: str = ""
     thinking: Optional[str] = None
+    #: this chunk's tokens' log probabilities, when asked for with ``logprobs=True``.
+    logprobs: Optional[List[Logprob]] = None
 
     @property
     def text(self) -> str:
@@ -68,6 +80,8 @@ class ChatResponse(_Stats):
     """The answer of ``/api/chat`` (``stream: false`` shape)."""
 
     message: Dict[str, Any] = field(default_factory=dict)
+    #: every token's log probability, when asked for with ``logprobs=True``.
+    logprobs: Optional[List[Logprob]] = None
 
     @property
     def text(self) -> str:
@@ -79,6 +93,8 @@ class ChatChunk(_Stats):
     """One streamed chunk of ``/api/chat``."""
 
     message: Dict[str, Any] = field(default_factory=dict)
+    #: this chunk's tokens' log probabilities, when asked for with ``logprobs=True``.
+    logprobs: Optional[List[Logprob]] = None
 
     @property
     def text(self) -> str:
@@ -115,3 +131,28 @@ _STAT_KEYS = (
 
 def _stats_from(data: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: data[k] for k in _STAT_KEYS if k in data}
+
+
+def _merge_logprobs(objs: Sequence[Mapping[str, Any]]) -> Optional[List[Logprob]]:
+    """Every chunk's ``logprobs``, in order, as Ollama's handlers gather them for a
+    ``"stream": false`` answer (``server/routes.go``, v0.33: ``allLogprobs = append(...)``);
+    ``None`` when no chunk has any."""
+    merged: List[Logprob] = []
+    for obj in objs:
+        chunk = obj.get("logprobs")
+        if isinstance(chunk, list):
+            merged.extend(chunk)
+    return merged or None
+
+
+def _logprobs_of(obj: Mapping[str, Any]) -> Optional[List[Logprob]]:
+    chunk = obj.get("logprobs")
+    return list(chunk) if isinstance(chunk, list) and chunk else None
+
+
+def _text_of(obj: Mapping[str, Any]) -> str:
+    """The text one chunk of ``/api/generate`` or ``/api/chat`` carries."""
+    message = obj.get("message")
+    if isinstance(message, dict):
+        return str(message.get("content") or "")
+    return str(obj.get("response") or "")

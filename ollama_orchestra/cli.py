@@ -323,10 +323,19 @@ def _summary(
     )
 
 
+def _sole_error(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups of one, else ``exc`` itself."""
+    inner = getattr(exc, "exceptions", None)
+    while isinstance(inner, (list, tuple)) and len(inner) == 1:
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
+    return exc
+
+
 async def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
     import signal
 
-    from ._proxy import _is_loopback, serve_proxy
+    from ._proxy import ProxyLimits, _is_loopback, serve_proxy
 
     host, sep, port_text = str(args.listen).rpartition(":")
     host = host.strip("[]")
@@ -337,19 +346,44 @@ async def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
             f"--listen {args.listen}: not a loopback address; anyone who can reach it can use "
             "the fleet. Pass --allow-non-loopback (and --token) to expose it"
         )
+    # The environment is the recommended way: a --token flag is visible in `ps`.
+    token = args.token
+    source = "--token"
+    if token is None:
+        token = os.environ.get("OLLAMA_ORCHESTRA_PROXY_TOKEN") or None
+        source = "OLLAMA_ORCHESTRA_PROXY_TOKEN"
+    if token is not None and not token.strip():
+        raise CliError(f"{source}: the token must not be blank")
+    defaults = ProxyLimits()
+    limits = ProxyLimits(
+        max_body_bytes=_or(args.max_body_bytes, defaults.max_body_bytes),
+        header_timeout_s=_or(args.header_timeout, defaults.header_timeout_s),
+        body_timeout_s=_or(args.body_timeout, defaults.body_timeout_s),
+        keep_alive_s=_or(args.keep_alive_timeout, defaults.keep_alive_s),
+        max_connections=_or(args.max_connections, defaults.max_connections),
+    )
     config = _config(args)
-    token = args.token or os.environ.get("OLLAMA_ORCHESTRA_PROXY_TOKEN") or None
-    async with anyio.create_task_group() as tg:
-        url = await tg.start(
-            partial(serve_proxy, allow_non_loopback=True), config, host, int(port_text), token
-        )
-        out.write(f"proxy listening on {url}\n")
-        out.flush()
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _ in signals:
-                break
-        tg.cancel_scope.cancel()
+    serve = partial(serve_proxy, allow_non_loopback=True, limits=limits)
+    try:
+        async with anyio.create_task_group() as tg:
+            url = await tg.start(serve, config, host, int(port_text), token)
+            out.write(f"proxy listening on {url}\n")
+            out.flush()
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+            tg.cancel_scope.cancel()
+    except Exception as exc:
+        # A failure to start (a port in use, ...) is one error in the task group's group.
+        sole = _sole_error(exc)
+        if sole is exc:
+            raise
+        raise sole from None
     return 0
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def cmd_sim(args: argparse.Namespace, rest: List[str]) -> int:
@@ -550,7 +584,21 @@ def _parser() -> argparse.ArgumentParser:
     px.add_argument("--listen", default="127.0.0.1:11435", metavar="HOST:PORT")
     px.add_argument(
         "--token",
-        help="require 'Authorization: Bearer TOKEN' (default: $OLLAMA_ORCHESTRA_PROXY_TOKEN)",
+        help="require 'Authorization: Bearer TOKEN'; prefer $OLLAMA_ORCHESTRA_PROXY_TOKEN "
+        "(the default), as a flag is visible to other users in `ps`",
+    )
+    px.add_argument(
+        "--max-body-bytes", type=int, metavar="N", help="largest request body (default 8 MiB)"
+    )
+    px.add_argument(
+        "--header-timeout", type=float, metavar="S", help="time to send the headers (10 s)"
+    )
+    px.add_argument("--body-timeout", type=float, metavar="S", help="time to send a body (30 s)")
+    px.add_argument(
+        "--keep-alive-timeout", type=float, metavar="S", help="idle connection life (30 s)"
+    )
+    px.add_argument(
+        "--max-connections", type=int, metavar="N", help="open connections before 503 (512)"
     )
     px.add_argument(
         "--allow-non-loopback", action="store_true", help="allow binding a non-loopback address"

@@ -15,6 +15,7 @@ import pytest
         "benchmarks.bench_failover",
         "benchmarks.bench_compare",
         "benchmarks.bench_proxy",
+        "benchmarks.bench_soak",
         "benchmarks.__main__",
     ],
 )

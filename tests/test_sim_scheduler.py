@@ -275,16 +275,24 @@ class TestKeepAliveOrder:
         assert [m["name"] for m in ps] == ["b:latest", "c:latest", "a:latest"]
         assert all(m["expires_at"].endswith("Z") and m["size_vram"] for m in ps)
 
-    @pytest.mark.parametrize("bad", ["soon", True, [1]])
-    async def test_bad_keep_alive_is_400(self, bad: object) -> None:
-        """An unparseable keep_alive is a 400 that names it."""
+    @pytest.mark.parametrize(
+        ("bad", "error"),
+        [
+            ("soon", 'time: invalid duration "soon"'),
+            ("5", 'time: missing unit in duration "5"'),
+            (True, "Unsupported type: 'bool'"),
+            ([1], "Unsupported type: '[]interface {}'"),
+        ],
+    )
+    async def test_bad_keep_alive_is_400(self, bad: object, error: str) -> None:
+        """An unparseable keep_alive is a 400 with Ollama's message (api.Duration, v0.33)."""
         async with SimServer(profile(), time_scale=0.01) as srv, httpx.AsyncClient(
             base_url=srv.url
         ) as http:
             r = await http.post(
                 "/api/generate", json={"model": A, "prompt": "x", "keep_alive": bad}
             )
-        assert r.status_code == 400 and "keep_alive" in r.json()["error"]
+        assert (r.status_code, r.json()) == (400, {"error": error})
 
     async def test_default_length_stops_and_num_predict_hits_length(self) -> None:
         """The model's default answer ends with "stop"; an explicit num_predict with "length"."""

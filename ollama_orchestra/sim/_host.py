@@ -50,7 +50,8 @@ import anyio
 
 from .._config import normalize_model
 from .._openai import openai_app
-from .._serving import BadRequestBody, ClientGone, json_object, read_body
+from .._serving import BadRequestBody, ClientGone, parse_json, read_body
+from .._wire import RequestRejected, check_request, keep_alive_seconds, late_errors
 from ._kvcache import PromptCache
 from ._prompt import (
     CONTEXT_EXCEEDED,
@@ -236,30 +237,6 @@ class _Runner:
         return self.active > 0 or bool(self.waiters)
 
 
-def _parse_keep_alive(value: Any, default: float) -> float:
-    """Ollama's keep_alive: seconds, or a duration string ("5m", "30s", "1h"); negative = forever."""
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        raise _HTTPError(400, f"invalid keep_alive {value!r}")
-    if isinstance(value, (int, float)):
-        return math.inf if value < 0 else float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-        for suffix in ("ms", "s", "m", "h"):
-            if text.endswith(suffix):
-                try:
-                    n = float(text[: -len(suffix)])
-                except ValueError:
-                    break
-                return math.inf if n < 0 else n * units[suffix]
-        try:
-            n = float(text)
-        except ValueError:
-            raise _HTTPError(400, f"invalid keep_alive duration {value!r}") from None
-        return math.inf if n < 0 else n
-    raise _HTTPError(400, f"invalid keep_alive {value!r}")
 
 
 def _now_rfc3339() -> str:
@@ -813,9 +790,10 @@ class SimHost:
     async def _admin(self, method: str, path: str, receive: Receive, send: Send) -> None:
         if path == "/_sim/faults" and method == "POST":
             try:
-                body = json.loads(await read_body(receive) or b"{}")
+                raw = await read_body(receive)
+                body = parse_json(raw) if raw.strip() else {}
                 faults = Faults.from_mapping(body)
-            except (ValueError, TypeError) as exc:
+            except (BadRequestBody, ValueError, TypeError) as exc:
                 await _send_json(send, 400, {"error": str(exc)})
                 return
             self.set_faults(faults)
@@ -921,11 +899,33 @@ class SimHost:
             )
         await _send_json(send, 200, {"models": models})
 
-    async def _json_body(self, receive: Receive) -> Dict[str, Any]:
+    async def _json_body(self, receive: Receive, path: str = "") -> Dict[str, Any]:
+        """The body as Ollama's handler for ``path`` decodes it: its 400s (see ``_wire``)."""
         try:
-            return json_object(await read_body(receive))
+            body = parse_json(await read_body(receive))
+            check_request(path, body)
         except BadRequestBody as exc:
             raise _HTTPError(400, str(exc)) from None
+        except RequestRejected as exc:
+            raise _HTTPError(exc.status, exc.message) from None
+        if body is None:  # Go decodes `null` into an empty request
+            return {}
+        if not isinstance(body, dict):
+            raise _HTTPError(400, "invalid request body: expected a JSON object")
+        return body
+
+    @staticmethod
+    def _check_think(body: Dict[str, Any], spec: ModelSpec) -> None:
+        """Thinking asked of a model without the capability: Ollama's 400 (routes.go, v0.33)."""
+        think = body.get("think")
+        if think not in (None, False) and "thinking" not in spec.capabilities:
+            raise _HTTPError(400, f"{json.dumps(body.get('model'))} does not support thinking")
+
+    def _late_errors(self, body: Dict[str, Any]) -> None:
+        """What Ollama refuses once the model is scheduled, with a 500 (``_wire.late_errors``)."""
+        error = late_errors(body)
+        if error is not None:
+            raise _HTTPError(500, error)
 
     def _model_for(self, body: Dict[str, Any], capability: str, verb: str) -> ModelSpec:
         name = body.get("model")
@@ -983,18 +983,24 @@ class SimHost:
         self._requests_total += 1
         self._notify()
 
+    def _keep_alive(self, body: Dict[str, Any]) -> float:
+        try:
+            return keep_alive_seconds(body.get("keep_alive"), self.profile.keep_alive_s)
+        except RequestRejected as exc:  # checked with the body already; kept for safety
+            raise _HTTPError(400, exc.message) from None
+
     def _random_failure(self) -> None:
         if self.faults.error_rate and self._rng.random() < self.faults.error_rate:
             raise _HTTPError(500, "llama runner process has terminated: simulated failure")
 
     async def _generate_route(self, receive: Receive, send: Send) -> None:
         t0 = time.monotonic()  # reading, rendering, tokenising: absorbed by the prefill
-        body = await self._json_body(receive)
+        body = await self._json_body(receive, "/api/generate")
         spec = self._model_for(body, "completion", "generate")
+        self._check_think(body, spec)
         self._record("/api/generate", body)
+        self._late_errors(body)
         prompt = body.get("prompt") or ""
-        if not isinstance(prompt, str):
-            raise _HTTPError(400, "prompt must be a string")
         system = body.get("system") or ""
         num_ctx = self._num_ctx(body, spec)
         text = render_generate(prompt, str(system), raw=body.get("raw") is True)
@@ -1003,9 +1009,11 @@ class SimHost:
 
     async def _chat_route(self, receive: Receive, send: Send) -> None:
         t0 = time.monotonic()  # reading, rendering, tokenising: absorbed by the prefill
-        body = await self._json_body(receive)
+        body = await self._json_body(receive, "/api/chat")
         spec = self._model_for(body, "completion", "chat")
+        self._check_think(body, spec)
         self._record("/api/chat", body)
+        self._late_errors(body)
         messages = body.get("messages") or []
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise _HTTPError(400, "messages must be a list of objects")
@@ -1058,14 +1066,13 @@ class SimHost:
         chat: bool,
     ) -> None:
         started = time.monotonic()
-        keep_alive = _parse_keep_alive(body.get("keep_alive"), self.profile.keep_alive_s)
-        stream = body.get("stream", True) is not False
+        keep_alive = self._keep_alive(body)
+        stream = body.get("stream") is not False
         options = body.get("options") or {}
-        num_predict = options.get("num_predict") if isinstance(options, dict) else None
-        if num_predict is not None and (
-            not isinstance(num_predict, int) or isinstance(num_predict, bool)
-        ):
-            raise _HTTPError(400, f"invalid num_predict {num_predict!r}")
+        given = options.get("num_predict")
+        num_predict = int(given) if isinstance(given, (int, float)) else None  # checked: a number
+        logprobs = body.get("logprobs") is True
+        top_logprobs = int(body.get("top_logprobs") or 0)
         model_name = str(body.get("model"))
 
         def chunk(text: str, done: bool, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
@@ -1090,6 +1097,10 @@ class SimHost:
         self._random_failure()
         stats: Dict[str, Any] = {}
         gen = self._generate(spec, rendered, num_predict, keep_alive, started, stats)
+
+        def token_logprobs(token: str, n: int) -> Dict[str, Any]:
+            return {"logprobs": [self._logprob(spec, prompt, n, token, top_logprobs)]}
+
         if not stream:
             parts: List[str] = []
 
@@ -1098,9 +1109,13 @@ class SimHost:
                     parts.extend(batch)
 
             await _until_disconnect(receive, collect)
-            await _send_json(
-                send, 200, chunk("".join(parts), True, self._final_stats(stats, started))
-            )
+            final = chunk("".join(parts), True, self._final_stats(stats, started))
+            if logprobs:  # every token's, as Ollama's handler gathers them
+                final["logprobs"] = [
+                    self._logprob(spec, prompt, n, token, top_logprobs)
+                    for n, token in enumerate(parts)
+                ]
+            await _send_json(send, 200, final)
             return
 
         async def lines() -> AsyncIterator[bytes]:
@@ -1122,13 +1137,42 @@ class SimHost:
                         buf.append(_dumps({"error": error}).encode() + b"\n")
                         yield b"".join(buf)
                         return
-                    buf.append(_dumps(chunk(token, False)).encode() + b"\n")
+                    extra = token_logprobs(token, n) if logprobs else None
+                    buf.append(_dumps(chunk(token, False, extra)).encode() + b"\n")
                     n += 1
                 if buf:
                     yield b"".join(buf)
             yield _dumps(chunk("", True, self._final_stats(stats, started))).encode() + b"\n"
 
         await _stream_ndjson(send, receive, lines())
+
+    def _logprob(
+        self, spec: ModelSpec, prompt: str, n: int, token: str, top: int
+    ) -> Dict[str, Any]:
+        """The ``n``-th token's entry of ``logprobs``, in Ollama's shape (``api.Logprob``,
+        built by ``server/logprob.go``): the token, its log probability and UTF-8 bytes, and
+        with ``top_logprobs`` that many likeliest tokens, the chosen one first. Derived from
+        the seed, the model, the prompt and the position only, so every run gives the same."""
+        rng = self._text_rng(spec.name, f"{prompt}|logprob|{n}")
+        chosen = -round(rng.uniform(0.001, 1.5), 6)
+        entry: Dict[str, Any] = {
+            "token": token,
+            "logprob": chosen,
+            "bytes": list(token.encode()),
+        }
+        if top > 0:
+            others = [
+                " " + w for w in rng.sample(_WORDS, min(top, len(_WORDS))) if " " + w != token
+            ]
+            alternatives = [(token, chosen)]
+            level = chosen
+            for word in others[: top - 1]:
+                level = round(level - rng.uniform(0.05, 2.0), 6)
+                alternatives.append((word, level))
+            entry["top_logprobs"] = [
+                {"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in alternatives
+            ]
+        return entry
 
     def _final_stats(self, stats: Dict[str, Any], started: float) -> Dict[str, Any]:
         return {
@@ -1152,9 +1196,10 @@ class SimHost:
     ) -> Tuple[List[List[float]], Dict[str, Any]]:
         spec = self._model_for(body, "embedding", "embeddings")
         self._record(route, body)
+        self._late_errors({"options": body.get("options")})
         self._random_failure()
         started = time.monotonic()
-        keep_alive = _parse_keep_alive(body.get("keep_alive"), self.profile.keep_alive_s)
+        keep_alive = self._keep_alive(body)
         num_ctx = self._num_ctx(body, spec)
         warm = self._is_warm(spec, num_ctx)
         runner = await self._acquire_runner(spec, num_ctx)
@@ -1183,24 +1228,22 @@ class SimHost:
         }
 
     async def _embed_route(self, receive: Receive, send: Send) -> None:
-        body = await self._json_body(receive)
+        body = await self._json_body(receive, "/api/embed")
         raw = body.get("input")
-        if isinstance(raw, str):
-            texts = [raw]
-        elif isinstance(raw, list) and all(isinstance(t, str) for t in raw):
-            texts = list(raw)
-        else:
-            raise _HTTPError(400, "invalid input type")
+        # Checked by _json_body: a string or a list of strings, or absent.
+        texts = ([raw] if raw else []) if isinstance(raw, str) else list(raw or [])
+        if not texts:  # Ollama answers an empty input with no embeddings (EmbedHandler)
+            self._model_for(body, "embedding", "embeddings")
+            await _send_json(send, 200, {"model": body.get("model"), "embeddings": []})
+            return
         vectors, stats = await _until_disconnect(
             receive, lambda: self._embed_common(body, texts, "/api/embed")
         )
         await _send_json(send, 200, {"model": body.get("model"), "embeddings": vectors, **stats})
 
     async def _embeddings_route(self, receive: Receive, send: Send) -> None:
-        body = await self._json_body(receive)
-        prompt = body.get("prompt", "")
-        if not isinstance(prompt, str):
-            raise _HTTPError(400, "prompt must be a string")
+        body = await self._json_body(receive, "/api/embeddings")
+        prompt = str(body.get("prompt") or "")
         vectors, _ = await _until_disconnect(
             receive, lambda: self._embed_common(body, [prompt], "/api/embeddings")
         )
