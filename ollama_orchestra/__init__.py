@@ -22,9 +22,11 @@ from ._config import (
     Timeouts,
 )
 from ._errors import (
+    AsyncioOnly,
     Attempt,
     ConfigError,
     DagValidationError,
+    MissingExtra,
     NoCapableServer,
     NoHealthyServer,
     OllamaResponseError,
@@ -51,6 +53,7 @@ from ._version import __version__
 
 __all__ = [
     "AffinityRule",
+    "AsyncioOnly",
     "Attempt",
     "BreakerEvent",
     "BreakerOpen",
@@ -77,6 +80,7 @@ __all__ = [
     "LoadedModel",
     "Metrics",
     "MetricsSnapshot",
+    "MissingExtra",
     "NoCapableServer",
     "NoHealthyServer",
     "OllamaResponseError",

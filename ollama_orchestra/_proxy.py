@@ -28,6 +28,7 @@ import httpx
 from ._client import Orchestra
 from ._config import OrchestraConfig
 from ._errors import ConfigError
+from ._extras import require_asyncio, require_extra
 from ._serving import ClientGone, bind_socket, embedded_uvicorn, read_body
 from ._transport import OrchestraTransport
 
@@ -169,7 +170,13 @@ async def serve_proxy(
         host: the address to bind; a non-loopback one needs ``allow_non_loopback=True``.
         port: the port; 0 picks a free one (the URL reported to ``task_status`` has it).
         token: require ``Authorization: Bearer <token>`` on every request.
+
+    Raises:
+        MissingExtra: uvicorn is not installed (``pip install 'ollama-orchestra[proxy]'``).
+        AsyncioOnly: called under trio (uvicorn serves on asyncio only).
     """
+    require_extra("proxy", "serve_proxy")
+    require_asyncio("serve_proxy", "run it under asyncio (anyio's default backend)")
     if not _is_loopback(host) and not allow_non_loopback:
         raise ConfigError(
             "listen", host, "not a loopback address; pass allow_non_loopback=True to expose it"

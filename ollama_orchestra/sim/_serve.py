@@ -25,6 +25,7 @@ import httpx
 
 from .._config import _reject_unknown_keys
 from .._errors import SimConfigError
+from .._extras import require_asyncio, require_extra
 from .._serving import bind_socket, embedded_uvicorn
 from ._host import SimHost, SimState, SimulatedReset
 from ._spec import Faults, HostProfile, ModelSpec, preset_fleet
@@ -163,9 +164,14 @@ class SimServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> SimServer:
+        require_extra("sim", "SimServer")
         # Plain asyncio tasks, not an anyio task group: uvicorn is asyncio-only anyway, and a
         # pytest-asyncio fixture enters and exits this in two different tasks.
         if self.mode == "inprocess":
+            require_asyncio(
+                "SimServer (in-process)",
+                "run it under asyncio (anyio's default backend), or pass mode='subprocess'",
+            )
             await self._start_inprocess()
         else:
             await self._start_subprocess()
