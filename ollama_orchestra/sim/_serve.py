@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import anyio
 import httpx
 
-from .._config import _reject_unknown_keys
+from .._config import Server, _reject_unknown_keys
 from .._errors import SimConfigError
 from .._extras import require_asyncio, require_extra
 from .._serving import bind_socket, embedded_uvicorn
@@ -481,10 +481,8 @@ class SimFleet:
     def urls(self) -> Dict[str, str]:
         return {s.name: s.url for s in self.servers}
 
-    def server_configs(self, **kwargs: Any) -> List[Any]:
+    def server_configs(self, **kwargs: Any) -> List[Server]:
         """``Server`` entries for an ``OrchestraConfig``, slots matching each host's."""
-        from .._config import Server
-
         return [
             Server(s.name, s.url, max_concurrency=s.profile.num_parallel, **kwargs)
             for s in self.servers
