@@ -28,7 +28,7 @@ typecheck: $(STAMP)
 ## simulator's subprocess mode), failing under the `fail_under` of pyproject.toml.
 unit: $(STAMP)
 	rm -f .coverage .coverage.*
-	$(BIN)/coverage run -m pytest
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine -q
 	$(BIN)/coverage report
 

@@ -18,7 +18,8 @@ What they need:
 - an async test runner on **asyncio**: pytest-asyncio (``asyncio_mode = "auto"``, or
   ``@pytest.mark.asyncio`` tests in strict mode) or anyio's pytest plugin
   (``@pytest.mark.anyio`` tests with the ``asyncio`` backend). The fixtures follow whichever
-  runs the test. On trio they fail with one :class:`~ollama_orchestra.AsyncioOnly` error: the
+  runs the test (but not anyio tests beside pytest-asyncio's auto mode, which then runs every
+  async fixture on its own loop). On trio they fail with one :class:`~ollama_orchestra.AsyncioOnly` error: the
   in-process simulator runs on asyncio only.
 
 Scope: both are function-scoped, a fresh host (or fleet) per test. Loop-scope caveat: a host

@@ -1,6 +1,7 @@
 """The pytest plugin loads anywhere, and its fixtures run under each async test runner.
 
-Each case runs pytest in a subprocess on a small project of its own, as a user's suite would.
+Each project below is run once by pytest in a subprocess, as a user's suite would be; the
+tests read the outcome of each of its tests.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Dict, Sequence
 
@@ -27,146 +27,165 @@ async def check(server, fleet):
     assert [m["name"] for m in tags["models"]] == ["tiny:latest", "tiny-embed:latest"]
     assert sorted(s.name for s in fleet) == ["ollama01", "ollama02"]
     assert all(s.alive for s in fleet)
+
+
+def test_trivial():
+    assert 1 + 1 == 2
 """
 
+# Not beside pytest-asyncio's auto mode: that runs every async fixture (ours as any other) on
+# its own loop, while anyio runs the test on another.
 ANYIO = """
-@pytest.fixture
-def anyio_backend():
-    return "{backend}"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request):
+    return request.param
 
 
 @pytest.mark.anyio
-async def test_fixtures(sim_server, sim_fleet):
+async def test_anyio(sim_server, sim_fleet):
     await check(sim_server, sim_fleet)
 """
 
+AUTO = """
+async def test_auto(sim_server, sim_fleet):
+    await check(sim_server, sim_fleet)
+"""
 
-def block(project: Path, modules: Sequence[str]) -> Dict[str, str]:
-    """An environment in which ``modules`` fail to import, as if they were not installed."""
-    shadow = project / "_not_installed"
-    shadow.mkdir(exist_ok=True)
-    for name in modules:
-        (shadow / f"{name}.py").write_text(
-            f"raise ModuleNotFoundError({f'No module named {name!r}'!r}, name={name!r})\n",
-            encoding="utf-8",
+STRICT = (
+    ANYIO
+    + """
+@pytest.mark.asyncio
+async def test_strict(sim_server, sim_fleet):
+    await check(sim_server, sim_fleet)
+"""
+)
+
+NO_RUNNER = (
+    ANYIO
+    + """
+def test_sync_asks_for_a_fixture(sim_server):
+    pass
+"""
+)
+
+LOOP_SCOPE = "asyncio_default_fixture_loop_scope = function\n"
+
+
+class Run:
+    """One pytest run of a small project: its output and each test's outcome."""
+
+    def __init__(self, project: Path, tests: str, ini: str, without: Sequence[str] = ()) -> None:
+        project.mkdir()
+        (project / "test_user.py").write_text(CHECK + tests, encoding="utf-8")
+        (project / "pytest.ini").write_text(
+            "[pytest]\nfilterwarnings = error\n" + ini, encoding="utf-8"
         )
-    return {**os.environ, "PYTHONPATH": str(shadow)}
+        args = ["-p", "no:asyncio"] if "pytest_asyncio" in without else []
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", *args],
+            cwd=project,
+            env=self.blocking(project, without),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        self.output = result.stdout + result.stderr
+
+    @staticmethod
+    def blocking(project: Path, modules: Sequence[str]) -> Dict[str, str]:
+        """An environment in which ``modules`` fail to import, as if they were not installed."""
+        shadow = project / "_not_installed"
+        shadow.mkdir()
+        for name in modules:
+            message = f"No module named {name!r}"
+            (shadow / f"{name}.py").write_text(
+                f"raise ModuleNotFoundError({message!r}, name={name!r})\n", encoding="utf-8"
+            )
+        return {**os.environ, "PYTHONPATH": str(shadow)}
+
+    def outcome(self, test: str) -> str:
+        """PASSED, FAILED or ERROR for ``test`` (a name in test_user.py, with its params)."""
+        for line in self.output.splitlines():
+            word, _, rest = line.partition(" ")
+            if rest.split(" ")[0] == f"test_user.py::{test}":
+                return word
+        raise AssertionError(f"{test} did not run:\n{self.output}")
 
 
-def run_pytest(
-    project: Path, test: str, ini: str, *args: str, without: Sequence[str] = ()
-) -> subprocess.CompletedProcess[str]:
-    (project / "test_user.py").write_text(CHECK + textwrap.dedent(test), encoding="utf-8")
-    (project / "pytest.ini").write_text(
-        "[pytest]\nfilterwarnings = error\n" + ini, encoding="utf-8"
+@pytest.fixture(scope="module")
+def auto(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return Run(tmp_path_factory.mktemp("auto") / "p", AUTO, "asyncio_mode = auto\n" + LOOP_SCOPE)
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    return Run(
+        tmp_path_factory.mktemp("strict") / "p", STRICT, "asyncio_mode = strict\n" + LOOP_SCOPE
     )
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, "test_user.py"],
-        cwd=project,
-        env=block(project, without),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """A project in an environment without pytest-asyncio and without uvicorn."""
+    return Run(
+        tmp_path_factory.mktemp("bare") / "p",
+        NO_RUNNER,
+        "",
+        without=["pytest_asyncio", "uvicorn"],
     )
-
-
-def passed(result: subprocess.CompletedProcess[str]) -> bool:
-    return result.returncode == 0 and " passed" in result.stdout
 
 
 class TestFixturesUnderEachRunner:
     """sim_server and sim_fleet serve from the loop of whichever plugin runs the test."""
 
-    def test_pytest_asyncio_auto_mode(self, tmp_path: Path) -> None:
+    def test_pytest_asyncio_auto_mode(self, auto: Run) -> None:
         """Auto mode: a plain async test gets both fixtures."""
-        test = "async def test_fixtures(sim_server, sim_fleet):\n    await check(sim_server, sim_fleet)\n"
-        ini = "asyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
-        result = run_pytest(tmp_path, test, ini)
-        assert passed(result), result.stdout + result.stderr
+        assert auto.outcome("test_auto") == "PASSED", auto.output
 
-    def test_pytest_asyncio_strict_mode(self, tmp_path: Path) -> None:
-        """Strict mode: an @pytest.mark.asyncio test gets both fixtures, without warnings."""
-        test = (
-            "@pytest.mark.asyncio\n"
-            "async def test_fixtures(sim_server, sim_fleet):\n"
-            "    await check(sim_server, sim_fleet)\n"
-        )
-        ini = "asyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
-        result = run_pytest(tmp_path, test, ini)
-        assert passed(result), result.stdout + result.stderr
+    def test_pytest_asyncio_strict_mode(self, strict: Run) -> None:
+        """Strict mode: an @pytest.mark.asyncio test gets both, with warnings as errors."""
+        assert strict.outcome("test_strict") == "PASSED", strict.output
 
-    def test_anyio_plugin_beside_pytest_asyncio(self, tmp_path: Path) -> None:
-        """anyio's plugin on asyncio, pytest-asyncio installed (strict): the anyio runner wins."""
-        ini = "asyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n"
-        result = run_pytest(tmp_path, ANYIO.format(backend="asyncio"), ini)
-        assert passed(result), result.stdout + result.stderr
-
-    def test_anyio_plugin_without_pytest_asyncio(self, tmp_path: Path) -> None:
-        """anyio's plugin alone, pytest-asyncio not installed: the fixtures still work."""
-        result = run_pytest(
-            tmp_path,
-            ANYIO.format(backend="asyncio"),
-            "",
-            "-p",
-            "no:asyncio",
-            without=["pytest_asyncio"],
-        )
-        assert passed(result), result.stdout + result.stderr
+    def test_anyio_plugin_beside_pytest_asyncio(self, strict: Run) -> None:
+        """anyio's plugin on asyncio, beside pytest-asyncio in strict mode: anyio runs them."""
+        assert strict.outcome("test_anyio[asyncio]") == "PASSED", strict.output
 
 
 class TestWhereTheFixturesCannotRun:
     """Outside asyncio, or with no async runner, one clear error names what is needed."""
 
-    def test_trio_gives_one_clear_error(self, tmp_path: Path) -> None:
+    def test_trio_gives_one_clear_error(self, strict: Run) -> None:
         """On trio the fixture fails with AsyncioOnly, not 'no running event loop'."""
         pytest.importorskip("trio")
-        ini = "asyncio_default_fixture_loop_scope = function\n"
-        result = run_pytest(tmp_path, ANYIO.format(backend="trio"), ini)
-        assert result.returncode == 1, result.stdout + result.stderr
+        assert strict.outcome("test_anyio[trio]") == "ERROR", strict.output
         assert (
-            "AsyncioOnly: SimServer (in-process) runs on asyncio only, not on trio" in result.stdout
+            "AsyncioOnly: SimServer (in-process) runs on asyncio only, not on trio" in strict.output
         )
-        assert "no running event loop" not in result.stdout
+        assert "no running event loop" not in strict.output
 
-    def test_no_async_runner_names_the_plugins(self, tmp_path: Path) -> None:
-        """Without pytest-asyncio and anyio's plugin, asking for a fixture says what to install."""
-        test = "def test_fixture(sim_server):\n    pass\n"
-        result = run_pytest(
-            tmp_path,
-            test,
-            "",
-            "-p",
-            "no:asyncio",
-            "-p",
-            "no:anyio",
-            without=["pytest_asyncio"],
-        )
-        assert result.returncode == 1, result.stdout + result.stderr
-        assert "need pytest-asyncio (pip install pytest-asyncio) or anyio" in result.stdout
+    def test_no_async_runner_names_the_plugins(self, bare: Run) -> None:
+        """With no async runner, a test asking for a fixture is told what to install."""
+        assert bare.outcome("test_sync_asks_for_a_fixture") == "ERROR", bare.output
+        assert "need pytest-asyncio (pip install pytest-asyncio) or anyio" in bare.output
 
 
 class TestPluginLoadsAnywhere:
     """Installing the package never breaks the test suites of other projects."""
 
-    def test_unrelated_suite_without_pytest_asyncio_or_uvicorn(self, tmp_path: Path) -> None:
-        """With neither pytest-asyncio nor uvicorn, an unrelated suite loads the plugin and passes."""
-        result = run_pytest(
-            tmp_path,
-            "def test_trivial():\n    assert 1 + 1 == 2\n",
-            "",
-            "-p",
-            "no:asyncio",
-            without=["pytest_asyncio", "uvicorn"],
+    def test_suite_without_pytest_asyncio_or_uvicorn(self, bare: Run) -> None:
+        """With neither pytest-asyncio nor uvicorn the plugin loads and a plain test passes."""
+        assert bare.outcome("test_trivial") == "PASSED", bare.output
+
+    def test_anyio_alone_runs_the_fixtures(self, bare: Run) -> None:
+        """anyio's plugin without pytest-asyncio runs the fixtures; without uvicorn, they say so."""
+        assert bare.outcome("test_anyio[asyncio]") == "ERROR", bare.output
+        assert (
+            "MissingExtra: SimServer needs uvicorn, which is not installed: "
+            "pip install 'ollama-orchestra[sim]'" in bare.output
         )
-        assert passed(result), result.stdout + result.stderr
-        assert "ollama_orchestra" in run_pytest(
-            tmp_path,
-            "",
-            "",
-            "-p",
-            "no:asyncio",
-            "--trace-config",
-            "--co",
-            without=["pytest_asyncio", "uvicorn"],
-        ).stdout.replace("-", "_")
+
+    def test_anyio_without_pytest_asyncio_serves(self, tmp_path: Path) -> None:
+        """anyio's plugin alone (no pytest-asyncio) with uvicorn: the fixtures serve."""
+        run = Run(tmp_path / "p", ANYIO, "", without=["pytest_asyncio"])
+        assert run.outcome("test_anyio[asyncio]") == "PASSED", run.output
