@@ -19,8 +19,8 @@ What they need:
   ``@pytest.mark.asyncio`` tests in strict mode) or anyio's pytest plugin
   (``@pytest.mark.anyio`` tests with the ``asyncio`` backend). The fixtures follow whichever
   runs the test (but not anyio tests beside pytest-asyncio's auto mode, which then runs every
-  async fixture on its own loop). On trio they fail with one :class:`~ollama_orchestra.AsyncioOnly` error: the
-  in-process simulator runs on asyncio only.
+  async fixture on its own loop). On trio they fail with one
+  :class:`~ollama_orchestra.AsyncioOnly` error: the in-process simulator runs on asyncio only.
 
 Scope: both are function-scoped, a fresh host (or fleet) per test. Loop-scope caveat: a host
 serves from the event loop it was started on, so it must be the test's. Under pytest-asyncio
