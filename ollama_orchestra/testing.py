@@ -75,7 +75,7 @@ def _fleet() -> SimFleet:
 # `anyio_backend`. The public fixture picks the variant of the plugin that runs the test.
 try:
     import pytest_asyncio
-except ImportError:  # pragma: no cover - tested in a subprocess without pytest-asyncio
+except ImportError:  # tested in a subprocess (tests/test_testing_plugin.py)
 
     @pytest.fixture(name="_ollama_orchestra_sim_server_asyncio")
     def _sim_server_no_runner() -> SimServer:

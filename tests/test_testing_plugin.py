@@ -65,6 +65,10 @@ NO_RUNNER = (
     + """
 def test_sync_asks_for_a_fixture(sim_server):
     pass
+
+
+def test_sync_asks_for_the_fleet(sim_fleet):
+    pass
 """
 )
 
@@ -167,6 +171,7 @@ class TestWhereTheFixturesCannotRun:
     def test_no_async_runner_names_the_plugins(self, bare: Run) -> None:
         """With no async runner, a test asking for a fixture is told what to install."""
         assert bare.outcome("test_sync_asks_for_a_fixture") == "ERROR", bare.output
+        assert bare.outcome("test_sync_asks_for_the_fleet") == "ERROR", bare.output
         assert "need pytest-asyncio (pip install pytest-asyncio) or anyio" in bare.output
 
 
