@@ -7,12 +7,12 @@ STAMP  := $(VENV)/.installed
 # The oldest and newest Pythons we support, for `make matrix`.
 MATRIX ?= 3.8 3.13
 
-.PHONY: install test lint typecheck unit matrix demo bench-quick bench bench-full clean
+.PHONY: install test lint typecheck unit matrix wheel-check demo bench-quick bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[sim,dev]'
+	$(BIN)/python -m pip install -q -e '.[sim,proxy,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,12 +24,23 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## make unit: the suite under coverage (branches, subprocesses included: the CLI and the
+## simulator's subprocess mode), failing under the `fail_under` of pyproject.toml.
 unit: $(STAMP)
-	$(BIN)/pytest
+	rm -f .coverage .coverage.*
+	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage run -m pytest
+	$(BIN)/coverage combine -q
+	$(BIN)/coverage report
 
-## make test: lint, type-check, the suite on the default Python, then on the oldest and newest,
-## then the benchmarks' quick mode (loose ratio checks; LiteLLM and plots only if installed).
-test: lint typecheck unit matrix bench-quick
+## make wheel-check: build the wheel, install it without extras into a throwaway virtualenv,
+## and check the import, the CLI and pytest in an unrelated project there.
+wheel-check: $(STAMP)
+	./.ci/check-wheel $(BIN)/python
+
+## make test: lint, type-check, the suite on the default Python (with coverage), then on the
+## oldest and newest, the plain wheel in a clean virtualenv, then the benchmarks' quick mode
+## (loose ratio checks; LiteLLM and plots only if installed).
+test: lint typecheck unit matrix wheel-check bench-quick
 
 matrix:
 	@set -e; for v in $(MATRIX); do ./.ci/pytest-on "$$v"; done
@@ -38,7 +49,7 @@ demo: $(STAMP)
 	$(BIN)/python -m ollama_orchestra demo
 
 $(VENV)/.bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[sim,dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[sim,proxy,dev,bench]'
 	touch $(VENV)/.bench
 
 bench-quick: $(STAMP)
@@ -51,4 +62,4 @@ bench-full: $(VENV)/.bench
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache dist build
+	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache dist build .coverage .coverage.*

@@ -24,9 +24,11 @@ from ._config import (
     Timeouts,
 )
 from ._errors import (
+    AsyncioOnly,
     Attempt,
     ConfigError,
     DagValidationError,
+    MissingExtra,
     NoCapableServer,
     NoHealthyServer,
     OllamaResponseError,
@@ -53,6 +55,7 @@ from ._version import __version__
 
 __all__ = [
     "AffinityRule",
+    "AsyncioOnly",
     "Attempt",
     "BreakerEvent",
     "BreakerOpen",
@@ -79,6 +82,7 @@ __all__ = [
     "LoadedModel",
     "Metrics",
     "MetricsSnapshot",
+    "MissingExtra",
     "NoCapableServer",
     "NoHealthyServer",
     "OllamaResponseError",

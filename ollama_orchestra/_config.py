@@ -12,7 +12,7 @@ import re
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Type, Union, cast
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type, Union, cast
 from urllib.parse import urlsplit
 
 from ._errors import ConfigError
@@ -322,7 +322,7 @@ class OrchestraConfig:
             before raising :class:`NoHealthyServer`.
     """
 
-    servers: Tuple[Server, ...]
+    servers: Sequence[Server]
     strategy: str = "hybrid"
     roles: Mapping[str, str] = field(default_factory=dict)
     affinity: Tuple[AffinityRule, ...] = ()

@@ -7,6 +7,8 @@
     │   └── SimConfigError                invalid simulator configuration or CLI input
     ├── DagValidationError (ValueError)   a task graph that cannot run (duplicate id, cycle, ...)
     ├── OrchestraClosed (RuntimeError)    the orchestra was used outside ``async with``
+    ├── MissingExtra (ImportError)        a feature needs an extra that is not installed
+    ├── AsyncioOnly (RuntimeError)        an asyncio-only feature was used on another backend
     └── RequestError                      a request could not be served
         ├── NoCapableServer               every server is known, and none has the model
         ├── NoHealthyServer               no server that has (or may have) the model is up;
@@ -26,9 +28,11 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
+    "AsyncioOnly",
     "Attempt",
     "ConfigError",
     "DagValidationError",
+    "MissingExtra",
     "NoCapableServer",
     "NoHealthyServer",
     "OllamaResponseError",
@@ -87,6 +91,43 @@ class DagValidationError(OrchestraError, ValueError):
 
 class OrchestraClosed(OrchestraError, RuntimeError):
     """The orchestra is not running: use it inside ``async with Orchestra(...)``."""
+
+
+class MissingExtra(OrchestraError, ImportError):
+    """A feature needs an optional dependency (an *extra*) that is not installed.
+
+    The message is one line naming the command that installs it.
+
+    Attributes:
+        feature: what was asked for, e.g. ``ollama-orchestra proxy``.
+        extra: the extra that provides it, e.g. ``proxy``.
+        name: the missing module (as on every ``ImportError``).
+    """
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        self.feature = feature
+        self.extra = extra
+        super().__init__(
+            f"{feature} needs {module}, which is not installed: "
+            f"pip install 'ollama-orchestra[{extra}]'",
+            name=module,
+        )
+
+
+class AsyncioOnly(OrchestraError, RuntimeError):
+    """A feature that runs on asyncio only was used under another event loop (trio).
+
+    Attributes:
+        feature: what was asked for, e.g. ``SimServer``.
+        backend: the event loop library that was running.
+    """
+
+    def __init__(self, feature: str, backend: str, hint: str = "") -> None:
+        self.feature = feature
+        self.backend = backend
+        super().__init__(
+            f"{feature} runs on asyncio only, not on {backend}" + (f": {hint}" if hint else "")
+        )
 
 
 class RequestError(OrchestraError):

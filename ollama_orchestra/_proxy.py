@@ -38,6 +38,7 @@ import httpx
 from ._client import Orchestra
 from ._config import OrchestraConfig
 from ._errors import ConfigError
+from ._extras import require_asyncio, require_extra
 from ._openai import openai_app
 from ._serving import BodyTooLarge, ClientGone, bind_socket, embedded_uvicorn, read_body
 from ._transport import OrchestraTransport
@@ -311,7 +312,11 @@ async def serve_proxy(
     Raises:
         ConfigError: a non-loopback ``host`` without the flag, a blank token, a port that
             cannot be bound (all before anything starts).
+        MissingExtra: uvicorn is not installed (``pip install 'ollama-orchestra[proxy]'``).
+        AsyncioOnly: called under trio (uvicorn serves on asyncio only).
     """
+    require_extra("proxy", "serve_proxy")
+    require_asyncio("serve_proxy", "run it under asyncio (anyio's default backend)")
     if not _is_loopback(host) and not allow_non_loopback:
         raise ConfigError(
             "listen", host, "not a loopback address; pass allow_non_loopback=True to expose it"

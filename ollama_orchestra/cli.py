@@ -22,8 +22,10 @@ from ._client import Orchestra
 from ._config import OrchestraConfig, Server, parse_role_specs, parse_server_spec
 from ._errors import ConfigError, DagValidationError, OrchestraError
 from ._executor import DagResult, Task, TaskEvent, TaskResult, load_dag
+from ._extras import require_extra
 from ._metrics import MetricsSnapshot
 from ._state import FleetSnapshot, ServerSnapshot
+from ._version import __version__
 
 if sys.version_info >= (3, 11):
     from builtins import BaseExceptionGroup as _BaseExceptionGroup
@@ -333,6 +335,7 @@ def _sole_error(exc: BaseException) -> BaseException:
 
 
 async def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
+    require_extra("proxy", "ollama-orchestra proxy")
     import signal
 
     from ._proxy import ProxyLimits, _is_loopback, serve_proxy
@@ -389,7 +392,7 @@ def _or(value: Any, default: Any) -> Any:
 def cmd_sim(args: argparse.Namespace, rest: List[str]) -> int:
     from .sim.__main__ import main as sim_main
 
-    return sim_main(rest)
+    return sim_main(rest, prog="ollama-orchestra sim")
 
 
 # -- the demo ----------------------------------------------------------------------------------
@@ -485,6 +488,7 @@ async def _demo_run(
 
 
 async def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
+    require_extra("sim", "ollama-orchestra demo")
     scale = args.time_scale
     if not scale > 0:
         raise CliError(f"--time-scale {scale!r}: must be > 0")
@@ -535,6 +539,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ollama-orchestra", description="Spread LLM work across a fleet of Ollama servers."
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def fleet_flags(sp: argparse.ArgumentParser) -> None:

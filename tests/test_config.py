@@ -254,3 +254,15 @@ class TestServerAndRoleSpecs:
                 {"OLLAMA_ORCHESTRA_SERVERS": "a=http://h:1", "OLLAMA_ORCHESTRA_ROLES": value}
             )
         assert info.value.field == "OLLAMA_ORCHESTRA_ROLES"
+
+
+class TestServersAnySequence:
+    """OrchestraConfig takes servers as any sequence and keeps them as a tuple."""
+
+    def test_list_is_normalised_to_a_tuple(self) -> None:
+        """A list of servers gives the same config as a tuple, holding a tuple."""
+        a, b = Server("a", "http://127.0.0.1:1"), Server("b", "http://127.0.0.1:2")
+        config = OrchestraConfig(servers=[a, b])
+        assert type(config.servers) is tuple
+        assert config.servers == (a, b)
+        assert config == OrchestraConfig(servers=(a, b))

@@ -24,7 +24,8 @@ from typing import Any, List, Optional, Sequence
 
 import anyio
 
-from .._errors import SimConfigError
+from .._errors import MissingExtra, SimConfigError
+from .._extras import require_extra
 from ._serve import SimFleet, SimServer, profile_from_dict
 from ._spec import Faults, HostProfile, preset_fleet
 
@@ -34,9 +35,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m ollama_orchestra.sim",
+        prog=prog,
         description="Serve a simulated Ollama fleet on loopback.",
     )
     p.add_argument(
@@ -143,17 +144,18 @@ async def _serve_one(spec_json: str) -> None:
                 break
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, prog: str = "python -m ollama_orchestra.sim") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["_serve-one"]:
         anyio.run(_serve_one, argv[1])
         return 0
-    parser = _parser()
+    parser = _parser(prog)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
+        require_extra("sim", prog)
         profiles: Any = preset_fleet()
         time_scale = 1.0
         if args.config is not None:
@@ -170,6 +172,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SimConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MissingExtra as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     return 0

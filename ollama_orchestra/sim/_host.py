@@ -237,8 +237,6 @@ class _Runner:
         return self.active > 0 or bool(self.waiters)
 
 
-
-
 def _now_rfc3339() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 

@@ -23,8 +23,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import anyio
 import httpx
 
-from .._config import _reject_unknown_keys
+from .._config import Server, _reject_unknown_keys
 from .._errors import SimConfigError
+from .._extras import require_asyncio, require_extra
 from .._serving import bind_socket, embedded_uvicorn
 from ._host import SimHost, SimState, SimulatedReset
 from ._spec import Faults, HostProfile, ModelSpec, preset_fleet
@@ -166,9 +167,14 @@ class SimServer:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> SimServer:
+        require_extra("sim", "SimServer")
         # Plain asyncio tasks, not an anyio task group: uvicorn is asyncio-only anyway, and a
         # pytest-asyncio fixture enters and exits this in two different tasks.
         if self.mode == "inprocess":
+            require_asyncio(
+                "SimServer (in-process)",
+                "run it under asyncio (anyio's default backend), or pass mode='subprocess'",
+            )
             await self._start_inprocess()
         else:
             await self._start_subprocess()
@@ -478,10 +484,8 @@ class SimFleet:
     def urls(self) -> Dict[str, str]:
         return {s.name: s.url for s in self.servers}
 
-    def server_configs(self, **kwargs: Any) -> List[Any]:
+    def server_configs(self, **kwargs: Any) -> List[Server]:
         """``Server`` entries for an ``OrchestraConfig``, slots matching each host's."""
-        from .._config import Server
-
         return [
             Server(s.name, s.url, max_concurrency=s.profile.num_parallel, **kwargs)
             for s in self.servers
