@@ -91,7 +91,7 @@ class TestFromEnv:
     def test_bad_role_item(self) -> None:
         """A roles item without '=' is named."""
         env = {"OLLAMA_ORCHESTRA_SERVERS": "a=http://h:1", "OLLAMA_ORCHESTRA_ROLES": "qa"}
-        with pytest.raises(ConfigError, match=r"^OLLAMA_ORCHESTRA_ROLES='qa': expected role=model"):
+        with pytest.raises(ConfigError, match=r"^OLLAMA_ORCHESTRA_ROLES='qa': expected ROLE=MODEL"):
             OrchestraConfig.from_env(env)
 
 

@@ -49,7 +49,7 @@ class TestBadBodies:
         ("content", "error"),
         [
             (b"{not json", "invalid JSON"),
-            (b"[1, 2]", "invalid request body: expected a JSON object"),
+            (b"[1, 2]", "json: cannot unmarshal array into Go value of type api.GenerateRequest"),
             (b"", "missing request body"),
             (b'{"prompt": "x"}', "model is required"),
         ],
