@@ -14,28 +14,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
-from . import bench_compare, bench_dag, bench_failover, bench_sim, bench_soak
-from .bench_compare import Check
-
-#: Where the full run's results live (committed); quick runs go to ``results/quick``.
-FULL_RESULTS = Path(__file__).parent / "results"
-_out = FULL_RESULTS
-
-
-def _set_results(path: Path, modules: Sequence[ModuleType]) -> None:
-    global _out
-    _out = path
-    for module in modules:
-        module.RESULTS = path  # type: ignore[attr-defined]
+from . import bench_dag, bench_failover, bench_sim, bench_soak, compare
+from .common import FULL_RESULTS, Check, add_common_args, read_json, results_dir, use_results
 
 
 def _optional(name: str) -> Optional[ModuleType]:
@@ -47,16 +35,8 @@ def _optional(name: str) -> Optional[ModuleType]:
         return None
 
 
-def _load(name: str) -> Dict[str, Any]:
-    path = _out / name
-    if not path.exists():
-        return {}
-    data: Dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    return data
-
-
 def sim_checks(quick: bool) -> List[Check]:
-    rows = _load("sim.json").get("rows", [])
+    rows = read_json("sim.json").get("rows", [])
     tol = bench_sim.QUICK_TOLERANCE if quick else bench_sim.TOLERANCE
     return [
         Check(
@@ -72,7 +52,7 @@ def sim_checks(quick: bool) -> List[Check]:
 
 
 def dag_checks(quick: bool) -> List[Check]:
-    d = _load("dag.json")
+    d = read_json("dag.json")
     if not d:
         return []
     goal = bench_dag.speedup_goal(quick)
@@ -114,7 +94,7 @@ def dag_checks(quick: bool) -> List[Check]:
 
 
 def failover_checks(quick: bool) -> List[Check]:
-    d = _load("failover.json")
+    d = read_json("failover.json")
     if not d:
         return []
     k, c = d["kill"], d["chaos"]
@@ -163,22 +143,18 @@ def write_summary(
         "| bench | figure | value | goal | result |",
         "|---|---|---|---|---|",
     ]
-    for c in checks:
-        result = "-" if c.ok is None else ("pass" if c.ok else "**FAIL**")
-        if c.gated and c.ok is not None:
-            result += " (gated)"
-        lines.append(f"| {c.bench} | {c.figure} | {c.value} | {c.goal} | {result} |")
+    lines += [c.summary_row() for c in checks]
     lines += ["", "| benchmark | exit status |", "|---|---|"]
     lines += [f"| {name} | {code} |" for name, code in exits.items()]
     text = "\n".join(lines) + "\n"
-    _out.mkdir(parents=True, exist_ok=True)
-    (_out / "summary.md").write_text(text, encoding="utf-8")
+    results_dir().mkdir(parents=True, exist_ok=True)
+    (results_dir() / "summary.md").write_text(text, encoding="utf-8")
     return text
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    bench_compare.add_common_args(parser, "CI: under 2 minutes")
+    add_common_args(parser, "CI: under 2 minutes")
     parser.add_argument(
         "--results",
         type=Path,
@@ -186,10 +162,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     args = parser.parse_args(argv)
     proxy = _optional("bench_proxy")
-    modules = [bench_sim, bench_dag, bench_failover, bench_compare, bench_soak]
-    if proxy is not None:
-        modules.append(proxy)
-    _set_results(args.results or (FULL_RESULTS / "quick" if args.quick else FULL_RESULTS), modules)
+    use_results(args.results or (FULL_RESULTS / "quick" if args.quick else FULL_RESULTS))
     flag = ["--quick"] if args.quick else []
     exits: Dict[str, int] = {}
     checks: List[Check] = []
@@ -220,8 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         compare_args += ["--hosts", *args.hosts, "--slots", str(args.slots)]
         if args.model:
             compare_args += ["--model", args.model]
-    step("bench_compare", lambda: bench_compare.main(compare_args))
-    checks += bench_compare.checks(_load("compare.json"), args.quick)
+    step("bench_compare", lambda: compare.main(compare_args))
+    checks += compare.checks(read_json("compare.json"), args.quick)
     if not args.hosts:  # the soak abuses the proxy on a simulated fleet
         step("bench_soak", lambda: bench_soak.main(flag))
         checks += bench_soak.checks(args.quick)

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import anyio
@@ -28,8 +26,9 @@ from ollama_orchestra import GenerateResponse, HealthPolicy, Orchestra, Orchestr
 from ollama_orchestra._executor import Task, run_dag
 from ollama_orchestra.sim import HostProfile, ModelSpec, SimFleet
 
+from .common import write_json
+
 MODEL = "work:latest"
-RESULTS = Path(__file__).parent / "results"
 
 
 def profile(name: str) -> HostProfile:
@@ -173,8 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
         f"scheduler overhead on 10,000 tasks: eager {per_task['eager']:.1f} us/task, waves {per_task['waves']:.1f} us/task (goal < 100)"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "dag.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_json("dag.json", report)
     ok = (
         report["two_host_speedup"] >= speedup_goal(args.quick)
         and report["eager_vs_waves"] > 1.0

@@ -13,10 +13,8 @@ Run from the repo root: ``python -m benchmarks.bench_failover [--quick]``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import anyio
@@ -31,8 +29,9 @@ from ollama_orchestra import (
 )
 from ollama_orchestra.sim import Faults, HostProfile, ModelSpec, SimFleet
 
+from .common import write_json
+
 MODEL = "fast:latest"
-RESULTS = Path(__file__).parent / "results"
 
 
 def profiles(n: int, *, slots: int = 4, decode_tps: float = 2000.0) -> List[HostProfile]:
@@ -215,9 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
         f"  {chaos['succeeded']}/{chaos['requests']} succeeded: {chaos['success_rate']:.2%} (goal >= 99.9%; 1 - 0.1^3 = 99.9% expected)"
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {"kill": kill, "refused": refused, "chaos": chaos}
-    (RESULTS / "failover.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_json("failover.json", {"kill": kill, "refused": refused, "chaos": chaos})
     ok = (
         kill["lost"] == 0
         and kill["completed"] == kill["requests"]

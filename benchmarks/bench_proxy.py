@@ -22,12 +22,10 @@ to ``benchmarks/results/proxy.json``; :func:`checks` puts the added latencies in
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import anyio
 import httpx
@@ -35,9 +33,8 @@ import httpx
 from ollama_orchestra import Orchestra, OrchestraConfig, OrchestraTransport, Server, serve_proxy
 from ollama_orchestra.sim import HostProfile, ModelSpec, SimServer
 
-from .bench_compare import Check
+from .common import Check, read_json, write_json
 
-RESULTS = Path(__file__).parent / "results"
 MODEL = "fast:latest"
 TIME_SCALE = 0.01  # the host answers at once: what is left is the path itself
 
@@ -127,22 +124,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"  {name:10} {s['median_us']:8.0f}us {s['mean_us']:8.0f}us "
                 f"{s['p95_us']:8.0f}us   {extra}"
             )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "proxy.json").write_text(
-        json.dumps({"python": sys.version.split()[0], "runs": report}, indent=2), encoding="utf-8"
-    )
-    print(f"wrote {RESULTS / 'proxy.json'}")
+    path = write_json("proxy.json", {"python": sys.version.split()[0], "runs": report})
+    print(f"wrote {path}")
     return 0
 
 
 def checks(quick: bool) -> List[Check]:
     """The added latencies, native and ``/v1``, side by side in the summary (reported only)."""
-    path = RESULTS / "proxy.json"
-    if not path.exists():
-        return []
-    report: Dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     out: List[Check] = []
-    for run in report.get("runs", []):
+    for run in read_json("proxy.json").get("runs", []):
         mode = "streamed" if run["stream"] else "whole answer"
         vs = run["vs_direct"]
         for name, label in (("proxy", "native /api/generate"), ("proxy_v1", "/v1/completions")):

@@ -23,7 +23,6 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import anyio
@@ -31,10 +30,11 @@ import httpx
 
 from ollama_orchestra.sim import SimServer, aggregate_speedup, preset_fleet
 
+from .common import write_json
+
 TOLERANCE = 0.05
 #: Quick mode (CI): a regression check on whatever machine CI has.
 QUICK_TOLERANCE = 0.15
-RESULTS = Path(__file__).parent / "results"
 MODEL = "qwen2.5:14b"
 #: words in the long prompt, and in the text appended to it (the second turn).
 PREFILL_WORDS = 20000
@@ -196,28 +196,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"{r.metric:<{width}}  {r.unit:<5}  {r.expected:>9.2f}  {r.measured:>9.2f}"
             f"  {r.ratio:>6.3f}{flag}"
         )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sim.json").write_text(
-        json.dumps(
-            {
-                "time_scale": args.time_scale,
-                "tokens": args.tokens,
-                "tolerance": args.tolerance,
-                "rows": [
-                    {
-                        "metric": r.metric,
-                        "unit": r.unit,
-                        "expected": r.expected,
-                        "measured": r.measured,
-                        "ratio": r.ratio,
-                        "ok": ok,
-                    }
-                    for r, ok in zip(rows, within)
-                ],
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
+    write_json(
+        "sim.json",
+        {
+            "time_scale": args.time_scale,
+            "tokens": args.tokens,
+            "tolerance": args.tolerance,
+            "rows": [
+                {
+                    "metric": r.metric,
+                    "unit": r.unit,
+                    "expected": r.expected,
+                    "measured": r.measured,
+                    "ratio": r.ratio,
+                    "ok": ok,
+                }
+                for r, ok in zip(rows, within)
+            ],
+        },
     )
     return 0 if all(within) else 1
 

@@ -39,9 +39,8 @@ import httpx
 
 from ollama_orchestra.sim import HostProfile, ModelSpec, SimFleet
 
-from .bench_compare import Check
+from .common import Check, read_json, write_json
 
-RESULTS = Path(__file__).parent / "results"
 MODEL = "soak:latest"
 EMBED = "soak-embed:latest"
 #: The proxy's RSS after the soak may exceed its warmed-up baseline by this much.
@@ -333,10 +332,9 @@ async def soak(seconds: float) -> Dict[str, Any]:
 
 def checks(quick: bool) -> List[Check]:
     """The soak's figures against their goals, for ``python -m benchmarks``'s summary."""
-    path = RESULTS / "soak.json"
-    if not path.exists():
+    d = read_json("soak.json")
+    if not d:
         return []
-    d = json.loads(path.read_text(encoding="utf-8"))
     t, rss, fds = d["tally"], d["rss_mib"], d["fds"]
     out = [
         Check(
@@ -414,14 +412,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     seconds = min(args.seconds, QUICK_SECONDS) if args.quick else args.seconds
     report = anyio.run(soak, seconds)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    path = write_json("soak.json", report)
     for c in checks(args.quick):
-        print(f"  {c.figure}: {c.value} (goal {c.goal}) {'ok' if c.ok else 'MISSED'}")
+        print(c.line())
     failures = report["tally"]["failures"]
     for f in failures[:10]:
         print(f"  failure: {f}")
-    print(f"wrote {RESULTS / 'soak.json'}")
+    print(f"wrote {path}")
     return 0 if all(c.ok for c in checks(args.quick)) else 1
 
 
