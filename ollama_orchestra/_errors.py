@@ -12,7 +12,10 @@
         ├── NoHealthyServer               servers have the model, but none is up
         ├── OllamaResponseError           Ollama answered with an error the caller must fix (400, ...)
         ├── RequestFailed                 every attempt failed; ``attempts`` lists them
+        ├── RequestTimeout (TimeoutError)  the request's ``timeout=`` ran out
         └── StreamInterrupted             a stream broke after text was yielded
+
+No message ever shows a header value or a URL's credentials (see ``_secrets``).
 
 Lower-level errors (httpx, anyio) are mapped to the most specific class with
 ``raise ... from exc``, so the cause is always kept.
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence, Tuple
+
+from ._secrets import REDACTED, redact_text
 
 __all__ = [
     "Attempt",
@@ -34,6 +39,7 @@ __all__ = [
     "OrchestraError",
     "RequestError",
     "RequestFailed",
+    "RequestTimeout",
     "SimConfigError",
     "StreamInterrupted",
 ]
@@ -46,16 +52,21 @@ class OrchestraError(Exception):
 class ConfigError(OrchestraError, ValueError):
     """A configuration value is invalid.
 
+    A URL's credentials in ``value`` are redacted; with ``secret=True`` (a header value, a
+    table that may hold one) the value is not shown at all.
+
     Attributes:
         field: dotted path of the offending field, e.g. ``servers[1].url``.
-        value: the value that was rejected.
+        value: the value that was rejected (``"<redacted>"`` when secret).
     """
 
-    def __init__(self, field: str, value: object, reason: str) -> None:
+    def __init__(self, field: str, value: object, reason: str, *, secret: bool = False) -> None:
         self.field = field
-        self.value = value
+        self.value = REDACTED if secret else redact_text(value)
         self.reason = reason
-        super().__init__(f"{field}={value!r}: {reason}")
+        self.secret = secret
+        shown = "" if secret else f"={self.value!r}"
+        super().__init__(f"{field}{shown}: {reason}")
 
 
 class SimConfigError(ConfigError):
@@ -150,6 +161,22 @@ class RequestFailed(RequestError):
         super().__init__(
             f"request for model {model!r} failed after {len(self.attempts)} attempt(s): {tried}"
         )
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """The request's ``timeout`` (or ``config.timeouts.total_s``) ran out, all attempts included.
+
+    A ``TimeoutError`` too, so ``except TimeoutError`` written for earlier versions still works.
+
+    Attributes:
+        model: the model that was asked for.
+        timeout_s: the bound that ran out.
+    """
+
+    def __init__(self, model: str, timeout_s: float) -> None:
+        self.model = model
+        self.timeout_s = timeout_s
+        super().__init__(f"request for model {model!r} timed out after {timeout_s:g}s")
 
 
 class StreamInterrupted(RequestError):
