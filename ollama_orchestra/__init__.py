@@ -10,7 +10,14 @@ and a slot on it) → ``_failover`` (tenacity retries across servers) → ``_cli
 from __future__ import annotations
 
 from ._balancer import Candidate, Choice, Lease, LoadBalancer, RouteRequest, Strategy
-from ._breaker import BreakerEvent, BreakerOpen, BreakerSnapshot, BreakerState, CircuitBreaker
+from ._breaker import (
+    BreakerEvent,
+    BreakerOpen,
+    BreakerSnapshot,
+    BreakerState,
+    CircuitBreaker,
+    ModelBreakers,
+)
 from ._client import Orchestra, ResponseStream
 from ._config import (
     AffinityRule,
@@ -32,6 +39,7 @@ from ._errors import (
     OrchestraError,
     RequestError,
     RequestFailed,
+    RequestTimeout,
     SimConfigError,
     StreamInterrupted,
 )
@@ -77,6 +85,7 @@ __all__ = [
     "LoadedModel",
     "Metrics",
     "MetricsSnapshot",
+    "ModelBreakers",
     "NoCapableServer",
     "NoHealthyServer",
     "OllamaResponseError",
@@ -87,6 +96,7 @@ __all__ = [
     "OrchestraTransport",
     "RequestError",
     "RequestFailed",
+    "RequestTimeout",
     "ResponseStream",
     "RetryPolicy",
     "RouteRequest",
