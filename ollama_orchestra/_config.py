@@ -494,11 +494,10 @@ class OrchestraConfig:
         """Return ``(model, role)``: a role name resolves to its model.
 
         Raises:
-            TypeError: ``model_or_role`` is not a string.
-            ConfigError: it is empty.
+            ConfigError: ``model_or_role`` is not a non-empty string (field ``model``).
         """
         if not isinstance(model_or_role, str):
-            raise TypeError(f"model must be a model or role name (a str), got {model_or_role!r}")
+            raise ConfigError("model", model_or_role, "must be a model or role name (a string)")
         if model_or_role in self.roles:
             return self.roles[model_or_role], model_or_role
         if not isinstance(model_or_role, str) or not model_or_role.strip():

@@ -18,6 +18,7 @@ from ollama_orchestra import (
     OllamaResponseError,
     Orchestra,
     OrchestraConfig,
+    RequestFailed,
     RetryPolicy,
     Server,
 )
@@ -151,6 +152,58 @@ class TestClassificationTable:
             assert orch.model_breaker("a", M).snapshot().consecutive_failures == 1
             assert orch.breaker("a").snapshot().consecutive_failures == 0
         assert r.server == "b"
+
+
+class TestBackoff:
+    async def test_no_backoff_while_an_untried_server_is_eligible(self) -> None:
+        """A failed attempt goes to the next server at once: no backoff sleep."""
+        router = fleet_router({A: [M], B: [M]})
+        router.post(A + "/api/generate").respond(500, json={"error": "boom"})
+        router.post(B + "/api/generate").respond(content=gen_stream(["ok"]))
+        slept: List[float] = []
+
+        async def sleep(delay: float) -> None:
+            slept.append(delay)
+
+        cfg = OrchestraConfig(
+            servers=(Server("a", A), Server("b", B)),
+            strategy="round_robin",
+            health=HealthPolicy(interval_s=3600, startup_timeout_s=5),
+            retry=RetryPolicy(attempts=3, backoff_base_s=1, jitter=False),
+        )
+        transport = httpx.MockTransport(router.async_handler)
+        async with Orchestra(cfg, transport=transport, sleep=sleep) as orch:
+            r = await orch.generate(M, "x")
+        assert r.server == "b" and r.attempts == 2
+        assert [d for d in slept if d > 0] == []
+
+    async def test_a_server_whose_model_breaker_is_open_is_not_untried(self) -> None:
+        """A server refused by its model's breaker does not count as one left to try: once
+        the others have failed, the retry backs off."""
+        router = fleet_router({A: [M], B: [M]})
+        router.post(A + "/api/generate").respond(503, json={"error": QUEUE_FULL})
+        router.post(B + "/api/generate").respond(content=gen_stream(["ok"]))
+        slept: List[float] = []
+
+        async def sleep(delay: float) -> None:
+            slept.append(delay)
+
+        cfg = OrchestraConfig(
+            servers=(Server("a", A), Server("b", B)),
+            health=HealthPolicy(interval_s=3600, startup_timeout_s=5),
+            retry=RetryPolicy(attempts=2, backoff_base_s=1, jitter=False),
+            breaker=BreakerPolicy(failure_threshold=1, cooldown_s=60),
+        )
+        transport = httpx.MockTransport(router.async_handler)
+        async with Orchestra(cfg, transport=transport, sleep=sleep) as orch:
+            mb = orch.model_breaker("b", M)
+            permit = mb.admit()
+            assert permit is not None
+            mb.record_failure(permit)
+            assert mb.state == "open"
+            with pytest.raises(RequestFailed):
+                await orch.generate(M, "x")
+        assert [d for d in slept if d > 0] == [1]
 
 
 class TestPerModelBreaker:

@@ -18,6 +18,7 @@ from ollama_orchestra import (
     ConfigError,
     DagValidationError,
     HealthPolicy,
+    NoCapableServer,
     OllamaResponseError,
     Orchestra,
     OrchestraClosed,
@@ -367,7 +368,7 @@ class TestBalancerQueue:
             await wait_all_tasks_blocked()
             bads: List[Any] = [None, "high", 1.5, True]
             for bad in bads:
-                with pytest.raises(TypeError, match="priority"):
+                with pytest.raises(TypeError, match="priority"), anyio.fail_after(5):
                     await lb.acquire(BM, priority=bad)
             lb.release(held)
         assert got == ["s0"]
@@ -400,6 +401,50 @@ class TestBalancerQueue:
             lb.release(held)  # must not raise
         assert got == [BM] and [str(e) for e in errors] == ["routing bug"]
         assert lb.waiting == 0 and lb.in_use("s0") == 0
+
+
+class _Always:
+    """A strategy that always names one server, free or not."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        return Choice(self.name)
+
+
+class TestEligibility:
+    async def test_a_strategy_naming_a_busy_server_never_overfills_it(self) -> None:
+        """A strategy that names a server with no free slot makes the request wait."""
+        lb, state, clock = make((1, 1))
+        lb = LoadBalancer(lb._config, state, clock=clock, strategy=_Always("s0"))
+        held = await lb.acquire(BM)
+        got: List[str] = []
+        async with anyio.create_task_group() as tg:
+
+            async def wait() -> None:
+                lease = await lb.acquire(BM)
+                got.append(lease.name)
+                assert lb.in_use("s0") == 1
+                lb.release(lease)
+
+            tg.start_soon(wait)
+            await wait_all_tasks_blocked()
+            assert lb.in_use("s0") == 1 and lb.waiting == 1
+            lb.release(held)
+        assert got == ["s0"]
+
+    async def test_no_capable_server_only_once_every_list_is_known(self) -> None:
+        """A model missing from the known lists is not refused while a server's list is
+        still unknown (it may have it)."""
+        lb, state, _ = make((1, 1), models={"s0": [BIG], "s1": [BIG]})
+        fresh = type(state)([st.server for st in state.servers()], clock=lambda: 0.0)
+        fresh.probe_succeeded("s0", version="0.12.0", models={BIG: 1}, loaded=[])
+        lb = LoadBalancer(lb._config, fresh)
+        lb.check_capable(BM)  # s1's list is unknown: no verdict yet
+        fresh.probe_succeeded("s1", version="0.12.0", models={BIG: 1}, loaded=[])
+        with pytest.raises(NoCapableServer):
+            lb.check_capable(BM)
 
 
 class TestClosing:
