@@ -192,6 +192,8 @@ class Orchestra:
         clock: Callable[[], float] = time.monotonic,
         rng: Optional[random.Random] = None,
     ) -> None:
+        if config is not None and not isinstance(config, OrchestraConfig):
+            raise _bad_type("config", config, "an OrchestraConfig or None")
         self.config = config if config is not None else OrchestraConfig.from_env()
         self._transport = transport
         self._sleep = sleep or anyio.sleep
@@ -674,9 +676,15 @@ class Orchestra:
                     text.append(getattr(chunk, "text", ""))
                     try:
                         obj = await exchange.next_obj()
-                    except AttemptError as err:
-                        self._attempt_failed(lease, err, model, started, [])
-                        raise StreamInterrupted("".join(text), exchange.server, err) from err
+                    except Exception as exc:
+                        if self._closing:  # the orchestra exited under this stream
+                            raise OrchestraClosed(
+                                "the Orchestra was closed while this stream ran"
+                            ) from exc
+                        if not isinstance(exc, AttemptError):
+                            raise
+                        self._attempt_failed(lease, exc, model, started, [])
+                        raise StreamInterrupted("".join(text), exchange.server, exc) from exc
                 broken = AttemptError("reset", exchange.server, "stream ended before done")
                 self._attempt_failed(lease, broken, model, started, [])
                 raise StreamInterrupted("".join(text), exchange.server, broken)
@@ -1077,6 +1085,13 @@ class Orchestra:
         ``"waves"`` or ``"sequential"``. A failed task's dependents are skipped; with
         ``fail_fast`` the first failure cancels the rest. See :func:`run_dag`.
         """
+        if not isinstance(fail_fast, bool):
+            raise _bad_type("fail_fast", fail_fast, "a bool")
+        if inputs is not None and (
+            not isinstance(inputs, Mapping)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in inputs.items())
+        ):
+            raise _bad_type("inputs", inputs, "a mapping of names to strings")
         return await run_dag(
             self, tasks, schedule=schedule, fail_fast=fail_fast, on_event=on_event, inputs=inputs
         )

@@ -338,6 +338,30 @@ class TestRequestArguments:
         assert r.server == "a" and route.call_count == 1
 
 
+class TestOrchestraArguments:
+    def test_config_must_be_a_config(self) -> None:
+        """Orchestra(config=...) of another type is a TypeError naming it."""
+        with pytest.raises(TypeError, match="config"):
+            Orchestra({"servers": []})  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        ("kwargs", "name"),
+        [
+            ({"fail_fast": "yes"}, "fail_fast"),
+            ({"inputs": {"a": 5}}, "inputs"),
+            ({"inputs": "a=b"}, "inputs"),
+            ({"schedule": "fastest"}, "schedule"),
+        ],
+    )
+    async def test_run_arguments(self, kwargs: Dict[str, Any], name: str) -> None:
+        """orch.run's arguments of the wrong type or value are refused before any task runs."""
+        orch, _, route = respx_orchestra()
+        async with orch:
+            with pytest.raises((TypeError, ValueError), match=name):
+                await orch.run([Task("t", model=M, prompt="x")], **kwargs)
+        assert route.call_count == 0
+
+
 class _Raising:
     """A strategy that raises for one model once ``armed``: a bug in routing one request."""
 
@@ -447,6 +471,26 @@ class TestEligibility:
             lb.check_capable(BM)
 
 
+class _Gate(httpx.AsyncBaseTransport):
+    """A transport that holds /api/generate until ``hold`` is set, and whose close waits for
+    ``closed`` (the window in which the HTTP client is closed but the orchestra not yet)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.hold = anyio.Event()
+        self.closing = anyio.Event()
+        self.closed = anyio.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/generate":
+            await self.hold.wait()
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        self.closing.set()
+        await self.closed.wait()
+
+
 class TestClosing:
     async def test_waiting_and_running_requests_end_with_orchestra_closed(self) -> None:
         """Requests in flight and queued when the orchestra exits raise OrchestraClosed."""
@@ -476,6 +520,54 @@ class TestClosing:
         assert len(outcomes) == 3
         assert all(isinstance(e, OrchestraClosed) for e in outcomes), outcomes
         assert orch.balancer.waiting == 0
+
+    async def test_a_request_granted_while_the_client_closes(self) -> None:
+        """A queued request whose slot frees while the HTTP client is closing raises
+        OrchestraClosed (it used to get httpx's raw RuntimeError from the closed client)."""
+        router = fleet_router({A: [M]})
+        router.post(A + "/api/generate").respond(content=gen_stream(["ok"]))
+        gate = _Gate(httpx.MockTransport(router.async_handler))
+        cfg = OrchestraConfig(
+            servers=(Server("a", A),), health=HealthPolicy(interval_s=3600, startup_timeout_s=5)
+        )
+        orch = Orchestra(cfg, transport=gate)
+        outcomes: List[Any] = []
+
+        async def one() -> None:
+            try:
+                outcomes.append(await orch.generate(M, "x"))
+            except Exception as exc:
+                outcomes.append(exc)
+
+        await orch.__aenter__()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            await wait_all_tasks_blocked()
+            tg.start_soon(one)
+            await wait_all_tasks_blocked()
+            assert orch.balancer.waiting == 1
+            tg.start_soon(orch.__aexit__, None, None, None)
+            await gate.closing.wait()
+            gate.hold.set()  # the request in flight ends; its slot frees
+            await wait_all_tasks_blocked()
+            gate.closed.set()
+        assert [type(o).__name__ for o in outcomes] == ["OrchestraClosed", "GenerateResponse"]
+
+    async def test_a_stream_cut_by_the_exit_ends_with_orchestra_closed(self) -> None:
+        """A stream still being read when the orchestra exits raises OrchestraClosed."""
+        async with fleet([tiny_profile("h1")]) as sim:
+            orch = Orchestra(config_for(sim))
+            await orch.__aenter__()
+            stream = orch.generate_stream(TINY, "x", options={"num_predict": 10_000})
+            first = await stream.__anext__()
+            assert first.server == "h1"
+            sim["h1"].pause()
+            await orch.__aexit__(None, None, None)
+            with pytest.raises(OrchestraClosed):
+                async for _ in stream:
+                    pass
+            sim["h1"].resume()
+        assert orch.balancer.in_use("h1") == 0
 
     async def test_reentered_orchestra_serves_again(self) -> None:
         """After an exit, entering again accepts requests."""
