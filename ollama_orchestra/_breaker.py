@@ -120,6 +120,8 @@ class CircuitBreaker:
         on_change: Optional[Callable[[BreakerEvent], None]] = None,
         model: Optional[str] = None,
     ) -> None:
+        if policy is not None and not isinstance(policy, BreakerPolicy):
+            raise TypeError(f"policy must be a BreakerPolicy, got {policy!r}")
         self.name = name
         self.model = model
         self.policy = policy or BreakerPolicy()

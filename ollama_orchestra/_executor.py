@@ -178,6 +178,10 @@ class Task:
                 isinstance(k, str) for k in self.options
             ):
                 raise bad("options", self.options, "a table of option = value")
+            try:
+                json.dumps(dict(self.options), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise bad("options", self.options, f"JSON data ({exc})") from None
             object.__setattr__(self, "options", dict(self.options))
         if self.priority is not None and (
             not isinstance(self.priority, int) or isinstance(self.priority, bool)

@@ -83,17 +83,15 @@ OUTCOMES: Mapping[Kind, Outcome] = {
 #
 # The request is malformed: the same request fails the same way on every host.
 # api/types.go Options.FromMap: 'option "num_ctx" must be of type integer' (and boolean,
-# float32, string, array); llm/llama_server.go Completion: 'invalid format: ...; expected
-# "json" or a valid JSON Schema object'; Go's encoding/json errors ('json: cannot unmarshal
-# ...', 'invalid character ...') when a field of a nested value has the wrong type.
+# float32, string, array; a 500 from the scheduler's modelOptions via handleScheduleError);
+# llm/llama_server.go Completion: 'invalid format: ...; expected "json" or a valid JSON
+# Schema object' (an error line of the stream, or a 500 unstreamed). Go's JSON decoding
+# errors are not here on purpose: the request's own are 400s (ShouldBindJSON), and in a
+# 500 they come from decoding the runner's answer, which is the host's failure.
 _CLIENT_500 = (
     "must be of type",
     "must be of an array of strings",
     "invalid format:",
-    "json: cannot unmarshal",
-    "json: unknown field",
-    "invalid character",
-    "unexpected end of json input",
 )
 # The model failed on that host (it does not load, or its runner died): another model there
 # is fine. server/sched.go and llm/llama_server.go: 'llama runner process has terminated'
@@ -199,12 +197,14 @@ def status_kind(status: int, text: str) -> Kind:
     return "client"
 
 
-def mid_stream_error(text: str, server: str) -> AttemptError:
-    """An ``{"error": ...}`` line in a stream that had begun: the host's, or the model's."""
+def mid_stream_error(text: str, server: str) -> Exception:
+    """An ``{"error": ...}`` line in a stream (Ollama streams a failure that happens after its
+    200, e.g. a bad ``format``, this way): the caller's, the model's or the host's."""
     kind = classify_error_text(text)
-    return AttemptError(
-        "model" if kind == "model" else "server", server, f"error mid-stream: {text}"
-    )
+    if kind == "client":
+        # What Ollama answers for the same request unstreamed: a 500 with this text.
+        return OllamaResponseError(500, text, server)
+    return AttemptError(kind, server, f"error mid-stream: {text}")
 
 
 class _FailoverWait:

@@ -154,6 +154,35 @@ class TestClassificationTable:
         assert r.server == "b"
 
 
+class TestMidStreamErrors:
+    async def test_a_bad_format_error_line_is_the_callers(self) -> None:
+        """Ollama streams a bad ``format`` as an error line after its 200: the caller's
+        error, not retried, no breaker failure."""
+        router = fleet_router({A: [M], B: [M]})
+        ra = router.post(A + "/api/generate").respond(
+            content=json.dumps({"error": BAD_FORMAT}).encode() + b"\n"
+        )
+        rb = router.post(B + "/api/generate").respond(content=gen_stream(["ok"]))
+        async with orchestra(router) as orch:
+            with pytest.raises(OllamaResponseError, match="invalid format"):
+                await orch.generate(M, "x")
+            assert orch.breaker("a").snapshot().consecutive_failures == 0
+            assert orch.model_breaker("a", M).snapshot().consecutive_failures == 0
+        assert ra.call_count == 1 and rb.call_count == 0
+
+    async def test_a_garbled_runner_answer_is_the_hosts(self) -> None:
+        """A 500 from decoding the runner's answer ("invalid character") is the host's."""
+        router = fleet_router({A: [M], B: [M]})
+        router.post(A + "/api/generate").respond(
+            500, json={"error": "invalid character '<' looking for beginning of value"}
+        )
+        router.post(B + "/api/generate").respond(content=gen_stream(["ok"]))
+        async with orchestra(router) as orch:
+            r = await orch.generate(M, "x")
+            assert orch.breaker("a").snapshot().consecutive_failures == 1
+        assert r.server == "b"
+
+
 class TestBackoff:
     async def test_no_backoff_while_an_untried_server_is_eligible(self) -> None:
         """A failed attempt goes to the next server at once: no backoff sleep."""

@@ -156,6 +156,7 @@ class TestTaskFields:
             ({"prompt": "p", "timeout": NAN}, "timeout"),
             ({"prompt": "p", "options": "fast"}, "options"),
             ({"prompt": "p", "options": [1]}, "options"),
+            ({"prompt": "p", "options": {"temperature": NAN}}, "options"),
             ({"prompt": "p", "depends_on": [1]}, "depends_on"),
             ({"prompt": "p", "depends_on": "a"}, "depends_on"),
             ({"prompt": "p", "system": 5}, "system"),
