@@ -65,7 +65,7 @@ MUTANTS: List[Mutant] = [
     M("_failover.py", "    \"runner process has terminated\",\n", "", "dead runner is the host's"),
     M("_failover.py", 'return AttemptError("connect", server,', 'return AttemptError("reset", server,', "refused not marked down"),
     M("_failover.py", "(httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout, TimeoutError)", "(httpx.WriteTimeout, httpx.PoolTimeout)", "first-byte timeout not ours"),
-    M("_failover.py", '"model" if kind == "model" else "server"', '"server"', "mid-stream model error is the host's"),
+    M("_failover.py", 'return AttemptError(kind, server, f"error mid-stream: {text}")', 'return AttemptError("server", server, f"error mid-stream: {text}")', "mid-stream model error is the host's"),
     M("_failover.py", "    if kind == \"client\":\n        # What Ollama", "    if False:\n        # What Ollama", "a bad-format error line is the host's"),
     M("_failover.py", "        if self._untried():\n            return 0.0\n", "", "backoff before trying the other servers"),
     M("_failover.py", "isinstance(e, AttemptError) and e.retryable", "isinstance(e, AttemptError)", "every attempt error retried",

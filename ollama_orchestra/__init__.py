@@ -1,6 +1,6 @@
 """ollama_orchestra: spread LLM work across a fleet of Ollama servers.
 
-Layering, bottom up: ``_errors`` and ``_config`` (plain data) → ``_state`` (the one shared
+Layering, bottom up: ``_secrets`` (redaction), ``_errors`` and ``_config`` (plain data) → ``_state`` (the one shared
 fleet state) ← ``_monitor`` (health probes) → ``_breaker`` and ``_balancer`` (who may serve,
 and a slot on it) → ``_failover`` (tenacity retries across servers) → ``_client`` (the
 ``Orchestra`` facade) → ``_executor`` (DAGs);
