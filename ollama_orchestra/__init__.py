@@ -1,6 +1,6 @@
 """ollama_orchestra: spread LLM work across a fleet of Ollama servers.
 
-Layering, bottom up: ``_errors`` and ``_config`` (plain data) → ``_state`` (the one shared
+Layering, bottom up: ``_secrets`` (redaction), ``_errors`` and ``_config`` (plain data) → ``_state`` (the one shared
 fleet state) ← ``_monitor`` (health probes) → ``_breaker`` and ``_balancer`` (who may serve,
 and a slot on it) → ``_failover`` (tenacity retries across servers) → ``_client`` (the
 ``Orchestra`` facade) → ``_executor`` (DAGs);
@@ -12,7 +12,14 @@ from __future__ import annotations
 import logging as _logging
 
 from ._balancer import Candidate, Choice, Lease, LoadBalancer, RouteRequest, Strategy
-from ._breaker import BreakerEvent, BreakerOpen, BreakerSnapshot, BreakerState, CircuitBreaker
+from ._breaker import (
+    BreakerEvent,
+    BreakerOpen,
+    BreakerSnapshot,
+    BreakerState,
+    CircuitBreaker,
+    ModelBreakers,
+)
 from ._client import Orchestra, ResponseStream
 from ._config import (
     AffinityRule,
@@ -36,6 +43,7 @@ from ._errors import (
     OrchestraError,
     RequestError,
     RequestFailed,
+    RequestTimeout,
     SimConfigError,
     StreamInterrupted,
 )
@@ -83,6 +91,7 @@ __all__ = [
     "Metrics",
     "MetricsSnapshot",
     "MissingExtra",
+    "ModelBreakers",
     "NoCapableServer",
     "NoHealthyServer",
     "OllamaResponseError",
@@ -94,6 +103,7 @@ __all__ = [
     "ProxyLimits",
     "RequestError",
     "RequestFailed",
+    "RequestTimeout",
     "ResponseStream",
     "RetryPolicy",
     "RouteRequest",

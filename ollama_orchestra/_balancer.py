@@ -3,7 +3,7 @@
 How a request gets a slot:
 
 1. *Eligible* servers are those that have the model, are healthy, are admitted by their
-   circuit breaker and pass the affinity rules.
+   circuit breaker (and by that model's breaker there) and pass the affinity rules.
 2. If one of them has a free slot, the strategy picks among them, and the slot is taken at
    once. A strategy may also decide that waiting for a busy but better server (one with the
    model loaded, or much faster) beats a free but worse one.
@@ -15,7 +15,9 @@ How a request gets a slot:
    the end of a batch the last requests go to whichever server will finish them first,
    not to whichever is free first.
 
-Every slot is released on every path, cancellation included.
+Every slot is released on every path, cancellation included. A waiter whose routing raises
+(a bug, a strategy's error) gets that error in its own task: it never breaks another
+request's release, and never stops the queue.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import operator
 import time
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import (
+    Any,
     AsyncIterator,
     Callable,
     Deque,
@@ -39,11 +43,13 @@ from typing import (
     Optional,
     Protocol,
     Sequence,
+    Tuple,
+    cast,
 )
 
 import anyio
 
-from ._breaker import CircuitBreaker, Permit
+from ._breaker import CircuitBreaker, ModelBreakers, Permit
 from ._config import OrchestraConfig, Server
 from ._errors import NoCapableServer, NoHealthyServer, RequestError
 from ._metrics import Metrics
@@ -291,6 +297,7 @@ class Lease:
         "_released",
         "acquired_at",
         "model",
+        "model_permit",
         "permit",
         "predicted_end",
         "queued_s",
@@ -311,6 +318,8 @@ class Lease:
         self.queued_s = queued_s
         self.acquired_at = acquired_at
         self.permit = permit
+        #: The permit of the (server, model) breaker, if the balancer has those.
+        self.model_permit: Optional[Permit] = None
         self.predicted_end = predicted_end
         self._released = False
 
@@ -324,6 +333,7 @@ class Lease:
 
 class _Waiter:
     __slots__ = (
+        "error",
         "event",
         "exclude",
         "gone",
@@ -343,6 +353,7 @@ class _Waiter:
         self.rearm = False
         self.event = anyio.Event()
         self.granted: Optional[Lease] = None
+        self.error: Optional[BaseException] = None
         self.gone = False
         self.no_eligible_since: Optional[float] = None
 
@@ -356,6 +367,7 @@ class LoadBalancer:
         breakers: one circuit breaker per server name (optional).
         metrics: fed with busy-slot time (optional).
         strategy: overrides ``config.strategy``.
+        model_breakers: the (server, model) breakers (optional).
     """
 
     def __init__(
@@ -367,8 +379,11 @@ class LoadBalancer:
         metrics: Optional[Metrics] = None,
         strategy: Optional[Strategy] = None,
         clock: Callable[[], float] = time.monotonic,
+        model_breakers: Optional[ModelBreakers] = None,
     ) -> None:
         self._config = config
+        self._model_breakers = model_breakers
+        self._closed: Optional[Callable[[], BaseException]] = None
         self._state = state
         self._breakers: Mapping[str, CircuitBreaker] = breakers or {}
         self._metrics = metrics
@@ -427,7 +442,14 @@ class LoadBalancer:
         only when no other server is eligible. A request that has already been tried
         (``exclude`` not empty) arrived before everything now waiting, so it waits at the
         front of its priority's queue: a failover never queues behind newer work.
+
+        Raises:
+            TypeError: ``priority`` is not an integer (checked before queueing: the queue
+                orders by it).
         """
+        priority = _check_priority(priority)
+        if self._closed is not None:
+            raise self._closed()
         request = RouteRequest(model, role, priority)
         t0 = self._clock()
         waiter = _Waiter(request, exclude, t0)
@@ -443,6 +465,8 @@ class LoadBalancer:
             granted = _granted(waiter)
             if granted is not None:
                 return granted
+            if waiter.error is not None:
+                raise waiter.error
         else:
             choice = self._strategy.choose(request, cands)
             if choice.server is not None and self._has_free_slot(choice.server):
@@ -456,6 +480,8 @@ class LoadBalancer:
                     await waiter.event.wait()
                 if waiter.granted is not None:
                     return waiter.granted
+                if waiter.error is not None:
+                    raise waiter.error
                 waiter.event = anyio.Event()
                 if waiter.rearm:  # a walk set an earlier wake-up time: wait again with it
                     waiter.rearm = False
@@ -473,6 +499,8 @@ class LoadBalancer:
                 granted = _granted(waiter)
                 if granted is not None:
                     return granted
+                if waiter.error is not None:
+                    raise waiter.error
         except BaseException:
             # Cancelled (or failed) while waiting: leave the queue; a slot granted at the
             # same moment goes straight back to the pool.
@@ -499,7 +527,24 @@ class LoadBalancer:
         breaker = self._breakers.get(name)
         if breaker is not None and lease.permit is not None:
             breaker.release(lease.permit)
+            lease.permit = None
+        if self._model_breakers is not None and lease.model_permit is not None:
+            self._model_breakers.breaker(name, lease.model).release(lease.model_permit)
+            lease.model_permit = None
         self._dispatch()
+
+    def close(self, error: Callable[[], BaseException]) -> None:
+        """Refuse new requests, and end every waiting one, with a new ``error()`` each."""
+        self._closed = error
+        for queue in list(self._queues.values()):
+            for waiter in list(queue):
+                if not waiter.gone and waiter.granted is None:
+                    self._fail(waiter, error())
+        self._queues.clear()
+
+    def reopen(self) -> None:
+        """Accept requests again (the orchestra was entered again)."""
+        self._closed = None
 
     def check_capable(self, model: str) -> None:
         """Raise :class:`NoCapableServer` now if no server can ever serve ``model``."""
@@ -518,6 +563,9 @@ class LoadBalancer:
                 continue
             br = self._breakers.get(st.server.name)
             if br is not None and not br.can_admit():
+                continue
+            mb = self._model_breakers
+            if mb is not None and not mb.can_admit(st.server.name, req.model):
                 continue
             up.append(st)
         for rule in self._config.affinity:
@@ -666,6 +714,8 @@ class LoadBalancer:
         lease = Lease(
             st.server, waiter.request.model, now - waiter.since, now, permit, now + service
         )
+        if self._model_breakers is not None:
+            lease.model_permit = self._model_breakers.breaker(name, model).admit()
         self._in_use[name] += 1
         self._leases[name].append(lease)
         self._state.request_started(name)
@@ -731,32 +781,55 @@ class LoadBalancer:
                 if waiter.gone:
                     del queue[i]
                     continue
-                cands = self._candidates(waiter, claims)
-                if cands and any(c.free for c in cands):
-                    choice = self._strategy.choose(waiter.request, cands)
-                    if choice.server is not None and self._has_free_slot(choice.server):
-                        del queue[i]
-                        self._dequeued(waiter)
-                        self._grant(waiter, choice.server)
-                        waiter.event.set()
-                        if not self._free_anywhere():
-                            return
-                        continue
-                    # It would rather wait for a busy server: claim that server's next slot,
-                    # and look again once waiting has stopped paying off.
-                    target = _claim_target(cands, choice)
-                    if self._wake_later(waiter, choice, now):
-                        waiter.rearm = True  # its timer was set for later: restart it
-                        waiter.event.set()
-                elif cands:
-                    target = min(cands, key=lambda c: c.busy_for_s).name
-                else:
-                    target = None
+                try:
+                    placed, target = self._place(waiter, claims, now)
+                except Exception as exc:
+                    # Whatever went wrong routing this waiter is its own error: it must not
+                    # escape into the release() of another request, nor stop the walk.
+                    log.exception("routing a waiting request for %s failed", waiter.request.model)
+                    del queue[i]
+                    self._fail(waiter, exc)
+                    continue
+                if placed:
+                    del queue[i]
+                    if not self._free_anywhere():
+                        return
+                    continue
                 if target is not None:
                     claims[target] = claims.get(target, 0) + 1
                 i += 1
             if not queue:
                 del self._queues[prio]
+
+    def _place(
+        self, waiter: _Waiter, claims: Dict[str, int], now: float
+    ) -> Tuple[bool, Optional[str]]:
+        """Offer the servers to one waiter: ``(True, _)`` if it got a slot (it is dequeued and
+        woken), else ``(False, the server whose next slot it claims)``."""
+        cands = self._candidates(waiter, claims)
+        if cands and any(c.free for c in cands):
+            choice = self._strategy.choose(waiter.request, cands)
+            if choice.server is not None and self._has_free_slot(choice.server):
+                self._dequeued(waiter)
+                self._grant(waiter, choice.server)
+                waiter.event.set()
+                return True, None
+            # It would rather wait for a busy server: claim that server's next slot, and
+            # look again once waiting has stopped paying off.
+            if self._wake_later(waiter, choice, now):
+                waiter.rearm = True  # its timer was set for later: restart it
+                waiter.event.set()
+            return False, _claim_target(cands, choice)
+        if cands:
+            return False, min(cands, key=lambda c: c.busy_for_s).name
+        return False, None
+
+    def _fail(self, waiter: _Waiter, error: BaseException) -> None:
+        """End one waiter with ``error`` (raised in its own task)."""
+        if not waiter.gone:
+            self._dequeued(waiter)
+        waiter.error = error
+        waiter.event.set()
 
     def _timeout(self, waiter: _Waiter) -> float:
         now = self._clock()
@@ -765,10 +838,17 @@ class LoadBalancer:
             limits.append(waiter.wake_at - now)
         if waiter.no_eligible_since is not None:
             limits.append(waiter.no_eligible_since + self._config.wait_for_healthy_s - now)
+            model = waiter.request.model
             for name, br in self._breakers.items():
+                if model not in self._state[name].models:
+                    continue
                 at = br.reopens_at()
-                if at is not None and waiter.request.model in self._state[name].models:
+                if at is not None:
                     limits.append(at - now)
+                if self._model_breakers is not None:
+                    at = self._model_breakers.reopens_at(name, model)
+                    if at is not None:
+                        limits.append(at - now)
         return max(0.0, min(limits))
 
     def _on_state_change(self) -> None:
@@ -779,7 +859,16 @@ class LoadBalancer:
             return
         for queue in list(self._queues.values()):
             for waiter in list(queue):
-                if not waiter.gone and waiter.granted is None and not self._candidates(waiter):
+                if waiter.gone or waiter.granted is not None:
+                    continue
+                try:
+                    stranded = not self._candidates(waiter)
+                except Exception as exc:  # its own error, in its own task (see _dispatch_once)
+                    log.exception("routing a waiting request for %s failed", waiter.request.model)
+                    queue.remove(waiter)
+                    self._fail(waiter, exc)
+                    continue
+                if stranded:
                     waiter.event.set()
 
     def _no_server(self, request: RouteRequest, waited: float) -> RequestError:
@@ -821,6 +910,16 @@ def _claim_target(cands: Sequence[Candidate], choice: Choice) -> Optional[str]:
     if not busy:
         return None
     return min(busy, key=lambda c: c.busy_for_s).name
+
+
+def _check_priority(priority: object) -> int:
+    """A request's priority as an int; ``TypeError`` naming it otherwise (bools refused)."""
+    if isinstance(priority, bool):
+        raise TypeError(f"priority must be an integer, got {priority!r}")
+    try:
+        return operator.index(cast(Any, priority))
+    except TypeError:
+        raise TypeError(f"priority must be an integer, got {priority!r}") from None
 
 
 def _mean(values: Iterable[float]) -> Optional[float]:

@@ -1,4 +1,9 @@
-"""A hand-rolled async circuit breaker, one per server, driven by an injectable clock.
+"""A hand-rolled async circuit breaker, driven by an injectable clock.
+
+Each server has one for the failures of the host (refused, reset, hung, a 5xx), and each
+(server, model) pair one for the failures of a model there (it does not load, its runner
+dies: :class:`ModelBreakers`), so one broken model does not take its host out of rotation
+for every other model.
 
 ::
 
@@ -19,7 +24,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Deque, Optional, TypeVar
+from typing import Awaitable, Callable, Deque, Dict, Iterator, Optional, Tuple, TypeVar
 
 from ._config import BreakerPolicy
 from ._errors import OrchestraError
@@ -30,6 +35,7 @@ __all__ = [
     "BreakerSnapshot",
     "BreakerState",
     "CircuitBreaker",
+    "ModelBreakers",
     "Permit",
 ]
 
@@ -67,13 +73,17 @@ class Permit:
 
 @dataclass(frozen=True)
 class BreakerEvent:
-    """A state change: ``old`` → ``new`` at clock time ``at``, and why."""
+    """A state change: ``old`` → ``new`` at clock time ``at``, and why.
+
+    ``name`` is the server's; ``model`` is set for a (server, model) breaker.
+    """
 
     name: str
     old: BreakerState
     new: BreakerState
     at: float
     reason: str
+    model: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,7 @@ class CircuitBreaker:
         policy: thresholds, window, cooldowns, probes.
         clock: the time source (tests pass a fake one).
         on_change: called with every :class:`BreakerEvent`.
+        model: set for a breaker that guards one model on the server.
     """
 
     def __init__(
@@ -107,8 +118,12 @@ class CircuitBreaker:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_change: Optional[Callable[[BreakerEvent], None]] = None,
+        model: Optional[str] = None,
     ) -> None:
+        if policy is not None and not isinstance(policy, BreakerPolicy):
+            raise TypeError(f"policy must be a BreakerPolicy, got {policy!r}")
         self.name = name
+        self.model = model
         self.policy = policy or BreakerPolicy()
         self._clock = clock
         self._on_change = on_change
@@ -122,7 +137,11 @@ class CircuitBreaker:
         self._probes_out = 0
 
     def __repr__(self) -> str:
-        return f"<CircuitBreaker {self.name} {self.state} failures={self._consecutive}>"
+        return f"<CircuitBreaker {self._label} {self.state} failures={self._consecutive}>"
+
+    @property
+    def _label(self) -> str:
+        return self.name if self.model is None else f"{self.name} model {self.model}"
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -228,7 +247,7 @@ class CircuitBreaker:
         permit = self.admit()
         if permit is None:
             at = self.reopens_at()
-            raise BreakerOpen(self.name, None if at is None else max(0.0, at - self._clock()))
+            raise BreakerOpen(self._label, None if at is None else max(0.0, at - self._clock()))
         try:
             result = await fn()
         except Exception:
@@ -285,7 +304,7 @@ class CircuitBreaker:
             # outage going on, at most once per (growing) cooldown: INFO.
             log.warning(
                 "breaker %s: %s -> open (%s; cooldown %.2fs)",
-                self.name,
+                self._label,
                 old,
                 reason,
                 self._cooldown,
@@ -293,18 +312,70 @@ class CircuitBreaker:
         elif new is OPEN:
             log.info(
                 "breaker %s: %s -> open again (%s; cooldown %.2fs)",
-                self.name,
+                self._label,
                 old,
                 reason,
                 self._cooldown,
             )
         else:
-            log.info("breaker %s: %s -> %s (%s)", self.name, old, new, reason)
+            log.info("breaker %s: %s -> %s (%s)", self._label, old, new, reason)
         if self._on_change is not None:
             try:
-                self._on_change(BreakerEvent(self.name, old, new, self._clock(), reason))
+                self._on_change(
+                    BreakerEvent(self.name, old, new, self._clock(), reason, self.model)
+                )
             except Exception:
-                log.exception("breaker %s: on_change hook raised", self.name)
+                log.exception("breaker %s: on_change hook raised", self._label)
+
+
+class ModelBreakers:
+    """One :class:`CircuitBreaker` per (server, model), made on first use.
+
+    A failure that is the model's (Ollama's 500 "error loading model", a runner that died)
+    opens only that model's breaker on that server; the host keeps serving other models.
+
+    Args:
+        policy: thresholds, window, cooldowns, probes (the servers' policy).
+        clock: the time source.
+        on_change: called with every :class:`BreakerEvent` (``event.model`` set).
+    """
+
+    def __init__(
+        self,
+        policy: Optional[BreakerPolicy] = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Optional[Callable[[BreakerEvent], None]] = None,
+    ) -> None:
+        self.policy = policy or BreakerPolicy()
+        self._clock = clock
+        self._on_change = on_change
+        self._breakers: Dict[Tuple[str, str], CircuitBreaker] = {}
+
+    def get(self, server: str, model: str) -> Optional[CircuitBreaker]:
+        """The breaker of ``model`` on ``server``, if it was ever used."""
+        return self._breakers.get((server, model))
+
+    def breaker(self, server: str, model: str) -> CircuitBreaker:
+        """The breaker of ``model`` on ``server`` (made, closed, on first use)."""
+        key = (server, model)
+        br = self._breakers.get(key)
+        if br is None:
+            br = self._breakers[key] = CircuitBreaker(
+                server, self.policy, clock=self._clock, on_change=self._on_change, model=model
+            )
+        return br
+
+    def can_admit(self, server: str, model: str) -> bool:
+        br = self._breakers.get((server, model))
+        return br is None or br.can_admit()
+
+    def reopens_at(self, server: str, model: str) -> Optional[float]:
+        br = self._breakers.get((server, model))
+        return None if br is None else br.reopens_at()
+
+    def __iter__(self) -> Iterator[CircuitBreaker]:
+        return iter(list(self._breakers.values()))
 
 
 def _with_cause(reason: str, cause: Optional[str]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from contextlib import AsyncExitStack
@@ -40,7 +41,7 @@ import httpx
 
 from ._background import Background
 from ._balancer import Lease, LoadBalancer
-from ._breaker import BreakerEvent, CircuitBreaker
+from ._breaker import BreakerEvent, CircuitBreaker, ModelBreakers
 from ._config import OrchestraConfig, RetryPolicy, Server
 from ._errors import (
     Attempt,
@@ -48,10 +49,11 @@ from ._errors import (
     OrchestraClosed,
     RequestError,
     RequestFailed,
+    RequestTimeout,
     StreamInterrupted,
 )
 from ._executor import DagResult, Task, TaskEvent, run_dag
-from ._failover import AttemptError, build_retrying, classify, from_status
+from ._failover import AttemptError, build_retrying, classify, from_status, mid_stream_error
 from ._metrics import Metrics, MetricsSnapshot
 from ._monitor import HealthMonitor
 from ._state import FleetSnapshot, FleetState
@@ -68,6 +70,7 @@ from ._types import (
     _stats_from,
     _text_of,
 )
+from ._wire import THINK_LEVELS
 
 __all__ = ["Orchestra", "ResponseStream"]
 
@@ -142,7 +145,7 @@ class _Exchange:
                     "server", self.server, f"bad JSON line from server: {line[:80]!r}", exc
                 ) from exc
             if isinstance(obj, dict) and "error" in obj:
-                raise AttemptError("server", self.server, f"error mid-stream: {obj['error']}")
+                raise mid_stream_error(str(obj["error"]), self.server)
             if not isinstance(obj, dict):
                 raise AttemptError(
                     "server", self.server, f"unexpected line from server: {line[:80]!r}"
@@ -197,6 +200,8 @@ class Orchestra:
         clock: Callable[[], float] = time.monotonic,
         rng: Optional[random.Random] = None,
     ) -> None:
+        if config is not None and not isinstance(config, OrchestraConfig):
+            raise _bad_type("config", config, "an OrchestraConfig or None")
         self.config = config if config is not None else OrchestraConfig.from_env()
         self._transport = transport
         self._sleep = sleep or anyio.sleep
@@ -212,10 +217,19 @@ class Orchestra:
             )
             for s in servers
         }
+        self._model_breakers = ModelBreakers(
+            self.config.breaker, clock=clock, on_change=self._breaker_changed
+        )
         self._state.attach_breakers(lambda name: str(self._breakers[name].state))
         self._balancer = LoadBalancer(
-            self.config, self._state, breakers=self._breakers, metrics=self._metrics, clock=clock
+            self.config,
+            self._state,
+            breakers=self._breakers,
+            metrics=self._metrics,
+            clock=clock,
+            model_breakers=self._model_breakers,
         )
+        self._closing = False
         self._http: Optional[httpx.AsyncClient] = None
         self._monitor: Optional[HealthMonitor] = None
         self._stack: Optional[AsyncExitStack] = None
@@ -254,6 +268,8 @@ class Orchestra:
             )
         t = self.config.timeouts
         slots = sum(s.max_concurrency for s in self.config.servers)
+        self._closing = False
+        self._balancer.reopen()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -292,12 +308,20 @@ class Orchestra:
         stack, self._stack = self._stack, None
         if stack is None:
             return
+        # Requests still waiting for a slot, or still running, end with OrchestraClosed
+        # (not with whatever the closed HTTP client would raise at them).
+        self._closing = True
+        self._balancer.close(
+            lambda: OrchestraClosed("the Orchestra was closed before this request ran")
+        )
         try:
             await stack.__aexit__(None, None, None)
         finally:
             self._http = None
 
     def _client(self) -> httpx.AsyncClient:
+        if self._closing:
+            raise OrchestraClosed("the Orchestra was closed")
         if self._http is None:
             raise OrchestraClosed("use the Orchestra inside 'async with Orchestra(...) as orch:'")
         return self._http
@@ -390,10 +414,18 @@ class Orchestra:
         return self._balancer
 
     def breaker(self, server: str) -> CircuitBreaker:
+        """The circuit breaker of ``server``: it counts the host's failures."""
         return self._breakers[server]
 
+    def model_breaker(self, server: str, model: str) -> CircuitBreaker:
+        """The circuit breaker of ``model`` (or a role) on ``server``: it counts failures that
+        are the model's there (it does not load, its runner dies), not the host's."""
+        if server not in self._breakers:
+            raise KeyError(server)
+        return self._model_breakers.breaker(server, self._resolve(model)[0])
+
     def _breaker_changed(self, event: BreakerEvent) -> None:
-        if str(event.new) == "open":
+        if str(event.new) == "open" and event.model is None:
             self._metrics.breaker_trip(event.name)
         if self._on_breaker_change is not None:
             try:
@@ -466,6 +498,22 @@ class Orchestra:
         keep_lease: bool = False,
     ) -> Tuple[T, Lease, List[Attempt]]:
         """Run ``work`` on a leased server; on a retryable failure, again on another server."""
+        try:
+            return await self._failover_inner(model, role, priority, retry, work, keep_lease)
+        except Exception as exc:
+            if self._closing and not isinstance(exc, OrchestraClosed):
+                raise OrchestraClosed("the Orchestra was closed while this request ran") from exc
+            raise
+
+    async def _failover_inner(
+        self,
+        model: str,
+        role: Optional[str],
+        priority: int,
+        retry: Union[RetryPolicy, bool, None],
+        work: Callable[[Lease], Awaitable[T]],
+        keep_lease: bool,
+    ) -> Tuple[T, Lease, List[Attempt]]:
         self._client()
         policy = (
             self.config.retry
@@ -484,6 +532,7 @@ class Orchestra:
                 and model in st.models
                 and st.server.name not in tried
                 and self._breakers[st.server.name].can_admit()
+                and self._model_breakers.can_admit(st.server.name, model)
                 for st in self._state.servers()
             )
 
@@ -524,21 +573,15 @@ class Orchestra:
         self, lease: Lease, exc: BaseException, model: str, started: float, attempts: List[Attempt]
     ) -> None:
         name = lease.server.name
-        breaker = self._breakers[name]
-        permit, lease.permit = lease.permit, None
         err = exc if isinstance(exc, AttemptError) else classify(exc, name)
         if err is None:
             # Cancelled, a caller error (400), or a bug: no verdict on the server.
-            if permit is not None:
-                breaker.release(permit)
+            self._settle(lease, None)
             return
         duration = self._clock() - started
         attempts.append(Attempt(name, err.message, started, duration))
         self._metrics.request_finished(name, ok=False, latency_s=duration)
-        if err.breaker_failure and permit is not None:
-            breaker.record_failure(permit, err.message)
-        elif permit is not None:
-            breaker.release(permit)
+        self._settle(lease, err)
         if err.kind == "connect":
             self._state.mark_down(name, err.message)
             self._poke(name)
@@ -549,13 +592,33 @@ class Orchestra:
             self._state.record_failure(name, err.message)
         log.info("attempt on %s failed (%s): %s", name, err.kind, err.message)
 
+    def _settle(self, lease: Lease, err: Union[AttemptError, bool, None]) -> None:
+        """Give the lease's breaker permits their verdict: ``True`` a success, an
+        :class:`AttemptError` counts against the server's breaker or the model's there as
+        ``_failover.OUTCOMES`` says, ``None`` (cancelled, the caller's error) no verdict."""
+        name = lease.server.name
+        host = self._breakers[name]
+        model = self._model_breakers.breaker(name, lease.model)
+        permit, lease.permit = lease.permit, None
+        mpermit, lease.model_permit = lease.model_permit, None
+        for br, p, failed in (
+            (host, permit, isinstance(err, AttemptError) and err.breaker_failure),
+            (model, mpermit, isinstance(err, AttemptError) and err.model_failure),
+        ):
+            if p is None:
+                continue
+            if err is True:
+                br.record_success(p)
+            elif failed:
+                br.record_failure(p)
+            else:
+                br.release(p)
+
     def _attempt_succeeded(
         self, lease: Lease, final: Mapping[str, Any], started: float, keep_alive: Any
     ) -> None:
         name = lease.server.name
-        permit, lease.permit = lease.permit, None
-        if permit is not None:
-            self._breakers[name].record_success(permit)
+        self._settle(lease, True)
         latency = self._clock() - started
         eval_count = int(final.get("eval_count") or 0)
         eval_ns = int(final.get("eval_duration") or 0)
@@ -614,9 +677,11 @@ class Orchestra:
             return objs
 
         total = timeout if timeout is not None else self.config.timeouts.total_s
-        with anyio.fail_after(total):
+        with anyio.move_on_after(total):
             objs, lease, attempts = await self._failover(model, role, priority, retry, work)
-        return objs, lease, len(attempts) + 1
+            return objs, lease, len(attempts) + 1
+        assert total is not None
+        raise RequestTimeout(model, total)
 
     def _stream(
         self,
@@ -652,16 +717,20 @@ class Orchestra:
                     text.append(_text_of(obj))
                     try:
                         obj = await exchange.next_obj()
-                    except AttemptError as err:
-                        self._attempt_failed(lease, err, model, started, [])
-                        raise StreamInterrupted("".join(text), exchange.server, err) from err
+                    except Exception as exc:
+                        if self._closing:  # the orchestra exited under this stream
+                            raise OrchestraClosed(
+                                "the Orchestra was closed while this stream ran"
+                            ) from exc
+                        if not isinstance(exc, AttemptError):
+                            raise
+                        self._attempt_failed(lease, exc, model, started, [])
+                        raise StreamInterrupted("".join(text), exchange.server, exc) from exc
                 broken = AttemptError("reset", exchange.server, "stream ended before done")
                 self._attempt_failed(lease, broken, model, started, [])
                 raise StreamInterrupted("".join(text), exchange.server, broken)
             finally:
-                if lease.permit is not None:  # closed early by the caller: no verdict
-                    self._breakers[lease.server.name].release(lease.permit)
-                    lease.permit = None
+                self._settle(lease, None)  # closed early by the caller: no verdict
                 await exchange.close()
 
         return ResponseStream(gen())
@@ -683,7 +752,20 @@ class Orchestra:
         options: Optional[Mapping[str, Any]],
         **fields: Any,
     ) -> Dict[str, Any]:
-        _check_sampling(fields.get("think"), fields.get("logprobs"), fields.get("top_logprobs"))
+        if not isinstance(prompt, str):
+            raise _bad_type("prompt", prompt, "a str")
+        _check_fields(
+            options=options,
+            keep_alive=fields.get("keep_alive"),
+            format=fields.get("format"),
+            think=fields.get("think"),
+            strings={k: fields.get(k) for k in ("system", "suffix", "template")},
+            flags={"raw": fields.get("raw")},
+            lists={"images": images},
+        )
+        if images is not None and not all(isinstance(i, str) for i in images):
+            raise _bad_type("images", images, "a list of base64 strings")
+        _check_logprobs(fields.get("logprobs"), fields.get("top_logprobs"))
         return self._payload(
             {"model": model, "prompt": prompt, "stream": True},
             images=list(images) if images is not None else None,
@@ -724,7 +806,13 @@ class Orchestra:
             timeout: bound on the whole request, all attempts included (default:
                 ``config.timeouts.total_s``, off).
             retry: ``False`` for a single attempt, a :class:`RetryPolicy` to override the config.
+
+        Raises:
+            TypeError, ValueError: an argument of the wrong type or value (named), before
+                anything is sent.
+            RequestTimeout: ``timeout`` ran out.
         """
+        _check_call(model, priority, retry, timeout)
         resolved, role = self._resolve(model)
         payload = self._generate_payload(
             resolved,
@@ -782,6 +870,7 @@ class Orchestra:
         Failover before the first chunk is transparent; once text has been yielded, a broken
         stream raises :class:`StreamInterrupted` with the partial text.
         """
+        _check_call(model, priority, retry)
         resolved, role = self._resolve(model)
         payload = self._generate_payload(
             resolved,
@@ -829,6 +918,7 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> ChatResponse:
         """``/api/chat`` on the best server; one answer (see :meth:`generate` for the knobs)."""
+        _check_call(model, priority, retry, timeout)
         resolved, role = self._resolve(model)
         payload = self._chat_payload(
             resolved, messages, tools, format, options, keep_alive, think, logprobs, top_logprobs
@@ -861,6 +951,7 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> ResponseStream[ChatChunk]:
         """``/api/chat``, streamed: an async iterator of :class:`ChatChunk`."""
+        _check_call(model, priority, retry)
         resolved, role = self._resolve(model)
         payload = self._chat_payload(
             resolved, messages, tools, format, options, keep_alive, think, logprobs, top_logprobs
@@ -893,11 +984,10 @@ class Orchestra:
         logprobs: Optional[bool],
         top_logprobs: Optional[int],
     ) -> Dict[str, Any]:
-        _check_sampling(think, logprobs, top_logprobs)
-        if isinstance(cast(object, messages), (str, bytes)) or not all(
-            isinstance(m, Mapping) for m in messages
-        ):
-            raise TypeError("messages must be a sequence of {'role': ..., 'content': ...} mappings")
+        _check_messages(messages)
+        _check_tools(tools)
+        _check_fields(options=options, keep_alive=keep_alive, format=format, think=think)
+        _check_logprobs(logprobs, top_logprobs)
         return self._payload(
             {"model": model, "messages": [dict(m) for m in messages], "stream": True},
             tools=[dict(t) for t in tools] if tools is not None else None,
@@ -923,6 +1013,9 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> EmbedResponse:
         """``/api/embed`` on the best server."""
+        _check_call(model, priority, retry, timeout)
+        _check_embed_input(input, dimensions)
+        _check_fields(options=options, keep_alive=keep_alive, flags={"truncate": truncate})
         resolved, role = self._resolve(model)
         payload = self._payload(
             {"model": resolved, "input": input if isinstance(input, str) else list(input)},
@@ -985,9 +1078,11 @@ class Orchestra:
             return body
 
         total = timeout if timeout is not None else self.config.timeouts.total_s
-        with anyio.fail_after(total):
+        with anyio.move_on_after(total):
             body, lease, attempts = await self._failover(model, role, priority, retry, work)
-        return body, lease, len(attempts) + 1
+            return body, lease, len(attempts) + 1
+        assert total is not None
+        raise RequestTimeout(model, total)
 
     # -- Ollama's raw JSON, for the transport and the proxy ------------------------------------
 
@@ -1060,20 +1155,20 @@ class Orchestra:
         ``"waves"`` or ``"sequential"``. A failed task's dependents are skipped; with
         ``fail_fast`` the first failure cancels the rest. See :func:`run_dag`.
         """
+        if not isinstance(fail_fast, bool):
+            raise _bad_type("fail_fast", fail_fast, "a bool")
+        if inputs is not None and (
+            not isinstance(inputs, Mapping)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in inputs.items())
+        ):
+            raise _bad_type("inputs", inputs, "a mapping of names to strings")
         return await run_dag(
             self, tasks, schedule=schedule, fail_fast=fail_fast, on_event=on_event, inputs=inputs
         )
 
 
-_THINK_LEVELS = ("high", "medium", "low", "max")
-
-
-def _check_sampling(think: object, logprobs: object, top_logprobs: object) -> None:
-    """The arguments Ollama types strictly (``api/types.go``, v0.33), checked before any work."""
-    if think is not None and not isinstance(think, bool) and think not in _THINK_LEVELS:
-        raise ValueError(
-            f"think must be a bool or one of {', '.join(map(repr, _THINK_LEVELS))}, got {think!r}"
-        )
+def _check_logprobs(logprobs: object, top_logprobs: object) -> None:
+    """``logprobs`` and ``top_logprobs`` as Ollama types them (``api/types.go``, v0.33)."""
     if logprobs is not None and not isinstance(logprobs, bool):
         raise TypeError(f"logprobs must be a bool, got {logprobs!r}")
     if top_logprobs is not None and (
@@ -1105,3 +1200,129 @@ def _merge_messages(objs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     if tool_calls:
         out["tool_calls"] = tool_calls
     return out
+
+
+# -- request arguments: checked before any work, each error naming the argument ------------
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _bad_type(name: str, value: object, expected: str) -> TypeError:
+    return TypeError(f"{name} must be {expected}, got {_show(value)}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_call(model: object, priority: object, retry: object, timeout: object = None) -> None:
+    """The arguments every request takes: ``model``, ``priority``, ``retry``, ``timeout``."""
+    if not isinstance(model, str):
+        raise _bad_type("model", model, "a model or role name (a str)")
+    if not model.strip():
+        raise ValueError(f"model must name a model or a role, got {model!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise _bad_type("priority", priority, "an int")
+    if retry is not None and not isinstance(retry, (bool, RetryPolicy)):
+        raise _bad_type("retry", retry, "a RetryPolicy, True, False or None")
+    if timeout is not None:
+        if not _is_number(timeout):
+            raise _bad_type("timeout", timeout, "a number of seconds or None")
+        if not (math.isfinite(cast(float, timeout)) and cast(float, timeout) > 0):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+
+
+def _check_json(name: str, value: object) -> None:
+    """``value`` must go into a JSON body as it is (no NaN: Ollama would refuse it)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise TypeError(f"{name} must be JSON data: {exc}") from None
+
+
+def _check_fields(
+    *,
+    options: object = None,
+    keep_alive: object = None,
+    format: object = None,
+    think: object = None,
+    strings: Mapping[str, object] = {},
+    flags: Mapping[str, object] = {},
+    lists: Mapping[str, object] = {},
+) -> None:
+    """The optional Ollama fields shared by generate, chat and embed."""
+    if options is not None:
+        if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+            raise _bad_type("options", options, "a mapping of option names to values")
+        _check_json("options", dict(options))
+    if keep_alive is not None:
+        if isinstance(keep_alive, str):
+            pass  # a duration ("5m", "1h"): Ollama parses it
+        elif not _is_number(keep_alive):
+            raise _bad_type("keep_alive", keep_alive, "seconds (a number) or a duration string")
+        elif not math.isfinite(cast(float, keep_alive)):
+            raise ValueError(f"keep_alive must be finite, got {keep_alive!r}")
+    if format is not None:
+        if not isinstance(format, (str, Mapping)):
+            raise _bad_type("format", format, '"json" or a JSON schema (a mapping)')
+        _check_json("format", format if isinstance(format, str) else dict(format))
+    if think is not None and not isinstance(think, bool):
+        if not isinstance(think, str):
+            raise _bad_type("think", think, f"a bool or one of {', '.join(THINK_LEVELS)}")
+        if think not in THINK_LEVELS:
+            raise ValueError(
+                f"think must be a bool or one of {', '.join(THINK_LEVELS)}, got {think!r}"
+            )
+    for name, value in strings.items():
+        if value is not None and not isinstance(value, str):
+            raise _bad_type(name, value, "a str")
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            raise _bad_type(name, value, "a bool or None")
+    for name, value in lists.items():
+        if value is None:
+            continue
+        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
+            raise _bad_type(name, value, "a list")
+        _check_json(name, list(value))
+
+
+def _check_messages(messages: object) -> None:
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise _bad_type("messages", messages, "a list of {'role': ..., 'content': ...} mappings")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise _bad_type(f"messages[{i}]", m, "a {'role': ..., 'content': ...} mapping")
+        if not isinstance(m.get("role"), str):
+            raise _bad_type(f"messages[{i}]['role']", m.get("role"), "a str")
+        if m.get("content") is not None and not isinstance(m.get("content"), str):
+            raise _bad_type(f"messages[{i}]['content']", m.get("content"), "a str")
+    _check_json("messages", [dict(m) for m in messages])
+
+
+def _check_tools(tools: object) -> None:
+    if tools is None:
+        return
+    if isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Sequence):
+        raise _bad_type("tools", tools, "a list of tool mappings")
+    for i, t in enumerate(tools):
+        if not isinstance(t, Mapping):
+            raise _bad_type(f"tools[{i}]", t, "a tool mapping")
+    _check_json("tools", [dict(t) for t in tools])
+
+
+def _check_embed_input(value: object, dimensions: object) -> None:
+    if not isinstance(value, str):
+        if isinstance(value, (bytes, Mapping)) or not isinstance(value, Sequence):
+            raise _bad_type("input", value, "a str or a list of str")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise _bad_type(f"input[{i}]", item, "a str")
+    if dimensions is not None:
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+            raise _bad_type("dimensions", dimensions, "an int")
+        if dimensions <= 0:
+            raise ValueError(f"dimensions must be > 0, got {dimensions!r}")

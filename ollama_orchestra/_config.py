@@ -6,16 +6,17 @@ task starts or socket opens.
 
 from __future__ import annotations
 
+import base64
 import math
 import os
-import re
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type, Union, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ._errors import ConfigError
+from ._secrets import redact_headers, redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,12 +38,11 @@ __all__ = [
 #: Names accepted by ``OrchestraConfig.strategy``.
 STRATEGIES = ("round_robin", "least_loaded", "weighted", "model_aware", "hybrid")
 
-_REDACTED = "<redacted>"
-_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key"})
-
 
 def normalize_model(name: str) -> str:
     """Ollama's model names: ``llama3`` means ``llama3:latest``."""
+    if not isinstance(name, str):
+        raise TypeError(f"a model name must be a str, got {name!r}")
     name = name.strip()
     if name and ":" not in name.rsplit("/", 1)[-1]:
         return name + ":latest"
@@ -73,6 +73,51 @@ def _positive_int(
         raise error(f"{owner}.{name}", value, f"must be an integer >= {minimum}")
 
 
+def _is_bool(owner: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{owner}.{name}", value, "must be true or false")
+
+
+def _optional_str(owner: str, name: str, value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ConfigError(f"{owner}.{name}", value, "must be a non-empty string")
+
+
+def _string_list(owner: str, name: str, value: Any) -> Tuple[str, ...]:
+    """``value`` as a tuple of non-empty strings (a list or tuple of them), else ConfigError."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{owner}.{name}", value, "must be a list of strings")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{owner}.{name}[{i}]", item, "must be a non-empty string")
+    return tuple(value)
+
+
+def _string_table(owner: str, name: str, value: Any, *, secret: bool = False) -> Dict[str, str]:
+    """``value`` as a dict of strings to strings, else ConfigError (never showing a secret)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{owner}.{name}", value, "must be a table of strings", secret=secret)
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(f"{owner}.{name}", key, "keys must be non-empty strings")
+        if not isinstance(item, str):
+            raise ConfigError(f"{owner}.{name}.{key}", item, "must be a string", secret=secret)
+    return dict(value)
+
+
+def _check_headers(owner: str, value: Any) -> Dict[str, str]:
+    """Header names and values that httpx can send as they are; values never shown."""
+    headers = _string_table(owner, "headers", value, secret=True)
+    for key, item in headers.items():
+        if any(c in key for c in ":\r\n \t"):
+            raise ConfigError(f"{owner}.headers", key, "is not a valid header name")
+        if "\r" in item or "\n" in item or not item.isprintable():
+            raise ConfigError(
+                f"{owner}.headers.{key}", item, "must be printable, on one line", secret=True
+            )
+    return headers
+
+
 def _reject_unknown_keys(
     data: Mapping[str, Any],
     allowed: Iterable[str],
@@ -82,7 +127,8 @@ def _reject_unknown_keys(
     what: str = "key",
 ) -> None:
     """Raise ``error`` for the first key of ``data`` not in ``allowed``; its field is
-    ``prefix + key``, and the message ("unknown <what>") lists what is allowed."""
+    ``prefix + key``, and the message ("unknown <what>") lists what is allowed. The value is
+    not shown: a mistyped ``header`` table would otherwise print its ``Authorization``."""
     allowed = set(allowed)
     for key in data:
         if key not in allowed:
@@ -90,11 +136,22 @@ def _reject_unknown_keys(
                 f"{prefix}{key}",
                 data[key],
                 f"unknown {what}; expected one of {', '.join(sorted(allowed))}",
+                secret=True,
             )
 
 
-def _redact_headers(headers: Mapping[str, str]) -> Dict[str, str]:
-    return {k: (_REDACTED if k.lower() in _SECRET_HEADERS else v) for k, v in headers.items()}
+def _split_credentials(url: str) -> Tuple[str, Optional[str]]:
+    """``url`` without its ``user:password@``, and those credentials as an ``Authorization:
+    Basic`` value (``None`` without). httpx would send them the same way from the URL; taking
+    them out here keeps them out of every repr, snapshot, log line and error message."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    clean = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    user, password = unquote(parts.username or ""), unquote(parts.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return clean, f"Basic {token}"
 
 
 @dataclass(frozen=True)
@@ -109,6 +166,9 @@ class Server:
         models: a static model list; ``None`` means discover it from ``/api/tags``.
         labels: free-form labels that affinity rules can match (``gpu = "a100"``).
         headers: extra HTTP headers (``Authorization``): sent, never logged or shown in a repr.
+
+    Credentials in the URL (``http://user:password@host``) are taken out of ``url`` and sent
+    as an ``Authorization: Basic`` header, so they are never shown anywhere.
     """
 
     name: str
@@ -120,32 +180,43 @@ class Server:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        owner = f"Server({self.name!r})"
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError("Server.name", self.name, "must be a non-empty string")
+        owner = f"Server({self.name!r})"
         if not isinstance(self.url, str):
             raise ConfigError(f"{owner}.url", self.url, "must be a string")
-        parts = urlsplit(self.url)
+        try:
+            parts = urlsplit(self.url)
+            port = parts.port
+        except ValueError as exc:  # a bad port, or a malformed IPv6 host
+            raise ConfigError(f"{owner}.url", self.url, f"bad URL: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(
                 f"{owner}.url", self.url, "must be an http:// or https:// URL with a host"
             )
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as exc:
-            raise ConfigError(f"{owner}.url", self.url, f"bad port: {exc}") from exc
-        object.__setattr__(self, "url", self.url.rstrip("/"))
+        if port == 0 or any(c.isspace() for c in self.url):
+            raise ConfigError(f"{owner}.url", self.url, "bad URL: port 0 or white space")
+        url, auth = _split_credentials(self.url.rstrip("/"))
+        object.__setattr__(self, "url", url)
         _positive_int(owner, "max_concurrency", self.max_concurrency)
         _positive(owner, "weight", self.weight)
         if self.models is not None:
-            if isinstance(cast(object, self.models), str):
-                raise ConfigError(f"{owner}.models", self.models, "must be a list of model names")
-            object.__setattr__(self, "models", tuple(normalize_model(m) for m in self.models))
-        object.__setattr__(self, "labels", dict(self.labels))
-        object.__setattr__(self, "headers", dict(self.headers))
+            models = _string_list(owner, "models", self.models)
+            object.__setattr__(self, "models", tuple(normalize_model(m) for m in models))
+        object.__setattr__(self, "labels", _string_table(owner, "labels", self.labels))
+        headers = _check_headers(owner, self.headers)
+        if auth is not None:
+            if any(k.lower() == "authorization" for k in headers):
+                raise ConfigError(
+                    f"{owner}.url",
+                    self.url,
+                    "has credentials and headers has an Authorization too: give one",
+                )
+            headers["Authorization"] = auth
+        object.__setattr__(self, "headers", headers)
 
     def __repr__(self) -> str:
-        extra = f", headers={_redact_headers(self.headers)!r}" if self.headers else ""
+        extra = f", headers={redact_headers(self.headers)!r}" if self.headers else ""
         return (
             f"Server(name={self.name!r}, url={self.url!r}, max_concurrency={self.max_concurrency}, "
             f"weight={self.weight}, models={self.models!r}, labels={dict(self.labels)!r}{extra})"
@@ -220,6 +291,7 @@ class RetryPolicy:
             _positive("RetryPolicy", "deadline_s", self.deadline_s)
         _positive("RetryPolicy", "backoff_base_s", self.backoff_base_s, allow_zero=True)
         _positive("RetryPolicy", "backoff_max_s", self.backoff_max_s, allow_zero=True)
+        _is_bool("RetryPolicy", "jitter", self.jitter)
 
 
 @dataclass(frozen=True)
@@ -246,12 +318,14 @@ class BreakerPolicy:
         _positive_int("BreakerPolicy", "window", self.window)
         _positive_int("BreakerPolicy", "min_calls", self.min_calls)
         _positive_int("BreakerPolicy", "half_open_probes", self.half_open_probes)
-        if not (0 < self.failure_rate <= 1):
+        _positive("BreakerPolicy", "failure_rate", self.failure_rate)
+        if self.failure_rate > 1:
             raise ConfigError("BreakerPolicy.failure_rate", self.failure_rate, "must be in (0, 1]")
         if self.min_calls > self.window:
             raise ConfigError("BreakerPolicy.min_calls", self.min_calls, "must be <= window")
         _positive("BreakerPolicy", "cooldown_s", self.cooldown_s)
         _positive("BreakerPolicy", "cooldown_max_s", self.cooldown_max_s)
+        _positive("BreakerPolicy", "cooldown_multiplier", self.cooldown_multiplier)
         if self.cooldown_multiplier < 1:
             raise ConfigError(
                 "BreakerPolicy.cooldown_multiplier", self.cooldown_multiplier, "must be >= 1"
@@ -281,12 +355,17 @@ class AffinityRule:
     required: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(cast(object, self.servers), str):
-            raise ConfigError(
-                "AffinityRule.servers", self.servers, "must be a list of server names"
-            )
-        object.__setattr__(self, "servers", tuple(self.servers))
-        object.__setattr__(self, "labels", dict(self.labels))
+        _optional_str("AffinityRule", "model", self.model)
+        _optional_str("AffinityRule", "role", self.role)
+        if self.min_priority is not None and (
+            not isinstance(self.min_priority, int) or isinstance(self.min_priority, bool)
+        ):
+            raise ConfigError("AffinityRule.min_priority", self.min_priority, "must be an integer")
+        object.__setattr__(
+            self, "servers", _string_list("AffinityRule", "servers", cast(Any, self.servers))
+        )
+        object.__setattr__(self, "labels", _string_table("AffinityRule", "labels", self.labels))
+        _is_bool("AffinityRule", "required", self.required)
         if not self.servers and not self.labels:
             raise ConfigError("AffinityRule", self, "needs 'servers' or 'labels' to route to")
 
@@ -333,7 +412,12 @@ class OrchestraConfig:
     wait_for_healthy_s: float = 10.0
 
     def __post_init__(self) -> None:
-        servers = tuple(self.servers)
+        raw_servers: Any = self.servers
+        if isinstance(raw_servers, (str, bytes, Server, Mapping)) or not isinstance(
+            raw_servers, Iterable
+        ):
+            raise ConfigError("servers", raw_servers, "must be a sequence of Server")
+        servers = tuple(raw_servers)
         object.__setattr__(self, "servers", servers)
         if not servers:
             raise ConfigError("servers", list(servers), "at least one server is required")
@@ -348,16 +432,25 @@ class OrchestraConfig:
                     f"duplicate server name (also servers[{seen[s.name]}])",
                 )
             seen[s.name] = i
-        if self.strategy not in STRATEGIES:
+        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
             raise ConfigError(
                 "strategy",
                 self.strategy,
                 f"unknown strategy; expected one of {', '.join(STRATEGIES)}",
             )
-        roles = {str(k): normalize_model(str(v)) for k, v in dict(self.roles).items()}
-        for role, model in roles.items():
+        if not isinstance(self.roles, Mapping):
+            raise ConfigError("roles", self.roles, "must be a mapping of role to model")
+        roles: Dict[str, str] = {}
+        for role, raw_model in self.roles.items():
+            if not isinstance(role, str) or not role.strip():
+                raise ConfigError("roles", role, "role names must be non-empty strings")
+            if not isinstance(raw_model, str):
+                raise ConfigError(f"roles.{role}", raw_model, "must be a model name (a string)")
+            model = normalize_model(raw_model)
             if not model or model == ":latest":
-                raise ConfigError(f"roles.{role}", self.roles[role], "must name a model")
+                raise ConfigError(f"roles.{role}", raw_model, "must name a model")
+            roles[role] = model
+        for role, model in roles.items():
             static = [s for s in servers if s.models is not None]
             if (
                 static
@@ -366,14 +459,29 @@ class OrchestraConfig:
             ):
                 raise ConfigError(f"roles.{role}", model, "no configured server lists this model")
         object.__setattr__(self, "roles", roles)
-        affinity = tuple(self.affinity)
+        raw_affinity: Any = self.affinity
+        if isinstance(raw_affinity, (str, bytes, AffinityRule)) or not isinstance(
+            raw_affinity, Iterable
+        ):
+            raise ConfigError("affinity", raw_affinity, "must be a sequence of AffinityRule")
+        affinity = tuple(raw_affinity)
         for i, rule in enumerate(affinity):
+            if not isinstance(rule, AffinityRule):
+                raise ConfigError(f"affinity[{i}]", rule, "must be an AffinityRule")
             for name in rule.servers:
                 if name not in seen:
                     raise ConfigError(f"affinity[{i}].servers", name, "names no configured server")
             if rule.role is not None and rule.role not in roles:
                 raise ConfigError(f"affinity[{i}].role", rule.role, "names no configured role")
         object.__setattr__(self, "affinity", affinity)
+        for name, kind in (
+            ("timeouts", Timeouts),
+            ("health", HealthPolicy),
+            ("retry", RetryPolicy),
+            ("breaker", BreakerPolicy),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(name, getattr(self, name), f"must be a {kind.__name__}")
         _positive("OrchestraConfig", "wait_for_healthy_s", self.wait_for_healthy_s, allow_zero=True)
 
     def server(self, name: str) -> Server:
@@ -383,7 +491,13 @@ class OrchestraConfig:
         raise KeyError(name)
 
     def resolve_model(self, model_or_role: str) -> Tuple[str, Optional[str]]:
-        """Return ``(model, role)``: a role name resolves to its model."""
+        """Return ``(model, role)``: a role name resolves to its model.
+
+        Raises:
+            ConfigError: ``model_or_role`` is not a non-empty string (field ``model``).
+        """
+        if not isinstance(model_or_role, str):
+            raise ConfigError("model", model_or_role, "must be a model or role name (a string)")
         if model_or_role in self.roles:
             return self.roles[model_or_role], model_or_role
         if not isinstance(model_or_role, str) or not model_or_role.strip():
@@ -398,6 +512,8 @@ class OrchestraConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, source: str = "config") -> OrchestraConfig:
         """Build a config from plain data (the shape of the TOML file)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(source, data, "must be a table")
         _reject_unknown_keys(data, (f.name for f in fields(cls)), f"{source}: ")
         raw_servers = data.get("servers")
         if not isinstance(raw_servers, list):
@@ -416,6 +532,11 @@ class OrchestraConfig:
                 raise ConfigError(
                     f"{source}: roles", data["roles"], "must be a table of role = model"
                 )
+            for role, model in data["roles"].items():
+                if not isinstance(model, str):
+                    raise ConfigError(
+                        f"{source}: roles.{role}", model, "must be a model name (a string)"
+                    )
             kwargs["roles"] = dict(data["roles"])
         if "affinity" in data:
             rules = data["affinity"]
@@ -493,7 +614,7 @@ def parse_server_spec(item: str, *, field: str, default_name: Optional[str] = No
     ``field`` (credentials in the URL are not shown). An empty ``NAME`` takes
     ``default_name`` when one is given.
     """
-    shown = _redact_userinfo(item)
+    shown = redact_url(item)
     name, sep, rest = item.strip().partition("=")
     name = name.strip() or (default_name or "")
     if not sep or not name or not rest.strip():
@@ -507,8 +628,8 @@ def parse_server_spec(item: str, *, field: str, default_name: Optional[str] = No
             raise ConfigError(field, shown, "slots after '*' must be an integer") from None
     try:
         return Server(name, url.strip(), max_concurrency=conc)
-    except ConfigError:
-        raise
+    except ConfigError as exc:  # name the entry, then the Server field
+        raise ConfigError(field, shown, f"{exc.field}: {exc.reason}") from None
     except (ValueError, TypeError) as exc:  # e.g. urlsplit's "Invalid IPv6 URL"
         raise ConfigError(field, shown, str(exc)) from exc
 
@@ -524,20 +645,23 @@ def parse_role_specs(items: Iterable[str], *, field: str) -> Dict[str, str]:
     return roles
 
 
-def _redact_userinfo(text: str) -> str:
-    """``http://user:pass@host`` shown as ``http://<redacted>@host``."""
-    return re.sub(r"://[^/@\s]*@", f"://{_REDACTED}@", text)
-
-
 def _build(kind: Any, raw: Any, where: str) -> Any:
+    """One dataclass from one table; errors name ``where`` and the field, never the whole
+    table (it may hold a header value)."""
     if not isinstance(raw, Mapping):
-        raise ConfigError(where, raw, "must be a table")
+        raise ConfigError(where, raw, "must be a table", secret=True)
     _reject_unknown_keys(raw, (f.name for f in fields(kind)), f"{where}.")
+    for f in fields(kind):
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in raw:
+            raise ConfigError(f"{where}.{f.name}", None, "is required")
     values = dict(raw)
     for key in ("models", "servers"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
     try:
         return kind(**values)
-    except TypeError as exc:
-        raise ConfigError(where, dict(raw), str(exc)) from exc
+    except ConfigError as exc:
+        # Name the place in the file too: "config.toml: servers[1]: Server('a').url=...".
+        raise ConfigError(
+            f"{where}: {exc.field}", exc.value, exc.reason, secret=exc.secret
+        ) from None

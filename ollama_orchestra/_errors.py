@@ -15,7 +15,10 @@
         │                                 ``errors`` says why, per server
         ├── OllamaResponseError           Ollama answered with an error the caller must fix (400, ...)
         ├── RequestFailed                 every attempt failed; ``attempts`` lists them
+        ├── RequestTimeout (TimeoutError)  the request's ``timeout=`` ran out
         └── StreamInterrupted             a stream broke after text was yielded
+
+No message ever shows a header value or a URL's credentials (see ``_secrets``).
 
 Lower-level errors (httpx, anyio) are mapped to the most specific class with
 ``raise ... from exc``, so the cause is always kept.
@@ -25,7 +28,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
-from urllib.parse import urlsplit, urlunsplit
+
+from ._secrets import REDACTED, redact_text, redact_url
 
 __all__ = [
     "AsyncioOnly",
@@ -40,22 +44,10 @@ __all__ = [
     "OrchestraError",
     "RequestError",
     "RequestFailed",
+    "RequestTimeout",
     "SimConfigError",
     "StreamInterrupted",
-    "redact_url",
 ]
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its credentials: ``http://user:pass@host`` -> ``http://***@host``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if "@" not in parts.netloc:
-        return url
-    hostport = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{hostport}"))
 
 
 class OrchestraError(Exception):
@@ -65,16 +57,21 @@ class OrchestraError(Exception):
 class ConfigError(OrchestraError, ValueError):
     """A configuration value is invalid.
 
+    A URL's credentials in ``value`` are redacted; with ``secret=True`` (a header value, a
+    table that may hold one) the value is not shown at all.
+
     Attributes:
         field: dotted path of the offending field, e.g. ``servers[1].url``.
-        value: the value that was rejected.
+        value: the value that was rejected (``"<redacted>"`` when secret).
     """
 
-    def __init__(self, field: str, value: object, reason: str) -> None:
+    def __init__(self, field: str, value: object, reason: str, *, secret: bool = False) -> None:
         self.field = field
-        self.value = value
+        self.value = REDACTED if secret else redact_text(value)
         self.reason = reason
-        super().__init__(f"{field}={value!r}: {reason}")
+        self.secret = secret
+        shown = "" if secret else f"={self.value!r}"
+        super().__init__(f"{field}{shown}: {reason}")
 
 
 class SimConfigError(ConfigError):
@@ -234,6 +231,22 @@ class RequestFailed(RequestError):
         super().__init__(
             f"request for model {model!r} failed after {len(self.attempts)} attempt(s): {tried}"
         )
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """The request's ``timeout`` (or ``config.timeouts.total_s``) ran out, all attempts included.
+
+    A ``TimeoutError`` too, so ``except TimeoutError`` written for earlier versions still works.
+
+    Attributes:
+        model: the model that was asked for.
+        timeout_s: the bound that ran out.
+    """
+
+    def __init__(self, model: str, timeout_s: float) -> None:
+        self.model = model
+        self.timeout_s = timeout_s
+        super().__init__(f"request for model {model!r} timed out after {timeout_s:g}s")
 
 
 class StreamInterrupted(RequestError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import string
 import sys
 from dataclasses import dataclass, field
@@ -147,25 +148,49 @@ class Task:
                 f"task {self.id!r}: give exactly one of prompt, messages or fn (got {what})",
                 task_id=self.id,
             )
-        if self.fn is None and not self.model:
+
+        def bad(name: str, value: object, expected: str) -> DagValidationError:
+            return DagValidationError(
+                f"task {self.id!r}: {name} must be {expected}, got {value!r}", task_id=self.id
+            )
+
+        if not isinstance(self.model, str):
+            raise bad("model", self.model, "a model or role name (a string)")
+        if self.fn is None and not self.model.strip():
             raise DagValidationError(f"task {self.id!r}: model is required", task_id=self.id)
-        if isinstance(self.depends_on, str):
-            raise DagValidationError(
-                f"task {self.id!r}: depends_on must be a list of ids, not a string", task_id=self.id
-            )
-        object.__setattr__(self, "depends_on", tuple(self.depends_on))
+        for name in ("prompt", "system"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise bad(name, value, "a string")
+        if self.fn is not None and not callable(self.fn):
+            raise bad("fn", self.fn, "an async function (orch, inputs) -> str")
+        deps: Any = self.depends_on
+        if isinstance(deps, (str, bytes)) or not isinstance(deps, (list, tuple)):
+            raise bad("depends_on", deps, "a list of task ids")
+        for dep in deps:
+            if not isinstance(dep, str):
+                raise bad("depends_on", deps, "a list of task ids (strings)")
+        object.__setattr__(self, "depends_on", tuple(deps))
         if self.messages is not None:
-            object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
-        if self.timeout is not None and not (
-            isinstance(self.timeout, (int, float)) and self.timeout > 0
+            object.__setattr__(self, "messages", _check_messages(self.messages, bad))
+        if self.options is not None:
+            if not isinstance(self.options, Mapping) or not all(
+                isinstance(k, str) for k in self.options
+            ):
+                raise bad("options", self.options, "a table of option = value")
+            try:
+                json.dumps(dict(self.options), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise bad("options", self.options, f"JSON data ({exc})") from None
+            object.__setattr__(self, "options", dict(self.options))
+        if self.priority is not None and (
+            not isinstance(self.priority, int) or isinstance(self.priority, bool)
         ):
-            raise DagValidationError(
-                f"task {self.id!r}: timeout must be > 0, got {self.timeout!r}", task_id=self.id
-            )
-        if not isinstance(self.estimate, (int, float)) or self.estimate <= 0:
-            raise DagValidationError(
-                f"task {self.id!r}: estimate must be > 0, got {self.estimate!r}", task_id=self.id
-            )
+            raise bad("priority", self.priority, "an integer")
+        if self.timeout is not None and not _positive_number(self.timeout):
+            raise bad("timeout", self.timeout, "a finite number of seconds > 0")
+        if not _positive_number(self.estimate):
+            raise bad("estimate", self.estimate, "a finite number > 0")
 
     def templates(self) -> List[str]:
         out = [t for t in (self.prompt, self.system) if t is not None]
@@ -174,6 +199,34 @@ class Task:
             if isinstance(content, str):
                 out.append(content)
         return out
+
+
+def _positive_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _check_messages(
+    messages: object, bad: Callable[[str, object, str], DagValidationError]
+) -> Tuple[Dict[str, Any], ...]:
+    """Chat messages as Ollama takes them: mappings with a string ``role`` (and ``content``)."""
+    expected = "a list of {role = ..., content = ...} tables"
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, (list, tuple)):
+        raise bad("messages", messages, expected)
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping):
+            raise bad(f"messages[{i}]", m, "a {role = ..., content = ...} table")
+        if not isinstance(m.get("role"), str):
+            raise bad(f"messages[{i}].role", m.get("role"), "a string")
+        if "content" in m and not isinstance(m["content"], str):
+            raise bad(f"messages[{i}].content", m["content"], "a string")
+        out.append(dict(m))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -746,6 +799,8 @@ def load_dag(path: Union[str, Path]) -> DagSpec:
                 raise DagValidationError(
                     f"{label}: unknown field {key!r}; expected one of {', '.join(_TASK_KEYS)}"
                 )
+        if "id" not in raw:
+            raise DagValidationError(f"{label}: id is required")
         try:
             tasks.append(Task(**raw))
         except DagValidationError as exc:

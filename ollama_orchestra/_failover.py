@@ -1,18 +1,28 @@
 """Failover: what is retried, where, and how soon. Errors are classified here, once.
 
-=================================  ==========================================================
-outcome of an attempt              what happens
-=================================  ==========================================================
-connect error / refused            server marked down at once; retried on another server now
-timeout before the first byte      breaker failure; retried on another server now
-connection reset, broken stream    breaker failure; retried elsewhere (unless text was
-                                   already yielded to the caller: ``StreamInterrupted``)
-HTTP 5xx                           breaker failure; retried elsewhere
-HTTP 503 (Ollama's queue is full)  retried elsewhere; not a breaker failure (busy, not broken)
-HTTP 404 model not found           that server's model list is corrected; retried on a
-                                   server that has the model (``NoCapableServer`` if none)
-HTTP 400 and other 4xx             the caller's fault: ``OllamaResponseError`` at once
-=================================  ==========================================================
+Every outcome of an attempt is one *kind*; :data:`OUTCOMES` says, per kind, whether the
+request is retried on another server and which circuit breaker (if any) counts it:
+
+==============================  =========  ====================  ================================
+outcome of an attempt           kind       retried elsewhere?    counts against
+==============================  =========  ====================  ================================
+connect error / refused         connect    yes (server marked    the server's breaker
+                                           down at once)
+timeout before the first byte   timeout    yes                   the server's breaker
+connection reset, broken        reset      yes (unless text was  the server's breaker
+stream, malformed answer                   yielded already:
+                                           ``StreamInterrupted``)
+HTTP 5xx (other than below)     server     yes                   the server's breaker
+HTTP 500: the model failed to   model      yes                   that model's breaker on that
+load or its runner died                                          server only
+HTTP 503 (queue full), 429,     busy       yes                   nothing (busy, not broken)
+408
+HTTP 404 model not found        not_found  yes, on a server      nothing (that server's model
+                                           that has the model    list is corrected)
+HTTP 400, other 4xx, and a 500  client     no:                   nothing: the caller's fault
+saying the request is                      ``OllamaResponseError``
+malformed                                  at once
+==============================  =========  ====================  ================================
 
 A failed attempt goes at once to a server not yet tried for this request; the exponential,
 jittered backoff applies only once every eligible server has failed it.
@@ -22,7 +32,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Mapping, Optional
 
 import httpx
 import tenacity
@@ -30,14 +40,80 @@ import tenacity
 from ._config import RetryPolicy
 from ._errors import OllamaResponseError
 
-__all__ = ["AttemptError", "Kind", "build_retrying", "classify"]
+__all__ = [
+    "OUTCOMES",
+    "AttemptError",
+    "Kind",
+    "Outcome",
+    "build_retrying",
+    "classify",
+    "classify_error_text",
+    "from_status",
+    "mid_stream_error",
+    "status_kind",
+]
 
-#: What kind of failure an attempt ended with.
-Kind = str  # "connect" | "timeout" | "reset" | "server" | "busy" | "not_found" | "client"
+#: What kind of failure an attempt ended with (see the module docstring).
+Kind = str  # "connect" | "timeout" | "reset" | "server" | "model" | "busy" | "not_found" | "client"
 
-RETRYABLE = frozenset({"connect", "timeout", "reset", "server", "busy", "not_found"})
-#: Kinds that count against a server's circuit breaker.
-BREAKER_FAILURES = frozenset({"connect", "timeout", "reset", "server"})
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one kind of failure means: retried elsewhere or not, and which breaker counts it
+    (``"server"``: the host's; ``"model"``: the (host, model) one; ``None``: none)."""
+
+    retry: bool
+    breaker: Optional[str]
+
+
+#: The classification table: one row per kind.
+OUTCOMES: Mapping[Kind, Outcome] = {
+    "connect": Outcome(retry=True, breaker="server"),
+    "timeout": Outcome(retry=True, breaker="server"),
+    "reset": Outcome(retry=True, breaker="server"),
+    "server": Outcome(retry=True, breaker="server"),
+    "model": Outcome(retry=True, breaker="model"),
+    "busy": Outcome(retry=True, breaker=None),
+    "not_found": Outcome(retry=True, breaker=None),
+    "client": Outcome(retry=False, breaker=None),
+}
+
+# Ollama's own error texts (ollama/ollama v0.33.0-rc2, and the wording of earlier releases
+# still in the field), matched case-insensitively in a 500's ``{"error": ...}``.
+#
+# The request is malformed: the same request fails the same way on every host.
+# api/types.go Options.FromMap: 'option "num_ctx" must be of type integer' (and boolean,
+# float32, string, array; a 500 from the scheduler's modelOptions via handleScheduleError);
+# llm/llama_server.go Completion: 'invalid format: ...; expected "json" or a valid JSON
+# Schema object' (an error line of the stream, or a 500 unstreamed). Go's JSON decoding
+# errors are not here on purpose: the request's own are 400s (ShouldBindJSON), and in a
+# 500 they come from decoding the runner's answer, which is the host's failure.
+_CLIENT_500 = (
+    "must be of type",
+    "must be of an array of strings",
+    "invalid format:",
+)
+# The model failed on that host (it does not load, or its runner died): another model there
+# is fine. server/sched.go and llm/llama_server.go: 'llama runner process has terminated'
+# (before v0.13: 'llama runner'; since: 'llama-server process has terminated'), 'error
+# loading model' (llm/status.go), 'this model may be incompatible with your version of
+# Ollama', 'model requires more system memory', 'model runner has unexpectedly stopped',
+# 'timed out waiting for llama runner to start', out-of-memory reports.
+_MODEL_500 = (
+    "runner process has terminated",
+    "llama-server process has terminated",
+    "llama-server process no longer running",
+    "error loading model",
+    "failed to load model",
+    "unable to load model",
+    "model may be incompatible",
+    "model requires more system memory",
+    "model runner has unexpectedly stopped",
+    "timed out waiting for llama runner",
+    "timed out waiting for llama-server",
+    "reported out-of-memory",
+    "out of memory",
+)
 
 
 @dataclass
@@ -55,11 +131,17 @@ class AttemptError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.kind in RETRYABLE
+        return OUTCOMES[self.kind].retry
 
     @property
     def breaker_failure(self) -> bool:
-        return self.kind in BREAKER_FAILURES
+        """Counts against the server's breaker (the host failed)."""
+        return OUTCOMES[self.kind].breaker == "server"
+
+    @property
+    def model_failure(self) -> bool:
+        """Counts against the (server, model) breaker only (the model failed there)."""
+        return OUTCOMES[self.kind].breaker == "model"
 
 
 def classify(exc: BaseException, server: str) -> Optional[AttemptError]:
@@ -77,19 +159,52 @@ def classify(exc: BaseException, server: str) -> Optional[AttemptError]:
     return None
 
 
-def from_status(status: int, body: Any, server: str, model: str) -> Exception:
-    """Classify an Ollama error answer (``{"error": "..."}``) by its status."""
+def classify_error_text(text: str) -> Kind:
+    """The kind of a 500's (or a mid-stream) error text: ``client``, ``model`` or ``server``."""
+    low = text.lower()
+    if any(marker in low for marker in _CLIENT_500):
+        return "client"
+    if any(marker in low for marker in _MODEL_500):
+        return "model"
+    return "server"
+
+
+def _error_text(body: Any) -> str:
     message = body.get("error") if isinstance(body, dict) else None
-    text = str(message) if message else str(body)[:200]
+    return str(message) if message else str(body)[:200]
+
+
+def from_status(status: int, body: Any, server: str, model: str) -> Exception:
+    """Classify an Ollama error answer (``{"error": "..."}``) by its status and text:
+    an :class:`AttemptError`, or :class:`OllamaResponseError` for the caller's errors."""
+    text = _error_text(body)
+    kind = status_kind(status, text)
+    if kind == "client":
+        return OllamaResponseError(status, text, server)
+    return AttemptError(kind, server, f"{status} {text}", status_code=status)
+
+
+def status_kind(status: int, text: str) -> Kind:
+    """The row of :data:`OUTCOMES` for an HTTP error status and Ollama's error text."""
     if status == 404 and "not found" in text:
-        return AttemptError("not_found", server, f"404 {text}", status_code=status)
-    if status == 503:
-        return AttemptError("busy", server, f"503 {text}", status_code=status)
+        return "not_found"
+    if status in (503, 429, 408):
+        return "busy"
+    if status == 500:
+        return classify_error_text(text)
     if status >= 500:
-        return AttemptError("server", server, f"{status} {text}", status_code=status)
-    if status == 429 or status == 408:
-        return AttemptError("busy", server, f"{status} {text}", status_code=status)
-    return OllamaResponseError(status, text, server)
+        return "server"
+    return "client"
+
+
+def mid_stream_error(text: str, server: str) -> Exception:
+    """An ``{"error": ...}`` line in a stream (Ollama streams a failure that happens after its
+    200, e.g. a bad ``format``, this way): the caller's, the model's or the host's."""
+    kind = classify_error_text(text)
+    if kind == "client":
+        # What Ollama answers for the same request unstreamed: a 500 with this text.
+        return OllamaResponseError(500, text, server)
+    return AttemptError(kind, server, f"error mid-stream: {text}")
 
 
 class _FailoverWait:

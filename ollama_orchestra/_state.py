@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
 from ._config import Server, normalize_model
-from ._errors import redact_url
+from ._secrets import redact_url
 
 __all__ = ["FleetSnapshot", "FleetState", "LoadedModel", "ServerSnapshot", "ServerState"]
 

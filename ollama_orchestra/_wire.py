@@ -32,7 +32,13 @@ import math
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-__all__ = ["RequestRejected", "check_request", "keep_alive_seconds", "late_errors"]
+__all__ = [
+    "THINK_LEVELS",
+    "RequestRejected",
+    "check_request",
+    "keep_alive_seconds",
+    "late_errors",
+]
 
 
 class RequestRejected(ValueError):
@@ -304,7 +310,8 @@ def _parse_go_duration(text: str) -> float:
     return sign * total
 
 
-_THINK_LEVELS = ("high", "medium", "low", "max")
+#: ``think`` levels besides true/false (``api/types.go`` ThinkValue, ollama v0.33.0-rc2).
+THINK_LEVELS = ("high", "medium", "low", "max")
 
 
 def _check_think(value: Any) -> None:
@@ -312,7 +319,7 @@ def _check_think(value: Any) -> None:
     if isinstance(value, bool):
         return
     if isinstance(value, str):
-        if value not in _THINK_LEVELS:
+        if value not in THINK_LEVELS:
             raise _Abort(
                 f"invalid think value: {json.dumps(value)} "
                 '(must be "high", "medium", "low", "max", true, or false)'

@@ -623,13 +623,11 @@ class TestOneLineErrors:
         r = main_here(capsys, "status")
         assert (r.code, r.err) == (130, "")
 
-    LOADER = pytest.mark.xfail(strict=False, reason="needs loader validation (robust branch)")
-
     @pytest.mark.parametrize(
         ("server_extra", "field"),
         [
-            pytest.param("headers = { X = 5 }", "headers", marks=LOADER),
-            pytest.param("models = [5]", "models", marks=LOADER),
+            ("headers = { X = 5 }", "headers"),
+            ("models = [5]", "models"),
         ],
     )
     def test_config_wrong_types(
@@ -647,10 +645,10 @@ class TestOneLineErrors:
     @pytest.mark.parametrize(
         ("task_extra", "field"),
         [
-            pytest.param("prompt = 5", "prompt", marks=LOADER),
-            pytest.param('messages = "hello"', "messages", marks=LOADER),
-            pytest.param('prompt = "x"\nestimate = nan', "estimate", marks=LOADER),
-            pytest.param('prompt = "x"\npriority = "high"', "priority", marks=LOADER),
+            ("prompt = 5", "prompt"),
+            ('messages = "hello"', "messages"),
+            ('prompt = "x"\nestimate = nan', "estimate"),
+            ('prompt = "x"\npriority = "high"', "priority"),
         ],
     )
     def test_dag_wrong_types(

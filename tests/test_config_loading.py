@@ -34,7 +34,7 @@ class TestFromMapping:
                 {"servers": [{"name": "a", "url": "http://h:1", "slots": 2}]},
                 "config: servers[0].slots",
             ),
-            ({"servers": [{"url": "http://h:1"}]}, "config: servers[0]={'url'"),
+            ({"servers": [{"url": "http://h:1"}]}, "config: servers[0].name=None: is required"),
             (mapping(roles=["qwen2.5:14b"]), "config: roles"),
             (mapping(affinity={"model": "*"}), "config: affinity"),
             (mapping(affinity=[{"model": "*", "servers": ["nobody"]}]), "affinity[0].servers"),

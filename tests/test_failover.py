@@ -176,7 +176,25 @@ class TestStreams:
 
 class TestBreakerIntegration:
     async def test_open_breaker_keeps_work_away(self) -> None:
-        """A host failing every request trips its breaker and stops getting attempts."""
+        """A host failing every request (502) trips its breaker and stops getting attempts."""
+        async with pair() as sim:
+            cfg = config_for(
+                sim,
+                strategy="round_robin",
+                breaker=BreakerPolicy(failure_threshold=2, cooldown_s=60),
+            )
+            async with Orchestra(cfg) as orch:
+                await sim["h1"].set_faults(Faults(status=502))
+                await run_many(orch, 6)
+                assert orch.state()["h1"].breaker == "open"
+                before = sim["h1"].state().requests
+                results = await run_many(orch, 10)
+                assert sim["h1"].state().requests == before
+                assert orch.metrics().servers["h1"].breaker_trips == 1
+        assert all(r.server == "h2" and r.attempts == 1 for r in results)
+
+    async def test_model_failure_opens_only_that_models_breaker(self) -> None:
+        """A 500 "llama runner process has terminated" trips the (host, model) breaker only."""
         async with pair() as sim:
             cfg = config_for(
                 sim,
@@ -186,11 +204,12 @@ class TestBreakerIntegration:
             async with Orchestra(cfg) as orch:
                 await sim["h1"].set_faults(Faults(status=500))
                 await run_many(orch, 6)
-                assert orch.state()["h1"].breaker == "open"
+                assert orch.model_breaker("h1", TINY).state == "open"
+                assert orch.breaker("h1").state == "closed"
+                assert orch.state()["h1"].breaker == "closed"
                 before = sim["h1"].state().requests
                 results = await run_many(orch, 10)
                 assert sim["h1"].state().requests == before
-                assert orch.metrics().servers["h1"].breaker_trips == 1
         assert all(r.server == "h2" and r.attempts == 1 for r in results)
 
 

@@ -104,7 +104,7 @@ class TestEveryPath:
         ("kwargs", "error"),
         [
             ({"think": "extreme"}, ValueError),
-            ({"think": 1}, ValueError),
+            ({"think": 1}, TypeError),
             ({"logprobs": "yes"}, TypeError),
             ({"top_logprobs": 21}, ValueError),
             ({"top_logprobs": True}, ValueError),

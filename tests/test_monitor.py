@@ -438,7 +438,7 @@ class TestLogging:
                 await orch.wait_for_state(lambda s: s["ollama01"].consecutive_failures >= 3)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert warnings == [
-            f"server ollama01 (http://***@127.0.0.1:{port}) is down: connection refused"
+            f"server ollama01 (http://127.0.0.1:{port}) is down: connection refused"
         ]
 
 
@@ -459,7 +459,7 @@ class TestNoHealthyServer:
         assert info.value.errors == {"ollama01": "connection refused"}
         assert info.value.servers == ("ollama01",)
         message = str(info.value)
-        assert f"ollama01 (http://***@127.0.0.1:{port}): connection refused" in message
+        assert f"ollama01 (http://127.0.0.1:{port}): connection refused" in message
         assert "secret" not in message
         assert snap["ollama01"].probe_error == "connection refused"
 
