@@ -208,9 +208,9 @@ def _parse_expiry(value: Any, wall_now: float, mono_now: float) -> Optional[floa
         # Python < 3.11 cannot parse more than 6 fractional digits: trim Go's nanoseconds.
         if "." in text:
             head, _, tail = text.partition(".")
-            digits = "".join(ch for ch in tail if ch.isdigit())
-            rest = tail[len(digits) :]
-            text = f"{head}.{digits[:6]}{rest}"
+            rest = tail.lstrip("0123456789")  # the offset after the fraction
+            digits = tail[: len(tail) - len(rest)]
+            text = f"{head}.{digits[:6].ljust(6, '0')}{rest}"  # 3.8-3.10: 3 or 6 digits
         when = datetime.fromisoformat(text).timestamp()
     except (ValueError, OverflowError, OSError):  # not a time, or one out of range
         return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+from datetime import timedelta, timezone
 from typing import Any, Callable, Dict, List
 
 import anyio
@@ -180,9 +181,15 @@ class TestProbeParserProperties:
                 optional={
                     "size": st.integers(min_value=0),
                     "size_vram": st.integers(min_value=0),
-                    "expires_at": st.datetimes(timezones=st.timezones()).map(
-                        lambda d: d.isoformat()
-                    )
+                    "expires_at": st.datetimes(
+                        # Fixed offsets: st.timezones() needs zoneinfo (not in Python 3.8).
+                        timezones=st.builds(
+                            timezone,
+                            st.timedeltas(
+                                min_value=timedelta(hours=-23), max_value=timedelta(hours=23)
+                            ),
+                        )
+                    ).map(lambda d: d.isoformat())
                     | st.text(max_size=30),
                 },
             ),
