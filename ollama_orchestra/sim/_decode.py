@@ -255,10 +255,15 @@ class Decoder(Scheduler):
             self._start(job)
             written = -math.inf  # the first token goes out as soon as it is due
             while produced < target:
-                # The next token's deadline, batched with those due within the write gap.
-                delay = job.delay(produced + 1, self.time_scale)
-                delay = max(delay, written + MIN_WRITE_GAP_S - job.last)
-                await self._until(job, delay)
+                # The next token's deadline (from now: the last write may have taken a
+                # while), batched with those due within the write gap.
+                now = time.monotonic()
+                job.advance(now, self.time_scale)
+                delay = max(
+                    job.delay(produced + 1, self.time_scale), written + MIN_WRITE_GAP_S - now
+                )
+                if delay > 0:
+                    await self._until(job, delay)
                 due = min(target, int(job.done + 1e-6))
                 if due > produced:
                     # Every token due now, together: one write, not one per token.
