@@ -44,7 +44,6 @@ from ._errors import (
     RequestError,
     RequestFailed,
     RequestTimeout,
-    SimConfigError,
     StreamInterrupted,
 )
 from ._executor import DagResult, DagSpec, Task, TaskEvent, TaskResult, load_dag, run_dag
@@ -60,6 +59,9 @@ from ._types import (
     GenerateResponse,
 )
 from ._version import __version__
+
+# The simulator owns its error; importing it loads the simulator package (no uvicorn).
+from .sim._errors import SimConfigError
 
 __all__ = [
     "AffinityRule",

@@ -4,7 +4,7 @@
 
     OrchestraError
     ├── ConfigError (ValueError)          invalid configuration; names the field and the value
-    │   └── SimConfigError                invalid simulator configuration or CLI input
+    │   └── SimConfigError                invalid simulator configuration or CLI input (``sim._errors``)
     ├── DagValidationError (ValueError)   a task graph that cannot run (duplicate id, cycle, ...)
     ├── OrchestraClosed (RuntimeError)    the orchestra was used outside ``async with``
     ├── MissingExtra (ImportError)        a feature needs an extra that is not installed
@@ -45,7 +45,6 @@ __all__ = [
     "RequestError",
     "RequestFailed",
     "RequestTimeout",
-    "SimConfigError",
     "StreamInterrupted",
 ]
 
@@ -72,10 +71,6 @@ class ConfigError(OrchestraError, ValueError):
         self.secret = secret
         shown = "" if secret else f"={self.value!r}"
         super().__init__(f"{field}{shown}: {reason}")
-
-
-class SimConfigError(ConfigError):
-    """The simulator's own configuration or command line is invalid."""
 
 
 class DagValidationError(OrchestraError, ValueError):

@@ -304,3 +304,52 @@ class TestKeepAliveOrder:
         assert (default["eval_count"], default["done_reason"]) == (8, "stop")
         assert (capped["eval_count"], capped["done_reason"]) == (3, "length")
         assert len(capped["response"].split()) == 3
+
+
+class TestEventDrivenDecode:
+    async def test_a_slow_decode_wakes_per_token_not_per_tick(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A decode sleeps until its next token is due: no timer polls in between."""
+        from ollama_orchestra.sim import _decode
+
+        wakes = 0
+        advance = _decode.Job.advance
+
+        def counting(job: _decode.Job, now: float, time_scale: float) -> None:
+            nonlocal wakes
+            wakes += 1
+            advance(job, now, time_scale)
+
+        monkeypatch.setattr(_decode.Job, "advance", counting)
+        slow = HostProfile("h", (ModelSpec(A, size_gb=1, decode_tps=5.0, load_s=0.0),))
+        async with SimServer(slow, time_scale=1.0) as srv, httpx.AsyncClient(
+            base_url=srv.url
+        ) as http:
+            data = await generate(http, options={"num_predict": 2})
+        assert data["eval_count"] == 2
+        # 0.4 s of decoding: a 20 ms polling tick would have woken ~20 times.
+        assert wakes <= 8, wakes
+
+    async def test_rates_follow_the_set_of_decoding_requests(self) -> None:
+        """Two decodes share the GPU until the shorter ends; the longer then runs alone."""
+        async with SimServer(profile(num_parallel=2), time_scale=0.1) as srv, httpx.AsyncClient(
+            base_url=srv.url
+        ) as http:
+            await generate(http, options={"num_predict": 1})  # warm the model
+            results: Dict[int, Dict[str, Any]] = {}
+
+            async def one(n: int) -> None:
+                results[n] = await generate(http, prompt=f"p{n}", options={"num_predict": n})
+
+            srv.pause()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, 20)
+                tg.start_soon(one, 60)
+                await srv.wait_until(lambda s: s.in_flight == 2)
+                srv.resume()
+        alone = 200.0
+        shared = alone * aggregate_speedup(2) / 2
+        expected = 20 / shared + 40 / alone
+        assert results[60]["eval_duration"] / 1e9 == pytest.approx(expected, rel=0.15)
+        assert results[20]["eval_duration"] / 1e9 == pytest.approx(20 / shared, rel=0.15)

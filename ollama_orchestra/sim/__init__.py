@@ -7,7 +7,9 @@ README's "The simulated Ollama server".
 
 from __future__ import annotations
 
-from ._host import RequestRecord, SimHost, SimState
+from ._errors import SimConfigError
+from ._host import SimHost
+from ._records import RequestRecord, SimState
 from ._serve import SimFleet, SimServer, profile_from_dict, profile_to_dict
 from ._spec import BATCH_AGGREGATE, Faults, HostProfile, ModelSpec, aggregate_speedup, preset_fleet
 
@@ -17,6 +19,7 @@ __all__ = [
     "HostProfile",
     "ModelSpec",
     "RequestRecord",
+    "SimConfigError",
     "SimFleet",
     "SimHost",
     "SimServer",

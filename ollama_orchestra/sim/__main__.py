@@ -24,8 +24,9 @@ from typing import Any, List, Optional, Sequence
 
 import anyio
 
-from .._errors import MissingExtra, SimConfigError
+from .._errors import MissingExtra
 from .._extras import require_extra
+from ._errors import SimConfigError
 from ._serve import SimFleet, SimServer, profile_from_dict
 from ._spec import Faults, HostProfile, preset_fleet
 

@@ -23,12 +23,13 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import anyio
 import httpx
 
-from .._config import Server, _reject_unknown_keys
-from .._errors import SimConfigError
+from .._config import Server
 from .._extras import require_asyncio, require_extra
 from .._serving import bind_socket, embedded_uvicorn
-from ._host import SimHost, SimState, SimulatedReset
-from ._spec import Faults, HostProfile, ModelSpec, preset_fleet
+from ._errors import SimConfigError
+from ._host import SimHost
+from ._records import SimState, SimulatedReset
+from ._spec import Faults, HostProfile, ModelSpec, preset_fleet, reject_unknown_keys
 
 __all__ = ["SimFleet", "SimServer", "profile_from_dict", "profile_to_dict"]
 
@@ -82,7 +83,7 @@ def profile_from_dict(data: Mapping[str, Any], *, where: str = "host") -> HostPr
         "cache_ram_mib",
         "host_to_device_gbps",
     }
-    _reject_unknown_keys(data, known, f"{where}.", error=SimConfigError)
+    reject_unknown_keys(data, known, f"{where}.")
     raw_models = data.get("models")
     if not isinstance(raw_models, list):
         raise SimConfigError(f"{where}.models", raw_models, "must be a list of model tables")
@@ -91,7 +92,7 @@ def profile_from_dict(data: Mapping[str, Any], *, where: str = "host") -> HostPr
     for i, m in enumerate(raw_models):
         if not isinstance(m, Mapping):
             raise SimConfigError(f"{where}.models[{i}]", m, "must be a table")
-        _reject_unknown_keys(m, model_keys, f"{where}.models[{i}].", error=SimConfigError)
+        reject_unknown_keys(m, model_keys, f"{where}.models[{i}].")
         values = dict(m)
         if isinstance(values.get("capabilities"), list):
             values["capabilities"] = tuple(values["capabilities"])

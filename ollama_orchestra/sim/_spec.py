@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, fields, replace
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-from .._config import _positive, _positive_int, _reject_unknown_keys, normalize_model
-from .._errors import SimConfigError
+from .._config import normalize_model
+from ._errors import SimConfigError
 
 __all__ = [
     "BATCH_AGGREGATE",
@@ -15,7 +16,10 @@ __all__ = [
     "HostProfile",
     "ModelSpec",
     "aggregate_speedup",
+    "check_int",
+    "check_positive",
     "preset_fleet",
+    "reject_unknown_keys",
 ]
 
 #: llama.cpp batched-bench: aggregate decode throughput at 1, 2, 4, 8 parallel sequences,
@@ -40,12 +44,41 @@ def aggregate_speedup(n: int) -> float:
     return a1 + (a1 - a0) * (n - n1) / (n1 - n0)
 
 
-def _check_positive(owner: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
-    _positive(owner, name, value, allow_zero=allow_zero, error=SimConfigError)
+# -- the simulator's field checks ------------------------------------------------------------
+# Their own, small copies so the simulator imports no private helper of the core; the same
+# messages as the core's config checks (the shared validators module may replace them).
 
 
-def _check_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
-    _positive_int(owner, name, value, minimum=minimum, error=SimConfigError)
+def check_positive(owner: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
+    """:class:`SimConfigError` naming ``owner.name`` unless ``value`` is a finite number > 0
+    (or >= 0 with ``allow_zero``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise SimConfigError(
+            f"{owner}.{name}", value, "must be a finite number " + (">= 0" if allow_zero else "> 0")
+        )
+
+
+def check_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
+    """:class:`SimConfigError` naming ``owner.name`` unless ``value`` is an integer >= ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SimConfigError(f"{owner}.{name}", value, f"must be an integer >= {minimum}")
+
+
+def reject_unknown_keys(
+    data: Mapping[str, Any], allowed: Iterable[str], prefix: str, *, what: str = "key"
+) -> None:
+    """:class:`SimConfigError` for the first key of ``data`` not in ``allowed`` (its field is
+    ``prefix + key``; the value is not shown)."""
+    allowed = set(allowed)
+    for key in data:
+        if key not in allowed:
+            raise SimConfigError(
+                f"{prefix}{key}",
+                data[key],
+                f"unknown {what}; expected one of {', '.join(sorted(allowed))}",
+                secret=True,
+            )
 
 
 @dataclass(frozen=True)
@@ -83,17 +116,17 @@ class ModelSpec:
             raise SimConfigError("ModelSpec.name", self.name, "must be a non-empty model name")
         object.__setattr__(self, "name", normalize_model(self.name))
         owner = f"ModelSpec({self.name!r})"
-        _check_positive(owner, "size_gb", self.size_gb)
-        _check_positive(owner, "decode_tps", self.decode_tps)
+        check_positive(owner, "size_gb", self.size_gb)
+        check_positive(owner, "decode_tps", self.decode_tps)
         if self.prompt_tps is not None:
-            _check_positive(owner, "prompt_tps", self.prompt_tps)
+            check_positive(owner, "prompt_tps", self.prompt_tps)
         if self.load_s is not None:
-            _check_positive(owner, "load_s", self.load_s, allow_zero=True)
-        _check_int(owner, "default_num_predict", self.default_num_predict)
-        _check_int(owner, "context_length", self.context_length)
-        _check_int(owner, "embedding_length", self.embedding_length)
+            check_positive(owner, "load_s", self.load_s, allow_zero=True)
+        check_int(owner, "default_num_predict", self.default_num_predict)
+        check_int(owner, "context_length", self.context_length)
+        check_int(owner, "embedding_length", self.embedding_length)
         if self.kv_bytes_per_token is not None:
-            _check_int(owner, "kv_bytes_per_token", self.kv_bytes_per_token, minimum=0)
+            check_int(owner, "kv_bytes_per_token", self.kv_bytes_per_token, minimum=0)
         caps = tuple(self.capabilities)
         if not caps or not ({"completion", "embedding"} & set(caps)):
             raise SimConfigError(
@@ -167,17 +200,17 @@ class HostProfile:
         if dupes:
             raise SimConfigError(f"{owner}.models", dupes, "duplicate model names")
         object.__setattr__(self, "models", models)
-        _check_positive(owner, "speed", self.speed)
-        _check_int(owner, "num_parallel", self.num_parallel)
-        _check_int(owner, "max_loaded_models", self.max_loaded_models)
-        _check_int(owner, "max_queue", self.max_queue, minimum=0)
-        _check_positive(owner, "keep_alive_s", self.keep_alive_s, allow_zero=True)
+        check_positive(owner, "speed", self.speed)
+        check_int(owner, "num_parallel", self.num_parallel)
+        check_int(owner, "max_loaded_models", self.max_loaded_models)
+        check_int(owner, "max_queue", self.max_queue, minimum=0)
+        check_positive(owner, "keep_alive_s", self.keep_alive_s, allow_zero=True)
         if self.num_ctx is not None:
-            _check_int(owner, "num_ctx", self.num_ctx)
-        _check_int(owner, "cache_ram_mib", self.cache_ram_mib, minimum=0)
-        _check_positive(owner, "host_to_device_gbps", self.host_to_device_gbps)
+            check_int(owner, "num_ctx", self.num_ctx)
+        check_int(owner, "cache_ram_mib", self.cache_ram_mib, minimum=0)
+        check_positive(owner, "host_to_device_gbps", self.host_to_device_gbps)
         if self.vram_gb is not None:
-            _check_positive(owner, "vram_gb", self.vram_gb)
+            check_positive(owner, "vram_gb", self.vram_gb)
             too_big = [m.name for m in models if m.size_gb > self.vram_gb]
             if too_big:
                 raise SimConfigError(
@@ -233,9 +266,9 @@ class Faults:
 
     def __post_init__(self) -> None:
         if self.reset_after_chunks is not None:
-            _check_int("Faults", "reset_after_chunks", self.reset_after_chunks, minimum=0)
+            check_int("Faults", "reset_after_chunks", self.reset_after_chunks, minimum=0)
         if self.stream_error_after_chunks is not None:
-            _check_int(
+            check_int(
                 "Faults", "stream_error_after_chunks", self.stream_error_after_chunks, minimum=0
             )
         if self.status is not None and (
@@ -244,21 +277,19 @@ class Faults:
             raise SimConfigError(
                 "Faults.status", self.status, "must be an HTTP error status (400-599)"
             )
-        _check_positive("Faults", "slow", self.slow)
+        check_positive("Faults", "slow", self.slow)
         if not isinstance(self.error_rate, (int, float)) or not 0 <= self.error_rate <= 1:
             raise SimConfigError(
                 "Faults.error_rate", self.error_rate, "must be a probability in [0, 1]"
             )
         if self.flap_period_s is not None:
-            _check_positive("Faults", "flap_period_s", self.flap_period_s)
+            check_positive("Faults", "flap_period_s", self.flap_period_s)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Faults:
         if not isinstance(data, Mapping):
             raise SimConfigError("faults", data, "must be a JSON object")
-        _reject_unknown_keys(
-            data, (f.name for f in fields(cls)), "faults.", error=SimConfigError, what="fault"
-        )
+        reject_unknown_keys(data, (f.name for f in fields(cls)), "faults.", what="fault")
         try:
             return cls(**dict(data))
         except TypeError as exc:  # pragma: no cover - guarded by the key check
