@@ -338,13 +338,14 @@ async def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
     require_extra("proxy", "ollama-orchestra proxy")
     import signal
 
-    from ._proxy import ProxyLimits, _is_loopback, serve_proxy
+    from ._proxy import ProxyLimits, serve_proxy
+    from ._serving import is_loopback
 
     host, sep, port_text = str(args.listen).rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise CliError(f"--listen {args.listen!r}: expected HOST:PORT")
-    if not _is_loopback(host) and not args.allow_non_loopback:
+    if not is_loopback(host) and not args.allow_non_loopback:
         raise CliError(
             f"--listen {args.listen}: not a loopback address; anyone who can reach it can use "
             "the fleet. Pass --allow-non-loopback (and --token) to expose it"
