@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 import anyio
 
 from ._client import Orchestra
-from ._config import OrchestraConfig, parse_role_specs, parse_server_spec
+from ._config import OrchestraConfig
+from ._configload import parse_role_specs, parse_server_spec
 from ._errors import ConfigError, DagValidationError, OrchestraError
 from ._executor import load_dag
 from ._extras import require_extra
