@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 
 from ollama_orchestra import ConfigError
-from ollama_orchestra._errors import SimConfigError
 from ollama_orchestra._validate import (
     boolean,
     finite_number,
@@ -22,6 +21,10 @@ from ollama_orchestra._validate import (
     string_list,
     string_table,
 )
+
+
+class OwnConfigError(ConfigError):
+    """A caller's own subclass, as the simulator's ``OwnConfigError``."""
 
 
 class TestPredicates:
@@ -67,11 +70,11 @@ class TestRaisingChecks:
                 finite_number("Owner", "y", bad)
 
     def test_error_type_is_the_callers(self) -> None:
-        """The simulator gets its own error type from the same check."""
-        with pytest.raises(SimConfigError, match="integer >= 1"):
-            positive_int("HostProfile", "num_parallel", True, error=SimConfigError)
-        with pytest.raises(SimConfigError, match="true or false"):
-            boolean("HostProfile", "flag", 1, error=SimConfigError)
+        """A caller (e.g. the simulator) gets its own error type from the same check."""
+        with pytest.raises(OwnConfigError, match="integer >= 1"):
+            positive_int("HostProfile", "num_parallel", True, error=OwnConfigError)
+        with pytest.raises(OwnConfigError, match="true or false"):
+            boolean("HostProfile", "flag", 1, error=OwnConfigError)
 
     def test_string_collections(self) -> None:
         """string_list() names the bad item; string_table() refuses blank keys."""
