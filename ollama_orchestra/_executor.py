@@ -11,20 +11,18 @@ runs, then schedules it on :class:`graphlib.TopologicalSorter` (``graphlib-backp
 Every started task simply asks the orchestra for a slot: concurrency is bounded by the
 fleet's slots in the balancer, and tasks on the critical path (the longest chain of remaining
 work) carry a higher priority there, so they go first.
+
+Tasks and graph validation live in :mod:`._tasks`, DAG files in :mod:`._dagfile`; both are
+re-exported here (``Task``, ``DagSpec``, ``load_dag``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import string
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import (
     Any,
-    Awaitable,
     Callable,
     Dict,
     List,
@@ -33,14 +31,14 @@ from typing import (
     Optional,
     Protocol,
     Sequence,
-    Set,
     Tuple,
-    Union,
 )
 
 import anyio
 
+from ._dagfile import DagSpec, load_dag
 from ._errors import DagValidationError, NoCapableServer
+from ._tasks import SCHEDULES, Task, critical_path, validate_graph
 from ._types import ChatResponse, GenerateResponse
 
 if sys.version_info >= (3, 9):
@@ -48,11 +46,6 @@ if sys.version_info >= (3, 9):
 else:  # pragma: no cover
     # graphlib-backport installs the same module name, without type information.
     import graphlib  # type: ignore[import-untyped]
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = [
     "DagResult",
@@ -69,7 +62,6 @@ log = logging.getLogger("ollama_orchestra.executor")
 
 Status = Literal["ok", "failed", "skipped", "cancelled"]
 EventKind = Literal["queued", "started", "finished", "failed", "skipped", "cancelled"]
-SCHEDULES = ("eager", "waves", "sequential")
 
 
 class Runner(Protocol):
@@ -95,138 +87,6 @@ class Runner(Protocol):
         priority: int = 0,
         timeout: Optional[float] = None,
     ) -> ChatResponse: ...
-
-
-StepFn = Callable[[Any, Mapping[str, str]], Awaitable[str]]
-
-
-@dataclass(frozen=True)
-class Task:
-    """One unit of work in a DAG.
-
-    Exactly one of ``prompt`` (``/api/generate``), ``messages`` (``/api/chat``) or ``fn`` (a
-    custom step, ``async def step(orch, inputs) -> str``) must be given. ``prompt``,
-    ``system`` and message contents may use their dependencies' outputs by id, as
-    ``str.format`` placeholders: ``"Review:\\n{code}"`` (``{{``/``}}`` for literal braces).
-
-    Args:
-        id: unique in the DAG; letters, digits, ``_`` and ``-`` (a placeholder needs an
-            identifier, so use ``_`` in ids you refer to).
-        model: a model or a role name.
-        depends_on: ids of the tasks whose outputs this one needs.
-        priority: for the balancer's queue; ``None`` (default) uses the critical path.
-        estimate: relative length of the task, for the critical path (default 1).
-        timeout: seconds for the whole task (all attempts).
-    """
-
-    id: str
-    model: str = ""
-    prompt: Optional[str] = None
-    messages: Optional[Sequence[Mapping[str, Any]]] = None
-    fn: Optional[StepFn] = field(default=None, compare=False)
-    depends_on: Sequence[str] = ()
-    priority: Optional[int] = None
-    options: Optional[Mapping[str, Any]] = None
-    timeout: Optional[float] = None
-    system: Optional[str] = None
-    estimate: float = 1.0
-
-    def __post_init__(self) -> None:
-        if (
-            not isinstance(self.id, str)
-            or not self.id
-            or not all(c.isalnum() or c in "_-." for c in self.id)
-        ):
-            raise DagValidationError(
-                f"task id {self.id!r} is invalid: use letters, digits, '_', '-' or '.'",
-                task_id=str(self.id),
-            )
-        given = [name for name in ("prompt", "messages", "fn") if getattr(self, name) is not None]
-        if len(given) != 1:
-            what = "neither" if not given else "more than one of " + ", ".join(given)
-            raise DagValidationError(
-                f"task {self.id!r}: give exactly one of prompt, messages or fn (got {what})",
-                task_id=self.id,
-            )
-
-        def bad(name: str, value: object, expected: str) -> DagValidationError:
-            return DagValidationError(
-                f"task {self.id!r}: {name} must be {expected}, got {value!r}", task_id=self.id
-            )
-
-        if not isinstance(self.model, str):
-            raise bad("model", self.model, "a model or role name (a string)")
-        if self.fn is None and not self.model.strip():
-            raise DagValidationError(f"task {self.id!r}: model is required", task_id=self.id)
-        for name in ("prompt", "system"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, str):
-                raise bad(name, value, "a string")
-        if self.fn is not None and not callable(self.fn):
-            raise bad("fn", self.fn, "an async function (orch, inputs) -> str")
-        deps: Any = self.depends_on
-        if isinstance(deps, (str, bytes)) or not isinstance(deps, (list, tuple)):
-            raise bad("depends_on", deps, "a list of task ids")
-        for dep in deps:
-            if not isinstance(dep, str):
-                raise bad("depends_on", deps, "a list of task ids (strings)")
-        object.__setattr__(self, "depends_on", tuple(deps))
-        if self.messages is not None:
-            object.__setattr__(self, "messages", _check_messages(self.messages, bad))
-        if self.options is not None:
-            if not isinstance(self.options, Mapping) or not all(
-                isinstance(k, str) for k in self.options
-            ):
-                raise bad("options", self.options, "a table of option = value")
-            try:
-                json.dumps(dict(self.options), allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise bad("options", self.options, f"JSON data ({exc})") from None
-            object.__setattr__(self, "options", dict(self.options))
-        if self.priority is not None and (
-            not isinstance(self.priority, int) or isinstance(self.priority, bool)
-        ):
-            raise bad("priority", self.priority, "an integer")
-        if self.timeout is not None and not _positive_number(self.timeout):
-            raise bad("timeout", self.timeout, "a finite number of seconds > 0")
-        if not _positive_number(self.estimate):
-            raise bad("estimate", self.estimate, "a finite number > 0")
-
-    def templates(self) -> List[str]:
-        out = [t for t in (self.prompt, self.system) if t is not None]
-        for m in self.messages or ():
-            content = m.get("content")
-            if isinstance(content, str):
-                out.append(content)
-        return out
-
-
-def _positive_number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
-def _check_messages(
-    messages: object, bad: Callable[[str, object, str], DagValidationError]
-) -> Tuple[Dict[str, Any], ...]:
-    """Chat messages as Ollama takes them: mappings with a string ``role`` (and ``content``)."""
-    expected = "a list of {role = ..., content = ...} tables"
-    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, (list, tuple)):
-        raise bad("messages", messages, expected)
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping):
-            raise bad(f"messages[{i}]", m, "a {role = ..., content = ...} table")
-        if not isinstance(m.get("role"), str):
-            raise bad(f"messages[{i}].role", m.get("role"), "a string")
-        if "content" in m and not isinstance(m["content"], str):
-            raise bad(f"messages[{i}].content", m["content"], "a string")
-        out.append(dict(m))
-    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -318,107 +178,6 @@ class DagResult:
     def cancelled(self) -> Tuple[TaskResult, ...]:
         """The tasks cancelled by ``fail_fast``."""
         return self.with_status("cancelled")
-
-
-# -- validation ------------------------------------------------------------------------------
-
-
-def _placeholders(template: str, task_id: str) -> Set[str]:
-    names: Set[str] = set()
-    try:
-        for _, name, _, _ in string.Formatter().parse(template):
-            if name is None:
-                continue
-            base = name.split(".", 1)[0].split("[", 1)[0]
-            if not base or base.isdigit():
-                raise DagValidationError(
-                    f"task {task_id!r}: placeholder {{{name}}} must name a dependency (use {{{{ }}}} for literal braces)",
-                    task_id=task_id,
-                )
-            names.add(base)
-    except ValueError as exc:
-        raise DagValidationError(
-            f"task {task_id!r}: bad placeholder syntax: {exc}", task_id=task_id
-        ) from exc
-    return names
-
-
-def validate(
-    tasks: Sequence[Task], inputs: Mapping[str, str] = {}, *, source: str = ""
-) -> Dict[str, Task]:
-    """Check a DAG whole; return the tasks by id. Raises :class:`DagValidationError`."""
-    return _validate(tasks, inputs, source=source)[0]
-
-
-def _validate(
-    tasks: Sequence[Task], inputs: Mapping[str, str] = {}, *, source: str = ""
-) -> Tuple[Dict[str, Task], graphlib.TopologicalSorter[str]]:
-    """:func:`validate`, also returning the prepared sorter (preparing finds cycles, and
-    costs as much as the rest of validation: it is done once, and the sorter is reused)."""
-    where = f"{source}: " if source else ""
-    by_id: Dict[str, Task] = {}
-    for i, t in enumerate(tasks):
-        if not isinstance(t, Task):
-            raise DagValidationError(f"{where}tasks[{i}] is not a Task: {t!r}")
-        if t.id in by_id:
-            raise DagValidationError(
-                f"{where}duplicate task id {t.id!r} (tasks[{i}])", task_id=t.id
-            )
-        by_id[t.id] = t
-    for t in tasks:
-        for dep in t.depends_on:
-            if dep == t.id:
-                raise DagValidationError(f"{where}task {t.id!r} depends on itself", task_id=t.id)
-            if dep not in by_id:
-                raise DagValidationError(
-                    f"{where}task {t.id!r} depends on unknown task {dep!r}", task_id=t.id
-                )
-        for template in t.templates():
-            for name in _placeholders(template, t.id):
-                if name not in t.depends_on and name not in inputs:
-                    raise DagValidationError(
-                        f"{where}task {t.id!r}: placeholder {{{name}}} names no dependency of this task"
-                        f" (depends_on: {list(t.depends_on)}) and no input",
-                        task_id=t.id,
-                    )
-    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter(
-        {t.id: t.depends_on for t in tasks}
-    )
-    try:
-        sorter.prepare()
-    except graphlib.CycleError as exc:
-        cycle = exc.args[1] if len(exc.args) > 1 else []
-        path = " -> ".join(reversed([str(c) for c in cycle]))
-        raise DagValidationError(
-            f"{where}dependency cycle: {path}", task_id=str(cycle[0]) if cycle else None
-        ) from exc
-    return by_id, sorter
-
-
-def critical_path(tasks: Mapping[str, Task]) -> Dict[str, float]:
-    """For each task, the longest chain of work from its start to the end of the DAG."""
-    dependents: Dict[str, List[str]] = {tid: [] for tid in tasks}
-    waiting: Dict[str, int] = {}
-    for t in tasks.values():
-        for dep in t.depends_on:
-            dependents[dep].append(t.id)
-    # Kahn's algorithm from the sinks up (the graph is known to be acyclic here).
-    for tid, deps in dependents.items():
-        waiting[tid] = len(deps)
-    ready = [tid for tid, n in waiting.items() if n == 0]
-    length: Dict[str, float] = {}
-    while ready:
-        tid = ready.pop()
-        task = tasks[tid]
-        length[tid] = task.estimate + max((length[d] for d in dependents[tid]), default=0.0)
-        for dep in task.depends_on:
-            waiting[dep] -= 1
-            if waiting[dep] == 0:
-                ready.append(dep)
-    return length
-
-
-# -- running ---------------------------------------------------------------------------------
 
 
 class _Run:
@@ -613,7 +372,7 @@ async def run_dag(
             f"unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}"
         )
     inputs = dict(inputs or {})
-    by_id, sorter = _validate(tasks, inputs)
+    by_id, sorter = validate_graph(tasks, inputs)
     t0 = clock()
     if not tasks:
         return DagResult((), 0.0)
@@ -728,84 +487,3 @@ async def _sequential(run: _Run) -> None:
             run.emit("queued", tid)
             await run.run_task(run.by_id[tid])
             sorter.done(tid)
-
-
-# -- files -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DagSpec:
-    """A DAG loaded from a file: tasks, inputs for placeholders, and the schedule to use."""
-
-    tasks: Tuple[Task, ...]
-    inputs: Mapping[str, str] = field(default_factory=dict)
-    schedule: str = "eager"
-
-
-_TASK_KEYS = (
-    "id",
-    "model",
-    "prompt",
-    "messages",
-    "depends_on",
-    "priority",
-    "options",
-    "timeout",
-    "system",
-    "estimate",
-)
-
-
-def load_dag(path: Union[str, Path]) -> DagSpec:
-    """Load a DAG from a TOML (``[[task]]`` tables) or JSON (``{"tasks": [...]}``) file.
-
-    Errors name the file, the task (index and id) and the bad field.
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DagValidationError(f"{p}: cannot be read: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
-        raise DagValidationError(f"{p}: not valid {kind}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise DagValidationError(f"{p}: expected a table/object at the top")
-    raw_tasks = data.get("task", data.get("tasks"))
-    if not isinstance(raw_tasks, list):
-        raise DagValidationError(f"{p}: expected [[task]] tables (TOML) or a 'tasks' list (JSON)")
-    unknown_top = set(data) - {"task", "tasks", "inputs", "schedule"}
-    if unknown_top:
-        raise DagValidationError(f"{p}: unknown top-level key(s): {', '.join(sorted(unknown_top))}")
-    inputs = data.get("inputs", {})
-    if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
-        raise DagValidationError(f"{p}: 'inputs' must be a table of strings")
-    schedule = data.get("schedule", "eager")
-    if schedule not in SCHEDULES:
-        raise DagValidationError(
-            f"{p}: unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}"
-        )
-    tasks: List[Task] = []
-    for i, raw in enumerate(raw_tasks):
-        label = f"{p}: task[{i}]"
-        if not isinstance(raw, dict):
-            raise DagValidationError(f"{label}: must be a table")
-        if "id" in raw:
-            label += f" ({raw['id']!r})"
-        for key in raw:
-            if key not in _TASK_KEYS:
-                raise DagValidationError(
-                    f"{label}: unknown field {key!r}; expected one of {', '.join(_TASK_KEYS)}"
-                )
-        if "id" not in raw:
-            raise DagValidationError(f"{label}: id is required")
-        try:
-            tasks.append(Task(**raw))
-        except DagValidationError as exc:
-            raise DagValidationError(f"{label}: {exc}", task_id=exc.task_id) from exc
-        except TypeError as exc:
-            raise DagValidationError(f"{label}: {exc}") from exc
-    validate(tasks, inputs, source=str(p))
-    return DagSpec(tuple(tasks), dict(inputs), schedule)

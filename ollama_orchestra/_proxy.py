@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -40,7 +39,14 @@ from ._config import OrchestraConfig
 from ._errors import ConfigError
 from ._extras import require_asyncio, require_extra
 from ._openai import openai_app
-from ._serving import BodyTooLarge, ClientGone, bind_socket, embedded_uvicorn, read_body
+from ._serving import (
+    BodyTooLarge,
+    ClientGone,
+    bind_socket,
+    embedded_uvicorn,
+    is_loopback,
+    read_body,
+)
 from ._transport import OrchestraTransport
 
 __all__ = ["ProxyLimits", "proxy_app", "serve_proxy"]
@@ -281,15 +287,6 @@ async def _forward(
             tg.cancel_scope.cancel()
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def serve_proxy(
     orch_config: Union[OrchestraConfig, Orchestra],
     host: str = "127.0.0.1",
@@ -317,7 +314,7 @@ async def serve_proxy(
     """
     require_extra("proxy", "serve_proxy")
     require_asyncio("serve_proxy", "run it under asyncio (anyio's default backend)")
-    if not _is_loopback(host) and not allow_non_loopback:
+    if not is_loopback(host) and not allow_non_loopback:
         raise ConfigError(
             "listen", host, "not a loopback address; pass allow_non_loopback=True to expose it"
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import socket
 from typing import Any, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Type
@@ -16,10 +17,21 @@ __all__ = [
     "ClientGone",
     "bind_socket",
     "embedded_uvicorn",
+    "is_loopback",
     "json_object",
     "parse_json",
     "read_body",
 ]
+
+
+def is_loopback(host: str) -> bool:
+    """``host`` (a name or an IP address) is ``localhost`` or a loopback address."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ClientGone(Exception):

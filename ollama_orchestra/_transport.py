@@ -64,7 +64,7 @@ from ._errors import (
     StreamInterrupted,
 )
 from ._serving import BadRequestBody, parse_json
-from ._types import _merge_logprobs
+from ._types import merge_logprobs as _merge_logprobs
 from ._wire import RequestRejected, check_request, late_errors
 
 __all__ = ["OrchestraTransport"]

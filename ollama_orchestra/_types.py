@@ -133,7 +133,7 @@ def _stats_from(data: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: data[k] for k in _STAT_KEYS if k in data}
 
 
-def _merge_logprobs(objs: Sequence[Mapping[str, Any]]) -> Optional[List[Logprob]]:
+def merge_logprobs(objs: Sequence[Mapping[str, Any]]) -> Optional[List[Logprob]]:
     """Every chunk's ``logprobs``, in order, as Ollama's handlers gather them for a
     ``"stream": false`` answer (``server/routes.go``, v0.33: ``allLogprobs = append(...)``);
     ``None`` when no chunk has any."""
@@ -143,6 +143,10 @@ def _merge_logprobs(objs: Sequence[Mapping[str, Any]]) -> Optional[List[Logprob]
         if isinstance(chunk, list):
             merged.extend(chunk)
     return merged or None
+
+
+# ``_client.py`` still imports the old name until the core branch merges; the lead drops it.
+_merge_logprobs = merge_logprobs
 
 
 def _logprobs_of(obj: Mapping[str, Any]) -> Optional[List[Logprob]]:

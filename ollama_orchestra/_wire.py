@@ -32,6 +32,8 @@ import math
 import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from ._validate import is_number
+
 __all__ = [
     "THINK_LEVELS",
     "RequestRejected",
@@ -235,7 +237,7 @@ class _Decoder:
             if not isinstance(value, bool):
                 self.save(value, "bool", struct, path)
         elif spec == _INT:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not is_number(value):
                 self.save(value, "int", struct, path)
             elif isinstance(value, float) or not -_INT64 <= value < _INT64:
                 self.save(value, "int", struct, path, number=json.dumps(value))
@@ -386,13 +388,9 @@ def late_errors(body: Mapping[str, Any]) -> Optional[str]:
             kind = _OPTION_KINDS.get(key)
             if kind is None or value is None:
                 continue  # Ollama ignores unknown options (with a warning)
-            if kind == "integer" and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-            ):
+            if kind == "integer" and not is_number(value):
                 return f'option "{key}" must be of type integer'
-            if kind == "float32" and (
-                isinstance(value, bool) or not isinstance(value, (int, float))
-            ):
+            if kind == "float32" and not is_number(value):
                 return f'option "{key}" must be of type float32'
             if kind == "boolean" and not isinstance(value, bool):
                 return f'option "{key}" must be of type boolean'

@@ -19,12 +19,20 @@ from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 import anyio
 
 from ._client import Orchestra
-from ._config import OrchestraConfig, Server, parse_role_specs, parse_server_spec
+from ._config import OrchestraConfig
+from ._configload import parse_role_specs, parse_server_spec
 from ._errors import ConfigError, DagValidationError, OrchestraError
-from ._executor import DagResult, Task, TaskEvent, TaskResult, load_dag
+from ._executor import load_dag
 from ._extras import require_extra
-from ._metrics import MetricsSnapshot
-from ._state import FleetSnapshot, ServerSnapshot
+from ._report import (
+    Progress,
+    down_cause,
+    one_line,
+    print_outputs,
+    run_report,
+    status_table,
+    summary,
+)
 from ._version import __version__
 
 if sys.version_info >= (3, 11):
@@ -80,124 +88,6 @@ def _config(args: argparse.Namespace) -> OrchestraConfig:
     return cfg.replace(**changes) if changes else cfg
 
 
-# -- tables ------------------------------------------------------------------------------------
-
-
-def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() + "\n")
-        if n == 0:
-            out.write("  ".join("-" * w for w in widths) + "\n")
-
-
-def status_table(snap: FleetSnapshot, out: TextIO) -> None:
-    rows = [
-        [
-            "server",
-            "health",
-            "version",
-            "models",
-            "loaded",
-            "slots",
-            "in-flight",
-            "latency",
-            "breaker",
-        ]
-    ]
-    for s in snap.servers.values():
-        latency = (
-            ", ".join(f"{m.split(':')[0]} {v:.2f}s" for m, v in sorted(s.latency_s.items())) or "-"
-        )
-        rows.append(
-            [
-                s.name,
-                "up" if s.healthy else "DOWN",
-                s.version or "-",
-                ", ".join(s.models) or "-",
-                ", ".join(m.name for m in s.loaded) or "-",
-                str(s.slots),
-                str(s.in_flight),
-                latency,
-                s.breaker,
-            ]
-        )
-    _table(rows, out)
-    down = [s for s in snap.servers.values() if not s.healthy]
-    if down:
-        out.write("\n")
-    for s in down:
-        out.write(f"{s.name} is down: {_down_cause(s)}\n")
-
-
-def _down_cause(s: ServerSnapshot) -> str:
-    return _one_line(s.last_error or "no answer to the probes yet")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-def metrics_table(m: MetricsSnapshot, counts: Dict[str, int], out: TextIO) -> None:
-    rows = [["server", "tasks", "utilization", "share", "fair share", "tokens/s"]]
-    for s in m.servers.values():
-        rows.append(
-            [
-                s.name,
-                str(counts.get(s.name, 0)),
-                f"{s.utilization:.0%}",
-                f"{s.share:.0%}",
-                f"{s.fair_share:.0%}",
-                f"{s.tokens_per_s:.0f}",
-            ]
-        )
-    _table(rows, out)
-
-
-# -- progress ----------------------------------------------------------------------------------
-
-
-class Progress:
-    """A live progress bar on a terminal; plain lines otherwise (no dependency)."""
-
-    def __init__(self, total: int, out: TextIO) -> None:
-        self.total = total
-        self.out = out
-        self.tty = out.isatty()
-        self.done = 0
-        self.running = 0
-        self.failed = 0
-
-    def __call__(self, event: TaskEvent) -> None:
-        if event.kind == "started":
-            self.running += 1
-        elif event.kind in ("finished", "failed", "skipped", "cancelled"):
-            self.done += 1
-            if event.kind == "finished" or event.kind == "failed":
-                self.running = max(0, self.running - 1)
-            if event.kind != "finished":
-                self.failed += 1
-        else:
-            return
-        if self.tty:
-            width = 30
-            filled = int(width * self.done / max(1, self.total))
-            bar = "#" * filled + "." * (width - filled)
-            self.out.write(
-                f"\r[{bar}] {self.done}/{self.total} done, {self.running} running, {self.failed} not ok"
-            )
-            if self.done == self.total:
-                self.out.write("\n")
-        else:
-            where = (
-                f" on {event.result.server}"
-                if event.result is not None and event.result.server
-                else ""
-            )
-            self.out.write(f"{event.kind:9} {event.task_id}{where}\n")
-        self.out.flush()
-
-
 # -- commands ----------------------------------------------------------------------------------
 
 
@@ -213,7 +103,7 @@ async def cmd_status(args: argparse.Namespace, out: TextIO) -> int:
     if not snap.healthy:
         raise CliError(
             "no server is reachable: "
-            + "; ".join(f"{s.name}: {_down_cause(s)}" for s in snap.servers.values()),
+            + "; ".join(f"{s.name}: {down_cause(s)}" for s in snap.servers.values()),
             1,
         )
     return 0
@@ -244,85 +134,16 @@ async def cmd_run(args: argparse.Namespace, out: TextIO) -> int:
             if r.ok and r.output is not None:
                 (args.output / f"{r.id}.txt").write_text(r.output, encoding="utf-8")
     if args.json:
-        json.dump(_run_report(result, metrics, t0), out, indent=2)
+        json.dump(run_report(result, metrics, t0), out, indent=2)
         out.write("\n")
     else:
         if args.print_outputs:
-            _print_outputs(result, out)
-        _summary(result, metrics, out)
+            print_outputs(result, out)
+        summary(result, metrics, out)
     failed = [r for r in result.results if not r.ok]
     for r in failed:
-        log.write(f"{r.status}: {r.id}: {_one_line(r.error_message)}\n")
+        log.write(f"{r.status}: {r.id}: {one_line(r.error_message)}\n")
     return 1 if failed else 0
-
-
-def _run_report(result: DagResult, metrics: MetricsSnapshot, t0: float) -> Dict[str, Any]:
-    """``run --json``: every task's outcome (times in seconds from the start of the run),
-    then the makespan and each server's share of the work."""
-
-    def since(at: Optional[float]) -> Optional[float]:
-        return None if at is None else round(at - t0, 6)
-
-    def task(r: TaskResult) -> Dict[str, Any]:
-        return {
-            "id": r.id,
-            "status": r.status,
-            "output": r.output,
-            "server": r.server,
-            "attempts": r.attempts,
-            "queued_s": round(r.queued_s, 6),
-            "started_s": since(r.started_at),
-            "finished_s": since(r.finished_at),
-            "run_s": round(r.run_s, 6),
-            "priority": r.priority,
-            "error": r.error_message or None,
-        }
-
-    counts = _task_counts(result)
-    return {
-        "ok": result.ok,
-        "tasks": [task(r) for r in result.results],
-        "makespan_s": result.makespan_s,
-        "imbalance": metrics.imbalance,
-        "servers": {
-            s.name: {
-                "tasks": counts.get(s.name, 0),
-                "requests": s.requests,
-                "failures": s.failures,
-                "utilization": s.utilization,
-                "share": s.share,
-                "fair_share": s.fair_share,
-                "tokens_per_s": s.tokens_per_s,
-            }
-            for s in metrics.servers.values()
-        },
-    }
-
-
-def _print_outputs(result: DagResult, out: TextIO) -> None:
-    for r in result.results:
-        if r.ok and r.output is not None:
-            out.write(f"\n== {r.id}" + (f" ({r.server})" if r.server else "") + " ==\n")
-            out.write(r.output.rstrip("\n") + "\n")
-
-
-def _task_counts(result: DagResult) -> Dict[str, int]:
-    counts: Dict[str, int] = {}
-    for r in result.results:
-        if r.server:
-            counts[r.server] = counts.get(r.server, 0) + 1
-    return counts
-
-
-def _summary(
-    result: DagResult, metrics: MetricsSnapshot, out: TextIO, *, scale: float = 1.0
-) -> None:
-    out.write("\n")
-    metrics_table(metrics, _task_counts(result), out)
-    ok = sum(1 for r in result.results if r.ok)
-    out.write(
-        f"\n{ok}/{len(result.results)} tasks ok, makespan {result.makespan_s / scale:.2f}s, imbalance {metrics.imbalance:.1%}\n"
-    )
 
 
 def _sole_error(exc: BaseException) -> BaseException:
@@ -338,13 +159,14 @@ async def cmd_proxy(args: argparse.Namespace, out: TextIO) -> int:
     require_extra("proxy", "ollama-orchestra proxy")
     import signal
 
-    from ._proxy import ProxyLimits, _is_loopback, serve_proxy
+    from ._proxy import ProxyLimits, serve_proxy
+    from ._serving import is_loopback
 
     host, sep, port_text = str(args.listen).rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise CliError(f"--listen {args.listen!r}: expected HOST:PORT")
-    if not _is_loopback(host) and not args.allow_non_loopback:
+    if not is_loopback(host) and not args.allow_non_loopback:
         raise CliError(
             f"--listen {args.listen}: not a loopback address; anyone who can reach it can use "
             "the fleet. Pass --allow-non-loopback (and --token) to expose it"
@@ -395,141 +217,14 @@ def cmd_sim(args: argparse.Namespace, rest: List[str]) -> int:
     return sim_main(rest, prog="ollama-orchestra sim")
 
 
-# -- the demo ----------------------------------------------------------------------------------
-
-
-PIPELINES = ("auth", "sync", "export")
-
-
-def pipeline_dag(features: Sequence[str] = PIPELINES, parts: int = 4) -> List[Task]:
-    """The user's pipeline, once per feature: plan, parallel coding, QA of each part, debugging.
-
-    The features are independent of each other, as a team's pipelines are; within one, each
-    step waits for the step before.
-    """
-    tasks: List[Task] = []
-    for f in features:
-        tasks.append(
-            Task(
-                f"{f}_plan",
-                model="planning",
-                prompt=f"Plan the {f} feature of {{goal}}",
-                options={"num_predict": 300},
-            )
-        )
-        for i in range(parts):
-            code, qa = f"{f}_code_{i}", f"{f}_qa_{i}"
-            tasks.append(
-                Task(
-                    code,
-                    model="coding",
-                    prompt=f"Implement part {i}:\n{{{f}_plan}}",
-                    depends_on=[f"{f}_plan"],
-                    options={"num_predict": 400},
-                )
-            )
-            tasks.append(
-                Task(
-                    qa,
-                    model="qa",
-                    prompt=f"Review part {i}:\n{{{code}}}",
-                    depends_on=[code],
-                    options={"num_predict": 150},
-                )
-            )
-        qa_ids = [f"{f}_qa_{i}" for i in range(parts)]
-        tasks.append(
-            Task(
-                f"{f}_debug",
-                model="debugging",
-                prompt="Fix what QA found:\n" + "\n".join("{" + q + "}" for q in qa_ids),
-                depends_on=qa_ids,
-                options={"num_predict": 300},
-            )
-        )
-    return tasks
-
-
-ROLES = {
-    "planning": "qwen2.5:14b",
-    "coding": "qwen2.5-coder:32b",
-    "qa": "qwen2.5:14b",
-    "debugging": "qwen2.5-coder:32b",
-}
-#: What each host keeps loaded in steady state (ollama01 has room for one large model).
-WARM = {"ollama01": ("qwen2.5-coder:32b",), "ollama02": ("qwen2.5:14b", "qwen2.5-coder:32b")}
-
-
-async def _demo_run(
-    names: Sequence[str], time_scale: float, strategy: str
-) -> Tuple[DagResult, MetricsSnapshot]:
-    import httpx
-
-    from .sim import SimFleet
-
-    async with SimFleet.preset(time_scale=time_scale, mode="subprocess") as fleet:
-        async with httpx.AsyncClient(timeout=600) as http:
-            for s in fleet.servers:
-                for model in WARM.get(s.name, ()):
-                    r = await http.post(
-                        s.url + "/api/generate", json={"model": model, "keep_alive": -1}
-                    )
-                    r.raise_for_status()
-        servers = tuple(
-            Server(s.name, s.url, max_concurrency=s.profile.num_parallel, weight=s.profile.speed)
-            for s in fleet.servers
-            if s.name in names
-        )
-        config = OrchestraConfig(servers=servers, roles=ROLES, strategy=strategy)
-        async with Orchestra(config) as orch:
-            orch.reset_metrics()
-            result = await orch.run(pipeline_dag(), inputs={"goal": "a CLI todo app with sync"})
-            return result, orch.metrics()
-
-
 async def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     require_extra("sim", "ollama-orchestra demo")
     scale = args.time_scale
     if not scale > 0:
         raise CliError(f"--time-scale {scale!r}: must be > 0")
-    out.write(
-        "Simulated fleet: ollama01 (24 GB-class: slower, 2 slots, one large model at a time)\n"
-    )
-    out.write("                 ollama02 (80 GB-class: 1.5x faster, 4 slots, every model loaded)\n")
-    out.write(
-        f"Work: {len(PIPELINES)} feature pipelines, each plan -> 4 coding tasks -> QA of each -> debugging ({len(pipeline_dag())} tasks)\n"
-    )
-    out.write(f"time_scale={scale}: durations below are simulated seconds\n\n")
-    out.write("1) today's setup: everything on ollama02\n")
-    one, _ = await _demo_run(["ollama02"], scale, args.strategy)
-    out.write(
-        f"   makespan {one.makespan_s / scale:,.1f}s, {sum(r.ok for r in one.results)}/{len(one.results)} tasks ok\n\n"
-    )
-    out.write(f"2) the orchestra on ollama01 + ollama02 (strategy {args.strategy})\n")
-    both, metrics = await _demo_run(["ollama01", "ollama02"], scale, args.strategy)
-    out.write(
-        f"   makespan {both.makespan_s / scale:,.1f}s, {sum(r.ok for r in both.results)}/{len(both.results)} tasks ok\n"
-    )
-    _summary(both, metrics, out, scale=scale)
-    speedup = one.makespan_s / both.makespan_s if both.makespan_s else 0.0
-    out.write(f"\nspeed-up over ollama02 alone: {speedup:.2f}x\n")
-    util = ", ".join(f"{s.name} {s.utilization:.0%}" for s in metrics.servers.values())
-    out.write(f"utilization: {util}; imbalance {metrics.imbalance:.1%}\n")
-    bound = _capacity_bound()
-    out.write(
-        f"(the fleet's decode capacity is {bound:.2f}x ollama02's alone: the most any balancer can gain here)\n"
-    )
-    return 0 if one.ok and both.ok else 1
+    from ._demo import run_demo
 
-
-def _capacity_bound() -> float:
-    from .sim import aggregate_speedup, preset_fleet
-
-    def capacity(p: Any) -> float:
-        return float(p.speed * aggregate_speedup(p.num_parallel))
-
-    h1, h2 = preset_fleet()
-    return (capacity(h1) + capacity(h2)) / capacity(h2)
+    return await run_demo(out, scale, args.strategy)
 
 
 # -- entry point -------------------------------------------------------------------------------
@@ -670,4 +365,4 @@ def _expected_failure(exc: BaseException) -> Optional[Tuple[str, int]]:
         code = 2
     elif isinstance(exc, (OrchestraError, OSError)):
         code = 1
-    return None if code is None else (_one_line(str(exc)) or type(exc).__name__, code)
+    return None if code is None else (one_line(str(exc)) or type(exc).__name__, code)

@@ -13,7 +13,8 @@ import pytest
 
 import ollama_orchestra
 from ollama_orchestra import MissingExtra, TaskEvent, TaskResult
-from ollama_orchestra.cli import Progress, main
+from ollama_orchestra._report import Progress
+from ollama_orchestra.cli import main
 
 
 @pytest.fixture

@@ -1,0 +1,200 @@
+"""``ollama-orchestra demo``: a coding team's pipelines on the simulated preset fleet.
+
+The fleet is the simulator's preset (:func:`ollama_orchestra.sim.preset_fleet`), and every
+model name, host name, slot count and speed the demo uses is read from it (:func:`plan`),
+so the demo cannot drift from the simulator. The demo runs the pipelines twice: on the
+fastest host alone (the user's setup today), then on the whole fleet, and prints the
+speed-up and the fleet's capacity bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, List, Sequence, TextIO, Tuple
+
+from ._client import Orchestra
+from ._config import OrchestraConfig, Server
+from ._executor import DagResult, Task
+from ._metrics import MetricsSnapshot
+from ._report import summary
+
+if TYPE_CHECKING:
+    from .sim import HostProfile
+
+__all__ = ["PIPELINES", "DemoPlan", "capacity_bound", "pipeline_dag", "plan", "run_demo"]
+
+#: The independent feature pipelines the demo runs.
+PIPELINES = ("auth", "sync", "export")
+#: Coding tasks (each with its QA task) per pipeline.
+PARTS = 4
+#: Which kind of model each role of the pipeline needs: ``general`` is the preset's smaller
+#: chat model, ``coder`` its larger one.
+ROLE_KINDS = {"planning": "general", "coding": "coder", "qa": "general", "debugging": "coder"}
+
+
+def pipeline_dag(features: Sequence[str] = PIPELINES, parts: int = PARTS) -> List[Task]:
+    """The user's pipeline, once per feature: plan, parallel coding, QA of each part, debugging.
+
+    The features are independent of each other, as a team's pipelines are; within one, each
+    step waits for the step before.
+    """
+    tasks: List[Task] = []
+    for f in features:
+        tasks.append(
+            Task(
+                f"{f}_plan",
+                model="planning",
+                prompt=f"Plan the {f} feature of {{goal}}",
+                options={"num_predict": 300},
+            )
+        )
+        for i in range(parts):
+            code, qa = f"{f}_code_{i}", f"{f}_qa_{i}"
+            tasks.append(
+                Task(
+                    code,
+                    model="coding",
+                    prompt=f"Implement part {i}:\n{{{f}_plan}}",
+                    depends_on=[f"{f}_plan"],
+                    options={"num_predict": 400},
+                )
+            )
+            tasks.append(
+                Task(
+                    qa,
+                    model="qa",
+                    prompt=f"Review part {i}:\n{{{code}}}",
+                    depends_on=[code],
+                    options={"num_predict": 150},
+                )
+            )
+        qa_ids = [f"{f}_qa_{i}" for i in range(parts)]
+        tasks.append(
+            Task(
+                f"{f}_debug",
+                model="debugging",
+                prompt="Fix what QA found:\n" + "\n".join("{" + q + "}" for q in qa_ids),
+                depends_on=qa_ids,
+                options={"num_predict": 300},
+            )
+        )
+    return tasks
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo takes from the preset fleet."""
+
+    hosts: Tuple[HostProfile, ...]
+    #: The host that runs everything in the first run (the fastest).
+    alone: HostProfile
+    #: Role name -> model name.
+    roles: Dict[str, str]
+    #: Host name -> the models it keeps loaded in steady state (the largest that fit its VRAM).
+    warm: Dict[str, Tuple[str, ...]]
+
+
+def plan() -> DemoPlan:
+    """Roles, warm models and hosts, from :func:`ollama_orchestra.sim.preset_fleet`."""
+    from .sim import preset_fleet
+
+    hosts = preset_fleet()
+    chat = sorted(
+        {m.name: m for h in hosts for m in h.models if "embedding" not in m.capabilities}.values(),
+        key=lambda m: m.size_gb,
+    )
+    models = {"general": chat[0].name, "coder": chat[-1].name}
+    warm: Dict[str, Tuple[str, ...]] = {}
+    for h in hosts:
+        room, keep = h.vram_gb or float("inf"), []
+        for m in reversed(chat):  # the largest first: it is the one a cold load costs most
+            if m.size_gb <= room:
+                keep.append(m)
+                room -= m.size_gb
+        warm[h.name] = tuple(m.name for m in sorted(keep, key=lambda m: m.size_gb))
+    return DemoPlan(
+        hosts=hosts,
+        alone=max(hosts, key=lambda h: h.speed),
+        roles={role: models[kind] for role, kind in ROLE_KINDS.items()},
+        warm=warm,
+    )
+
+
+async def _demo_run(
+    demo: DemoPlan, names: Sequence[str], time_scale: float, strategy: str
+) -> Tuple[DagResult, MetricsSnapshot]:
+    import httpx
+
+    from .sim import SimFleet
+
+    async with SimFleet(demo.hosts, time_scale=time_scale, mode="subprocess") as fleet:
+        async with httpx.AsyncClient(timeout=600) as http:
+            for s in fleet.servers:
+                for model in demo.warm.get(s.name, ()):
+                    r = await http.post(
+                        s.url + "/api/generate", json={"model": model, "keep_alive": -1}
+                    )
+                    r.raise_for_status()
+        servers = tuple(
+            Server(s.name, s.url, max_concurrency=s.profile.num_parallel, weight=s.profile.speed)
+            for s in fleet.servers
+            if s.name in names
+        )
+        config = OrchestraConfig(servers=servers, roles=demo.roles, strategy=strategy)
+        async with Orchestra(config) as orch:
+            orch.reset_metrics()
+            result = await orch.run(pipeline_dag(), inputs={"goal": "a CLI todo app with sync"})
+            return result, orch.metrics()
+
+
+async def run_demo(out: TextIO, scale: float, strategy: str) -> int:
+    """The demo's two runs and its report on ``out``; 0 when every task of both ran ok."""
+    demo = plan()
+    alone = demo.alone
+    others = [h for h in demo.hosts if h is not alone]
+    for n, h in enumerate(others):
+        lead = "Simulated fleet: " if n == 0 else " " * 17
+        out.write(
+            f"{lead}{h.name} ({h.vram_gb or 0:.0f} GB-class: slower, {h.num_parallel} slots,"
+            " one large model at a time)\n"
+        )
+    slower = min(h.speed for h in demo.hosts)
+    out.write(
+        f"                 {alone.name} ({alone.vram_gb or 0:.0f} GB-class: "
+        f"{alone.speed / slower:.1f}x faster, {alone.num_parallel} slots, every model loaded)\n"
+    )
+    out.write(
+        f"Work: {len(PIPELINES)} feature pipelines, each plan -> {PARTS} coding tasks -> QA of each -> debugging ({len(pipeline_dag())} tasks)\n"
+    )
+    out.write(f"time_scale={scale}: durations below are simulated seconds\n\n")
+    out.write(f"1) today's setup: everything on {alone.name}\n")
+    one, _ = await _demo_run(demo, [alone.name], scale, strategy)
+    out.write(
+        f"   makespan {one.makespan_s / scale:,.1f}s, {sum(r.ok for r in one.results)}/{len(one.results)} tasks ok\n\n"
+    )
+    names = [h.name for h in demo.hosts]
+    out.write(f"2) the orchestra on {' + '.join(names)} (strategy {strategy})\n")
+    both, metrics = await _demo_run(demo, names, scale, strategy)
+    out.write(
+        f"   makespan {both.makespan_s / scale:,.1f}s, {sum(r.ok for r in both.results)}/{len(both.results)} tasks ok\n"
+    )
+    summary(both, metrics, out, scale=scale)
+    speedup = one.makespan_s / both.makespan_s if both.makespan_s else 0.0
+    out.write(f"\nspeed-up over {alone.name} alone: {speedup:.2f}x\n")
+    util = ", ".join(f"{s.name} {s.utilization:.0%}" for s in metrics.servers.values())
+    out.write(f"utilization: {util}; imbalance {metrics.imbalance:.1%}\n")
+    bound = capacity_bound(demo)
+    out.write(
+        f"(the fleet's decode capacity is {bound:.2f}x {alone.name}'s alone: the most any balancer can gain here)\n"
+    )
+    return 0 if one.ok and both.ok else 1
+
+
+def capacity_bound(demo: DemoPlan) -> float:
+    """The fleet's aggregate decode capacity over the lone host's: the best possible speed-up."""
+    from .sim import aggregate_speedup
+
+    def capacity(p: HostProfile) -> float:
+        return float(p.speed * aggregate_speedup(p.num_parallel))
+
+    return sum(capacity(h) for h in demo.hosts) / capacity(demo.alone)
