@@ -22,7 +22,6 @@ from ._validate import (
     optional_str,
     positive,
     positive_int,
-    reject_unknown_keys,
     string_list,
     string_table,
 )
@@ -56,11 +55,6 @@ def normalize_model(name: str) -> str:
     if name and ":" not in name.rsplit("/", 1)[-1]:
         return name + ":latest"
     return name
-
-
-# The simulator imports these old names until its branch switches to ``_validate``; the lead
-# drops them after the merge.
-_positive, _positive_int, _reject_unknown_keys = positive, positive_int, reject_unknown_keys
 
 
 def _split_credentials(url: str) -> Tuple[str, Optional[str]]:

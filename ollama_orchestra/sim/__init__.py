@@ -10,8 +10,17 @@ from __future__ import annotations
 from ._errors import SimConfigError
 from ._host import SimHost
 from ._records import RequestRecord, SimState
-from ._serve import SimFleet, SimServer, profile_from_dict, profile_to_dict
-from ._spec import BATCH_AGGREGATE, Faults, HostProfile, ModelSpec, aggregate_speedup, preset_fleet
+from ._serve import SimFleet, SimServer
+from ._spec import (
+    BATCH_AGGREGATE,
+    Faults,
+    HostProfile,
+    ModelSpec,
+    aggregate_speedup,
+    preset_fleet,
+    profile_from_dict,
+    profile_to_dict,
+)
 
 __all__ = [
     "BATCH_AGGREGATE",

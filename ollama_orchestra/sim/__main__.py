@@ -27,8 +27,8 @@ import anyio
 from .._errors import MissingExtra
 from .._extras import require_extra
 from ._errors import SimConfigError
-from ._serve import SimFleet, SimServer, profile_from_dict
-from ._spec import Faults, HostProfile, preset_fleet
+from ._serve import SimFleet, SimServer
+from ._spec import Faults, HostProfile, preset_fleet, profile_from_dict
 
 if sys.version_info >= (3, 11):
     import tomllib

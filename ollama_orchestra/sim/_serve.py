@@ -29,9 +29,9 @@ from .._serving import bind_socket, embedded_uvicorn
 from ._errors import SimConfigError
 from ._host import SimHost
 from ._records import SimState, SimulatedReset
-from ._spec import Faults, HostProfile, ModelSpec, preset_fleet, reject_unknown_keys
+from ._spec import Faults, HostProfile, preset_fleet, profile_to_dict
 
-__all__ = ["SimFleet", "SimServer", "profile_from_dict", "profile_to_dict"]
+__all__ = ["SimFleet", "SimServer"]
 
 log = logging.getLogger("ollama_orchestra.sim")
 
@@ -56,49 +56,6 @@ logging.getLogger("uvicorn.error").addFilter(_QuietResets())
 
 def _bind(host: str, port: int) -> socket.socket:
     return bind_socket(host, port, field="port", error=SimConfigError)
-
-
-def profile_to_dict(profile: HostProfile) -> Dict[str, Any]:
-    """A JSON-able form of a profile (for the child process and TOML files)."""
-    from dataclasses import asdict
-
-    return asdict(profile)
-
-
-def profile_from_dict(data: Mapping[str, Any], *, where: str = "host") -> HostProfile:
-    """Build a :class:`HostProfile` from plain data, with errors naming the field."""
-    if not isinstance(data, Mapping):
-        raise SimConfigError(where, data, "must be a table")
-    known = {
-        "name",
-        "models",
-        "speed",
-        "num_parallel",
-        "max_loaded_models",
-        "max_queue",
-        "vram_gb",
-        "keep_alive_s",
-        "version",
-        "num_ctx",
-        "cache_ram_mib",
-        "host_to_device_gbps",
-    }
-    reject_unknown_keys(data, known, f"{where}.")
-    raw_models = data.get("models")
-    if not isinstance(raw_models, list):
-        raise SimConfigError(f"{where}.models", raw_models, "must be a list of model tables")
-    models = []
-    model_keys = set(ModelSpec.__dataclass_fields__)
-    for i, m in enumerate(raw_models):
-        if not isinstance(m, Mapping):
-            raise SimConfigError(f"{where}.models[{i}]", m, "must be a table")
-        reject_unknown_keys(m, model_keys, f"{where}.models[{i}].")
-        values = dict(m)
-        if isinstance(values.get("capabilities"), list):
-            values["capabilities"] = tuple(values["capabilities"])
-        models.append(ModelSpec(**values))
-    values = {k: v for k, v in data.items() if k != "models"}
-    return HostProfile(models=tuple(models), **values)
 
 
 class SimServer:

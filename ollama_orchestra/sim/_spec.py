@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from .._config import normalize_model
+from .._validate import positive, positive_int
+from .._validate import reject_unknown_keys as _reject_unknown
 from ._errors import SimConfigError
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "check_int",
     "check_positive",
     "preset_fleet",
+    "profile_from_dict",
+    "profile_to_dict",
     "reject_unknown_keys",
 ]
 
@@ -52,17 +55,12 @@ def aggregate_speedup(n: int) -> float:
 def check_positive(owner: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
     """:class:`SimConfigError` naming ``owner.name`` unless ``value`` is a finite number > 0
     (or >= 0 with ``allow_zero``)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise SimConfigError(
-            f"{owner}.{name}", value, "must be a finite number " + (">= 0" if allow_zero else "> 0")
-        )
+    positive(owner, name, value, allow_zero=allow_zero, error=SimConfigError)
 
 
 def check_int(owner: str, name: str, value: Any, minimum: int = 1) -> None:
     """:class:`SimConfigError` naming ``owner.name`` unless ``value`` is an integer >= ``minimum``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SimConfigError(f"{owner}.{name}", value, f"must be an integer >= {minimum}")
+    positive_int(owner, name, value, minimum=minimum, error=SimConfigError)
 
 
 def reject_unknown_keys(
@@ -70,15 +68,7 @@ def reject_unknown_keys(
 ) -> None:
     """:class:`SimConfigError` for the first key of ``data`` not in ``allowed`` (its field is
     ``prefix + key``; the value is not shown)."""
-    allowed = set(allowed)
-    for key in data:
-        if key not in allowed:
-            raise SimConfigError(
-                f"{prefix}{key}",
-                data[key],
-                f"unknown {what}; expected one of {', '.join(sorted(allowed))}",
-                secret=True,
-            )
+    _reject_unknown(data, allowed, prefix, error=SimConfigError, what=what)
 
 
 @dataclass(frozen=True)
@@ -354,3 +344,30 @@ def preset_fleet() -> Tuple[HostProfile, HostProfile]:
             "ollama02", models, speed=1.5, num_parallel=4, max_loaded_models=3, vram_gb=80.0
         ),
     )
+
+
+def profile_to_dict(profile: HostProfile) -> Dict[str, Any]:
+    """A JSON-able form of a profile (for the child process and TOML files)."""
+    return asdict(profile)
+
+
+def profile_from_dict(data: Mapping[str, Any], *, where: str = "host") -> HostProfile:
+    """Build a :class:`HostProfile` from plain data, with errors naming the field."""
+    if not isinstance(data, Mapping):
+        raise SimConfigError(where, data, "must be a table")
+    reject_unknown_keys(data, HostProfile.__dataclass_fields__, f"{where}.")
+    raw_models = data.get("models")
+    if not isinstance(raw_models, list):
+        raise SimConfigError(f"{where}.models", raw_models, "must be a list of model tables")
+    models = []
+    model_keys = set(ModelSpec.__dataclass_fields__)
+    for i, m in enumerate(raw_models):
+        if not isinstance(m, Mapping):
+            raise SimConfigError(f"{where}.models[{i}]", m, "must be a table")
+        reject_unknown_keys(m, model_keys, f"{where}.models[{i}].")
+        values = dict(m)
+        if isinstance(values.get("capabilities"), list):
+            values["capabilities"] = tuple(values["capabilities"])
+        models.append(ModelSpec(**values))
+    values = {k: v for k, v in data.items() if k != "models"}
+    return HostProfile(models=tuple(models), **values)
