@@ -1,15 +1,17 @@
 """The ``Orchestra`` facade: one object that owns the fleet's state, monitor and slots.
 
-Every request goes: role → model; balancer lease (a slot on the best eligible server);
-one streamed HTTP exchange; outcome fed back into the state, the breaker and the metrics;
-on a retryable failure, the next attempt goes to another server (see ``_failover``).
-Requests are always streamed from the server, even when the caller wants one answer: that
-way a hung host is caught by the first-byte timeout, never by a whole-answer timeout.
+Every request, from ``generate``/``chat``/``embed``, their streamed forms, the transport or
+the proxy, goes through :meth:`Orchestra.send`: role → model; balancer lease (a slot on the
+best eligible server); one :class:`~._exchange.Exchange` (send, first-byte deadline, read,
+close); outcome fed back into the state, the breaker and the metrics; on a retryable failure,
+the next attempt goes to another server (see ``_failover``). Completions are always streamed
+from the server, even when the caller wants one answer: that way a hung host is caught by the
+first-byte timeout, never by a whole-answer timeout (embeddings answer one JSON object).
+Service time counts from the start of the successful attempt, streamed or collected alike.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -52,8 +54,9 @@ from ._errors import (
     RequestTimeout,
     StreamInterrupted,
 )
+from ._exchange import UNSTREAMED_PATHS, Exchange
 from ._executor import DagResult, Task, TaskEvent, run_dag
-from ._failover import AttemptError, build_retrying, classify, from_status, mid_stream_error
+from ._failover import AttemptError, build_retrying, classify
 from ._metrics import Metrics, MetricsSnapshot
 from ._monitor import HealthMonitor
 from ._state import FleetSnapshot, FleetState
@@ -87,8 +90,28 @@ class ResponseStream(Generic[T], AsyncIterator[T]):
     the server's slot as soon as the block exits, even after a ``break``.
     """
 
+    #: The server answering, once the first item is known (``None`` before).
+    server: Optional[str]
+    #: Attempts it took to get an answer (1: no failover), once the first item is known.
+    attempts: int
+    #: Seconds the request waited for a slot, once the first item is known.
+    queued_s: float
+
     def __init__(self, agen: AsyncGenerator[T, None]) -> None:
         self._agen = agen
+        self.server = None
+        self.attempts = 0
+        self.queued_s = 0.0
+
+    @classmethod
+    def of(cls, make: Callable[[ResponseStream[T]], AsyncGenerator[T, None]]) -> ResponseStream[T]:
+        """A stream over ``make(stream)``: the generator can fill in the stream's details."""
+        stream: ResponseStream[T] = cls.__new__(cls)
+        cls.__init__(stream, make(stream))
+        return stream
+
+    def _settled(self, server: Optional[str], attempts: int, queued_s: float) -> None:
+        self.server, self.attempts, self.queued_s = server, attempts, queued_s
 
     def __aiter__(self) -> ResponseStream[T]:
         return self
@@ -104,71 +127,6 @@ class ResponseStream(Generic[T], AsyncIterator[T]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-class _Exchange:
-    """One open streamed answer from one server; owns its lease until closed."""
-
-    def __init__(
-        self, orch: Orchestra, lease: Lease, response: httpx.Response, started: float
-    ) -> None:
-        self.orch = orch
-        self.lease = lease
-        self.response = response
-        self.started = started
-        self.lines = response.aiter_lines()
-        self.first: Optional[Dict[str, Any]] = None
-        self.closed = False
-
-    @property
-    def server(self) -> str:
-        return self.lease.server.name
-
-    async def next_obj(self) -> Optional[Dict[str, Any]]:
-        """The next JSON object of the stream, ``None`` at its end; errors as AttemptError."""
-        while True:
-            try:
-                line = await self.lines.__anext__()
-            except StopAsyncIteration:
-                return None
-            except Exception as exc:
-                err = classify(exc, self.server)
-                if err is None:
-                    raise
-                raise err from exc
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise AttemptError(
-                    "server", self.server, f"bad JSON line from server: {line[:80]!r}", exc
-                ) from exc
-            if isinstance(obj, dict) and "error" in obj:
-                raise mid_stream_error(str(obj["error"]), self.server)
-            if not isinstance(obj, dict):
-                raise AttemptError(
-                    "server", self.server, f"unexpected line from server: {line[:80]!r}"
-                )
-            return obj
-
-    async def drain(self) -> None:
-        """Read what is left after the final chunk (the end of the chunked body), so httpx
-        hands the connection back to the pool instead of closing it: without this every
-        request would open a new connection."""
-        with contextlib.suppress(Exception):
-            async for _ in self.lines:
-                pass
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            with anyio.CancelScope(shield=True):
-                await self.response.aclose()
-        finally:
-            self.orch._balancer.release(self.lease)
 
 
 class Orchestra:
@@ -438,54 +396,26 @@ class Orchestra:
     def _resolve(self, model: str) -> Tuple[str, Optional[str]]:
         return self.config.resolve_model(model)
 
-    async def _send(self, server: Server, path: str, payload: Mapping[str, Any]) -> httpx.Response:
-        client = self._client()
-        request = client.build_request(
-            "POST", server.url + path, json=payload, headers=dict(server.headers)
-        )
-        response = await client.send(request, stream=True)
-        # The read timeout so far bounded the wait for the first byte (headers come with the
-        # first chunk); from now on it bounds the silence between chunks. httpcore reads the
-        # request's timeout when the body starts streaming, so this takes effect for the body.
-        timeouts = request.extensions.get("timeout")
-        if isinstance(timeouts, dict):
-            timeouts["read"] = self.config.timeouts.read_s
-        return response
+    def _open(
+        self, path: str, payload: Mapping[str, Any], model: str
+    ) -> Callable[[Lease], Awaitable[Exchange]]:
+        """The work of one attempt: open ``path`` on the lease's server."""
+        t = self.config.timeouts
 
-    async def _open(
-        self,
-        lease: Lease,
-        path: str,
-        payload: Mapping[str, Any],
-        model: str,
-    ) -> _Exchange:
-        """Send on ``lease``'s server and wait for the first chunk."""
-        server = lease.server
-        try:
-            response = await self._send(server, path, payload)
-        except Exception as exc:
-            err = classify(exc, server.name)
-            if err is None:
-                raise
-            raise err from exc
-        exchange = _Exchange(self, lease, response, self._clock())
-        try:
-            if response.status_code != 200:
-                try:
-                    await response.aread()
-                    body: Any = response.json()
-                except Exception:
-                    body = response.text if response.is_closed else ""
-                raise from_status(response.status_code, body, server.name, model)
-            exchange.first = await exchange.next_obj()
-            if exchange.first is None:
-                raise AttemptError("reset", server.name, "empty answer")
-        except BaseException:
-            exchange.closed = True  # the caller releases the lease
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
-            raise
-        return exchange
+        async def work(lease: Lease) -> Exchange:
+            return await Exchange.open(
+                self._client(),
+                lease.server,
+                path,
+                payload,
+                model=model,
+                first_byte_s=t.first_byte_s,
+                read_s=t.read_s,
+                connect_s=t.connect_s,
+                clock=self._clock,
+            )
+
+        return work
 
     async def _failover(
         self,
@@ -646,7 +576,40 @@ class Orchestra:
         if self._monitor is not None:
             self._monitor.poke(name)
 
-    async def _collect(
+    def send(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        collect: bool = False,
+        priority: int = 0,
+        timeout: Optional[float] = None,
+        retry: Union[RetryPolicy, bool, None] = None,
+    ) -> ResponseStream[Dict[str, Any]]:
+        """Ollama's own JSON objects of one request to ``path``, over the fleet.
+
+        The core under :meth:`generate`, :meth:`chat`, :meth:`embed`, their streamed forms,
+        :class:`OrchestraTransport` and the proxy (as httpx's ``send`` under ``get``/``post``).
+        ``body`` is Ollama's request body; its ``model`` may name a role. ``/api/generate`` and
+        ``/api/chat`` are always streamed from the server (a hung host is caught by the
+        first-byte timeout); ``/api/embed`` and ``/api/embeddings`` answer one object.
+
+        Args:
+            collect: read the whole answer before the first object is yielded, so a failure
+                anywhere in it is retried on another server; otherwise objects come as they
+                arrive, with failover before the first and :class:`StreamInterrupted` after.
+            priority: higher waits less for a slot.
+            timeout: bound on the whole request with ``collect`` (default
+                ``config.timeouts.total_s``); ignored without it.
+            retry: ``False`` for a single attempt, a :class:`RetryPolicy` to override the config.
+        """
+        resolved, role = self._resolve(cast(str, body.get("model")))
+        payload = dict(body, model=resolved)
+        if path not in UNSTREAMED_PATHS:
+            payload["stream"] = True
+        return self._send(path, payload, resolved, role, priority, retry, timeout, collect)
+
+    def _send(
         self,
         path: str,
         payload: Dict[str, Any],
@@ -655,33 +618,93 @@ class Orchestra:
         priority: int,
         retry: Union[RetryPolicy, bool, None],
         timeout: Optional[float],
-    ) -> Tuple[List[Dict[str, Any]], Lease, int]:
-        """A whole streamed answer, retried elsewhere on failure (nothing was yielded yet)."""
+        collect: bool,
+    ) -> ResponseStream[Dict[str, Any]]:
+        """The one request path: attempts (``_failover``) of one exchange each; the service
+        time of a success counts from the start of its attempt, streamed or collected."""
+        keep_alive = payload.get("keep_alive")
+        open_exchange = self._open(path, payload, model)
 
-        async def work(lease: Lease) -> List[Dict[str, Any]]:
-            started = self._clock()
-            exchange = await self._open(lease, path, payload, model)
+        async def whole(lease: Lease) -> List[Dict[str, Any]]:
+            exchange = await open_exchange(lease)
             try:
-                objs = [exchange.first] if exchange.first is not None else []
-                while not objs[-1].get("done"):
-                    obj = await exchange.next_obj()
-                    if obj is None:
-                        raise AttemptError("reset", lease.server.name, "stream ended before done")
-                    objs.append(obj)
+                objs = await exchange.read_all()
                 await exchange.drain()
             finally:
-                exchange.closed = True
-                with anyio.CancelScope(shield=True):
-                    await exchange.response.aclose()
-            self._attempt_succeeded(lease, objs[-1], started, payload.get("keep_alive"))
+                await exchange.aclose()
+            self._attempt_succeeded(lease, objs[-1], exchange.started, keep_alive)
             return objs
 
-        total = timeout if timeout is not None else self.config.timeouts.total_s
-        with anyio.move_on_after(total):
-            objs, lease, attempts = await self._failover(model, role, priority, retry, work)
-            return objs, lease, len(attempts) + 1
-        assert total is not None
-        raise RequestTimeout(model, total)
+        async def collected(
+            out: ResponseStream[Dict[str, Any]],
+        ) -> AsyncGenerator[Dict[str, Any], None]:
+            total = timeout if timeout is not None else self.config.timeouts.total_s
+            with anyio.move_on_after(total):
+                objs, lease, attempts = await self._failover(model, role, priority, retry, whole)
+                out._settled(lease.server.name, len(attempts) + 1, lease.queued_s)
+                for obj in objs:
+                    yield obj
+                return
+            assert total is not None
+            raise RequestTimeout(model, total)
+
+        async def streamed(
+            out: ResponseStream[Dict[str, Any]],
+        ) -> AsyncGenerator[Dict[str, Any], None]:
+            exchange, lease, attempts = await self._failover(
+                model, role, priority, retry, open_exchange, keep_lease=True
+            )
+            out._settled(lease.server.name, len(attempts) + 1, lease.queued_s)
+            text: List[str] = []
+            try:
+                obj = exchange.first
+                while obj is not None:
+                    if obj.get("done") or path in UNSTREAMED_PATHS:
+                        self._attempt_succeeded(lease, obj, exchange.started, keep_alive)
+                        await exchange.drain()
+                        yield obj
+                        return
+                    yield obj
+                    text.append(_text_of(obj))
+                    try:
+                        obj = await exchange.next_obj()
+                    except Exception as exc:
+                        if self._closing:  # the orchestra exited under this stream
+                            raise OrchestraClosed(
+                                "the Orchestra was closed while this stream ran"
+                            ) from exc
+                        if not isinstance(exc, AttemptError):
+                            raise
+                        self._attempt_failed(lease, exc, model, exchange.started, [])
+                        raise StreamInterrupted("".join(text), exchange.server, exc) from exc
+                broken = AttemptError("reset", exchange.server, "stream ended before done")
+                self._attempt_failed(lease, broken, model, exchange.started, [])
+                raise StreamInterrupted("".join(text), exchange.server, broken)
+            finally:
+                self._settle(lease, None)  # closed early by the caller: no verdict
+                try:
+                    await exchange.aclose()
+                finally:
+                    self._balancer.release(lease)
+
+        return ResponseStream.of(collected if collect else streamed)
+
+    async def _whole(
+        self,
+        path: str,
+        payload: Dict[str, Any],
+        model: str,
+        role: Optional[str],
+        priority: int,
+        retry: Union[RetryPolicy, bool, None],
+        timeout: Optional[float],
+    ) -> Tuple[List[Dict[str, Any]], ResponseStream[Dict[str, Any]]]:
+        """Every object of one collected answer, and the stream that carried them (its
+        ``server``, ``attempts`` and ``queued_s``)."""
+        stream = self._send(path, payload, model, role, priority, retry, timeout, True)
+        async with stream:
+            objs = [obj async for obj in stream]
+        return objs, stream
 
     def _stream(
         self,
@@ -693,47 +716,16 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None],
         make: Callable[[Dict[str, Any], str, int, float], T],
     ) -> ResponseStream[T]:
-        async def gen() -> AsyncGenerator[T, None]:
-            started = self._clock()
+        """:meth:`_send`'s objects, streamed, made into the caller's chunks."""
+        source = self._send(path, payload, model, role, priority, retry, None, False)
 
-            async def work(lease: Lease) -> _Exchange:
-                return await self._open(lease, path, payload, model)
+        async def chunks(out: ResponseStream[T]) -> AsyncGenerator[T, None]:
+            async with source:
+                async for obj in source:
+                    out._settled(source.server, source.attempts, source.queued_s)
+                    yield make(obj, str(source.server), source.attempts, source.queued_s)
 
-            exchange, lease, attempts = await self._failover(
-                model, role, priority, retry, work, keep_lease=True
-            )
-            n = len(attempts) + 1
-            text: List[str] = []
-            try:
-                obj = exchange.first
-                while obj is not None:
-                    chunk = make(obj, exchange.server, n, lease.queued_s)
-                    if obj.get("done"):
-                        self._attempt_succeeded(lease, obj, started, payload.get("keep_alive"))
-                        await exchange.drain()
-                        yield chunk
-                        return
-                    yield chunk
-                    text.append(_text_of(obj))
-                    try:
-                        obj = await exchange.next_obj()
-                    except Exception as exc:
-                        if self._closing:  # the orchestra exited under this stream
-                            raise OrchestraClosed(
-                                "the Orchestra was closed while this stream ran"
-                            ) from exc
-                        if not isinstance(exc, AttemptError):
-                            raise
-                        self._attempt_failed(lease, exc, model, started, [])
-                        raise StreamInterrupted("".join(text), exchange.server, exc) from exc
-                broken = AttemptError("reset", exchange.server, "stream ended before done")
-                self._attempt_failed(lease, broken, model, started, [])
-                raise StreamInterrupted("".join(text), exchange.server, broken)
-            finally:
-                self._settle(lease, None)  # closed early by the caller: no verdict
-                await exchange.close()
-
-        return ResponseStream(gen())
+        return ResponseStream.of(chunks)
 
     # -- the public calls ------------------------------------------------------------------------
 
@@ -829,7 +821,7 @@ class Orchestra:
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )
-        objs, lease, n = await self._collect(
+        objs, answer = await self._whole(
             "/api/generate", payload, resolved, role, priority, retry, timeout
         )
         final = objs[-1]
@@ -840,9 +832,9 @@ class Orchestra:
             thinking=thinking,
             context=tuple(context) if isinstance(context, list) else None,
             logprobs=_merge_logprobs(objs),
-            server=lease.server.name,
-            attempts=n,
-            queued_s=lease.queued_s,
+            server=str(answer.server),
+            attempts=answer.attempts,
+            queued_s=answer.queued_s,
             **_stats_from(final),
         )
 
@@ -923,15 +915,15 @@ class Orchestra:
         payload = self._chat_payload(
             resolved, messages, tools, format, options, keep_alive, think, logprobs, top_logprobs
         )
-        objs, lease, n = await self._collect(
+        objs, answer = await self._whole(
             "/api/chat", payload, resolved, role, priority, retry, timeout
         )
         return ChatResponse(
             message=_merge_messages(objs),
             logprobs=_merge_logprobs(objs),
-            server=lease.server.name,
-            attempts=n,
-            queued_s=lease.queued_s,
+            server=str(answer.server),
+            attempts=answer.attempts,
+            queued_s=answer.queued_s,
             **_stats_from(objs[-1]),
         )
 
@@ -1025,104 +1017,20 @@ class Orchestra:
             dimensions=dimensions,
         )
 
-        body, lease, n = await self._post_json(
-            "/api/embed", payload, "embeddings", resolved, role, priority, retry, timeout
+        objs, answer = await self._whole(
+            "/api/embed", payload, resolved, role, priority, retry, timeout
         )
+        body = objs[0]
         return EmbedResponse(
             model=str(body.get("model") or resolved),
             embeddings=body["embeddings"],
             total_duration=body.get("total_duration"),
             load_duration=body.get("load_duration"),
             prompt_eval_count=body.get("prompt_eval_count"),
-            server=lease.server.name,
-            attempts=n,
-            queued_s=lease.queued_s,
+            server=str(answer.server),
+            attempts=answer.attempts,
+            queued_s=answer.queued_s,
         )
-
-    async def _post_json(
-        self,
-        path: str,
-        payload: Dict[str, Any],
-        key: str,
-        model: str,
-        role: Optional[str],
-        priority: int,
-        retry: Union[RetryPolicy, bool, None],
-        timeout: Optional[float],
-    ) -> Tuple[Dict[str, Any], Lease, int]:
-        """One unstreamed JSON answer (embeddings) that must hold ``key``, with failover."""
-
-        async def work(lease: Lease) -> Dict[str, Any]:
-            started = self._clock()
-            name = lease.server.name
-            try:
-                response = await self._client().post(
-                    lease.server.url + path,
-                    json=payload,
-                    headers=dict(lease.server.headers),
-                )
-            except Exception as exc:
-                err = classify(exc, name)
-                if err is None:
-                    raise
-                raise err from exc
-            try:
-                body = response.json()
-            except ValueError:
-                body = response.text
-            if response.status_code != 200:
-                raise from_status(response.status_code, body, name, model)
-            if not isinstance(body, dict) or key not in body:
-                raise AttemptError("server", name, f"answer without {key}")
-            self._attempt_succeeded(lease, body, started, payload.get("keep_alive"))
-            return body
-
-        total = timeout if timeout is not None else self.config.timeouts.total_s
-        with anyio.move_on_after(total):
-            body, lease, attempts = await self._failover(model, role, priority, retry, work)
-            return body, lease, len(attempts) + 1
-        assert total is not None
-        raise RequestTimeout(model, total)
-
-    # -- Ollama's raw JSON, for the transport and the proxy ------------------------------------
-
-    def _raw_payload(self, body: Mapping[str, Any]) -> Tuple[Dict[str, Any], str, Optional[str]]:
-        """The request body as sent upstream (a role resolved) with its model and role."""
-        resolved, role = self._resolve(cast(str, body.get("model")))
-        return dict(body, model=resolved), resolved, role
-
-    def _raw_stream(
-        self, path: str, body: Mapping[str, Any], *, priority: int = 0
-    ) -> ResponseStream[Dict[str, Any]]:
-        """Ollama's own JSON objects of a streamed ``/api/generate`` or ``/api/chat``.
-
-        The same request path as :meth:`generate_stream`: failover before the first object,
-        :class:`StreamInterrupted` after it. The body is the caller's, passed through.
-        """
-        payload, model, role = self._raw_payload(body)
-        payload["stream"] = True
-
-        def same(obj: Dict[str, Any], server: str, n: int, queued: float) -> Dict[str, Any]:
-            return obj
-
-        return self._stream(path, payload, model, role, priority, None, same)
-
-    async def _raw_collect(
-        self, path: str, body: Mapping[str, Any], *, priority: int = 0
-    ) -> List[Dict[str, Any]]:
-        """Every JSON object of one whole answer, retried elsewhere on any failure."""
-        payload, model, role = self._raw_payload(body)
-        payload["stream"] = True
-        objs, _, _ = await self._collect(path, payload, model, role, priority, None, None)
-        return objs
-
-    async def _raw_post(
-        self, path: str, body: Mapping[str, Any], key: str, *, priority: int = 0
-    ) -> Dict[str, Any]:
-        """The JSON answer of an unstreamed call (``/api/embed``, ``/api/embeddings``)."""
-        payload, model, role = self._raw_payload(body)
-        answer, _, _ = await self._post_json(path, payload, key, model, role, priority, None, None)
-        return answer
 
     async def _host_json(
         self, server: Server, method: str, path: str, body: Optional[Mapping[str, Any]] = None

@@ -218,8 +218,9 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
         if path == "/api/show":
             return await self._show(body)
         if path in ("/api/embed", "/api/embeddings"):
-            key = "embeddings" if path == "/api/embed" else "embedding"
-            return _json(200, await self.orch._raw_post(path, body, key, priority=self.priority))
+            async with self.orch.send(path, body, collect=True, priority=self.priority) as answer:
+                objs = [obj async for obj in answer]
+            return _json(200, objs[0])
         return await self._complete(path, body)
 
     @staticmethod
@@ -251,7 +252,8 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
 
     async def _complete(self, path: str, body: Dict[str, Any]) -> httpx.Response:
         if body.get("stream") is False:  # checked: a bool or null (null streams, as in Ollama)
-            objs = await self.orch._raw_collect(path, body, priority=self.priority)
+            async with self.orch.send(path, body, collect=True, priority=self.priority) as answer:
+                objs = [obj async for obj in answer]
             final = dict(objs[-1])
             if path == "/api/chat":
                 final["message"] = _merge_messages(objs)
@@ -265,7 +267,7 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
             if logprobs is not None:
                 final["logprobs"] = logprobs
             return _json(200, final)
-        stream = self.orch._raw_stream(path, body, priority=self.priority)
+        stream = self.orch.send(path, body, priority=self.priority)
         try:
             first = await stream.__anext__()
         except BaseException:
