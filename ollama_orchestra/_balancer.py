@@ -31,6 +31,7 @@ from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import (
+    AbstractSet,
     Any,
     AsyncIterator,
     Callable,
@@ -546,6 +547,48 @@ class LoadBalancer:
         """Accept requests again (the orchestra was entered again)."""
         self._closed = None
 
+    def eligible(
+        self,
+        model: str,
+        role: Optional[str] = None,
+        priority: int = 0,
+        tried: AbstractSet[str] = frozenset(),
+    ) -> List[ServerState]:
+        """The servers a request for ``model`` may go to now: the one definition of
+        "eligible", used by the balancer, the retry loop and the transport.
+
+        A server is eligible when it has the model, is healthy, its breaker and the model's
+        breaker there admit, and the ``required`` affinity rules that match the request
+        allow it. Among those, servers not in ``tried`` come first: a retry goes back to a
+        tried server only when no other is eligible. Then preferred (not required) rules
+        narrow the choice to their servers where any is left.
+        """
+        up = []
+        for st in self._state.servers():
+            if model not in st.models or not st.healthy:
+                continue
+            br = self._breakers.get(st.server.name)
+            if br is not None and not br.can_admit():
+                continue
+            mb = self._model_breakers
+            if mb is not None and not mb.can_admit(st.server.name, model):
+                continue
+            up.append(st)
+        rules = [r for r in self._config.affinity if r.matches_request(model, role, priority)]
+        for rule in rules:
+            if rule.required:
+                up = [st for st in up if rule.matches_server(st.server)]
+        if tried:
+            fresh = [st for st in up if st.server.name not in tried]
+            if fresh:
+                up = fresh
+        for rule in rules:
+            if not rule.required:
+                preferred = [st for st in up if rule.matches_server(st.server)]
+                if preferred:
+                    up = preferred
+        return up
+
     def check_capable(self, model: str) -> None:
         """Raise :class:`NoCapableServer` now if no server can ever serve ``model``."""
         states = self._state.servers()
@@ -556,29 +599,7 @@ class LoadBalancer:
 
     def _eligible_states(self, waiter: _Waiter) -> List[ServerState]:
         req = waiter.request
-        capable = [st for st in self._state.servers() if req.model in st.models]
-        up = []
-        for st in capable:
-            if not st.healthy:
-                continue
-            br = self._breakers.get(st.server.name)
-            if br is not None and not br.can_admit():
-                continue
-            mb = self._model_breakers
-            if mb is not None and not mb.can_admit(st.server.name, req.model):
-                continue
-            up.append(st)
-        for rule in self._config.affinity:
-            if not rule.matches_request(req.model, req.role, req.priority):
-                continue
-            preferred = [st for st in up if rule.matches_server(st.server)]
-            if preferred or rule.required:
-                up = preferred
-        if waiter.exclude:
-            fresh = [st for st in up if st.server.name not in waiter.exclude]
-            if fresh:
-                up = fresh
-        return up
+        return self.eligible(req.model, req.role, req.priority, waiter.exclude)
 
     def _candidates(
         self, waiter: _Waiter, claims: Optional[Mapping[str, int]] = None

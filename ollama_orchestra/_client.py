@@ -457,14 +457,10 @@ class Orchestra:
         queued = 0.0
 
         def untried() -> bool:
-            return any(
-                st.healthy
-                and model in st.models
-                and st.server.name not in tried
-                and self._breakers[st.server.name].can_admit()
-                and self._model_breakers.can_admit(st.server.name, model)
-                for st in self._state.servers()
-            )
+            # The balancer's own "eligible", affinity included: under a required rule, a
+            # retry that can only go back to a tried server waits its backoff first.
+            eligible = self._balancer.eligible(model, role, priority, tried)
+            return any(st.server.name not in tried for st in eligible)
 
         retrying = build_retrying(policy, untried=untried, sleep=self._sleep, rng=self._rng)
         try:

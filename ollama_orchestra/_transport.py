@@ -318,8 +318,9 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
     async def _show(self, body: Mapping[str, Any]) -> httpx.Response:
         model, _ = self.orch.config.resolve_model(str(body["model"]))
         snap = self.orch.state()
+        # The balancer's definition of eligible (health, breakers, affinity), least busy first.
         candidates = sorted(
-            (s for s in self._healthy() if snap[s.name].has_model(model)),
+            (st.server for st in self.orch.balancer.eligible(model)),
             key=lambda s: snap[s.name].in_flight / max(1, snap[s.name].slots),
         )
         if not candidates:
