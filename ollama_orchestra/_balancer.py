@@ -45,6 +45,7 @@ from typing import (
     Protocol,
     Sequence,
     Tuple,
+    Union,
     cast,
 )
 
@@ -291,10 +292,26 @@ def make_strategy(name: str) -> Strategy:
 # -- leases and waiters ----------------------------------------------------------------------
 
 
+class Failure(Protocol):
+    """What a failed attempt tells the breakers (``_failover.AttemptError`` is one)."""
+
+    @property
+    def breaker_failure(self) -> bool: ...
+
+    @property
+    def model_failure(self) -> bool: ...
+
+
+#: An attempt's outcome for the breakers: ``True`` a success, a :class:`Failure`, or
+#: ``None`` for no verdict.
+Outcome = Union[bool, Failure, None]
+
+
 class Lease:
     """A slot on one server, held for one attempt of one request."""
 
     __slots__ = (
+        "_balancer",
         "_released",
         "acquired_at",
         "model",
@@ -323,6 +340,23 @@ class Lease:
         self.model_permit: Optional[Permit] = None
         self.predicted_end = predicted_end
         self._released = False
+        self._balancer: Optional[LoadBalancer] = None
+
+    def settle(self, outcome: Outcome) -> None:
+        """Give this lease's breaker permits their verdict (once; later calls do nothing).
+
+        ``True``: a success. A failure (an ``AttemptError``) counts against the server's
+        breaker where its ``breaker_failure`` says so, against the model's breaker there
+        where its ``model_failure`` does. ``None`` (cancelled, the caller's error): no
+        verdict, the permits are handed back.
+        """
+        if self._balancer is not None:
+            self._balancer.settle(self, outcome)
+
+    def release(self) -> None:
+        """Give the slot back (the permits not settled yet are handed back unjudged)."""
+        if self._balancer is not None:
+            self._balancer.release(self)
 
     @property
     def name(self) -> str:
@@ -390,7 +424,8 @@ class LoadBalancer:
         self._metrics = metrics
         self._strategy = strategy or make_strategy(config.strategy)
         self._clock = clock
-        self._in_use: Dict[str, int] = {s.name: 0 for s in config.servers}
+        # The one owner of in-flight counts: a server's open leases (the state's and the
+        # metrics' figures follow the leases' grant and release, below).
         self._leases: Dict[str, List[Lease]] = {s.name: [] for s in config.servers}
         self._queues: Dict[int, Deque[_Waiter]] = {}
         self._waiting = 0
@@ -411,7 +446,7 @@ class LoadBalancer:
         return self._waiting
 
     def in_use(self, name: str) -> int:
-        return self._in_use[name]
+        return len(self._leases[name])
 
     @asynccontextmanager
     async def lease(
@@ -517,7 +552,6 @@ class LoadBalancer:
             return
         lease._released = True
         name = lease.server.name
-        self._in_use[name] -= 1
         try:
             self._leases[name].remove(lease)
         except ValueError:  # pragma: no cover - defensive
@@ -525,14 +559,33 @@ class LoadBalancer:
         self._state.request_ended(name)
         if self._metrics is not None:
             self._metrics.lease_released(name)
-        breaker = self._breakers.get(name)
-        if breaker is not None and lease.permit is not None:
-            breaker.release(lease.permit)
-            lease.permit = None
-        if self._model_breakers is not None and lease.model_permit is not None:
-            self._model_breakers.breaker(name, lease.model).release(lease.model_permit)
-            lease.model_permit = None
+        self.settle(lease, None)  # permits not settled yet: handed back, no verdict
         self._dispatch()
+
+    def settle(self, lease: Lease, outcome: Outcome) -> None:
+        """See :meth:`Lease.settle`: the balancer took the permits, it settles them."""
+        name = lease.server.name
+        permit, lease.permit = lease.permit, None
+        mpermit, lease.model_permit = lease.model_permit, None
+        host = self._breakers.get(name)
+        model = (
+            self._model_breakers.breaker(name, lease.model)
+            if self._model_breakers is not None
+            else None
+        )
+        failure = outcome if outcome is not None and not isinstance(outcome, bool) else None
+        for br, p, failed in (
+            (host, permit, failure is not None and failure.breaker_failure),
+            (model, mpermit, failure is not None and failure.model_failure),
+        ):
+            if br is None or p is None:
+                continue
+            if outcome is True:
+                br.record_success(p)
+            elif failed:
+                br.record_failure(p)
+            else:
+                br.release(p)
 
     def close(self, error: Callable[[], BaseException]) -> None:
         """Refuse new requests, and end every waiting one, with a new ``error()`` each."""
@@ -612,7 +665,7 @@ class LoadBalancer:
         out = []
         for st in states:
             name = st.server.name
-            in_use = self._in_use[name]
+            in_use = len(self._leases[name])
             slots = st.server.max_concurrency
             # Loaded, or being loaded by a request in flight there.
             loaded = st.is_loaded(model, now) or any(
@@ -709,7 +762,7 @@ class LoadBalancer:
             st = self._state[name]
         except KeyError:
             return False
-        return self._in_use[name] < st.server.max_concurrency
+        return len(self._leases[name]) < st.server.max_concurrency
 
     @staticmethod
     def _wake_later(waiter: _Waiter, choice: Choice, now: float) -> bool:
@@ -735,9 +788,9 @@ class LoadBalancer:
         lease = Lease(
             st.server, waiter.request.model, now - waiter.since, now, permit, now + service
         )
+        lease._balancer = self
         if self._model_breakers is not None:
             lease.model_permit = self._model_breakers.breaker(name, model).admit()
-        self._in_use[name] += 1
         self._leases[name].append(lease)
         self._state.request_started(name)
         if self._metrics is not None:
@@ -770,7 +823,8 @@ class LoadBalancer:
 
     def _free_anywhere(self) -> bool:
         return any(
-            self._in_use[st.server.name] < st.server.max_concurrency for st in self._state.servers()
+            len(self._leases[st.server.name]) < st.server.max_concurrency
+            for st in self._state.servers()
         )
 
     def _dispatch(self) -> None:

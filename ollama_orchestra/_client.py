@@ -502,12 +502,12 @@ class Orchestra:
         err = exc if isinstance(exc, AttemptError) else classify(exc, name)
         if err is None:
             # Cancelled, a caller error (400), or a bug: no verdict on the server.
-            self._settle(lease, None)
+            lease.settle(None)
             return
         duration = self._clock() - started
         attempts.append(Attempt(name, err.message, started, duration))
         self._metrics.request_finished(name, ok=False, latency_s=duration)
-        self._settle(lease, err)
+        lease.settle(err)
         if err.kind == "connect":
             self._state.mark_down(name, err.message)
             self._poke(name)
@@ -518,33 +518,11 @@ class Orchestra:
             self._state.record_failure(name, err.message)
         log.info("attempt on %s failed (%s): %s", name, err.kind, err.message)
 
-    def _settle(self, lease: Lease, err: Union[AttemptError, bool, None]) -> None:
-        """Give the lease's breaker permits their verdict: ``True`` a success, an
-        :class:`AttemptError` counts against the server's breaker or the model's there as
-        ``_failover.OUTCOMES`` says, ``None`` (cancelled, the caller's error) no verdict."""
-        name = lease.server.name
-        host = self._breakers[name]
-        model = self._model_breakers.breaker(name, lease.model)
-        permit, lease.permit = lease.permit, None
-        mpermit, lease.model_permit = lease.model_permit, None
-        for br, p, failed in (
-            (host, permit, isinstance(err, AttemptError) and err.breaker_failure),
-            (model, mpermit, isinstance(err, AttemptError) and err.model_failure),
-        ):
-            if p is None:
-                continue
-            if err is True:
-                br.record_success(p)
-            elif failed:
-                br.record_failure(p)
-            else:
-                br.release(p)
-
     def _attempt_succeeded(
         self, lease: Lease, final: Mapping[str, Any], started: float, keep_alive: Any
     ) -> None:
         name = lease.server.name
-        self._settle(lease, True)
+        lease.settle(True)
         latency = self._clock() - started
         eval_count = int(final.get("eval_count") or 0)
         eval_ns = int(final.get("eval_duration") or 0)
@@ -677,7 +655,7 @@ class Orchestra:
                 self._attempt_failed(lease, broken, model, exchange.started, [])
                 raise StreamInterrupted("".join(text), exchange.server, broken)
             finally:
-                self._settle(lease, None)  # closed early by the caller: no verdict
+                lease.settle(None)  # closed early by the caller: no verdict
                 try:
                     await exchange.aclose()
                 finally:
