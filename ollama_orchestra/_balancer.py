@@ -22,7 +22,6 @@ request's release, and never stops the queue.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import operator
@@ -38,7 +37,6 @@ from typing import (
     Deque,
     Dict,
     FrozenSet,
-    Iterable,
     List,
     Mapping,
     Optional,
@@ -54,6 +52,7 @@ import anyio
 from ._breaker import CircuitBreaker, ModelBreakers, Permit
 from ._config import OrchestraConfig, Server
 from ._errors import NoCapableServer, NoHealthyServer, RequestError
+from ._estimates import cold_load_s, displaced_s, expected_service_s, wait_s
 from ._metrics import Metrics
 from ._state import FleetState, ServerState
 
@@ -74,11 +73,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ollama_orchestra.balancer")
-
-#: Guess for a cold load when nothing better is known (seconds).
-DEFAULT_COLD_LOAD_S = 5.0
-#: Rough disk-to-VRAM speed used to guess a cold load from a model's size.
-LOAD_BYTES_PER_S = 1.5e9
 
 
 # -- what strategies see and say -------------------------------------------------------------
@@ -285,8 +279,11 @@ STRATEGY_CLASSES: Mapping[str, Callable[[], Strategy]] = {
 }
 
 
-def make_strategy(name: str) -> Strategy:
-    return STRATEGY_CLASSES[name]()
+def make_strategy(name: Union[str, Strategy]) -> Strategy:
+    """A fresh built-in strategy by its registered name; a :class:`Strategy` object as is."""
+    if isinstance(name, str):
+        return STRATEGY_CLASSES[name]()
+    return name
 
 
 # -- leases and waiters ----------------------------------------------------------------------
@@ -696,66 +693,20 @@ class LoadBalancer:
     def _busy_for(
         self, name: str, model: str, slots: int, claimed: int, service: Optional[float], now: float
     ) -> float:
-        """Predicted time until a slot on ``name`` is free for the next claimant.
-
-        Each slot frees when its lease is predicted to end (a lease past that point is
-        expected to need a quarter of its age more, so a stuck server soon stops looking
-        about to free up); each claim ahead then holds the slot it gets for one service time.
-        """
-        leases = self._leases[name]
-        ends = [now] * max(0, slots - len(leases))
-        for lease in leases:
-            if lease.predicted_end > now:
-                ends.append(lease.predicted_end)
-            else:
-                ends.append(now + 0.25 * (now - lease.acquired_at))
-        heapq.heapify(ends)
+        """Predicted time until a slot on ``name`` is free for the next claimant."""
         hold = service if service is not None else self._expected_service(self._state[name], model)
-        for _ in range(claimed):
-            heapq.heapreplace(ends, ends[0] + hold)
-        return max(0.0, ends[0] - now)
+        leases = [(le.acquired_at, le.predicted_end) for le in self._leases[name]]
+        return wait_s(leases, slots, claimed, hold, now)
 
     def _cold_load_s(self, st: ServerState, model: str) -> float:
-        """Expected cost of loading ``model`` on ``st``'s server: measured there; else
-        measured elsewhere; else guessed from the model's size; else a default."""
-        if model in st.load_s:
-            return st.load_s[model]
-        elsewhere = _mean(o.load_s[model] for o in self._state.servers() if model in o.load_s)
-        if elsewhere is not None:
-            return elsewhere
-        if st.model_sizes.get(model):
-            return 0.5 + st.model_sizes[model] / LOAD_BYTES_PER_S
-        return DEFAULT_COLD_LOAD_S
+        return cold_load_s(st, model, self._state.servers())
 
     def _displaced_s(self, st: ServerState, model: str, now: float) -> float:
-        """What loading ``model`` on ``st``'s server may cost others: a model loaded there
-        that requests are using or waiting for may be evicted (Ollama makes room when
-        memory or its model limit runs out), and would then need loading again."""
-        in_use = {lease.model for lease in self._leases[st.server.name]}
-        costs = [
-            self._cold_load_s(st, other)
-            for other in st.loaded
-            if other != model
-            and (other in in_use or other in self._wanted)
-            and st.is_loaded(other, now)
-        ]
-        return max(costs, default=0.0)
+        wanted = {lease.model for lease in self._leases[st.server.name]} | self._wanted.keys()
+        return displaced_s(st, model, now, wanted, self._state.servers())
 
     def _expected_service(self, st: ServerState, model: str) -> float:
-        """How long a request for ``model`` is expected to hold a slot on ``st``'s server:
-        measured there; else measured for that model elsewhere; else the server's typical
-        request; else the fleet's; else a second."""
-        known = st.latency_s.get(model)
-        if known is not None:
-            return known
-        servers = self._state.servers()
-        elsewhere = _mean(o.latency_s[model] for o in servers if model in o.latency_s)
-        if elsewhere is not None:
-            return elsewhere
-        typical = _mean(st.latency_s.values())
-        if typical is None:
-            typical = _mean(t for o in servers for t in o.latency_s.values())
-        return 1.0 if typical is None else typical
+        return expected_service_s(st, model, self._state.servers())
 
     def _has_free_slot(self, name: str) -> bool:
         try:
@@ -995,11 +946,6 @@ def _check_priority(priority: object) -> int:
         return operator.index(cast(Any, priority))
     except TypeError:
         raise TypeError(f"priority must be an integer, got {priority!r}") from None
-
-
-def _mean(values: Iterable[float]) -> Optional[float]:
-    seen = list(values)
-    return sum(seen) / len(seen) if seen else None
 
 
 def _granted(waiter: _Waiter) -> Optional[Lease]:

@@ -215,7 +215,9 @@ class Orchestra:
     def __repr__(self) -> str:
         names = ", ".join(s.name for s in self.config.servers)
         status = "running" if self._http is not None else "stopped"
-        return f"<Orchestra [{names}] strategy={self.config.strategy!r} {status}>"
+        strategy = self.config.strategy
+        shown = strategy if isinstance(strategy, str) else type(strategy).__name__
+        return f"<Orchestra [{names}] strategy={shown!r} {status}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -12,7 +12,19 @@ import os
 import sys
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Type, Union, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Iterable,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    Union,
+    cast,
+)
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ._errors import ConfigError
@@ -22,6 +34,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on the 3.8 matrix run
     import tomli as tomllib
+
+if TYPE_CHECKING:  # the balancer imports this module: no import at run time
+    from ._balancer import Strategy
 
 __all__ = [
     "STRATEGIES",
@@ -392,8 +407,9 @@ class OrchestraConfig:
 
     Args:
         servers: the Ollama hosts (at least one, unique names).
-        strategy: one of :data:`STRATEGIES`; ``hybrid`` (the default) picks the server with
-            the least expected completion time.
+        strategy: one of :data:`STRATEGIES`, or a :class:`Strategy` object (anything with a
+            ``choose(request, candidates)`` method); ``hybrid`` (the default) picks the
+            server with the least expected completion time.
         roles: pipeline roles to models, e.g. ``{"coding": "qwen2.5-coder:32b"}``; a role name
             is accepted wherever a model name is.
         affinity: routing rules, applied before the strategy.
@@ -402,7 +418,7 @@ class OrchestraConfig:
     """
 
     servers: Sequence[Server]
-    strategy: str = "hybrid"
+    strategy: Union[str, Strategy] = "hybrid"
     roles: Mapping[str, str] = field(default_factory=dict)
     affinity: Tuple[AffinityRule, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -432,11 +448,18 @@ class OrchestraConfig:
                     f"duplicate server name (also servers[{seen[s.name]}])",
                 )
             seen[s.name] = i
-        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
+        if isinstance(self.strategy, str):
+            if self.strategy not in STRATEGIES:
+                raise ConfigError(
+                    "strategy",
+                    self.strategy,
+                    f"unknown strategy; expected one of {', '.join(STRATEGIES)}",
+                )
+        elif not callable(getattr(self.strategy, "choose", None)):
             raise ConfigError(
                 "strategy",
                 self.strategy,
-                f"unknown strategy; expected one of {', '.join(STRATEGIES)}",
+                f"must be one of {', '.join(STRATEGIES)} or an object with a choose() method",
             )
         if not isinstance(self.roles, Mapping):
             raise ConfigError("roles", self.roles, "must be a mapping of role to model")
