@@ -53,6 +53,7 @@ from ._breaker import CircuitBreaker, ModelBreakers, Permit
 from ._config import OrchestraConfig, Server
 from ._errors import NoCapableServer, NoHealthyServer, RequestError
 from ._estimates import cold_load_s, displaced_s, expected_service_s, wait_s
+from ._lease import LocalSlots, SlotStore
 from ._metrics import Metrics
 from ._state import FleetState, ServerState
 
@@ -400,6 +401,8 @@ class LoadBalancer:
         metrics: fed with busy-slot time (optional).
         strategy: overrides ``config.strategy``.
         model_breakers: the (server, model) breakers (optional).
+        slots: where the slots given out are kept (default: in this process); see
+            ``_lease.SlotStore``.
     """
 
     def __init__(
@@ -412,6 +415,7 @@ class LoadBalancer:
         strategy: Optional[Strategy] = None,
         clock: Callable[[], float] = time.monotonic,
         model_breakers: Optional[ModelBreakers] = None,
+        slots: Optional[SlotStore[Lease]] = None,
     ) -> None:
         self._config = config
         self._model_breakers = model_breakers
@@ -423,7 +427,9 @@ class LoadBalancer:
         self._clock = clock
         # The one owner of in-flight counts: a server's open leases (the state's and the
         # metrics' figures follow the leases' grant and release, below).
-        self._leases: Dict[str, List[Lease]] = {s.name: [] for s in config.servers}
+        self._slots: SlotStore[Lease] = (
+            slots if slots is not None else LocalSlots(s.name for s in config.servers)
+        )
         self._queues: Dict[int, Deque[_Waiter]] = {}
         self._waiting = 0
         self._wanted: Dict[str, int] = {}  # waiting requests per model
@@ -443,7 +449,7 @@ class LoadBalancer:
         return self._waiting
 
     def in_use(self, name: str) -> int:
-        return len(self._leases[name])
+        return len(self._slots.held(name))
 
     @asynccontextmanager
     async def lease(
@@ -549,10 +555,7 @@ class LoadBalancer:
             return
         lease._released = True
         name = lease.server.name
-        try:
-            self._leases[name].remove(lease)
-        except ValueError:  # pragma: no cover - defensive
-            pass
+        self._slots.give_back(name, lease)
         self._state.request_ended(name)
         if self._metrics is not None:
             self._metrics.lease_released(name)
@@ -662,11 +665,11 @@ class LoadBalancer:
         out = []
         for st in states:
             name = st.server.name
-            in_use = len(self._leases[name])
+            in_use = len(self._slots.held(name))
             slots = st.server.max_concurrency
             # Loaded, or being loaded by a request in flight there.
             loaded = st.is_loaded(model, now) or any(
-                lease.model == model for lease in self._leases[name]
+                lease.model == model for lease in self._slots.held(name)
             )
             cold = (
                 0.0 if loaded else self._cold_load_s(st, model) + self._displaced_s(st, model, now)
@@ -695,14 +698,14 @@ class LoadBalancer:
     ) -> float:
         """Predicted time until a slot on ``name`` is free for the next claimant."""
         hold = service if service is not None else self._expected_service(self._state[name], model)
-        leases = [(le.acquired_at, le.predicted_end) for le in self._leases[name]]
+        leases = [(le.acquired_at, le.predicted_end) for le in self._slots.held(name)]
         return wait_s(leases, slots, claimed, hold, now)
 
     def _cold_load_s(self, st: ServerState, model: str) -> float:
         return cold_load_s(st, model, self._state.servers())
 
     def _displaced_s(self, st: ServerState, model: str, now: float) -> float:
-        wanted = {lease.model for lease in self._leases[st.server.name]} | self._wanted.keys()
+        wanted = {lease.model for lease in self._slots.held(st.server.name)} | self._wanted.keys()
         return displaced_s(st, model, now, wanted, self._state.servers())
 
     def _expected_service(self, st: ServerState, model: str) -> float:
@@ -713,7 +716,7 @@ class LoadBalancer:
             st = self._state[name]
         except KeyError:
             return False
-        return len(self._leases[name]) < st.server.max_concurrency
+        return len(self._slots.held(name)) < st.server.max_concurrency
 
     @staticmethod
     def _wake_later(waiter: _Waiter, choice: Choice, now: float) -> bool:
@@ -742,7 +745,7 @@ class LoadBalancer:
         lease._balancer = self
         if self._model_breakers is not None:
             lease.model_permit = self._model_breakers.breaker(name, model).admit()
-        self._leases[name].append(lease)
+        self._slots.take(name, lease)
         self._state.request_started(name)
         if self._metrics is not None:
             self._metrics.lease_acquired(name)
@@ -774,7 +777,7 @@ class LoadBalancer:
 
     def _free_anywhere(self) -> bool:
         return any(
-            len(self._leases[st.server.name]) < st.server.max_concurrency
+            len(self._slots.held(st.server.name)) < st.server.max_concurrency
             for st in self._state.servers()
         )
 

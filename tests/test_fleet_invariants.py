@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from ollama_orchestra import BreakerPolicy, NoHealthyServer, OrchestraConfig, Server
 from ollama_orchestra._balancer import Lease, LoadBalancer
 from ollama_orchestra._breaker import CircuitBreaker, ModelBreakers
+from ollama_orchestra._lease import LocalSlots
 from ollama_orchestra._metrics import Metrics
 from ollama_orchestra._state import FleetState
 
@@ -124,3 +125,34 @@ class TestFleetInvariants:
     def test_counts_leases_and_permits_agree(self, steps: List[Tuple[str, int]]) -> None:
         """In-flight counts, leases and breaker permits agree after any sequence of operations."""
         anyio.run(_drive, steps)
+
+
+class _RecordingSlots(LocalSlots[Lease]):
+    """An in-process store that notes every call: a stand-in for a shared backend."""
+
+    def __init__(self, servers: List[str]) -> None:
+        super().__init__(servers)
+        self.calls: List[Tuple[str, str]] = []
+
+    def take(self, server: str, lease: Lease) -> None:
+        self.calls.append(("take", server))
+        super().take(server, lease)
+
+    def give_back(self, server: str, lease: Lease) -> None:
+        self.calls.append(("give_back", server))
+        super().give_back(server, lease)
+
+
+class TestSlotStoreSeam:
+    async def test_slots_are_kept_by_the_store_given(self) -> None:
+        """The balancer takes and gives back every slot through the SlotStore it is given."""
+        servers = (Server("s0", "http://127.0.0.1:11400", max_concurrency=1),)
+        state = FleetState(servers)
+        state.probe_succeeded("s0", version="0.12.0", models={M: 1}, loaded=[])
+        store = _RecordingSlots(["s0"])
+        lb = LoadBalancer(OrchestraConfig(servers=servers), state, slots=store)
+        lease = await lb.acquire(M)
+        assert store.held("s0") == [lease] and lb.in_use("s0") == 1
+        lease.release()
+        assert store.calls == [("take", "s0"), ("give_back", "s0")]
+        assert lb.in_use("s0") == 0 and state.snapshot()["s0"].in_flight == 0
