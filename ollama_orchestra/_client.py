@@ -12,9 +12,7 @@ Service time counts from the start of the successful attempt, streamed or collec
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import random
 import time
 from contextlib import AsyncExitStack
@@ -41,6 +39,15 @@ from typing import (
 import anyio
 import httpx
 
+from ._arguments import (
+    bad_type,
+    check_call,
+    check_embed_input,
+    check_fields,
+    check_logprobs,
+    check_messages,
+    check_tools,
+)
 from ._background import Background
 from ._balancer import Lease, LoadBalancer
 from ._breaker import BreakerEvent, CircuitBreaker, ModelBreakers
@@ -73,9 +80,8 @@ from ._types import (
     _stats_from,
     _text_of,
 )
-from ._wire import THINK_LEVELS
 
-__all__ = ["Orchestra", "ResponseStream"]
+__all__ = ["Orchestra", "ResponseStream", "merge_messages"]
 
 log = logging.getLogger("ollama_orchestra")
 
@@ -159,7 +165,7 @@ class Orchestra:
         rng: Optional[random.Random] = None,
     ) -> None:
         if config is not None and not isinstance(config, OrchestraConfig):
-            raise _bad_type("config", config, "an OrchestraConfig or None")
+            raise bad_type("config", config, "an OrchestraConfig or None")
         self.config = config if config is not None else OrchestraConfig.from_env()
         self._transport = transport
         self._sleep = sleep or anyio.sleep
@@ -721,8 +727,8 @@ class Orchestra:
         **fields: Any,
     ) -> Dict[str, Any]:
         if not isinstance(prompt, str):
-            raise _bad_type("prompt", prompt, "a str")
-        _check_fields(
+            raise bad_type("prompt", prompt, "a str")
+        check_fields(
             options=options,
             keep_alive=fields.get("keep_alive"),
             format=fields.get("format"),
@@ -732,8 +738,8 @@ class Orchestra:
             lists={"images": images},
         )
         if images is not None and not all(isinstance(i, str) for i in images):
-            raise _bad_type("images", images, "a list of base64 strings")
-        _check_logprobs(fields.get("logprobs"), fields.get("top_logprobs"))
+            raise bad_type("images", images, "a list of base64 strings")
+        check_logprobs(fields.get("logprobs"), fields.get("top_logprobs"))
         return self._payload(
             {"model": model, "prompt": prompt, "stream": True},
             images=list(images) if images is not None else None,
@@ -780,7 +786,7 @@ class Orchestra:
                 anything is sent.
             RequestTimeout: ``timeout`` ran out.
         """
-        _check_call(model, priority, retry, timeout)
+        check_call(model, priority, retry, timeout)
         resolved, role = self._resolve(model)
         payload = self._generate_payload(
             resolved,
@@ -838,7 +844,7 @@ class Orchestra:
         Failover before the first chunk is transparent; once text has been yielded, a broken
         stream raises :class:`StreamInterrupted` with the partial text.
         """
-        _check_call(model, priority, retry)
+        check_call(model, priority, retry)
         resolved, role = self._resolve(model)
         payload = self._generate_payload(
             resolved,
@@ -886,7 +892,7 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> ChatResponse:
         """``/api/chat`` on the best server; one answer (see :meth:`generate` for the knobs)."""
-        _check_call(model, priority, retry, timeout)
+        check_call(model, priority, retry, timeout)
         resolved, role = self._resolve(model)
         payload = self._chat_payload(
             resolved, messages, tools, format, options, keep_alive, think, logprobs, top_logprobs
@@ -895,7 +901,7 @@ class Orchestra:
             "/api/chat", payload, resolved, role, priority, retry, timeout
         )
         return ChatResponse(
-            message=_merge_messages(objs),
+            message=merge_messages(objs),
             logprobs=_merge_logprobs(objs),
             server=str(answer.server),
             attempts=answer.attempts,
@@ -919,7 +925,7 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> ResponseStream[ChatChunk]:
         """``/api/chat``, streamed: an async iterator of :class:`ChatChunk`."""
-        _check_call(model, priority, retry)
+        check_call(model, priority, retry)
         resolved, role = self._resolve(model)
         payload = self._chat_payload(
             resolved, messages, tools, format, options, keep_alive, think, logprobs, top_logprobs
@@ -952,10 +958,10 @@ class Orchestra:
         logprobs: Optional[bool],
         top_logprobs: Optional[int],
     ) -> Dict[str, Any]:
-        _check_messages(messages)
-        _check_tools(tools)
-        _check_fields(options=options, keep_alive=keep_alive, format=format, think=think)
-        _check_logprobs(logprobs, top_logprobs)
+        check_messages(messages)
+        check_tools(tools)
+        check_fields(options=options, keep_alive=keep_alive, format=format, think=think)
+        check_logprobs(logprobs, top_logprobs)
         return self._payload(
             {"model": model, "messages": [dict(m) for m in messages], "stream": True},
             tools=[dict(t) for t in tools] if tools is not None else None,
@@ -981,9 +987,9 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> EmbedResponse:
         """``/api/embed`` on the best server."""
-        _check_call(model, priority, retry, timeout)
-        _check_embed_input(input, dimensions)
-        _check_fields(options=options, keep_alive=keep_alive, flags={"truncate": truncate})
+        check_call(model, priority, retry, timeout)
+        check_embed_input(input, dimensions)
+        check_fields(options=options, keep_alive=keep_alive, flags={"truncate": truncate})
         resolved, role = self._resolve(model)
         payload = self._payload(
             {"model": resolved, "input": input if isinstance(input, str) else list(input)},
@@ -1040,30 +1046,18 @@ class Orchestra:
         ``fail_fast`` the first failure cancels the rest. See :func:`run_dag`.
         """
         if not isinstance(fail_fast, bool):
-            raise _bad_type("fail_fast", fail_fast, "a bool")
+            raise bad_type("fail_fast", fail_fast, "a bool")
         if inputs is not None and (
             not isinstance(inputs, Mapping)
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in inputs.items())
         ):
-            raise _bad_type("inputs", inputs, "a mapping of names to strings")
+            raise bad_type("inputs", inputs, "a mapping of names to strings")
         return await run_dag(
             self, tasks, schedule=schedule, fail_fast=fail_fast, on_event=on_event, inputs=inputs
         )
 
 
-def _check_logprobs(logprobs: object, top_logprobs: object) -> None:
-    """``logprobs`` and ``top_logprobs`` as Ollama types them (``api/types.go``, v0.33)."""
-    if logprobs is not None and not isinstance(logprobs, bool):
-        raise TypeError(f"logprobs must be a bool, got {logprobs!r}")
-    if top_logprobs is not None and (
-        isinstance(top_logprobs, bool)
-        or not isinstance(top_logprobs, int)
-        or not 0 <= top_logprobs <= 20
-    ):
-        raise ValueError(f"top_logprobs must be an int from 0 to 20, got {top_logprobs!r}")
-
-
-def _merge_messages(objs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+def merge_messages(objs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     content: List[str] = []
     thinking: List[str] = []
     tool_calls: List[Any] = []
@@ -1084,129 +1078,3 @@ def _merge_messages(objs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     if tool_calls:
         out["tool_calls"] = tool_calls
     return out
-
-
-# -- request arguments: checked before any work, each error naming the argument ------------
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _bad_type(name: str, value: object, expected: str) -> TypeError:
-    return TypeError(f"{name} must be {expected}, got {_show(value)}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_call(model: object, priority: object, retry: object, timeout: object = None) -> None:
-    """The arguments every request takes: ``model``, ``priority``, ``retry``, ``timeout``."""
-    if not isinstance(model, str):
-        raise _bad_type("model", model, "a model or role name (a str)")
-    if not model.strip():
-        raise ValueError(f"model must name a model or a role, got {model!r}")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise _bad_type("priority", priority, "an int")
-    if retry is not None and not isinstance(retry, (bool, RetryPolicy)):
-        raise _bad_type("retry", retry, "a RetryPolicy, True, False or None")
-    if timeout is not None:
-        if not _is_number(timeout):
-            raise _bad_type("timeout", timeout, "a number of seconds or None")
-        if not (math.isfinite(cast(float, timeout)) and cast(float, timeout) > 0):
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-
-
-def _check_json(name: str, value: object) -> None:
-    """``value`` must go into a JSON body as it is (no NaN: Ollama would refuse it)."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise TypeError(f"{name} must be JSON data: {exc}") from None
-
-
-def _check_fields(
-    *,
-    options: object = None,
-    keep_alive: object = None,
-    format: object = None,
-    think: object = None,
-    strings: Mapping[str, object] = {},
-    flags: Mapping[str, object] = {},
-    lists: Mapping[str, object] = {},
-) -> None:
-    """The optional Ollama fields shared by generate, chat and embed."""
-    if options is not None:
-        if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
-            raise _bad_type("options", options, "a mapping of option names to values")
-        _check_json("options", dict(options))
-    if keep_alive is not None:
-        if isinstance(keep_alive, str):
-            pass  # a duration ("5m", "1h"): Ollama parses it
-        elif not _is_number(keep_alive):
-            raise _bad_type("keep_alive", keep_alive, "seconds (a number) or a duration string")
-        elif not math.isfinite(cast(float, keep_alive)):
-            raise ValueError(f"keep_alive must be finite, got {keep_alive!r}")
-    if format is not None:
-        if not isinstance(format, (str, Mapping)):
-            raise _bad_type("format", format, '"json" or a JSON schema (a mapping)')
-        _check_json("format", format if isinstance(format, str) else dict(format))
-    if think is not None and not isinstance(think, bool):
-        if not isinstance(think, str):
-            raise _bad_type("think", think, f"a bool or one of {', '.join(THINK_LEVELS)}")
-        if think not in THINK_LEVELS:
-            raise ValueError(
-                f"think must be a bool or one of {', '.join(THINK_LEVELS)}, got {think!r}"
-            )
-    for name, value in strings.items():
-        if value is not None and not isinstance(value, str):
-            raise _bad_type(name, value, "a str")
-    for name, value in flags.items():
-        if value is not None and not isinstance(value, bool):
-            raise _bad_type(name, value, "a bool or None")
-    for name, value in lists.items():
-        if value is None:
-            continue
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-            raise _bad_type(name, value, "a list")
-        _check_json(name, list(value))
-
-
-def _check_messages(messages: object) -> None:
-    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-        raise _bad_type("messages", messages, "a list of {'role': ..., 'content': ...} mappings")
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping):
-            raise _bad_type(f"messages[{i}]", m, "a {'role': ..., 'content': ...} mapping")
-        if not isinstance(m.get("role"), str):
-            raise _bad_type(f"messages[{i}]['role']", m.get("role"), "a str")
-        if m.get("content") is not None and not isinstance(m.get("content"), str):
-            raise _bad_type(f"messages[{i}]['content']", m.get("content"), "a str")
-    _check_json("messages", [dict(m) for m in messages])
-
-
-def _check_tools(tools: object) -> None:
-    if tools is None:
-        return
-    if isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Sequence):
-        raise _bad_type("tools", tools, "a list of tool mappings")
-    for i, t in enumerate(tools):
-        if not isinstance(t, Mapping):
-            raise _bad_type(f"tools[{i}]", t, "a tool mapping")
-    _check_json("tools", [dict(t) for t in tools])
-
-
-def _check_embed_input(value: object, dimensions: object) -> None:
-    if not isinstance(value, str):
-        if isinstance(value, (bytes, Mapping)) or not isinstance(value, Sequence):
-            raise _bad_type("input", value, "a str or a list of str")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise _bad_type(f"input[{i}]", item, "a str")
-    if dimensions is not None:
-        if isinstance(dimensions, bool) or not isinstance(dimensions, int):
-            raise _bad_type("dimensions", dimensions, "an int")
-        if dimensions <= 0:
-            raise ValueError(f"dimensions must be > 0, got {dimensions!r}")

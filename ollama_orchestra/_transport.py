@@ -52,7 +52,7 @@ from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Tuple
 import anyio
 import httpx
 
-from ._client import Orchestra, ResponseStream, _merge_messages
+from ._client import Orchestra, ResponseStream, merge_messages
 from ._config import Server
 from ._errors import (
     ConfigError,
@@ -256,7 +256,7 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
                 objs = [obj async for obj in answer]
             final = dict(objs[-1])
             if path == "/api/chat":
-                final["message"] = _merge_messages(objs)
+                final["message"] = merge_messages(objs)
             else:
                 final["response"] = "".join(str(o.get("response") or "") for o in objs)
                 thinking = "".join(str(o.get("thinking") or "") for o in objs)
