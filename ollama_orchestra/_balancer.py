@@ -22,7 +22,6 @@ request's release, and never stops the queue.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 import operator
@@ -31,19 +30,20 @@ from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import (
+    AbstractSet,
     Any,
     AsyncIterator,
     Callable,
     Deque,
     Dict,
     FrozenSet,
-    Iterable,
     List,
     Mapping,
     Optional,
     Protocol,
     Sequence,
     Tuple,
+    Union,
     cast,
 )
 
@@ -52,6 +52,8 @@ import anyio
 from ._breaker import CircuitBreaker, ModelBreakers, Permit
 from ._config import OrchestraConfig, Server
 from ._errors import NoCapableServer, NoHealthyServer, RequestError
+from ._estimates import cold_load_s, displaced_s, expected_service_s, wait_s
+from ._lease import LocalSlots, SlotStore
 from ._metrics import Metrics
 from ._state import FleetState, ServerState
 
@@ -72,11 +74,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ollama_orchestra.balancer")
-
-#: Guess for a cold load when nothing better is known (seconds).
-DEFAULT_COLD_LOAD_S = 5.0
-#: Rough disk-to-VRAM speed used to guess a cold load from a model's size.
-LOAD_BYTES_PER_S = 1.5e9
 
 
 # -- what strategies see and say -------------------------------------------------------------
@@ -283,17 +280,36 @@ STRATEGY_CLASSES: Mapping[str, Callable[[], Strategy]] = {
 }
 
 
-def make_strategy(name: str) -> Strategy:
-    return STRATEGY_CLASSES[name]()
+def make_strategy(name: Union[str, Strategy]) -> Strategy:
+    """A fresh built-in strategy by its registered name; a :class:`Strategy` object as is."""
+    if isinstance(name, str):
+        return STRATEGY_CLASSES[name]()
+    return name
 
 
 # -- leases and waiters ----------------------------------------------------------------------
+
+
+class Failure(Protocol):
+    """What a failed attempt tells the breakers (``_failover.AttemptError`` is one)."""
+
+    @property
+    def breaker_failure(self) -> bool: ...
+
+    @property
+    def model_failure(self) -> bool: ...
+
+
+#: An attempt's outcome for the breakers: ``True`` a success, a :class:`Failure`, or
+#: ``None`` for no verdict.
+Outcome = Union[bool, Failure, None]
 
 
 class Lease:
     """A slot on one server, held for one attempt of one request."""
 
     __slots__ = (
+        "_balancer",
         "_released",
         "acquired_at",
         "model",
@@ -322,6 +338,23 @@ class Lease:
         self.model_permit: Optional[Permit] = None
         self.predicted_end = predicted_end
         self._released = False
+        self._balancer: Optional[LoadBalancer] = None
+
+    def settle(self, outcome: Outcome) -> None:
+        """Give this lease's breaker permits their verdict (once; later calls do nothing).
+
+        ``True``: a success. A failure (an ``AttemptError``) counts against the server's
+        breaker where its ``breaker_failure`` says so, against the model's breaker there
+        where its ``model_failure`` does. ``None`` (cancelled, the caller's error): no
+        verdict, the permits are handed back.
+        """
+        if self._balancer is not None:
+            self._balancer.settle(self, outcome)
+
+    def release(self) -> None:
+        """Give the slot back (the permits not settled yet are handed back unjudged)."""
+        if self._balancer is not None:
+            self._balancer.release(self)
 
     @property
     def name(self) -> str:
@@ -368,6 +401,8 @@ class LoadBalancer:
         metrics: fed with busy-slot time (optional).
         strategy: overrides ``config.strategy``.
         model_breakers: the (server, model) breakers (optional).
+        slots: where the slots given out are kept (default: in this process); see
+            ``_lease.SlotStore``.
     """
 
     def __init__(
@@ -380,6 +415,7 @@ class LoadBalancer:
         strategy: Optional[Strategy] = None,
         clock: Callable[[], float] = time.monotonic,
         model_breakers: Optional[ModelBreakers] = None,
+        slots: Optional[SlotStore[Lease]] = None,
     ) -> None:
         self._config = config
         self._model_breakers = model_breakers
@@ -389,8 +425,11 @@ class LoadBalancer:
         self._metrics = metrics
         self._strategy = strategy or make_strategy(config.strategy)
         self._clock = clock
-        self._in_use: Dict[str, int] = {s.name: 0 for s in config.servers}
-        self._leases: Dict[str, List[Lease]] = {s.name: [] for s in config.servers}
+        # The one owner of in-flight counts: a server's open leases (the state's and the
+        # metrics' figures follow the leases' grant and release, below).
+        self._slots: SlotStore[Lease] = (
+            slots if slots is not None else LocalSlots(s.name for s in config.servers)
+        )
         self._queues: Dict[int, Deque[_Waiter]] = {}
         self._waiting = 0
         self._wanted: Dict[str, int] = {}  # waiting requests per model
@@ -410,7 +449,7 @@ class LoadBalancer:
         return self._waiting
 
     def in_use(self, name: str) -> int:
-        return self._in_use[name]
+        return len(self._slots.held(name))
 
     @asynccontextmanager
     async def lease(
@@ -516,22 +555,37 @@ class LoadBalancer:
             return
         lease._released = True
         name = lease.server.name
-        self._in_use[name] -= 1
-        try:
-            self._leases[name].remove(lease)
-        except ValueError:  # pragma: no cover - defensive
-            pass
+        self._slots.give_back(name, lease)
         self._state.request_ended(name)
         if self._metrics is not None:
             self._metrics.lease_released(name)
-        breaker = self._breakers.get(name)
-        if breaker is not None and lease.permit is not None:
-            breaker.release(lease.permit)
-            lease.permit = None
-        if self._model_breakers is not None and lease.model_permit is not None:
-            self._model_breakers.breaker(name, lease.model).release(lease.model_permit)
-            lease.model_permit = None
+        self.settle(lease, None)  # permits not settled yet: handed back, no verdict
         self._dispatch()
+
+    def settle(self, lease: Lease, outcome: Outcome) -> None:
+        """See :meth:`Lease.settle`: the balancer took the permits, it settles them."""
+        name = lease.server.name
+        permit, lease.permit = lease.permit, None
+        mpermit, lease.model_permit = lease.model_permit, None
+        host = self._breakers.get(name)
+        model = (
+            self._model_breakers.breaker(name, lease.model)
+            if self._model_breakers is not None
+            else None
+        )
+        failure = outcome if outcome is not None and not isinstance(outcome, bool) else None
+        for br, p, failed in (
+            (host, permit, failure is not None and failure.breaker_failure),
+            (model, mpermit, failure is not None and failure.model_failure),
+        ):
+            if br is None or p is None:
+                continue
+            if outcome is True:
+                br.record_success(p)
+            elif failed:
+                br.record_failure(p)
+            else:
+                br.release(p)
 
     def close(self, error: Callable[[], BaseException]) -> None:
         """Refuse new requests, and end every waiting one, with a new ``error()`` each."""
@@ -546,6 +600,48 @@ class LoadBalancer:
         """Accept requests again (the orchestra was entered again)."""
         self._closed = None
 
+    def eligible(
+        self,
+        model: str,
+        role: Optional[str] = None,
+        priority: int = 0,
+        tried: AbstractSet[str] = frozenset(),
+    ) -> List[ServerState]:
+        """The servers a request for ``model`` may go to now: the one definition of
+        "eligible", used by the balancer, the retry loop and the transport.
+
+        A server is eligible when it has the model, is healthy, its breaker and the model's
+        breaker there admit, and the ``required`` affinity rules that match the request
+        allow it. Among those, servers not in ``tried`` come first: a retry goes back to a
+        tried server only when no other is eligible. Then preferred (not required) rules
+        narrow the choice to their servers where any is left.
+        """
+        up = []
+        for st in self._state.servers():
+            if model not in st.models or not st.healthy:
+                continue
+            br = self._breakers.get(st.server.name)
+            if br is not None and not br.can_admit():
+                continue
+            mb = self._model_breakers
+            if mb is not None and not mb.can_admit(st.server.name, model):
+                continue
+            up.append(st)
+        rules = [r for r in self._config.affinity if r.matches_request(model, role, priority)]
+        for rule in rules:
+            if rule.required:
+                up = [st for st in up if rule.matches_server(st.server)]
+        if tried:
+            fresh = [st for st in up if st.server.name not in tried]
+            if fresh:
+                up = fresh
+        for rule in rules:
+            if not rule.required:
+                preferred = [st for st in up if rule.matches_server(st.server)]
+                if preferred:
+                    up = preferred
+        return up
+
     def check_capable(self, model: str) -> None:
         """Raise :class:`NoCapableServer` now if no server can ever serve ``model``."""
         states = self._state.servers()
@@ -556,29 +652,7 @@ class LoadBalancer:
 
     def _eligible_states(self, waiter: _Waiter) -> List[ServerState]:
         req = waiter.request
-        capable = [st for st in self._state.servers() if req.model in st.models]
-        up = []
-        for st in capable:
-            if not st.healthy:
-                continue
-            br = self._breakers.get(st.server.name)
-            if br is not None and not br.can_admit():
-                continue
-            mb = self._model_breakers
-            if mb is not None and not mb.can_admit(st.server.name, req.model):
-                continue
-            up.append(st)
-        for rule in self._config.affinity:
-            if not rule.matches_request(req.model, req.role, req.priority):
-                continue
-            preferred = [st for st in up if rule.matches_server(st.server)]
-            if preferred or rule.required:
-                up = preferred
-        if waiter.exclude:
-            fresh = [st for st in up if st.server.name not in waiter.exclude]
-            if fresh:
-                up = fresh
-        return up
+        return self.eligible(req.model, req.role, req.priority, waiter.exclude)
 
     def _candidates(
         self, waiter: _Waiter, claims: Optional[Mapping[str, int]] = None
@@ -591,11 +665,11 @@ class LoadBalancer:
         out = []
         for st in states:
             name = st.server.name
-            in_use = self._in_use[name]
+            in_use = len(self._slots.held(name))
             slots = st.server.max_concurrency
             # Loaded, or being loaded by a request in flight there.
             loaded = st.is_loaded(model, now) or any(
-                lease.model == model for lease in self._leases[name]
+                lease.model == model for lease in self._slots.held(name)
             )
             cold = (
                 0.0 if loaded else self._cold_load_s(st, model) + self._displaced_s(st, model, now)
@@ -622,73 +696,27 @@ class LoadBalancer:
     def _busy_for(
         self, name: str, model: str, slots: int, claimed: int, service: Optional[float], now: float
     ) -> float:
-        """Predicted time until a slot on ``name`` is free for the next claimant.
-
-        Each slot frees when its lease is predicted to end (a lease past that point is
-        expected to need a quarter of its age more, so a stuck server soon stops looking
-        about to free up); each claim ahead then holds the slot it gets for one service time.
-        """
-        leases = self._leases[name]
-        ends = [now] * max(0, slots - len(leases))
-        for lease in leases:
-            if lease.predicted_end > now:
-                ends.append(lease.predicted_end)
-            else:
-                ends.append(now + 0.25 * (now - lease.acquired_at))
-        heapq.heapify(ends)
+        """Predicted time until a slot on ``name`` is free for the next claimant."""
         hold = service if service is not None else self._expected_service(self._state[name], model)
-        for _ in range(claimed):
-            heapq.heapreplace(ends, ends[0] + hold)
-        return max(0.0, ends[0] - now)
+        leases = [(le.acquired_at, le.predicted_end) for le in self._slots.held(name)]
+        return wait_s(leases, slots, claimed, hold, now)
 
     def _cold_load_s(self, st: ServerState, model: str) -> float:
-        """Expected cost of loading ``model`` on ``st``'s server: measured there; else
-        measured elsewhere; else guessed from the model's size; else a default."""
-        if model in st.load_s:
-            return st.load_s[model]
-        elsewhere = _mean(o.load_s[model] for o in self._state.servers() if model in o.load_s)
-        if elsewhere is not None:
-            return elsewhere
-        if st.model_sizes.get(model):
-            return 0.5 + st.model_sizes[model] / LOAD_BYTES_PER_S
-        return DEFAULT_COLD_LOAD_S
+        return cold_load_s(st, model, self._state.servers())
 
     def _displaced_s(self, st: ServerState, model: str, now: float) -> float:
-        """What loading ``model`` on ``st``'s server may cost others: a model loaded there
-        that requests are using or waiting for may be evicted (Ollama makes room when
-        memory or its model limit runs out), and would then need loading again."""
-        in_use = {lease.model for lease in self._leases[st.server.name]}
-        costs = [
-            self._cold_load_s(st, other)
-            for other in st.loaded
-            if other != model
-            and (other in in_use or other in self._wanted)
-            and st.is_loaded(other, now)
-        ]
-        return max(costs, default=0.0)
+        wanted = {lease.model for lease in self._slots.held(st.server.name)} | self._wanted.keys()
+        return displaced_s(st, model, now, wanted, self._state.servers())
 
     def _expected_service(self, st: ServerState, model: str) -> float:
-        """How long a request for ``model`` is expected to hold a slot on ``st``'s server:
-        measured there; else measured for that model elsewhere; else the server's typical
-        request; else the fleet's; else a second."""
-        known = st.latency_s.get(model)
-        if known is not None:
-            return known
-        servers = self._state.servers()
-        elsewhere = _mean(o.latency_s[model] for o in servers if model in o.latency_s)
-        if elsewhere is not None:
-            return elsewhere
-        typical = _mean(st.latency_s.values())
-        if typical is None:
-            typical = _mean(t for o in servers for t in o.latency_s.values())
-        return 1.0 if typical is None else typical
+        return expected_service_s(st, model, self._state.servers())
 
     def _has_free_slot(self, name: str) -> bool:
         try:
             st = self._state[name]
         except KeyError:
             return False
-        return self._in_use[name] < st.server.max_concurrency
+        return len(self._slots.held(name)) < st.server.max_concurrency
 
     @staticmethod
     def _wake_later(waiter: _Waiter, choice: Choice, now: float) -> bool:
@@ -714,10 +742,10 @@ class LoadBalancer:
         lease = Lease(
             st.server, waiter.request.model, now - waiter.since, now, permit, now + service
         )
+        lease._balancer = self
         if self._model_breakers is not None:
             lease.model_permit = self._model_breakers.breaker(name, model).admit()
-        self._in_use[name] += 1
-        self._leases[name].append(lease)
+        self._slots.take(name, lease)
         self._state.request_started(name)
         if self._metrics is not None:
             self._metrics.lease_acquired(name)
@@ -749,7 +777,8 @@ class LoadBalancer:
 
     def _free_anywhere(self) -> bool:
         return any(
-            self._in_use[st.server.name] < st.server.max_concurrency for st in self._state.servers()
+            len(self._slots.held(st.server.name)) < st.server.max_concurrency
+            for st in self._state.servers()
         )
 
     def _dispatch(self) -> None:
@@ -920,11 +949,6 @@ def _check_priority(priority: object) -> int:
         return operator.index(cast(Any, priority))
     except TypeError:
         raise TypeError(f"priority must be an integer, got {priority!r}") from None
-
-
-def _mean(values: Iterable[float]) -> Optional[float]:
-    seen = list(values)
-    return sum(seen) / len(seen) if seen else None
 
 
 def _granted(waiter: _Waiter) -> Optional[Lease]:

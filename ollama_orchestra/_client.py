@@ -1,18 +1,18 @@
 """The ``Orchestra`` facade: one object that owns the fleet's state, monitor and slots.
 
-Every request goes: role → model; balancer lease (a slot on the best eligible server);
-one streamed HTTP exchange; outcome fed back into the state, the breaker and the metrics;
-on a retryable failure, the next attempt goes to another server (see ``_failover``).
-Requests are always streamed from the server, even when the caller wants one answer: that
-way a hung host is caught by the first-byte timeout, never by a whole-answer timeout.
+Every request, from ``generate``/``chat``/``embed``, their streamed forms, the transport or
+the proxy, goes through :meth:`Orchestra.send`: role → model; balancer lease (a slot on the
+best eligible server); one :class:`~._exchange.Exchange` (send, first-byte deadline, read,
+close); outcome fed back into the state, the breaker and the metrics; on a retryable failure,
+the next attempt goes to another server (see ``_failover``). Completions are always streamed
+from the server, even when the caller wants one answer: that way a hung host is caught by the
+first-byte timeout, never by a whole-answer timeout (embeddings answer one JSON object).
+Service time counts from the start of the successful attempt, streamed or collected alike.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
 import random
 import time
 from contextlib import AsyncExitStack
@@ -39,6 +39,15 @@ from typing import (
 import anyio
 import httpx
 
+from ._arguments import (
+    bad_type,
+    check_call,
+    check_embed_input,
+    check_fields,
+    check_logprobs,
+    check_messages,
+    check_tools,
+)
 from ._background import Background
 from ._balancer import Lease, LoadBalancer
 from ._breaker import BreakerEvent, CircuitBreaker, ModelBreakers
@@ -52,8 +61,9 @@ from ._errors import (
     RequestTimeout,
     StreamInterrupted,
 )
+from ._exchange import UNSTREAMED_PATHS, Exchange
 from ._executor import DagResult, Task, TaskEvent, run_dag
-from ._failover import AttemptError, build_retrying, classify, from_status, mid_stream_error
+from ._failover import AttemptError, build_retrying, classify
 from ._metrics import Metrics, MetricsSnapshot
 from ._monitor import HealthMonitor
 from ._state import FleetSnapshot, FleetState
@@ -65,14 +75,13 @@ from ._types import (
     GenerateResponse,
     Message,
     Think,
-    _logprobs_of,
-    _merge_logprobs,
-    _stats_from,
-    _text_of,
+    logprobs_of,
+    merge_logprobs,
+    stats_from,
+    text_of,
 )
-from ._wire import THINK_LEVELS
 
-__all__ = ["Orchestra", "ResponseStream"]
+__all__ = ["Orchestra", "ResponseStream", "merge_messages"]
 
 log = logging.getLogger("ollama_orchestra")
 
@@ -87,8 +96,28 @@ class ResponseStream(Generic[T], AsyncIterator[T]):
     the server's slot as soon as the block exits, even after a ``break``.
     """
 
+    #: The server answering, once the first item is known (``None`` before).
+    server: Optional[str]
+    #: Attempts it took to get an answer (1: no failover), once the first item is known.
+    attempts: int
+    #: Seconds the request waited for a slot, once the first item is known.
+    queued_s: float
+
     def __init__(self, agen: AsyncGenerator[T, None]) -> None:
         self._agen = agen
+        self.server = None
+        self.attempts = 0
+        self.queued_s = 0.0
+
+    @classmethod
+    def of(cls, make: Callable[[ResponseStream[T]], AsyncGenerator[T, None]]) -> ResponseStream[T]:
+        """A stream over ``make(stream)``: the generator can fill in the stream's details."""
+        stream: ResponseStream[T] = cls.__new__(cls)
+        cls.__init__(stream, make(stream))
+        return stream
+
+    def _settled(self, server: Optional[str], attempts: int, queued_s: float) -> None:
+        self.server, self.attempts, self.queued_s = server, attempts, queued_s
 
     def __aiter__(self) -> ResponseStream[T]:
         return self
@@ -104,71 +133,6 @@ class ResponseStream(Generic[T], AsyncIterator[T]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-class _Exchange:
-    """One open streamed answer from one server; owns its lease until closed."""
-
-    def __init__(
-        self, orch: Orchestra, lease: Lease, response: httpx.Response, started: float
-    ) -> None:
-        self.orch = orch
-        self.lease = lease
-        self.response = response
-        self.started = started
-        self.lines = response.aiter_lines()
-        self.first: Optional[Dict[str, Any]] = None
-        self.closed = False
-
-    @property
-    def server(self) -> str:
-        return self.lease.server.name
-
-    async def next_obj(self) -> Optional[Dict[str, Any]]:
-        """The next JSON object of the stream, ``None`` at its end; errors as AttemptError."""
-        while True:
-            try:
-                line = await self.lines.__anext__()
-            except StopAsyncIteration:
-                return None
-            except Exception as exc:
-                err = classify(exc, self.server)
-                if err is None:
-                    raise
-                raise err from exc
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise AttemptError(
-                    "server", self.server, f"bad JSON line from server: {line[:80]!r}", exc
-                ) from exc
-            if isinstance(obj, dict) and "error" in obj:
-                raise mid_stream_error(str(obj["error"]), self.server)
-            if not isinstance(obj, dict):
-                raise AttemptError(
-                    "server", self.server, f"unexpected line from server: {line[:80]!r}"
-                )
-            return obj
-
-    async def drain(self) -> None:
-        """Read what is left after the final chunk (the end of the chunked body), so httpx
-        hands the connection back to the pool instead of closing it: without this every
-        request would open a new connection."""
-        with contextlib.suppress(Exception):
-            async for _ in self.lines:
-                pass
-
-    async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            with anyio.CancelScope(shield=True):
-                await self.response.aclose()
-        finally:
-            self.orch._balancer.release(self.lease)
 
 
 class Orchestra:
@@ -201,7 +165,7 @@ class Orchestra:
         rng: Optional[random.Random] = None,
     ) -> None:
         if config is not None and not isinstance(config, OrchestraConfig):
-            raise _bad_type("config", config, "an OrchestraConfig or None")
+            raise bad_type("config", config, "an OrchestraConfig or None")
         self.config = config if config is not None else OrchestraConfig.from_env()
         self._transport = transport
         self._sleep = sleep or anyio.sleep
@@ -257,7 +221,9 @@ class Orchestra:
     def __repr__(self) -> str:
         names = ", ".join(s.name for s in self.config.servers)
         status = "running" if self._http is not None else "stopped"
-        return f"<Orchestra [{names}] strategy={self.config.strategy!r} {status}>"
+        strategy = self.config.strategy
+        shown = strategy if isinstance(strategy, str) else type(strategy).__name__
+        return f"<Orchestra [{names}] strategy={shown!r} {status}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -438,54 +404,26 @@ class Orchestra:
     def _resolve(self, model: str) -> Tuple[str, Optional[str]]:
         return self.config.resolve_model(model)
 
-    async def _send(self, server: Server, path: str, payload: Mapping[str, Any]) -> httpx.Response:
-        client = self._client()
-        request = client.build_request(
-            "POST", server.url + path, json=payload, headers=dict(server.headers)
-        )
-        response = await client.send(request, stream=True)
-        # The read timeout so far bounded the wait for the first byte (headers come with the
-        # first chunk); from now on it bounds the silence between chunks. httpcore reads the
-        # request's timeout when the body starts streaming, so this takes effect for the body.
-        timeouts = request.extensions.get("timeout")
-        if isinstance(timeouts, dict):
-            timeouts["read"] = self.config.timeouts.read_s
-        return response
+    def _open(
+        self, path: str, payload: Mapping[str, Any], model: str
+    ) -> Callable[[Lease], Awaitable[Exchange]]:
+        """The work of one attempt: open ``path`` on the lease's server."""
+        t = self.config.timeouts
 
-    async def _open(
-        self,
-        lease: Lease,
-        path: str,
-        payload: Mapping[str, Any],
-        model: str,
-    ) -> _Exchange:
-        """Send on ``lease``'s server and wait for the first chunk."""
-        server = lease.server
-        try:
-            response = await self._send(server, path, payload)
-        except Exception as exc:
-            err = classify(exc, server.name)
-            if err is None:
-                raise
-            raise err from exc
-        exchange = _Exchange(self, lease, response, self._clock())
-        try:
-            if response.status_code != 200:
-                try:
-                    await response.aread()
-                    body: Any = response.json()
-                except Exception:
-                    body = response.text if response.is_closed else ""
-                raise from_status(response.status_code, body, server.name, model)
-            exchange.first = await exchange.next_obj()
-            if exchange.first is None:
-                raise AttemptError("reset", server.name, "empty answer")
-        except BaseException:
-            exchange.closed = True  # the caller releases the lease
-            with anyio.CancelScope(shield=True):
-                await response.aclose()
-            raise
-        return exchange
+        async def work(lease: Lease) -> Exchange:
+            return await Exchange.open(
+                self._client(),
+                lease.server,
+                path,
+                payload,
+                model=model,
+                first_byte_s=t.first_byte_s,
+                read_s=t.read_s,
+                connect_s=t.connect_s,
+                clock=self._clock,
+            )
+
+        return work
 
     async def _failover(
         self,
@@ -527,14 +465,10 @@ class Orchestra:
         queued = 0.0
 
         def untried() -> bool:
-            return any(
-                st.healthy
-                and model in st.models
-                and st.server.name not in tried
-                and self._breakers[st.server.name].can_admit()
-                and self._model_breakers.can_admit(st.server.name, model)
-                for st in self._state.servers()
-            )
+            # The balancer's own "eligible", affinity included: under a required rule, a
+            # retry that can only go back to a tried server waits its backoff first.
+            eligible = self._balancer.eligible(model, role, priority, tried)
+            return any(st.server.name not in tried for st in eligible)
 
         retrying = build_retrying(policy, untried=untried, sleep=self._sleep, rng=self._rng)
         try:
@@ -576,12 +510,12 @@ class Orchestra:
         err = exc if isinstance(exc, AttemptError) else classify(exc, name)
         if err is None:
             # Cancelled, a caller error (400), or a bug: no verdict on the server.
-            self._settle(lease, None)
+            lease.settle(None)
             return
         duration = self._clock() - started
         attempts.append(Attempt(name, err.message, started, duration))
         self._metrics.request_finished(name, ok=False, latency_s=duration)
-        self._settle(lease, err)
+        lease.settle(err)
         if err.kind == "connect":
             self._state.mark_down(name, err.message)
             self._poke(name)
@@ -592,33 +526,11 @@ class Orchestra:
             self._state.record_failure(name, err.message)
         log.info("attempt on %s failed (%s): %s", name, err.kind, err.message)
 
-    def _settle(self, lease: Lease, err: Union[AttemptError, bool, None]) -> None:
-        """Give the lease's breaker permits their verdict: ``True`` a success, an
-        :class:`AttemptError` counts against the server's breaker or the model's there as
-        ``_failover.OUTCOMES`` says, ``None`` (cancelled, the caller's error) no verdict."""
-        name = lease.server.name
-        host = self._breakers[name]
-        model = self._model_breakers.breaker(name, lease.model)
-        permit, lease.permit = lease.permit, None
-        mpermit, lease.model_permit = lease.model_permit, None
-        for br, p, failed in (
-            (host, permit, isinstance(err, AttemptError) and err.breaker_failure),
-            (model, mpermit, isinstance(err, AttemptError) and err.model_failure),
-        ):
-            if p is None:
-                continue
-            if err is True:
-                br.record_success(p)
-            elif failed:
-                br.record_failure(p)
-            else:
-                br.release(p)
-
     def _attempt_succeeded(
         self, lease: Lease, final: Mapping[str, Any], started: float, keep_alive: Any
     ) -> None:
         name = lease.server.name
-        self._settle(lease, True)
+        lease.settle(True)
         latency = self._clock() - started
         eval_count = int(final.get("eval_count") or 0)
         eval_ns = int(final.get("eval_duration") or 0)
@@ -646,7 +558,40 @@ class Orchestra:
         if self._monitor is not None:
             self._monitor.poke(name)
 
-    async def _collect(
+    def send(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        *,
+        collect: bool = False,
+        priority: int = 0,
+        timeout: Optional[float] = None,
+        retry: Union[RetryPolicy, bool, None] = None,
+    ) -> ResponseStream[Dict[str, Any]]:
+        """Ollama's own JSON objects of one request to ``path``, over the fleet.
+
+        The core under :meth:`generate`, :meth:`chat`, :meth:`embed`, their streamed forms,
+        :class:`OrchestraTransport` and the proxy (as httpx's ``send`` under ``get``/``post``).
+        ``body`` is Ollama's request body; its ``model`` may name a role. ``/api/generate`` and
+        ``/api/chat`` are always streamed from the server (a hung host is caught by the
+        first-byte timeout); ``/api/embed`` and ``/api/embeddings`` answer one object.
+
+        Args:
+            collect: read the whole answer before the first object is yielded, so a failure
+                anywhere in it is retried on another server; otherwise objects come as they
+                arrive, with failover before the first and :class:`StreamInterrupted` after.
+            priority: higher waits less for a slot.
+            timeout: bound on the whole request with ``collect`` (default
+                ``config.timeouts.total_s``); ignored without it.
+            retry: ``False`` for a single attempt, a :class:`RetryPolicy` to override the config.
+        """
+        resolved, role = self._resolve(cast(str, body.get("model")))
+        payload = dict(body, model=resolved)
+        if path not in UNSTREAMED_PATHS:
+            payload["stream"] = True
+        return self._send(path, payload, resolved, role, priority, retry, timeout, collect)
+
+    def _send(
         self,
         path: str,
         payload: Dict[str, Any],
@@ -655,33 +600,93 @@ class Orchestra:
         priority: int,
         retry: Union[RetryPolicy, bool, None],
         timeout: Optional[float],
-    ) -> Tuple[List[Dict[str, Any]], Lease, int]:
-        """A whole streamed answer, retried elsewhere on failure (nothing was yielded yet)."""
+        collect: bool,
+    ) -> ResponseStream[Dict[str, Any]]:
+        """The one request path: attempts (``_failover``) of one exchange each; the service
+        time of a success counts from the start of its attempt, streamed or collected."""
+        keep_alive = payload.get("keep_alive")
+        open_exchange = self._open(path, payload, model)
 
-        async def work(lease: Lease) -> List[Dict[str, Any]]:
-            started = self._clock()
-            exchange = await self._open(lease, path, payload, model)
+        async def whole(lease: Lease) -> List[Dict[str, Any]]:
+            exchange = await open_exchange(lease)
             try:
-                objs = [exchange.first] if exchange.first is not None else []
-                while not objs[-1].get("done"):
-                    obj = await exchange.next_obj()
-                    if obj is None:
-                        raise AttemptError("reset", lease.server.name, "stream ended before done")
-                    objs.append(obj)
+                objs = await exchange.read_all()
                 await exchange.drain()
             finally:
-                exchange.closed = True
-                with anyio.CancelScope(shield=True):
-                    await exchange.response.aclose()
-            self._attempt_succeeded(lease, objs[-1], started, payload.get("keep_alive"))
+                await exchange.aclose()
+            self._attempt_succeeded(lease, objs[-1], exchange.started, keep_alive)
             return objs
 
-        total = timeout if timeout is not None else self.config.timeouts.total_s
-        with anyio.move_on_after(total):
-            objs, lease, attempts = await self._failover(model, role, priority, retry, work)
-            return objs, lease, len(attempts) + 1
-        assert total is not None
-        raise RequestTimeout(model, total)
+        async def collected(
+            out: ResponseStream[Dict[str, Any]],
+        ) -> AsyncGenerator[Dict[str, Any], None]:
+            total = timeout if timeout is not None else self.config.timeouts.total_s
+            with anyio.move_on_after(total):
+                objs, lease, attempts = await self._failover(model, role, priority, retry, whole)
+                out._settled(lease.server.name, len(attempts) + 1, lease.queued_s)
+                for obj in objs:
+                    yield obj
+                return
+            assert total is not None
+            raise RequestTimeout(model, total)
+
+        async def streamed(
+            out: ResponseStream[Dict[str, Any]],
+        ) -> AsyncGenerator[Dict[str, Any], None]:
+            exchange, lease, attempts = await self._failover(
+                model, role, priority, retry, open_exchange, keep_lease=True
+            )
+            out._settled(lease.server.name, len(attempts) + 1, lease.queued_s)
+            text: List[str] = []
+            try:
+                obj = exchange.first
+                while obj is not None:
+                    if obj.get("done") or path in UNSTREAMED_PATHS:
+                        self._attempt_succeeded(lease, obj, exchange.started, keep_alive)
+                        await exchange.drain()
+                        yield obj
+                        return
+                    yield obj
+                    text.append(text_of(obj))
+                    try:
+                        obj = await exchange.next_obj()
+                    except Exception as exc:
+                        if self._closing:  # the orchestra exited under this stream
+                            raise OrchestraClosed(
+                                "the Orchestra was closed while this stream ran"
+                            ) from exc
+                        if not isinstance(exc, AttemptError):
+                            raise
+                        self._attempt_failed(lease, exc, model, exchange.started, [])
+                        raise StreamInterrupted("".join(text), exchange.server, exc) from exc
+                broken = AttemptError("reset", exchange.server, "stream ended before done")
+                self._attempt_failed(lease, broken, model, exchange.started, [])
+                raise StreamInterrupted("".join(text), exchange.server, broken)
+            finally:
+                lease.settle(None)  # closed early by the caller: no verdict
+                try:
+                    await exchange.aclose()
+                finally:
+                    self._balancer.release(lease)
+
+        return ResponseStream.of(collected if collect else streamed)
+
+    async def _whole(
+        self,
+        path: str,
+        payload: Dict[str, Any],
+        model: str,
+        role: Optional[str],
+        priority: int,
+        retry: Union[RetryPolicy, bool, None],
+        timeout: Optional[float],
+    ) -> Tuple[List[Dict[str, Any]], ResponseStream[Dict[str, Any]]]:
+        """Every object of one collected answer, and the stream that carried them (its
+        ``server``, ``attempts`` and ``queued_s``)."""
+        stream = self._send(path, payload, model, role, priority, retry, timeout, True)
+        async with stream:
+            objs = [obj async for obj in stream]
+        return objs, stream
 
     def _stream(
         self,
@@ -693,47 +698,16 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None],
         make: Callable[[Dict[str, Any], str, int, float], T],
     ) -> ResponseStream[T]:
-        async def gen() -> AsyncGenerator[T, None]:
-            started = self._clock()
+        """:meth:`_send`'s objects, streamed, made into the caller's chunks."""
+        source = self._send(path, payload, model, role, priority, retry, None, False)
 
-            async def work(lease: Lease) -> _Exchange:
-                return await self._open(lease, path, payload, model)
+        async def chunks(out: ResponseStream[T]) -> AsyncGenerator[T, None]:
+            async with source:
+                async for obj in source:
+                    out._settled(source.server, source.attempts, source.queued_s)
+                    yield make(obj, str(source.server), source.attempts, source.queued_s)
 
-            exchange, lease, attempts = await self._failover(
-                model, role, priority, retry, work, keep_lease=True
-            )
-            n = len(attempts) + 1
-            text: List[str] = []
-            try:
-                obj = exchange.first
-                while obj is not None:
-                    chunk = make(obj, exchange.server, n, lease.queued_s)
-                    if obj.get("done"):
-                        self._attempt_succeeded(lease, obj, started, payload.get("keep_alive"))
-                        await exchange.drain()
-                        yield chunk
-                        return
-                    yield chunk
-                    text.append(_text_of(obj))
-                    try:
-                        obj = await exchange.next_obj()
-                    except Exception as exc:
-                        if self._closing:  # the orchestra exited under this stream
-                            raise OrchestraClosed(
-                                "the Orchestra was closed while this stream ran"
-                            ) from exc
-                        if not isinstance(exc, AttemptError):
-                            raise
-                        self._attempt_failed(lease, exc, model, started, [])
-                        raise StreamInterrupted("".join(text), exchange.server, exc) from exc
-                broken = AttemptError("reset", exchange.server, "stream ended before done")
-                self._attempt_failed(lease, broken, model, started, [])
-                raise StreamInterrupted("".join(text), exchange.server, broken)
-            finally:
-                self._settle(lease, None)  # closed early by the caller: no verdict
-                await exchange.close()
-
-        return ResponseStream(gen())
+        return ResponseStream.of(chunks)
 
     # -- the public calls ------------------------------------------------------------------------
 
@@ -753,8 +727,8 @@ class Orchestra:
         **fields: Any,
     ) -> Dict[str, Any]:
         if not isinstance(prompt, str):
-            raise _bad_type("prompt", prompt, "a str")
-        _check_fields(
+            raise bad_type("prompt", prompt, "a str")
+        check_fields(
             options=options,
             keep_alive=fields.get("keep_alive"),
             format=fields.get("format"),
@@ -764,8 +738,8 @@ class Orchestra:
             lists={"images": images},
         )
         if images is not None and not all(isinstance(i, str) for i in images):
-            raise _bad_type("images", images, "a list of base64 strings")
-        _check_logprobs(fields.get("logprobs"), fields.get("top_logprobs"))
+            raise bad_type("images", images, "a list of base64 strings")
+        check_logprobs(fields.get("logprobs"), fields.get("top_logprobs"))
         return self._payload(
             {"model": model, "prompt": prompt, "stream": True},
             images=list(images) if images is not None else None,
@@ -812,7 +786,7 @@ class Orchestra:
                 anything is sent.
             RequestTimeout: ``timeout`` ran out.
         """
-        _check_call(model, priority, retry, timeout)
+        check_call(model, priority, retry, timeout)
         resolved, role = self._resolve(model)
         payload = self._generate_payload(
             resolved,
@@ -829,7 +803,7 @@ class Orchestra:
             logprobs=logprobs,
             top_logprobs=top_logprobs,
         )
-        objs, lease, n = await self._collect(
+        objs, answer = await self._whole(
             "/api/generate", payload, resolved, role, priority, retry, timeout
         )
         final = objs[-1]
@@ -839,11 +813,11 @@ class Orchestra:
             response="".join(str(o.get("response") or "") for o in objs),
             thinking=thinking,
             context=tuple(context) if isinstance(context, list) else None,
-            logprobs=_merge_logprobs(objs),
-            server=lease.server.name,
-            attempts=n,
-            queued_s=lease.queued_s,
-            **_stats_from(final),
+            logprobs=merge_logprobs(objs),
+            server=str(answer.server),
+            attempts=answer.attempts,
+            queued_s=answer.queued_s,
+            **stats_from(final),
         )
 
     def generate_stream(
@@ -870,7 +844,7 @@ class Orchestra:
         Failover before the first chunk is transparent; once text has been yielded, a broken
         stream raises :class:`StreamInterrupted` with the partial text.
         """
-        _check_call(model, priority, retry)
+        check_call(model, priority, retry)
         resolved, role = self._resolve(model)
         payload = self._generate_payload(
             resolved,
@@ -892,11 +866,11 @@ class Orchestra:
             return GenerateChunk(
                 response=str(obj.get("response") or ""),
                 thinking=obj.get("thinking"),
-                logprobs=_logprobs_of(obj),
+                logprobs=logprobs_of(obj),
                 server=server,
                 attempts=n,
                 queued_s=queued,
-                **_stats_from(obj),
+                **stats_from(obj),
             )
 
         return self._stream("/api/generate", payload, resolved, role, priority, retry, make)
@@ -918,21 +892,21 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> ChatResponse:
         """``/api/chat`` on the best server; one answer (see :meth:`generate` for the knobs)."""
-        _check_call(model, priority, retry, timeout)
+        check_call(model, priority, retry, timeout)
         resolved, role = self._resolve(model)
         payload = self._chat_payload(
             resolved, messages, tools, format, options, keep_alive, think, logprobs, top_logprobs
         )
-        objs, lease, n = await self._collect(
+        objs, answer = await self._whole(
             "/api/chat", payload, resolved, role, priority, retry, timeout
         )
         return ChatResponse(
-            message=_merge_messages(objs),
-            logprobs=_merge_logprobs(objs),
-            server=lease.server.name,
-            attempts=n,
-            queued_s=lease.queued_s,
-            **_stats_from(objs[-1]),
+            message=merge_messages(objs),
+            logprobs=merge_logprobs(objs),
+            server=str(answer.server),
+            attempts=answer.attempts,
+            queued_s=answer.queued_s,
+            **stats_from(objs[-1]),
         )
 
     def chat_stream(
@@ -951,7 +925,7 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> ResponseStream[ChatChunk]:
         """``/api/chat``, streamed: an async iterator of :class:`ChatChunk`."""
-        _check_call(model, priority, retry)
+        check_call(model, priority, retry)
         resolved, role = self._resolve(model)
         payload = self._chat_payload(
             resolved, messages, tools, format, options, keep_alive, think, logprobs, top_logprobs
@@ -963,11 +937,11 @@ class Orchestra:
                 message=dict(message)
                 if isinstance(message, dict)
                 else {"role": "assistant", "content": ""},
-                logprobs=_logprobs_of(obj),
+                logprobs=logprobs_of(obj),
                 server=server,
                 attempts=n,
                 queued_s=queued,
-                **_stats_from(obj),
+                **stats_from(obj),
             )
 
         return self._stream("/api/chat", payload, resolved, role, priority, retry, make)
@@ -984,10 +958,10 @@ class Orchestra:
         logprobs: Optional[bool],
         top_logprobs: Optional[int],
     ) -> Dict[str, Any]:
-        _check_messages(messages)
-        _check_tools(tools)
-        _check_fields(options=options, keep_alive=keep_alive, format=format, think=think)
-        _check_logprobs(logprobs, top_logprobs)
+        check_messages(messages)
+        check_tools(tools)
+        check_fields(options=options, keep_alive=keep_alive, format=format, think=think)
+        check_logprobs(logprobs, top_logprobs)
         return self._payload(
             {"model": model, "messages": [dict(m) for m in messages], "stream": True},
             tools=[dict(t) for t in tools] if tools is not None else None,
@@ -1013,9 +987,9 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None] = None,
     ) -> EmbedResponse:
         """``/api/embed`` on the best server."""
-        _check_call(model, priority, retry, timeout)
-        _check_embed_input(input, dimensions)
-        _check_fields(options=options, keep_alive=keep_alive, flags={"truncate": truncate})
+        check_call(model, priority, retry, timeout)
+        check_embed_input(input, dimensions)
+        check_fields(options=options, keep_alive=keep_alive, flags={"truncate": truncate})
         resolved, role = self._resolve(model)
         payload = self._payload(
             {"model": resolved, "input": input if isinstance(input, str) else list(input)},
@@ -1025,104 +999,20 @@ class Orchestra:
             dimensions=dimensions,
         )
 
-        body, lease, n = await self._post_json(
-            "/api/embed", payload, "embeddings", resolved, role, priority, retry, timeout
+        objs, answer = await self._whole(
+            "/api/embed", payload, resolved, role, priority, retry, timeout
         )
+        body = objs[0]
         return EmbedResponse(
             model=str(body.get("model") or resolved),
             embeddings=body["embeddings"],
             total_duration=body.get("total_duration"),
             load_duration=body.get("load_duration"),
             prompt_eval_count=body.get("prompt_eval_count"),
-            server=lease.server.name,
-            attempts=n,
-            queued_s=lease.queued_s,
+            server=str(answer.server),
+            attempts=answer.attempts,
+            queued_s=answer.queued_s,
         )
-
-    async def _post_json(
-        self,
-        path: str,
-        payload: Dict[str, Any],
-        key: str,
-        model: str,
-        role: Optional[str],
-        priority: int,
-        retry: Union[RetryPolicy, bool, None],
-        timeout: Optional[float],
-    ) -> Tuple[Dict[str, Any], Lease, int]:
-        """One unstreamed JSON answer (embeddings) that must hold ``key``, with failover."""
-
-        async def work(lease: Lease) -> Dict[str, Any]:
-            started = self._clock()
-            name = lease.server.name
-            try:
-                response = await self._client().post(
-                    lease.server.url + path,
-                    json=payload,
-                    headers=dict(lease.server.headers),
-                )
-            except Exception as exc:
-                err = classify(exc, name)
-                if err is None:
-                    raise
-                raise err from exc
-            try:
-                body = response.json()
-            except ValueError:
-                body = response.text
-            if response.status_code != 200:
-                raise from_status(response.status_code, body, name, model)
-            if not isinstance(body, dict) or key not in body:
-                raise AttemptError("server", name, f"answer without {key}")
-            self._attempt_succeeded(lease, body, started, payload.get("keep_alive"))
-            return body
-
-        total = timeout if timeout is not None else self.config.timeouts.total_s
-        with anyio.move_on_after(total):
-            body, lease, attempts = await self._failover(model, role, priority, retry, work)
-            return body, lease, len(attempts) + 1
-        assert total is not None
-        raise RequestTimeout(model, total)
-
-    # -- Ollama's raw JSON, for the transport and the proxy ------------------------------------
-
-    def _raw_payload(self, body: Mapping[str, Any]) -> Tuple[Dict[str, Any], str, Optional[str]]:
-        """The request body as sent upstream (a role resolved) with its model and role."""
-        resolved, role = self._resolve(cast(str, body.get("model")))
-        return dict(body, model=resolved), resolved, role
-
-    def _raw_stream(
-        self, path: str, body: Mapping[str, Any], *, priority: int = 0
-    ) -> ResponseStream[Dict[str, Any]]:
-        """Ollama's own JSON objects of a streamed ``/api/generate`` or ``/api/chat``.
-
-        The same request path as :meth:`generate_stream`: failover before the first object,
-        :class:`StreamInterrupted` after it. The body is the caller's, passed through.
-        """
-        payload, model, role = self._raw_payload(body)
-        payload["stream"] = True
-
-        def same(obj: Dict[str, Any], server: str, n: int, queued: float) -> Dict[str, Any]:
-            return obj
-
-        return self._stream(path, payload, model, role, priority, None, same)
-
-    async def _raw_collect(
-        self, path: str, body: Mapping[str, Any], *, priority: int = 0
-    ) -> List[Dict[str, Any]]:
-        """Every JSON object of one whole answer, retried elsewhere on any failure."""
-        payload, model, role = self._raw_payload(body)
-        payload["stream"] = True
-        objs, _, _ = await self._collect(path, payload, model, role, priority, None, None)
-        return objs
-
-    async def _raw_post(
-        self, path: str, body: Mapping[str, Any], key: str, *, priority: int = 0
-    ) -> Dict[str, Any]:
-        """The JSON answer of an unstreamed call (``/api/embed``, ``/api/embeddings``)."""
-        payload, model, role = self._raw_payload(body)
-        answer, _, _ = await self._post_json(path, payload, key, model, role, priority, None, None)
-        return answer
 
     async def _host_json(
         self, server: Server, method: str, path: str, body: Optional[Mapping[str, Any]] = None
@@ -1156,30 +1046,18 @@ class Orchestra:
         ``fail_fast`` the first failure cancels the rest. See :func:`run_dag`.
         """
         if not isinstance(fail_fast, bool):
-            raise _bad_type("fail_fast", fail_fast, "a bool")
+            raise bad_type("fail_fast", fail_fast, "a bool")
         if inputs is not None and (
             not isinstance(inputs, Mapping)
             or not all(isinstance(k, str) and isinstance(v, str) for k, v in inputs.items())
         ):
-            raise _bad_type("inputs", inputs, "a mapping of names to strings")
+            raise bad_type("inputs", inputs, "a mapping of names to strings")
         return await run_dag(
             self, tasks, schedule=schedule, fail_fast=fail_fast, on_event=on_event, inputs=inputs
         )
 
 
-def _check_logprobs(logprobs: object, top_logprobs: object) -> None:
-    """``logprobs`` and ``top_logprobs`` as Ollama types them (``api/types.go``, v0.33)."""
-    if logprobs is not None and not isinstance(logprobs, bool):
-        raise TypeError(f"logprobs must be a bool, got {logprobs!r}")
-    if top_logprobs is not None and (
-        isinstance(top_logprobs, bool)
-        or not isinstance(top_logprobs, int)
-        or not 0 <= top_logprobs <= 20
-    ):
-        raise ValueError(f"top_logprobs must be an int from 0 to 20, got {top_logprobs!r}")
-
-
-def _merge_messages(objs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+def merge_messages(objs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     content: List[str] = []
     thinking: List[str] = []
     tool_calls: List[Any] = []
@@ -1200,129 +1078,3 @@ def _merge_messages(objs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     if tool_calls:
         out["tool_calls"] = tool_calls
     return out
-
-
-# -- request arguments: checked before any work, each error naming the argument ------------
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _bad_type(name: str, value: object, expected: str) -> TypeError:
-    return TypeError(f"{name} must be {expected}, got {_show(value)}")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_call(model: object, priority: object, retry: object, timeout: object = None) -> None:
-    """The arguments every request takes: ``model``, ``priority``, ``retry``, ``timeout``."""
-    if not isinstance(model, str):
-        raise _bad_type("model", model, "a model or role name (a str)")
-    if not model.strip():
-        raise ValueError(f"model must name a model or a role, got {model!r}")
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise _bad_type("priority", priority, "an int")
-    if retry is not None and not isinstance(retry, (bool, RetryPolicy)):
-        raise _bad_type("retry", retry, "a RetryPolicy, True, False or None")
-    if timeout is not None:
-        if not _is_number(timeout):
-            raise _bad_type("timeout", timeout, "a number of seconds or None")
-        if not (math.isfinite(cast(float, timeout)) and cast(float, timeout) > 0):
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
-
-
-def _check_json(name: str, value: object) -> None:
-    """``value`` must go into a JSON body as it is (no NaN: Ollama would refuse it)."""
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise TypeError(f"{name} must be JSON data: {exc}") from None
-
-
-def _check_fields(
-    *,
-    options: object = None,
-    keep_alive: object = None,
-    format: object = None,
-    think: object = None,
-    strings: Mapping[str, object] = {},
-    flags: Mapping[str, object] = {},
-    lists: Mapping[str, object] = {},
-) -> None:
-    """The optional Ollama fields shared by generate, chat and embed."""
-    if options is not None:
-        if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
-            raise _bad_type("options", options, "a mapping of option names to values")
-        _check_json("options", dict(options))
-    if keep_alive is not None:
-        if isinstance(keep_alive, str):
-            pass  # a duration ("5m", "1h"): Ollama parses it
-        elif not _is_number(keep_alive):
-            raise _bad_type("keep_alive", keep_alive, "seconds (a number) or a duration string")
-        elif not math.isfinite(cast(float, keep_alive)):
-            raise ValueError(f"keep_alive must be finite, got {keep_alive!r}")
-    if format is not None:
-        if not isinstance(format, (str, Mapping)):
-            raise _bad_type("format", format, '"json" or a JSON schema (a mapping)')
-        _check_json("format", format if isinstance(format, str) else dict(format))
-    if think is not None and not isinstance(think, bool):
-        if not isinstance(think, str):
-            raise _bad_type("think", think, f"a bool or one of {', '.join(THINK_LEVELS)}")
-        if think not in THINK_LEVELS:
-            raise ValueError(
-                f"think must be a bool or one of {', '.join(THINK_LEVELS)}, got {think!r}"
-            )
-    for name, value in strings.items():
-        if value is not None and not isinstance(value, str):
-            raise _bad_type(name, value, "a str")
-    for name, value in flags.items():
-        if value is not None and not isinstance(value, bool):
-            raise _bad_type(name, value, "a bool or None")
-    for name, value in lists.items():
-        if value is None:
-            continue
-        if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Sequence):
-            raise _bad_type(name, value, "a list")
-        _check_json(name, list(value))
-
-
-def _check_messages(messages: object) -> None:
-    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-        raise _bad_type("messages", messages, "a list of {'role': ..., 'content': ...} mappings")
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping):
-            raise _bad_type(f"messages[{i}]", m, "a {'role': ..., 'content': ...} mapping")
-        if not isinstance(m.get("role"), str):
-            raise _bad_type(f"messages[{i}]['role']", m.get("role"), "a str")
-        if m.get("content") is not None and not isinstance(m.get("content"), str):
-            raise _bad_type(f"messages[{i}]['content']", m.get("content"), "a str")
-    _check_json("messages", [dict(m) for m in messages])
-
-
-def _check_tools(tools: object) -> None:
-    if tools is None:
-        return
-    if isinstance(tools, (str, bytes, Mapping)) or not isinstance(tools, Sequence):
-        raise _bad_type("tools", tools, "a list of tool mappings")
-    for i, t in enumerate(tools):
-        if not isinstance(t, Mapping):
-            raise _bad_type(f"tools[{i}]", t, "a tool mapping")
-    _check_json("tools", [dict(t) for t in tools])
-
-
-def _check_embed_input(value: object, dimensions: object) -> None:
-    if not isinstance(value, str):
-        if isinstance(value, (bytes, Mapping)) or not isinstance(value, Sequence):
-            raise _bad_type("input", value, "a str or a list of str")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                raise _bad_type(f"input[{i}]", item, "a str")
-    if dimensions is not None:
-        if isinstance(dimensions, bool) or not isinstance(dimensions, int):
-            raise _bad_type("dimensions", dimensions, "an int")
-        if dimensions <= 0:
-            raise ValueError(f"dimensions must be > 0, got {dimensions!r}")

@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import base64
 import os
-import sys
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Dict,
+    Iterable,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+    cast,
+)
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ._errors import ConfigError
@@ -26,10 +36,8 @@ from ._validate import (
     string_table,
 )
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - exercised on the 3.8 matrix run
-    pass
+if TYPE_CHECKING:  # the balancer imports this module: no import at run time
+    from ._balancer import Strategy
 
 __all__ = [
     "STRATEGIES",
@@ -307,8 +315,9 @@ class OrchestraConfig:
 
     Args:
         servers: the Ollama hosts (at least one, unique names).
-        strategy: one of :data:`STRATEGIES`; ``hybrid`` (the default) picks the server with
-            the least expected completion time.
+        strategy: one of :data:`STRATEGIES`, or a :class:`Strategy` object (anything with a
+            ``choose(request, candidates)`` method); ``hybrid`` (the default) picks the
+            server with the least expected completion time.
         roles: pipeline roles to models, e.g. ``{"coding": "qwen2.5-coder:32b"}``; a role name
             is accepted wherever a model name is.
         affinity: routing rules, applied before the strategy.
@@ -317,7 +326,7 @@ class OrchestraConfig:
     """
 
     servers: Sequence[Server]
-    strategy: str = "hybrid"
+    strategy: Union[str, Strategy] = "hybrid"
     roles: Mapping[str, str] = field(default_factory=dict)
     affinity: Tuple[AffinityRule, ...] = ()
     timeouts: Timeouts = field(default_factory=Timeouts)
@@ -347,11 +356,18 @@ class OrchestraConfig:
                     f"duplicate server name (also servers[{seen[s.name]}])",
                 )
             seen[s.name] = i
-        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
+        if isinstance(self.strategy, str):
+            if self.strategy not in STRATEGIES:
+                raise ConfigError(
+                    "strategy",
+                    self.strategy,
+                    f"unknown strategy; expected one of {', '.join(STRATEGIES)}",
+                )
+        elif not callable(getattr(self.strategy, "choose", None)):
             raise ConfigError(
                 "strategy",
                 self.strategy,
-                f"unknown strategy; expected one of {', '.join(STRATEGIES)}",
+                f"must be one of {', '.join(STRATEGIES)} or an object with a choose() method",
             )
         if not isinstance(self.roles, Mapping):
             raise ConfigError("roles", self.roles, "must be a mapping of role to model")

@@ -52,7 +52,7 @@ from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Tuple
 import anyio
 import httpx
 
-from ._client import Orchestra, ResponseStream, _merge_messages
+from ._client import Orchestra, ResponseStream, merge_messages
 from ._config import Server
 from ._errors import (
     ConfigError,
@@ -64,7 +64,7 @@ from ._errors import (
     StreamInterrupted,
 )
 from ._serving import BadRequestBody, parse_json
-from ._types import merge_logprobs as _merge_logprobs
+from ._types import merge_logprobs
 from ._wire import RequestRejected, check_request, late_errors
 
 __all__ = ["OrchestraTransport"]
@@ -218,8 +218,9 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
         if path == "/api/show":
             return await self._show(body)
         if path in ("/api/embed", "/api/embeddings"):
-            key = "embeddings" if path == "/api/embed" else "embedding"
-            return _json(200, await self.orch._raw_post(path, body, key, priority=self.priority))
+            async with self.orch.send(path, body, collect=True, priority=self.priority) as answer:
+                objs = [obj async for obj in answer]
+            return _json(200, objs[0])
         return await self._complete(path, body)
 
     @staticmethod
@@ -251,21 +252,22 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
 
     async def _complete(self, path: str, body: Dict[str, Any]) -> httpx.Response:
         if body.get("stream") is False:  # checked: a bool or null (null streams, as in Ollama)
-            objs = await self.orch._raw_collect(path, body, priority=self.priority)
+            async with self.orch.send(path, body, collect=True, priority=self.priority) as answer:
+                objs = [obj async for obj in answer]
             final = dict(objs[-1])
             if path == "/api/chat":
-                final["message"] = _merge_messages(objs)
+                final["message"] = merge_messages(objs)
             else:
                 final["response"] = "".join(str(o.get("response") or "") for o in objs)
                 thinking = "".join(str(o.get("thinking") or "") for o in objs)
                 if thinking:
                     final["thinking"] = thinking
-            logprobs = _merge_logprobs(objs)  # the upstream answer was streamed: gather them
+            logprobs = merge_logprobs(objs)  # the upstream answer was streamed: gather them
             final.pop("logprobs", None)
             if logprobs is not None:
                 final["logprobs"] = logprobs
             return _json(200, final)
-        stream = self.orch._raw_stream(path, body, priority=self.priority)
+        stream = self.orch.send(path, body, priority=self.priority)
         try:
             first = await stream.__anext__()
         except BaseException:
@@ -316,8 +318,9 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
     async def _show(self, body: Mapping[str, Any]) -> httpx.Response:
         model, _ = self.orch.config.resolve_model(str(body["model"]))
         snap = self.orch.state()
+        # The balancer's definition of eligible (health, breakers, affinity), least busy first.
         candidates = sorted(
-            (s for s in self._healthy() if snap[s.name].has_model(model)),
+            (st.server for st in self.orch.balancer.eligible(model)),
             key=lambda s: snap[s.name].in_flight / max(1, snap[s.name].slots),
         )
         if not candidates:

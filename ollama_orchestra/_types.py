@@ -12,6 +12,11 @@ __all__ = [
     "GenerateChunk",
     "GenerateResponse",
     "Message",
+    "Think",
+    "logprobs_of",
+    "merge_logprobs",
+    "stats_from",
+    "text_of",
 ]
 
 #: A chat message as Ollama's API takes it: ``{"role": "user", "content": "..."}``.
@@ -129,7 +134,7 @@ _STAT_KEYS = (
 )
 
 
-def _stats_from(data: Mapping[str, Any]) -> Dict[str, Any]:
+def stats_from(data: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: data[k] for k in _STAT_KEYS if k in data}
 
 
@@ -146,15 +151,14 @@ def merge_logprobs(objs: Sequence[Mapping[str, Any]]) -> Optional[List[Logprob]]
 
 
 # ``_client.py`` still imports the old name until the core branch merges; the lead drops it.
-_merge_logprobs = merge_logprobs
 
 
-def _logprobs_of(obj: Mapping[str, Any]) -> Optional[List[Logprob]]:
+def logprobs_of(obj: Mapping[str, Any]) -> Optional[List[Logprob]]:
     chunk = obj.get("logprobs")
     return list(chunk) if isinstance(chunk, list) and chunk else None
 
 
-def _text_of(obj: Mapping[str, Any]) -> str:
+def text_of(obj: Mapping[str, Any]) -> str:
     """The text one chunk of ``/api/generate`` or ``/api/chat`` carries."""
     message = obj.get("message")
     if isinstance(message, dict):

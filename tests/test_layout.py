@@ -15,10 +15,9 @@ LIMIT = 500
 #: A module over ``LIMIT`` lines must say why in its docstring, starting with this phrase.
 MARKER = "Longer than 500 lines because"
 
-# Files of the other issue-13 helpers (core: _client.py, _balancer.py, _transport.py; sim:
-# sim/) that still break a rule on this branch. The lead empties these lists after merging
-# their branches; each entry must still be needed (the tests fail on a stale one).
-KNOWN_PRIVATE_IMPORTS = {"_client.py", "_transport.py"}
+# Files still over the limit with no reason given: the rest of the issue-13 split (the
+# balancer's queue and strategies; the client's public methods). Each entry must still be
+# needed (the test fails on a stale one).
 KNOWN_LONG_FILES = {"_client.py", "_balancer.py"}
 
 
@@ -58,17 +57,10 @@ class TestPrivateImports:
         """Every ``from ._x import name`` names a non-underscore name."""
         bad: Dict[str, List[str]] = {}
         for name, path in _modules():
-            if name not in KNOWN_PRIVATE_IMPORTS:
-                found = _private_imports(path)
-                if found:
-                    bad[name] = found
+            found = _private_imports(path)
+            if found:
+                bad[name] = found
         assert not bad, "import a non-underscore name of the owning module instead: " + repr(bad)
-
-    @pytest.mark.parametrize("name", sorted(KNOWN_PRIVATE_IMPORTS))
-    def test_known_exceptions_still_needed(self, name: str) -> None:
-        """A listed file still imports a private name (else take it off the list)."""
-        path = PACKAGE / name
-        assert path.exists() and _private_imports(path), f"remove {name} from the list"
 
     def test_detects_a_private_import(self, tmp_path: Path) -> None:
         """The check sees a private name among public ones, relative or absolute."""

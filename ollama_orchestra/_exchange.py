@@ -1,0 +1,222 @@
+"""One HTTP exchange with one server: send, first-byte deadline, read, close.
+
+Every request the orchestra sends upstream (``generate``, ``chat``, ``embed``, their
+streamed forms, the transport and the proxy) goes through :meth:`Exchange.open`: the send
+and the wait for the first JSON object sit under one ``anyio.fail_after(first_byte_s)``
+deadline, so a hung host is caught by that deadline, and the httpx read timeout bounds only
+the silence between two chunks afterwards. (The old path mutated the request's
+``extensions["timeout"]`` after sending and relied on httpcore reading it lazily.)
+
+Streamed answers (``/api/generate``, ``/api/chat``) are read as NDJSON, one object a line;
+unstreamed ones (``/api/embed``, ``/api/embeddings``) as one JSON object. Errors come out as
+:class:`AttemptError` (see ``_failover``); :meth:`Exchange.aclose` is the one close path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional
+
+import anyio
+import httpx
+
+from ._config import Server
+from ._failover import AttemptError, classify, from_status, mid_stream_error
+
+__all__ = ["UNSTREAMED_PATHS", "Exchange"]
+
+#: Ollama endpoints that answer with one JSON object, never NDJSON (``docs/api.md``).
+UNSTREAMED_PATHS = frozenset({"/api/embed", "/api/embeddings"})
+
+_ANSWER_KEY = {"/api/embed": "embeddings", "/api/embeddings": "embedding"}
+
+
+class Exchange:
+    """One open answer from one server; :meth:`aclose` it (idempotent)."""
+
+    __slots__ = (
+        "_closed",
+        "_lines",
+        "_read_s",
+        "_streamed",
+        "first",
+        "response",
+        "server",
+        "started",
+    )
+
+    def __init__(
+        self, server: str, response: httpx.Response, started: float, streamed: bool
+    ) -> None:
+        #: The server's name.
+        self.server = server
+        #: The open httpx response.
+        self.response = response
+        #: When the attempt started (after the slot was granted): service time counts from it.
+        self.started = started
+        #: The first JSON object of the answer (set by :meth:`open`).
+        self.first: Optional[Dict[str, Any]] = None
+        self._lines: AsyncIterator[str] = response.aiter_lines()
+        self._streamed = streamed
+        self._closed = False
+        # No per-read deadline while ``open`` waits under the first-byte deadline.
+        self._read_s: Optional[float] = None
+
+    @classmethod
+    async def open(
+        cls,
+        client: httpx.AsyncClient,
+        server: Server,
+        path: str,
+        payload: Mapping[str, Any],
+        *,
+        model: str,
+        first_byte_s: float,
+        read_s: float,
+        connect_s: float,
+        clock: Callable[[], float],
+    ) -> Exchange:
+        """Send ``payload`` to ``server`` and wait for the first JSON object of the answer.
+
+        Raises:
+            AttemptError: the server failed (connect, timeout, status, bad answer).
+        """
+        started = clock()
+        streamed = path not in UNSTREAMED_PATHS
+        # httpx's read timeout is off: the first byte is bounded by ``first_byte_s`` below,
+        # the silence between two chunks by ``read_s`` in ``next_obj``.
+        request = client.build_request(
+            "POST",
+            server.url + path,
+            json=dict(payload),
+            headers=dict(server.headers),
+            timeout=httpx.Timeout(connect=connect_s, read=None, write=read_s, pool=None),
+        )
+        exchange: Optional[Exchange] = None
+        try:
+            with anyio.fail_after(first_byte_s):
+                try:
+                    response = await client.send(request, stream=True)
+                except Exception as exc:
+                    err = classify(exc, server.name)
+                    if err is None:
+                        raise
+                    raise err from exc
+                exchange = cls(server.name, response, started, streamed)
+                if response.status_code != 200:
+                    raise from_status(
+                        response.status_code, await exchange._body(), server.name, model
+                    )
+                if streamed:
+                    exchange.first = await exchange.next_obj()
+                    if exchange.first is None:
+                        raise AttemptError("reset", server.name, "empty answer")
+                else:
+                    exchange.first = await exchange._whole(_ANSWER_KEY[path])
+        except TimeoutError as exc:
+            if exchange is not None:
+                await exchange.aclose()
+            raise AttemptError(
+                "timeout", server.name, f"no answer within first_byte_s={first_byte_s}s", exc
+            ) from exc
+        except BaseException:
+            if exchange is not None:
+                await exchange.aclose()
+            raise
+        exchange._read_s = read_s
+        return exchange
+
+    async def _body(self) -> Any:
+        """An error answer's body: its JSON, else its text."""
+        try:
+            await self.response.aread()
+            return self.response.json()
+        except Exception:
+            return self.response.text if self.response.is_closed else ""
+
+    async def _whole(self, key: str) -> Dict[str, Any]:
+        """An unstreamed answer: one JSON object that must hold ``key``."""
+        try:
+            await self.response.aread()
+        except Exception as exc:
+            err = classify(exc, self.server)
+            if err is None:
+                raise
+            raise err from exc
+        try:
+            body = self.response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or key not in body:
+            raise AttemptError("server", self.server, f"answer without {key}")
+        return body
+
+    async def next_obj(self) -> Optional[Dict[str, Any]]:
+        """The next JSON object of the stream, ``None`` at its end; errors as AttemptError."""
+        if not self._streamed:
+            return None
+        while True:
+            try:
+                if self._read_s is None:
+                    line = await self._lines.__anext__()
+                else:
+                    with anyio.fail_after(self._read_s):
+                        line = await self._lines.__anext__()
+            except StopAsyncIteration:
+                return None
+            except TimeoutError as exc:
+                raise AttemptError(
+                    "timeout", self.server, f"no chunk within read_s={self._read_s}s", exc
+                ) from exc
+            except Exception as exc:
+                err = classify(exc, self.server)
+                if err is None:
+                    raise
+                raise err from exc
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise AttemptError(
+                    "server", self.server, f"bad JSON line from server: {line[:80]!r}", exc
+                ) from exc
+            if isinstance(obj, dict) and "error" in obj:
+                raise mid_stream_error(str(obj["error"]), self.server)
+            if not isinstance(obj, dict):
+                raise AttemptError(
+                    "server", self.server, f"unexpected line from server: {line[:80]!r}"
+                )
+            return obj
+
+    async def read_all(self) -> List[Dict[str, Any]]:
+        """Every object up to the final one (``done``); a stream cut short is an error."""
+        assert self.first is not None
+        objs = [self.first]
+        if not self._streamed:
+            return objs
+        while not objs[-1].get("done"):
+            obj = await self.next_obj()
+            if obj is None:
+                raise AttemptError("reset", self.server, "stream ended before done")
+            objs.append(obj)
+        return objs
+
+    async def drain(self) -> None:
+        """Read what is left after the final chunk (the end of the chunked body), so httpx
+        hands the connection back to the pool instead of closing it: without this every
+        request would open a new connection."""
+        if not self._streamed:
+            return
+        with contextlib.suppress(Exception):
+            async for _ in self._lines:
+                pass
+
+    async def aclose(self) -> None:
+        """Close the response (shielded: a cancelled caller still frees the connection)."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            await self.response.aclose()
