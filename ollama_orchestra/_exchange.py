@@ -156,19 +156,23 @@ class Exchange:
         """The next JSON object of the stream, ``None`` at its end; errors as AttemptError."""
         if not self._streamed:
             return None
+        if self._read_s is None:
+            return await self._next()
+        try:
+            with anyio.fail_after(self._read_s):
+                return await self._next()
+        except TimeoutError as exc:
+            raise self._silence(exc) from exc
+
+    def _silence(self, exc: BaseException) -> AttemptError:
+        return AttemptError("timeout", self.server, f"no chunk within read_s={self._read_s}s", exc)
+
+    async def _next(self) -> Optional[Dict[str, Any]]:
         while True:
             try:
-                if self._read_s is None:
-                    line = await self._lines.__anext__()
-                else:
-                    with anyio.fail_after(self._read_s):
-                        line = await self._lines.__anext__()
+                line = await self._lines.__anext__()
             except StopAsyncIteration:
                 return None
-            except TimeoutError as exc:
-                raise AttemptError(
-                    "timeout", self.server, f"no chunk within read_s={self._read_s}s", exc
-                ) from exc
             except Exception as exc:
                 err = classify(exc, self.server)
                 if err is None:
@@ -191,16 +195,31 @@ class Exchange:
             return obj
 
     async def read_all(self) -> List[Dict[str, Any]]:
-        """Every object up to the final one (``done``); a stream cut short is an error."""
+        """Every object up to the final one (``done``); a stream cut short is an error.
+
+        One cancel scope bounds the silence between chunks for the whole answer, its deadline
+        pushed forward only when less than ``read_s`` is left (to ``1.25 * read_s`` ahead): a
+        scope per chunk cost more than the rest of reading it from a fast host. So a silent
+        host is cut after between ``read_s`` and ``1.25 * read_s`` (``next_obj``, used for
+        streams handed to the caller, keeps one exact ``read_s`` deadline per chunk).
+        """
         assert self.first is not None
         objs = [self.first]
         if not self._streamed:
             return objs
-        while not objs[-1].get("done"):
-            obj = await self.next_obj()
-            if obj is None:
-                raise AttemptError("reset", self.server, "stream ended before done")
-            objs.append(obj)
+        read_s = self._read_s
+        with anyio.CancelScope() as scope:
+            if read_s is not None:
+                scope.deadline = anyio.current_time() + 1.25 * read_s
+            while not objs[-1].get("done"):
+                obj = await self._next()
+                if obj is None:
+                    raise AttemptError("reset", self.server, "stream ended before done")
+                objs.append(obj)
+                if read_s is not None and scope.deadline - anyio.current_time() < read_s:
+                    scope.deadline = anyio.current_time() + 1.25 * read_s
+        if scope.cancelled_caught:
+            raise self._silence(TimeoutError())
         return objs
 
     async def drain(self) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
+import anyio
 import httpx
 import pytest
 import respx
@@ -19,6 +20,8 @@ from ollama_orchestra import (
     RequestFailed,
     RetryPolicy,
     Server,
+    StreamInterrupted,
+    Timeouts,
 )
 
 M = "qwen2.5:14b"
@@ -63,9 +66,15 @@ def fleet_router(models: Dict[str, List[str]]) -> respx.Router:
 
 
 def orchestra(
-    router: respx.Router, *, attempts: int = 3, strategy: str = "round_robin", headers: Any = None
+    router: respx.Router,
+    *,
+    attempts: int = 3,
+    strategy: str = "round_robin",
+    headers: Any = None,
+    timeouts: Optional[Timeouts] = None,
 ) -> Orchestra:
     cfg = OrchestraConfig(
+        timeouts=timeouts or Timeouts(),
         servers=(Server("a", A, headers=headers or {}), Server("b", B)),
         strategy=strategy,
         health=HealthPolicy(interval_s=3600, startup_timeout_s=5),
@@ -207,7 +216,7 @@ class TestErrors:
         router.post(A + "/api/generate").respond(500, json={"error": "boom a"})
         router.post(B + "/api/generate").respond(503, json={"error": "busy b"})
         async with orchestra(router, attempts=3) as orch:
-            with pytest.raises(RequestFailed) as info:
+            with pytest.raises(RequestFailed) as info, anyio.fail_after(5):
                 await orch.generate(M, "x")
         attempts = info.value.attempts
         assert len(attempts) == 3
@@ -260,3 +269,49 @@ class TestSecrets:
             text = repr(orch) + repr(orch.config) + repr(orch.state()) + orch.prometheus()
         assert "s3cret" not in text
         assert "s3cret" not in caplog.text
+
+
+class TestSilentHost:
+    """A host that goes silent mid-answer is cut after read_s, collected or streamed."""
+
+    @staticmethod
+    def hanging(router: respx.Router, url: str, never: Any) -> None:
+        """``url`` sends one chunk of a generate answer, then nothing ever again."""
+
+        async def body() -> Any:
+            yield gen_stream(["Hel"]).split(b"\n")[0] + b"\n"
+            await never.wait()
+
+        router.post(url + "/api/generate").mock(
+            side_effect=lambda request: httpx.Response(200, content=body())
+        )
+
+    def silent_fleet(self, never: Any) -> Orchestra:
+        router = fleet_router({A: [M], B: [M]})
+        self.hanging(router, A, never)
+        self.hanging(router, B, never)
+        return orchestra(router, attempts=2, timeouts=Timeouts(first_byte_s=5, read_s=0.05))
+
+    async def test_collected_answer_is_retried_then_fails(self) -> None:
+        """Collected: each silent attempt ends after read_s and the request fails naming it."""
+        never = anyio.Event()
+        async with self.silent_fleet(never) as orch:
+            with pytest.raises(RequestFailed) as info, anyio.fail_after(5):
+                await orch.generate(M, "x")
+        assert [a.server for a in info.value.attempts] in (["a", "b"], ["b", "a"])
+        assert all("no chunk within read_s=0.05s" in a.error for a in info.value.attempts)
+
+    async def test_stream_is_interrupted(self) -> None:
+        """Streamed: the text already yielded comes back in StreamInterrupted."""
+        never = anyio.Event()
+        async with self.silent_fleet(never) as orch:
+
+            async def read_all() -> None:
+                async with orch.generate_stream(M, "x") as stream:
+                    async for _ in stream:
+                        pass
+
+            with pytest.raises(StreamInterrupted) as info, anyio.fail_after(5):
+                await read_all()
+        assert info.value.partial == "Hel"
+        assert "no chunk within read_s" in str(info.value)
