@@ -21,6 +21,7 @@ import sys
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import anyio
+import anyio.lowlevel
 import httpx
 
 from .._config import Server
@@ -200,6 +201,13 @@ class SimServer:
         if task is not None and not task.done():
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await asyncio.shield(task)
+        self._abort_connections_of(server)
+        # A connection the listener accepted just before it closed gets its protocol a few
+        # loop iterations later (asyncio's accept task, then connection_made): let those run,
+        # then break it too, so no socket of the dead host is left for the garbage collector.
+        with anyio.CancelScope(shield=True):
+            for _ in range(3):
+                await anyio.lowlevel.checkpoint()
         self._abort_connections_of(server)
 
     @staticmethod
