@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ._openai_answers import (
     ChatStream,
@@ -89,7 +89,17 @@ from ._openai_requests import (
     embed_request,
     include_usage,
 )
-from ._serving import BadRequestBody, ClientGone, json_object, read_body
+from ._serving import (
+    ASGIApp,
+    BadRequestBody,
+    ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    json_object,
+    read_body,
+)
 
 __all__ = [
     "OpenAIError",
@@ -107,12 +117,6 @@ __all__ = [
     "unix_time",
 ]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-# Loosely typed: the simulator and the proxy spell their ASGI types differently.
-ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 
 _JSON = b"application/json; charset=utf-8"
 _SSE = b"text/event-stream"

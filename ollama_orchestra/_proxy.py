@@ -27,7 +27,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Dict, Mapping, MutableMapping, Optional, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import anyio
 import anyio.abc
@@ -40,8 +40,13 @@ from ._errors import ConfigError
 from ._extras import require_asyncio, require_extra
 from ._openai import openai_app
 from ._serving import (
+    ASGIApp,
     BodyTooLarge,
     ClientGone,
+    Message,
+    Receive,
+    Scope,
+    Send,
     bind_socket,
     embedded_uvicorn,
     is_loopback,
@@ -53,11 +58,6 @@ __all__ = ["ProxyLimits", "proxy_app", "serve_proxy"]
 
 log = logging.getLogger("ollama_orchestra.proxy")
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 _JSON = b"application/json; charset=utf-8"

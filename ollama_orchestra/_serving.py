@@ -7,14 +7,30 @@ import contextlib
 import ipaddress
 import json
 import socket
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Type
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    MutableMapping,
+    Optional,
+    Type,
+)
 
 from ._errors import ConfigError
 
 __all__ = [
+    "ASGIApp",
     "BadRequestBody",
     "BodyTooLarge",
     "ClientGone",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
     "bind_socket",
     "embedded_uvicorn",
     "is_loopback",
@@ -22,6 +38,14 @@ __all__ = [
     "parse_json",
     "read_body",
 ]
+
+
+# ASGI's callables, as the proxy, the OpenAI layer and the simulator use them.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def is_loopback(host: str) -> bool:

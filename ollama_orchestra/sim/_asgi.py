@@ -8,11 +8,11 @@ Request bodies are read and parsed with the shared ``.._serving`` helpers (``rea
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, List, TypeVar
 
 import anyio
 
-from .._serving import ClientGone
+from .._serving import ClientGone, Receive, Scope, Send
 
 __all__ = [
     "HTTPError",
@@ -29,11 +29,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-
-Scope = Dict[str, Any]
-Message = Dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 def dumps(obj: Any) -> str:
