@@ -34,6 +34,7 @@ __all__ = [
     "config_from_env",
     "config_from_file",
     "config_from_mapping",
+    "env_options",
     "parse_role_specs",
     "parse_server_spec",
 ]
@@ -112,13 +113,19 @@ def config_from_env(
         parse_server_spec(item, field=f"OLLAMA_ORCHESTRA_SERVERS[{i}]")
         for i, item in enumerate(raw.split(","))
     )
-    kwargs: Dict[str, Any] = {"servers": servers}
+    return cls(servers=servers, **env_options(env))
+
+
+def env_options(env: Mapping[str, str]) -> Dict[str, Any]:
+    """``strategy`` and ``roles`` from ``OLLAMA_ORCHESTRA_STRATEGY`` and ``_ROLES`` (those set),
+    for the environment's config and for the CLI's ``--server`` fleets alike."""
+    options: Dict[str, Any] = {}
     if env.get("OLLAMA_ORCHESTRA_STRATEGY"):
-        kwargs["strategy"] = env["OLLAMA_ORCHESTRA_STRATEGY"]
+        options["strategy"] = env["OLLAMA_ORCHESTRA_STRATEGY"]
     roles_raw = env.get("OLLAMA_ORCHESTRA_ROLES", "")
     if roles_raw.strip():
-        kwargs["roles"] = parse_role_specs(roles_raw.split(","), field="OLLAMA_ORCHESTRA_ROLES")
-    return cls(**kwargs)
+        options["roles"] = parse_role_specs(roles_raw.split(","), field="OLLAMA_ORCHESTRA_ROLES")
+    return options
 
 
 # The environment's and the command line's shorthand for servers and roles: one parser each,

@@ -20,7 +20,7 @@ import anyio
 
 from ._client import Orchestra
 from ._config import OrchestraConfig
-from ._configload import parse_role_specs, parse_server_spec
+from ._configload import env_options, parse_role_specs, parse_server_spec
 from ._errors import ConfigError, DagValidationError, OrchestraError
 from ._executor import load_dag
 from ._extras import require_extra
@@ -70,12 +70,7 @@ def _config(args: argparse.Namespace) -> OrchestraConfig:
             parse_server_spec(item, field="--server", default_name=f"server{i}")
             for i, item in enumerate(args.server)
         )
-        kwargs: Dict[str, Any] = {"servers": servers}
-        if env.get("OLLAMA_ORCHESTRA_STRATEGY"):
-            kwargs["strategy"] = env["OLLAMA_ORCHESTRA_STRATEGY"]
-        roles_raw = env.get("OLLAMA_ORCHESTRA_ROLES", "")
-        if roles_raw.strip():
-            kwargs["roles"] = parse_role_specs(roles_raw.split(","), field="OLLAMA_ORCHESTRA_ROLES")
+        kwargs: Dict[str, Any] = {"servers": servers, **env_options(env)}
         kwargs["roles"] = {**kwargs.get("roles", {}), **flag_roles}
         return OrchestraConfig(**kwargs)
     # (OLLAMA_ORCHESTRA_CONFIG, like --config, names a file whose strategy the flag overrides.)
