@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import re
 import socket
+from itertools import accumulate
 from typing import (
     Any,
     Awaitable,
@@ -109,15 +111,35 @@ def _finite_float(text: str) -> float:
     return value
 
 
+#: Deepest nesting a request body may have. Checked before parsing: Python's parser recurses,
+#: and in a process whose recursion limit was raised, a deep enough body overflows the C stack
+#: and aborts the interpreter instead of raising RecursionError (seen on Python 3.8).
+MAX_JSON_DEPTH = 512
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def _too_deep(raw: bytes) -> bool:
+    """``raw`` nests deeper than :data:`MAX_JSON_DEPTH` (brackets inside strings not counted)."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return False
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_DEPTH_STEP.__getitem__, brackets)), default=0) > MAX_JSON_DEPTH
+
+
 def parse_json(raw: bytes) -> Any:
     """A request body parsed as JSON (any value); :class:`BadRequestBody` with the reason.
 
-    Hostile input is a 400 like any other bad JSON: nesting deeper than Python's recursion
-    allows (Go's decoder stops at 10,000 levels, ``exceeded max depth``), bytes that are not
+    Hostile input is a 400 like any other bad JSON: nesting deeper than
+    :data:`MAX_JSON_DEPTH` (Go's decoder stops at 10,000 levels, ``exceeded max depth``; ours
+    is checked before parsing, whatever the recursion limit), bytes that are not
     UTF-8, and what Python reads but JSON has not (``NaN``, ``Infinity``, ``1e999``).
     """
     if not raw.strip():
         raise BadRequestBody("missing request body")
+    if _too_deep(raw):
+        raise BadRequestBody("invalid JSON: exceeded max depth")
     try:
         return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from ollama_orchestra import Orchestra, OrchestraTransport, serve_proxy
+from ollama_orchestra._serving import MAX_JSON_DEPTH, BadRequestBody, parse_json
 from ollama_orchestra._wire import RequestRejected, check_request, late_errors
 from ollama_orchestra.sim import SimFleet
 
@@ -289,3 +290,21 @@ class TestCheckRequest:
         )
         assert late_errors({"options": {"unknown": "x", "seed": 1.0}, "format": "json"}) is None
         assert late_errors({"format": {"type": "object"}}) is None
+
+
+class TestJsonDepth:
+    """Nesting is bounded before parsing, whatever the process's recursion limit."""
+
+    def test_depth_over_the_limit_is_refused_before_parsing(self) -> None:
+        """One level past MAX_JSON_DEPTH is a 400, though Python's parser could read it."""
+        deep = MAX_JSON_DEPTH + 1
+        with pytest.raises(BadRequestBody, match="exceeded max depth"):
+            parse_json(b"[" * deep + b"]" * deep)
+
+    def test_depth_at_the_limit_and_brackets_in_strings_parse(self) -> None:
+        """MAX_JSON_DEPTH levels parse; brackets inside strings are not nesting."""
+        at = MAX_JSON_DEPTH
+        assert parse_json(b"[" * at + b"]" * at) is not None
+        assert parse_json(json.dumps({"prompt": "[{" * 5000}).encode()) == {"prompt": "[{" * 5000}
+        wide = [[1, 2]] * 5000
+        assert parse_json(json.dumps(wide).encode()) == wide
