@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -73,6 +74,38 @@ class TestFaults:
             with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
                 await read(http)
         assert len(got) == 3 and not any(x["done"] for x in got)
+
+    async def test_reset_gives_the_slot_back_without_gc(self, sim_server: SimServer) -> None:
+        """A reset generation frees its slot before the connection breaks, not when a GC pass
+        finds its suspended generator (which stalled the host's queue on Python 3.8)."""
+        await sim_server.set_faults(Faults(reset_after_chunks=2))
+        assert sim_server.sim is not None
+        gc.disable()
+        try:
+            async with httpx.AsyncClient(base_url=sim_server.url) as http:
+                with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+                    await lines_of(http)
+                assert sim_server.sim.state().in_flight == 0
+        finally:
+            gc.enable()
+
+    async def test_client_gone_gives_the_slot_back_without_gc(self, sim_server: SimServer) -> None:
+        """A client that leaves mid-stream frees its slot with GC off: the generation is
+        closed by the server, not by the garbage collector."""
+        assert sim_server.sim is not None
+        body = {**BODY, "options": {"num_predict": 10_000}}
+        gc.disable()
+        try:
+            async with httpx.AsyncClient(base_url=sim_server.url) as http:
+                async with http.stream("POST", "/api/generate", json=body) as r:
+                    async for _ in r.aiter_lines():
+                        break
+                assert sim_server.sim.state().in_flight == 1
+            with anyio.fail_after(5):  # the server sees the close on its own schedule
+                while sim_server.sim.state().in_flight:
+                    await anyio.lowlevel.checkpoint()
+        finally:
+            gc.enable()
 
     @pytest.mark.parametrize("status", [500, 503])
     async def test_status(self, sim_server: SimServer, status: int) -> None:

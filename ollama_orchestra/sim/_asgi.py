@@ -8,7 +8,7 @@ Request bodies are read and parsed with the shared ``.._serving`` helpers (``rea
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator, Awaitable, Callable, List, TypeVar
+from typing import Any, AsyncGenerator, Awaitable, Callable, List, TypeVar
 
 import anyio
 
@@ -121,11 +121,12 @@ async def send_text(send: Send, status: int, text: str, *, head: bool = False) -
     await send({"type": "http.response.body", "body": b"" if head else data})
 
 
-async def stream_ndjson(send: Send, receive: Receive, lines: AsyncIterator[bytes]) -> None:
+async def stream_ndjson(send: Send, receive: Receive, lines: AsyncGenerator[bytes, None]) -> None:
     """Stream NDJSON; headers go out with the first line, as Ollama's handler does.
 
     Errors before the first line become a proper status; after it, the stream just ends
-    (or carries an ``{"error": ...}`` line). A client that goes away cancels the stream.
+    (or carries an ``{"error": ...}`` line). A client that goes away cancels the stream;
+    ``lines`` is closed before this returns.
     """
     started = False
     async with anyio.create_task_group() as tg:
@@ -157,3 +158,6 @@ async def stream_ndjson(send: Send, receive: Receive, lines: AsyncIterator[bytes
                 await send_json(send, exc.status, {"error": exc.message})
         finally:
             tg.cancel_scope.cancel()
+            # Closed now (its generation gives its slot back), not when a GC pass finds it.
+            with anyio.CancelScope(shield=True):
+                await lines.aclose()

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any, AsyncIterator, Dict, List, Optional, Set
+from typing import Any, AsyncGenerator, Dict, List, Optional, Set
 
 from ._kvcache import Admission
 from ._prompt import RenderedPrompt, Token, tokenize
@@ -214,7 +214,7 @@ class Decoder(Scheduler):
         keep_alive: float,
         started: float,
         stats: Dict[str, Any],
-    ) -> AsyncIterator[List[str]]:
+    ) -> AsyncGenerator[List[str], None]:
         """Yield the tokens due at each write; fill ``stats`` with Ollama's durations (ns)."""
         warm = self._is_warm(spec, prompt.num_ctx)
         runner = await self._acquire_runner(spec, prompt.num_ctx)

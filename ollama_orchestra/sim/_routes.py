@@ -13,7 +13,9 @@ import json
 import math
 import time
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
+from typing import Any, AsyncGenerator, Dict, List, Optional, Tuple
+
+import anyio
 
 from .._config import normalize_model
 from .._serving import BadRequestBody, parse_json, read_body
@@ -317,53 +319,60 @@ class OllamaRoutes(Decoder):
         stats: Dict[str, Any] = {}
         gen = self._generate(spec, rendered, num_predict, keep_alive, started, stats)
 
+        # Closed here, not left to the garbage collector: a generation that ends early (a
+        # reset, a client gone) must give its slot back at once. Left suspended, it held
+        # the slot until a GC pass found it, and the host's queue stalled meanwhile.
         def token_logprobs(token: str, n: int) -> Dict[str, Any]:
             return {"logprobs": [self._logprob(spec, prompt, n, token, top_logprobs)]}
 
-        if not stream:
-            parts: List[str] = []
+        try:
+            if not stream:
+                parts: List[str] = []
 
-            async def collect() -> None:
+                async def collect() -> None:
+                    async for batch in gen:
+                        parts.extend(batch)
+
+                await until_disconnect(receive, collect)
+                final = chunk("".join(parts), True, self._final_stats(stats, started))
+                if logprobs:  # every token's, as Ollama's handler gathers them
+                    final["logprobs"] = [
+                        self._logprob(spec, prompt, n, token, top_logprobs)
+                        for n, token in enumerate(parts)
+                    ]
+                await send_json(send, 200, final)
+                return
+
+            async def lines() -> AsyncGenerator[bytes, None]:
+                # One NDJSON line per token, as Ollama sends them; a tick's lines go out in one write.
+                n = 0
                 async for batch in gen:
-                    parts.extend(batch)
-
-            await until_disconnect(receive, collect)
-            final = chunk("".join(parts), True, self._final_stats(stats, started))
-            if logprobs:  # every token's, as Ollama's handler gathers them
-                final["logprobs"] = [
-                    self._logprob(spec, prompt, n, token, top_logprobs)
-                    for n, token in enumerate(parts)
-                ]
-            await send_json(send, 200, final)
-            return
-
-        async def lines() -> AsyncIterator[bytes]:
-            # One NDJSON line per token, as Ollama sends them; a tick's lines go out in one write.
-            n = 0
-            async for batch in gen:
-                buf: List[bytes] = []
-                for token in batch:
-                    faults = self.faults
-                    if faults.reset_after_chunks is not None and n >= faults.reset_after_chunks:
-                        if buf:
+                    buf: List[bytes] = []
+                    for token in batch:
+                        faults = self.faults
+                        if faults.reset_after_chunks is not None and n >= faults.reset_after_chunks:
+                            if buf:
+                                yield b"".join(buf)
+                            raise SimulatedReset(f"{self.name}: connection reset after {n} chunks")
+                        if (
+                            faults.stream_error_after_chunks is not None
+                            and n >= faults.stream_error_after_chunks
+                        ):
+                            error = "an error was encountered while running the model: simulated"
+                            buf.append(dumps({"error": error}).encode() + b"\n")
                             yield b"".join(buf)
-                        raise SimulatedReset(f"{self.name}: connection reset after {n} chunks")
-                    if (
-                        faults.stream_error_after_chunks is not None
-                        and n >= faults.stream_error_after_chunks
-                    ):
-                        error = "an error was encountered while running the model: simulated"
-                        buf.append(dumps({"error": error}).encode() + b"\n")
+                            return
+                        extra = token_logprobs(token, n) if logprobs else None
+                        buf.append(dumps(chunk(token, False, extra)).encode() + b"\n")
+                        n += 1
+                    if buf:
                         yield b"".join(buf)
-                        return
-                    extra = token_logprobs(token, n) if logprobs else None
-                    buf.append(dumps(chunk(token, False, extra)).encode() + b"\n")
-                    n += 1
-                if buf:
-                    yield b"".join(buf)
-            yield dumps(chunk("", True, self._final_stats(stats, started))).encode() + b"\n"
+                yield dumps(chunk("", True, self._final_stats(stats, started))).encode() + b"\n"
 
-        await stream_ndjson(send, receive, lines())
+            await stream_ndjson(send, receive, lines())
+        finally:
+            with anyio.CancelScope(shield=True):
+                await gen.aclose()
 
     def _logprob(
         self, spec: ModelSpec, prompt: str, n: int, token: str, top: int
