@@ -30,6 +30,7 @@ from ._config import (
     Server,
     Timeouts,
 )
+from ._continuation import Continuation
 from ._errors import (
     AsyncioOnly,
     Attempt,
@@ -78,6 +79,7 @@ __all__ = [
     "Choice",
     "CircuitBreaker",
     "ConfigError",
+    "Continuation",
     "DagResult",
     "DagSpec",
     "DagValidationError",

@@ -23,6 +23,7 @@ from typing import (
     Awaitable,
     Callable,
     Dict,
+    FrozenSet,
     Generic,
     Iterable,
     List,
@@ -52,6 +53,7 @@ from ._background import Background
 from ._balancer import Lease, LoadBalancer
 from ._breaker import BreakerEvent, CircuitBreaker, ModelBreakers
 from ._config import OrchestraConfig, RetryPolicy, Server
+from ._continuation import Continuation, Resume
 from ._errors import (
     Attempt,
     NoHealthyServer,
@@ -78,7 +80,6 @@ from ._types import (
     logprobs_of,
     merge_logprobs,
     stats_from,
-    text_of,
 )
 
 __all__ = ["Orchestra", "ResponseStream", "merge_messages"]
@@ -86,7 +87,24 @@ __all__ = ["Orchestra", "ResponseStream", "merge_messages"]
 log = logging.getLogger("ollama_orchestra")
 
 T = TypeVar("T")
-_NO_RETRY = RetryPolicy(attempts=1)
+_NO_RETRY = RetryPolicy(attempts=1, mid_stream="raise")
+
+
+class _Cut(Exception):
+    """A collected answer broke mid-answer and may be continued (out of the retry loop)."""
+
+    def __init__(self, resume: Resume, error: AttemptError, received: List[Dict[str, Any]]):
+        super().__init__(error.message)
+        self.resume = resume
+        self.error = error
+        self.received = received
+
+
+class _NotElsewhere(Exception):
+    """A continuation was offered only the server whose stream broke."""
+
+    def __str__(self) -> str:
+        return "only the server whose stream broke is eligible"
 
 
 class ResponseStream(Generic[T], AsyncIterator[T]):
@@ -434,10 +452,14 @@ class Orchestra:
         work: Callable[[Lease], Awaitable[T]],
         *,
         keep_lease: bool = False,
+        exclude: FrozenSet[str] = frozenset(),
     ) -> Tuple[T, Lease, List[Attempt]]:
-        """Run ``work`` on a leased server; on a retryable failure, again on another server."""
+        """Run ``work`` on a leased server; on a retryable failure, again on another server
+        (never on one in ``exclude``)."""
         try:
-            return await self._failover_inner(model, role, priority, retry, work, keep_lease)
+            return await self._failover_inner(
+                model, role, priority, retry, work, keep_lease, exclude
+            )
         except Exception as exc:
             if self._closing and not isinstance(exc, OrchestraClosed):
                 raise OrchestraClosed("the Orchestra was closed while this request ran") from exc
@@ -451,16 +473,13 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None],
         work: Callable[[Lease], Awaitable[T]],
         keep_lease: bool,
+        exclude: FrozenSet[str],
     ) -> Tuple[T, Lease, List[Attempt]]:
         self._client()
-        policy = (
-            self.config.retry
-            if retry is None or retry is True
-            else (_NO_RETRY if retry is False else retry)
-        )
+        policy = self._policy(retry)
         self._balancer.check_capable(model)
         attempts: List[Attempt] = []
-        tried: Set[str] = set()
+        tried: Set[str] = set(exclude)
         first_failure: Optional[float] = None
         queued = 0.0
 
@@ -502,6 +521,74 @@ class Orchestra:
             self._metrics.failover(self._clock() - first_failure)
         lease.queued_s = queued
         return result, lease, attempts
+
+    async def _continue(
+        self,
+        resume: Resume,
+        broken: AttemptError,
+        model: str,
+        role: Optional[str],
+        priority: int,
+        retry: Union[RetryPolicy, bool, None],
+    ) -> Tuple[Exchange, Lease]:
+        """Open the continuation of a stream that broke on ``broken.server`` after text was
+        yielded, on another server serving the model (by name: the fleet state keeps no
+        digests); :class:`StreamInterrupted` when it cannot be continued."""
+        partial = "".join(resume.text)
+        reason = resume.why_not()
+        others = [
+            st
+            for st in self._balancer.eligible(model, role, priority, {broken.server})
+            if st.server.name != broken.server
+        ]
+        if reason is None and not others:
+            reason = "no other server serving the model"
+        if reason is not None:
+            log.info("stream from %s not continued: %s", broken.server, reason)
+            raise StreamInterrupted(partial, broken.server, broken) from broken
+        broke_at = self._clock()
+        open_exchange = self._open(resume.path, resume.request(), model)
+
+        async def elsewhere(lease: Lease) -> Exchange:
+            if lease.server.name == broken.server:
+                raise _NotElsewhere()
+            return await open_exchange(lease)
+
+        try:
+            exchange, lease, _ = await self._failover(
+                model,
+                role,
+                priority,
+                retry,
+                elsewhere,
+                keep_lease=True,
+                exclude=frozenset({broken.server}),
+            )
+        except (RequestFailed, _NotElsewhere) as exc:
+            log.info("stream from %s not continued: %s", broken.server, exc)
+            raise StreamInterrupted(partial, broken.server, broken) from exc
+        resume.continued(
+            Continuation(
+                broken=broken.server,
+                server=lease.server.name,
+                at_token=resume.tokens,
+                at_char=len(partial),
+                lost_s=self._clock() - broke_at,
+                reason=broken.message,
+            )
+        )
+        log.info(
+            "stream from %s continued on %s at token %d",
+            broken.server,
+            lease.server.name,
+            resume.tokens,
+        )
+        return exchange, lease
+
+    def _policy(self, retry: Union[RetryPolicy, bool, None]) -> RetryPolicy:
+        if retry is None or retry is True:
+            return self.config.retry
+        return _NO_RETRY if retry is False else retry
 
     def _attempt_failed(
         self, lease: Lease, exc: BaseException, model: str, started: float, attempts: List[Attempt]
@@ -607,23 +694,77 @@ class Orchestra:
         keep_alive = payload.get("keep_alive")
         open_exchange = self._open(path, payload, model)
 
+        policy = self._policy(retry)
+        limit = policy.continuations if policy.mid_stream == "continue" else 0
+        cut_off = [False]  # set when a continuation failed: retried whole from then on
+
         async def whole(lease: Lease) -> List[Dict[str, Any]]:
             exchange = await open_exchange(lease)
             try:
                 objs = await exchange.read_all()
                 await exchange.drain()
+            except AttemptError as exc:
+                resume = Resume(path, payload, limit)
+                for obj in exchange.received:
+                    resume.seen(obj, exchange.started)
+                if cut_off[0] or resume.why_not() is not None:
+                    raise
+                # Continued below, outside the retry loop: this attempt failed here.
+                self._attempt_failed(lease, exc, model, exchange.started, [])
+                resume.broke(exchange.started, self._clock())
+                raise _Cut(resume, exc, list(exchange.received)) from exc
             finally:
                 await exchange.aclose()
             self._attempt_succeeded(lease, objs[-1], exchange.started, keep_alive)
             return objs
+
+        async def rest(cut: _Cut) -> Tuple[List[Dict[str, Any]], Lease]:
+            """A collected answer cut mid-answer: its continuations, read whole."""
+            got, resume, broken = cut.received, cut.resume, cut.error
+            while True:
+                exchange, lease = await self._continue(resume, broken, model, role, priority, retry)
+                record = resume.continuations[-1]
+                self._metrics.continued(record.broken, record.at_token, record.lost_s)
+                try:
+                    part = await exchange.read_all()
+                    await exchange.drain()
+                    self._attempt_succeeded(lease, part[-1], exchange.started, keep_alive)
+                    return [*got, *part[:-1], resume.final(part[-1])], lease
+                except AttemptError as exc:
+                    self._attempt_failed(lease, exc, model, exchange.started, [])
+                    for obj in exchange.received:
+                        resume.seen(obj, exchange.started)
+                    resume.broke(exchange.started, self._clock())
+                    got, broken = got + exchange.received, exc
+                finally:
+                    lease.settle(None)
+                    try:
+                        await exchange.aclose()
+                    finally:
+                        self._balancer.release(lease)
 
         async def collected(
             out: ResponseStream[Dict[str, Any]],
         ) -> AsyncGenerator[Dict[str, Any], None]:
             total = timeout if timeout is not None else self.config.timeouts.total_s
             with anyio.move_on_after(total):
-                objs, lease, attempts = await self._failover(model, role, priority, retry, whole)
-                out._settled(lease.server.name, len(attempts) + 1, lease.queued_s)
+                try:
+                    objs, lease, attempts = await self._failover(
+                        model, role, priority, retry, whole
+                    )
+                    n = len(attempts) + 1
+                except _Cut as cut:
+                    try:
+                        objs, lease = await rest(cut)
+                        n = len(cut.resume.continuations) + 1
+                    except StreamInterrupted:
+                        # Not continued: retried whole, as without a continuation policy.
+                        cut_off[0] = True
+                        objs, lease, attempts = await self._failover(
+                            model, role, priority, retry, whole
+                        )
+                        n = len(attempts) + 2
+                out._settled(lease.server.name, n, lease.queued_s)
                 for obj in objs:
                     yield obj
                 return
@@ -637,31 +778,53 @@ class Orchestra:
                 model, role, priority, retry, open_exchange, keep_lease=True
             )
             out._settled(lease.server.name, len(attempts) + 1, lease.queued_s)
-            text: List[str] = []
+            policy = self._policy(retry)
+            resume = Resume(
+                path, payload, policy.continuations if policy.mid_stream == "continue" else 0
+            )
             try:
                 obj = exchange.first
-                while obj is not None:
-                    if obj.get("done") or path in UNSTREAMED_PATHS:
+                while True:
+                    broken: Optional[AttemptError] = None
+                    if obj is None:
+                        broken = AttemptError("reset", exchange.server, "stream ended before done")
+                    elif obj.get("done") or path in UNSTREAMED_PATHS:
                         self._attempt_succeeded(lease, obj, exchange.started, keep_alive)
                         await exchange.drain()
-                        yield obj
+                        yield resume.final(obj)
                         return
-                    yield obj
-                    text.append(text_of(obj))
+                    else:
+                        yield obj
+                        resume.seen(obj, self._clock())
+                        try:
+                            obj = await exchange.next_obj()
+                            continue
+                        except Exception as exc:
+                            if self._closing:  # the orchestra exited under this stream
+                                raise OrchestraClosed(
+                                    "the Orchestra was closed while this stream ran"
+                                ) from exc
+                            if not isinstance(exc, AttemptError):
+                                raise
+                            broken = exc
+                    self._attempt_failed(lease, broken, model, exchange.started, [])
+                    broke_at = self._clock()
+                    resume.broke(exchange.started, broke_at)
+                    old, old_lease = exchange, lease
                     try:
-                        obj = await exchange.next_obj()
-                    except Exception as exc:
-                        if self._closing:  # the orchestra exited under this stream
-                            raise OrchestraClosed(
-                                "the Orchestra was closed while this stream ran"
-                            ) from exc
-                        if not isinstance(exc, AttemptError):
-                            raise
-                        self._attempt_failed(lease, exc, model, exchange.started, [])
-                        raise StreamInterrupted("".join(text), exchange.server, exc) from exc
-                broken = AttemptError("reset", exchange.server, "stream ended before done")
-                self._attempt_failed(lease, broken, model, exchange.started, [])
-                raise StreamInterrupted("".join(text), exchange.server, broken)
+                        exchange, lease = await self._continue(
+                            resume, broken, model, role, priority, retry
+                        )
+                    finally:
+                        old_lease.settle(None)
+                        try:
+                            await old.aclose()
+                        finally:
+                            self._balancer.release(old_lease)
+                    record = resume.continuations[-1]
+                    self._metrics.continued(record.broken, record.at_token, record.lost_s)
+                    out._settled(lease.server.name, out.attempts + 1, out.queued_s)
+                    obj = exchange.first
             finally:
                 lease.settle(None)  # closed early by the caller: no verdict
                 try:

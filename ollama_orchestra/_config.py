@@ -202,6 +202,11 @@ class RetryPolicy:
     A failed attempt goes at once to a server not yet tried for the request; the exponential,
     jittered backoff (``backoff_base_s * 2**n``, capped at ``backoff_max_s``) applies only
     when every eligible server has already failed it.
+
+    ``mid_stream`` says what a stream that breaks after text was yielded does:
+    ``"continue"`` (the default) re-sends it to another host serving the model with the
+    partial answer as prefill, at most ``continuations`` times, and the caller's stream goes
+    on; ``"raise"`` raises :class:`StreamInterrupted` with the partial text.
     """
 
     attempts: int = 3
@@ -209,6 +214,8 @@ class RetryPolicy:
     backoff_base_s: float = 0.05
     backoff_max_s: float = 2.0
     jitter: bool = True
+    mid_stream: str = "continue"
+    continuations: int = 2
 
     def __post_init__(self) -> None:
         positive_int("RetryPolicy", "attempts", self.attempts)
@@ -217,6 +224,11 @@ class RetryPolicy:
         positive("RetryPolicy", "backoff_base_s", self.backoff_base_s, allow_zero=True)
         positive("RetryPolicy", "backoff_max_s", self.backoff_max_s, allow_zero=True)
         boolean("RetryPolicy", "jitter", self.jitter)
+        if self.mid_stream not in ("continue", "raise"):
+            raise ConfigError(
+                "RetryPolicy.mid_stream", self.mid_stream, 'must be "continue" or "raise"'
+            )
+        positive_int("RetryPolicy", "continuations", self.continuations, minimum=0)
 
 
 @dataclass(frozen=True)

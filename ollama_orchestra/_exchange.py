@@ -41,6 +41,7 @@ class Exchange:
         "_read_s",
         "_streamed",
         "first",
+        "received",
         "response",
         "server",
         "started",
@@ -57,6 +58,8 @@ class Exchange:
         self.started = started
         #: The first JSON object of the answer (set by :meth:`open`).
         self.first: Optional[Dict[str, Any]] = None
+        #: the objects :meth:`read_all` has read so far (what a broken answer salvages).
+        self.received: List[Dict[str, Any]] = []
         self._lines: AsyncIterator[str] = response.aiter_lines()
         self._streamed = streamed
         self._closed = False
@@ -204,7 +207,7 @@ class Exchange:
         streams handed to the caller, keeps one exact ``read_s`` deadline per chunk).
         """
         assert self.first is not None
-        objs = [self.first]
+        objs = self.received = [self.first]
         if not self._streamed:
             return objs
         read_s = self._read_s

@@ -11,7 +11,7 @@ import bisect
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Mapping, Sequence, Tuple
 
 from ._config import Server
@@ -117,6 +117,13 @@ class MetricsSnapshot:
     failover_max_s: float
     breaker_trips: int
     servers: Mapping[str, ServerMetrics]
+    #: streams continued on another host after breaking mid-answer, by the broken server.
+    continuations: Mapping[str, int] = field(default_factory=dict)
+    #: answer tokens yielded before those breaks (not generated again).
+    tokens_salvaged: int = 0
+    #: time from a break to the continuation's first chunk.
+    continuation_p50_s: float = 0.0
+    continuation_p95_s: float = 0.0
 
 
 class _Busy:
@@ -211,6 +218,9 @@ class Metrics:
         self._latency = Histogram()
         self._failovers = Histogram()
         self._failover_max = 0.0
+        self._continued: Dict[str, int] = {}
+        self._salvaged = 0
+        self._continuation_lost = Histogram()
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -248,6 +258,13 @@ class Metrics:
         """A request succeeded after failing over; ``duration_s`` from its first failure."""
         self._failovers.add(duration_s)
         self._failover_max = max(self._failover_max, duration_s)
+
+    def continued(self, broken: str, tokens: int, lost_s: float) -> None:
+        """A stream that broke on ``broken`` after ``tokens`` answer tokens was continued
+        elsewhere, its next chunk ``lost_s`` after the break."""
+        self._continued[broken] = self._continued.get(broken, 0) + 1
+        self._salvaged += tokens
+        self._continuation_lost.add(lost_s)
 
     def breaker_trip(self, server: str) -> None:
         self._per[server].trips += 1
@@ -305,6 +322,10 @@ class Metrics:
             failover_max_s=self._failover_max,
             breaker_trips=sum(c.trips for c in self._per.values()),
             servers=servers,
+            continuations=dict(self._continued),
+            tokens_salvaged=self._salvaged,
+            continuation_p50_s=self._continuation_lost.percentile(0.5),
+            continuation_p95_s=self._continuation_lost.percentile(0.95),
         )
 
     def to_prometheus(self) -> str:
@@ -356,6 +377,11 @@ class Metrics:
         lines.append(f'{p}_failover_seconds{{quantile="0.95"}} {_num(snap.failover_p95_s)}')
         lines.append(f"{p}_failover_seconds_sum {_num(self._failovers.sum)}")
         lines.append(f"{p}_failover_seconds_count {snap.failovers}")
+        head("continuations_total", "counter", "Streams continued elsewhere, by broken server.")
+        for name, n in sorted(snap.continuations.items()):
+            lines.append(f'{p}_continuations_total{{server="{_esc(name)}"}} {n}')
+        head("tokens_salvaged_total", "counter", "Answer tokens kept across continuations.")
+        lines.append(f"{p}_tokens_salvaged_total {snap.tokens_salvaged}")
         head("imbalance", "gauge", "Largest deviation of a server's share from its fair share.")
         lines.append(f"{p}_imbalance {_num(snap.imbalance)}")
         return "\n".join(lines) + "\n"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
+from ._continuation import Continuation, continuations_of
+
 __all__ = [
     "ChatChunk",
     "ChatResponse",
@@ -118,6 +120,9 @@ class EmbedResponse:
     server: str = ""
     attempts: int = 1
     queued_s: float = 0.0
+    #: set on the final chunk or answer of a stream that broke mid-answer and was continued
+    #: on another server: one record per break (which servers, at which token).
+    continuations: Tuple[Continuation, ...] = ()
 
 
 _STAT_KEYS = (
@@ -135,7 +140,10 @@ _STAT_KEYS = (
 
 
 def stats_from(data: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: data[k] for k in _STAT_KEYS if k in data}
+    out = {k: data[k] for k in _STAT_KEYS if k in data}
+    if "continuations" in data:
+        out["continuations"] = continuations_of(data)
+    return out
 
 
 def merge_logprobs(objs: Sequence[Mapping[str, Any]]) -> Optional[List[Logprob]]:
