@@ -51,6 +51,9 @@ class _Stats:
     attempts: int = 1
     #: seconds spent waiting in the orchestra for a free slot.
     queued_s: float = 0.0
+    #: set on the final chunk or answer of a stream that broke mid-answer and was continued
+    #: on another server: one record per break (which servers, at which token).
+    continuations: Tuple[Continuation, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,6 @@ class EmbedResponse:
     server: str = ""
     attempts: int = 1
     queued_s: float = 0.0
-    #: set on the final chunk or answer of a stream that broke mid-answer and was continued
-    #: on another server: one record per break (which servers, at which token).
-    continuations: Tuple[Continuation, ...] = ()
 
 
 _STAT_KEYS = (
