@@ -63,15 +63,21 @@ class Gate:
 
 
 class TestKillMidStream:
-    async def test_fifty_streams_complete_when_a_host_dies(self) -> None:
-        """50 streams; a host breaks them mid-answer: every stream completes, continued elsewhere."""
+    @pytest.mark.parametrize("how", ["kill", "reset", "error-line"])
+    async def test_fifty_streams_complete_when_a_host_dies(self, how: str) -> None:
+        """50 streams; a host dies (or breaks them) mid-answer: every stream completes."""
         n = 50
-        async with pair(num_parallel=n, time_scale=SLOW) as sim, Orchestra(
+        async with pair(num_parallel=n) as sim, Orchestra(
             config_for(sim, strategy="round_robin")
         ) as orch:
-            # Every stream on h1 breaks mid-answer (the simulator streams a 1000-token
-            # answer faster than 50 consumers can be gated before a kill).
-            await sim["h1"].set_faults(Faults(reset_after_chunks=5))
+            # h1 decodes slowly, so that its streams are still running when it is killed;
+            # or it breaks every stream after 5 chunks (a reset, an error line).
+            faults = {
+                "kill": Faults(slow=100),
+                "reset": Faults(reset_after_chunks=5),
+                "error-line": Faults(stream_error_after_chunks=5),
+            }[how]
+            await sim["h1"].set_faults(faults)
             gate = Gate(n)
             streams: List[List[ChatChunk]] = [[] for _ in range(n)]
 
@@ -86,6 +92,8 @@ class TestKillMidStream:
                 for i in range(n):
                     tg.start_soon(one, i)
                 await gate.all_in.wait()
+                if how == "kill":
+                    await sim["h1"].kill()
             snap = orch.metrics()
         continued = 0
         for chunks in streams:
@@ -100,13 +108,16 @@ class TestKillMidStream:
             before = [c for c in chunks if c.server == "h1"]
             after = [c for c in chunks[:-1] if c.server == "h2"]
             assert chunks[: len(before)] == before  # one switch: no interleaving
-            assert record.at_token == len(before) == 5
+            assert record.at_token == len(before) >= 3
             assert record.at_char == len("".join(c.text for c in before))
             # The stream's eval_count adds both parts: every answer chunk counted once.
             assert final.eval_count == len(before) + len(after)
         assert continued > 0
         assert snap.continuations == {"h1": continued}
-        assert snap.tokens_salvaged == 5 * continued
+        assert snap.tokens_salvaged == sum(
+            c[-1].continuations[0].at_token for c in streams if c[-1].continuations
+        )
+        assert 0 < snap.continuation_p50_s <= snap.continuation_p95_s
 
     async def test_continuation_text_is_what_the_new_host_answers(self) -> None:
         """The text after the break is exactly the new host's answer to the prefilled chat."""
@@ -146,16 +157,17 @@ class TestKillMidStream:
             assert a.server == "h2" and a.eval_count == LONG["num_predict"]
 
     async def test_through_the_proxy_with_the_official_client(self) -> None:
-        """A proxy client sees one unbroken NDJSON stream while a host breaks under it."""
-        n = 20
+        """A proxy client sees one unbroken NDJSON stream while a host dies under it."""
+        n = 50
         async with pair(num_parallel=n, time_scale=SLOW) as sim, Orchestra(
             config_for(sim, strategy="round_robin")
         ) as orch, proxied(orch) as url:
             # Every stream on h1 breaks mid-answer (the simulator streams a 1000-token
             # answer faster than 50 consumers can be gated before a kill).
-            await sim["h1"].set_faults(Faults(reset_after_chunks=5))
+            await sim["h1"].set_faults(Faults(slow=100))  # still streaming when killed
             gate = Gate(n)
             texts: List[str] = ["" for _ in range(n)]
+            counts: List[int] = [0] * n
             finals: List[Any] = [None] * n
             client = ollama.AsyncClient(host=url)
             try:
@@ -168,6 +180,7 @@ class TestKillMidStream:
                     async for part in stream:
                         texts[i] += part.message.content or ""
                         seen += 1
+                        counts[i] += 0 if part.done else 1
                         if part.done:
                             finals[i] = part
                         if seen == 3:
@@ -177,10 +190,14 @@ class TestKillMidStream:
                     for i in range(n):
                         tg.start_soon(one, i)
                     await gate.all_in.wait()
+                    await sim["h1"].kill()
             finally:
                 await client._client.aclose()
             assert all(f is not None and f.done for f in finals)
-            assert orch.metrics().continuations.get("h1", 0) > 0
+            # One token a chunk: the summed eval_count matches the chunks received, so no
+            # chunk was repeated or lost across the continuation.
+            assert [f.eval_count for f in finals] == counts
+            assert orch.metrics().continuations.get("h1", 0) == n // 2
 
 
 class TestNotContinued:
