@@ -15,10 +15,12 @@ from ollama_orchestra import (
     Orchestra,
     RetryPolicy,
     StreamInterrupted,
+    Timeouts,
 )
 from ollama_orchestra._continuation import Resume
 from ollama_orchestra._proxy import serve_proxy
 from ollama_orchestra.sim import Faults, SimFleet
+from ollama_orchestra.sim._prompt import tokenize
 
 from .conftest import TINY, config_for, fleet, tiny_profile
 
@@ -198,6 +200,51 @@ class TestKillMidStream:
             # chunk was repeated or lost across the continuation.
             assert [f.eval_count for f in finals] == counts
             assert orch.metrics().continuations.get("h1", 0) == n // 2
+
+    async def test_silent_host_is_continued(self) -> None:
+        """A host silent mid-answer past read_s: the stream continues elsewhere."""
+        async with pair() as sim, Orchestra(
+            config_for(sim, timeouts=Timeouts(first_byte_s=5, read_s=0.2))
+        ) as orch:
+            for host in ("h1", "h2"):  # still streaming when paused
+                await sim[host].set_faults(Faults(slow=100))
+            chunks: List[ChatChunk] = []
+            silent = ""
+            async for chunk in orch.chat_stream(TINY, MSGS, options=LONG):
+                chunks.append(chunk)
+                if len(chunks) == 2:
+                    silent = chunk.server
+                    sim[silent].pause()
+            sim[silent].resume()
+        (record,) = chunks[-1].continuations
+        assert record.broken == silent != record.server
+        assert "read_s" in record.reason
+        assert "".join(c.text for c in chunks if c.server == silent)
+
+
+class TestSimulatorContinues:
+    async def test_trailing_assistant_message_is_continued(self) -> None:
+        """A chat ending with an assistant message: new text only, the prefill in the prompt."""
+        async with fleet([tiny_profile("h1")]) as sim, Orchestra(config_for(sim)) as orch:
+            plain = await orch.chat(TINY, MSGS, options={"num_predict": 4})
+            prefill = "Once upon a time there was"
+            cont = await orch.chat(
+                TINY,
+                [*MSGS, {"role": "assistant", "content": prefill}],
+                options={"num_predict": 4},
+            )
+        assert not cont.message["content"].startswith(prefill)
+        assert cont.eval_count == 4
+        assert cont.prompt_eval_count is not None and plain.prompt_eval_count is not None
+        # The prefill's tokens count as prompt (the open assistant header is in both).
+        assert cont.prompt_eval_count - plain.prompt_eval_count == len(tokenize(prefill))
+
+    async def test_raw_generate_counts_the_prompt_as_given(self) -> None:
+        """Raw generate: the prompt as given is evaluated, the partial answer included."""
+        async with fleet([tiny_profile("h1")]) as sim, Orchestra(config_for(sim)) as orch:
+            a = await orch.generate(TINY, "abc", raw=True, options={"num_predict": 2})
+            b = await orch.generate(TINY, "abc def ghi", raw=True, options={"num_predict": 2})
+        assert (a.prompt_eval_count, b.prompt_eval_count) == (1, 3)
 
 
 class TestNotContinued:
