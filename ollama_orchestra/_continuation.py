@@ -118,6 +118,8 @@ class Resume:
                 return "generate without raw: the template is not rendered here"
             if p.get("suffix") or p.get("context"):
                 return "generate with suffix or context is not continued"
+            if self.thinking:
+                return "raw generate with thinking is not continued"
         elif self.path != "/api/chat":
             return f"{self.path} is not continued"
         return None

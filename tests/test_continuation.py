@@ -50,6 +50,21 @@ async def proxied(orch: Orchestra) -> AsyncIterator[str]:
         tg.cancel_scope.cancel()
 
 
+async def slowed(sim: SimFleet) -> SimFleet:
+    """Every host decodes slowly: a stream is still running when the test kills its host."""
+    for host in sim.servers:
+        await host.set_faults(Faults(slow=1000))
+    return sim
+
+
+async def kill(sim: SimFleet, name: str) -> None:
+    """Kill host ``name``; the others back to full speed (the continuation is quick)."""
+    for host in sim.servers:
+        if host.name != name:
+            await host.set_faults(Faults())
+    await sim[name].kill()
+
+
 class Gate:
     """Set ``all_in`` once every stream has yielded a few chunks (they keep reading)."""
 
@@ -75,7 +90,7 @@ class TestKillMidStream:
             # h1 decodes slowly, so that its streams are still running when it is killed;
             # or it breaks every stream after 5 chunks (a reset, an error line).
             faults = {
-                "kill": Faults(slow=100),
+                "kill": Faults(slow=300),
                 "reset": Faults(reset_after_chunks=5),
                 "error-line": Faults(stream_error_after_chunks=5),
             }[how]
@@ -124,11 +139,12 @@ class TestKillMidStream:
     async def test_continuation_text_is_what_the_new_host_answers(self) -> None:
         """The text after the break is exactly the new host's answer to the prefilled chat."""
         async with pair() as sim, Orchestra(config_for(sim)) as orch:
+            await slowed(sim)
             chunks: List[ChatChunk] = []
             async for chunk in orch.chat_stream(TINY, MSGS, options=LONG):
                 chunks.append(chunk)
                 if len(chunks) == 4:
-                    await sim[chunk.server].kill()
+                    await kill(sim, chunk.server)
             broken = chunks[0].server
             other = "h2" if broken == "h1" else "h1"
             partial = "".join(c.text for c in chunks if c.server == broken)
@@ -166,7 +182,7 @@ class TestKillMidStream:
         ) as orch, proxied(orch) as url:
             # Every stream on h1 breaks mid-answer (the simulator streams a 1000-token
             # answer faster than 50 consumers can be gated before a kill).
-            await sim["h1"].set_faults(Faults(slow=100))  # still streaming when killed
+            await sim["h1"].set_faults(Faults(slow=300))  # still streaming when killed
             gate = Gate(n)
             texts: List[str] = ["" for _ in range(n)]
             counts: List[int] = [0] * n
@@ -206,8 +222,7 @@ class TestKillMidStream:
         async with pair() as sim, Orchestra(
             config_for(sim, timeouts=Timeouts(first_byte_s=5, read_s=0.2))
         ) as orch:
-            for host in ("h1", "h2"):  # still streaming when paused
-                await sim[host].set_faults(Faults(slow=100))
+            await slowed(sim)
             chunks: List[ChatChunk] = []
             silent = ""
             async for chunk in orch.chat_stream(TINY, MSGS, options=LONG):
@@ -215,6 +230,7 @@ class TestKillMidStream:
                 if len(chunks) == 2:
                     silent = chunk.server
                     sim[silent].pause()
+                    await sim["h2" if silent == "h1" else "h1"].set_faults(Faults())
             sim[silent].resume()
         (record,) = chunks[-1].continuations
         assert record.broken == silent != record.server
@@ -251,30 +267,33 @@ class TestNotContinued:
     async def test_no_other_host_raises(self) -> None:
         """With no other host serving the model, a break raises StreamInterrupted."""
         async with fleet([tiny_profile("h1")]) as sim, Orchestra(config_for(sim)) as orch:
+            await slowed(sim)
             got: List[str] = []
 
             async def consume() -> None:
                 async for chunk in orch.chat_stream(TINY, MSGS, options=LONG):
                     got.append(chunk.text)
                     if len(got) == 3:
-                        await sim["h1"].kill()
+                        await kill(sim, "h1")
 
             with pytest.raises(StreamInterrupted) as info:
                 await consume()
             assert info.value.partial == "".join(got)
 
-    async def test_raise_policy_raises(self) -> None:
-        """mid_stream="raise" (per request) keeps today's StreamInterrupted."""
+    @pytest.mark.parametrize(
+        "retry", [RetryPolicy(mid_stream="raise"), False], ids=["raise", "no-retry"]
+    )
+    async def test_raise_policy_raises(self, retry: Any) -> None:
+        """mid_stream="raise" or retry=False (per request) keeps today's StreamInterrupted."""
         async with pair() as sim, Orchestra(config_for(sim)) as orch:
+            await slowed(sim)
             got: List[ChatChunk] = []
 
             async def consume() -> None:
-                async for chunk in orch.chat_stream(
-                    TINY, MSGS, options=LONG, retry=RetryPolicy(mid_stream="raise")
-                ):
+                async for chunk in orch.chat_stream(TINY, MSGS, options=LONG, retry=retry):
                     got.append(chunk)
                     if len(got) == 3:
-                        await sim[chunk.server].kill()
+                        await kill(sim, chunk.server)
 
             with pytest.raises(StreamInterrupted):
                 await consume()
@@ -282,13 +301,14 @@ class TestNotContinued:
     async def test_generate_without_raw_raises(self) -> None:
         """A generate stream that is not raw is not continued (no template rendering here)."""
         async with pair() as sim, Orchestra(config_for(sim)) as orch:
+            await slowed(sim)
             got: List[str] = []
 
             async def consume() -> None:
                 async for chunk in orch.generate_stream(TINY, "x", options=LONG):
                     got.append(chunk.server)
                     if len(got) == 3:
-                        await sim[chunk.server].kill()
+                        await kill(sim, chunk.server)
 
             with pytest.raises(StreamInterrupted):
                 await consume()
@@ -296,11 +316,12 @@ class TestNotContinued:
     async def test_raw_generate_is_continued(self) -> None:
         """A raw generate stream continues with prompt + partial, raw."""
         async with pair() as sim, Orchestra(config_for(sim)) as orch:
+            await slowed(sim)
             chunks: List[Any] = []
             async for chunk in orch.generate_stream(TINY, "once upon", raw=True, options=LONG):
                 chunks.append(chunk)
                 if len(chunks) == 3:
-                    await sim[chunk.server].kill()
+                    await kill(sim, chunk.server)
             broken = chunks[0].server
             other = "h2" if broken == "h1" else "h1"
             partial = "".join(c.response for c in chunks if c.server == broken)
@@ -352,6 +373,16 @@ class TestResume:
 
 
 class TestPolicyValidation:
+    def test_config_file_policy(self, tmp_path: Any) -> None:
+        """The config's [retry] table takes mid_stream and continuations."""
+        path = tmp_path / "o.toml"
+        path.write_text(
+            '[[servers]]\nname = "a"\nurl = "http://127.0.0.1:1"\n'
+            '[retry]\nmid_stream = "raise"\ncontinuations = 1\n'
+        )
+        orch = Orchestra.from_file(path)
+        assert (orch.config.retry.mid_stream, orch.config.retry.continuations) == ("raise", 1)
+
     @pytest.mark.parametrize("bad", ["retry", "", None, 1])
     def test_bad_mid_stream(self, bad: Optional[object]) -> None:
         """mid_stream must be "continue" or "raise" (the field is named)."""
