@@ -535,12 +535,14 @@ class Orchestra:
         yielded, on another server serving the model (by name: the fleet state keeps no
         digests); :class:`StreamInterrupted` when it cannot be continued."""
         partial = "".join(resume.text)
-        reason = resume.why_not()
         others = [
             st
             for st in self._balancer.eligible(model, role, priority, {broken.server})
             if st.server.name != broken.server
         ]
+        if others and resume.needs_template():
+            await self._fetch_template(resume, others[0].server, model)
+        reason = resume.why_not()
         if reason is None and not others:
             reason = "no other server serving the model"
         if reason is not None:
@@ -584,6 +586,19 @@ class Orchestra:
             resume.tokens,
         )
         return exchange, lease
+
+    async def _fetch_template(self, resume: Resume, server: Server, model: str) -> None:
+        """The model's template and system prompt, from ``/api/show`` on ``server``, for a
+        generate request continued raw (left unset when the host does not say)."""
+        try:
+            status, body = await self._host_json(server, "POST", "/api/show", {"model": model})
+        except Exception as exc:  # a continuation is a best effort: StreamInterrupted then
+            log.info("no template from %s: %s", server.name, type(exc).__name__)
+            return
+        if status == 200 and isinstance(body, dict) and isinstance(body.get("template"), str):
+            resume.template = body["template"]
+            system = body.get("system")
+            resume.model_system = system if isinstance(system, str) else ""
 
     def _policy(self, retry: Union[RetryPolicy, bool, None]) -> RetryPolicy:
         if retry is None or retry is True:

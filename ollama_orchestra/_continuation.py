@@ -12,8 +12,13 @@ What Ollama does with a partial answer (the facts this module relies on):
   extends it rather than adding a second one (Ollama's ``collate`` would merge two).
 - ``/api/generate`` with ``raw: true`` (``docs/api.md``: "no formatting will be applied to
   the prompt") evaluates the prompt as given: the prompt plus the partial answer continues it.
-  A generate request that is not raw would need the model's template rendered here (Go
-  ``text/template`` with its functions); that is not attempted: such a stream raises
+  A generate request that is not raw is rendered here and continued raw, when the template
+  (the request's ``template``, else ``/api/show``'s) is simple: text, ``{{ .System }}``,
+  ``{{ .Prompt }}``, ``{{ if .System }}``/``{{ if .Prompt }}`` ... ``{{ else }}`` ...
+  ``{{ end }}``, trim markers, and a ``{{ .Response }}`` outside any block, where the
+  rendering stops (as Ollama's legacy-template path in ``template.go`` ``Execute`` cuts the
+  tree at ``.Response``; the system is the request's, else the model's). Any other template
+  (``.Messages``, ``range``, functions) is not rendered: such a stream raises
   :class:`StreamInterrupted` as before.
 
 The partial is cut at a chunk boundary: the whole chunks already yielded to the caller
@@ -25,10 +30,11 @@ restart inside the JSON), with a generate ``suffix`` or ``context``, or more tha
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-__all__ = ["MID_STREAM", "Continuation", "Resume", "continuations_of"]
+__all__ = ["MID_STREAM", "Continuation", "Resume", "continuations_of", "render_simple"]
 
 #: The values of ``RetryPolicy.mid_stream``: continue elsewhere, or raise StreamInterrupted.
 MID_STREAM = ("continue", "raise")
@@ -82,6 +88,34 @@ class Resume:
         self._part_tokens = 0
         self._part_first: Optional[float] = None
         self._part_last: Optional[float] = None
+        #: a generate request's template and the model's system prompt (``/api/show``).
+        self.template: Optional[str] = None
+        self.model_system: str = ""
+
+    def needs_template(self) -> bool:
+        """A generate request that is not raw, with no template of its own: the caller
+        fetches the model's (``/api/show``) into :attr:`template` before :meth:`why_not`."""
+        p = self.payload
+        return (
+            self.path == "/api/generate"
+            and p.get("raw") is not True
+            and not p.get("template")
+            and self.template is None
+        )
+
+    def _rendered(self) -> Optional[str]:
+        p = self.payload
+        template = p.get("template") or self.template
+        if not isinstance(template, str):
+            return None
+        system = p.get("system")
+        return render_simple(
+            template,
+            {
+                "System": system if isinstance(system, str) and system else self.model_system,
+                "Prompt": str(p.get("prompt") or ""),
+            },
+        )
 
     def seen(self, obj: Mapping[str, Any], now: float) -> None:
         """``obj`` (not the final chunk) was yielded to the caller at ``now``."""
@@ -114,10 +148,13 @@ class Resume:
         if p.get("format"):
             return "structured output (format) is not continued"
         if self.path == "/api/generate":
-            if p.get("raw") is not True:
-                return "generate without raw: the template is not rendered here"
             if p.get("suffix") or p.get("context"):
                 return "generate with suffix or context is not continued"
+            if p.get("raw") is not True:
+                if p.get("images"):
+                    return "generate with images is not continued"
+                if self._rendered() is None:
+                    return "generate without raw: the template is not simple enough to render"
             if self.thinking:
                 return "raw generate with thinking is not continued"
         elif self.path != "/api/chat":
@@ -138,8 +175,13 @@ class Resume:
             if self.thinking:
                 prefill["thinking"] = str(prefill.get("thinking") or "") + "".join(self.thinking)
             out["messages"] = [*messages, prefill]
-        else:
+        elif self.payload.get("raw") is True:
             out["prompt"] = str(self.payload.get("prompt") or "") + partial
+        else:
+            out["prompt"] = (self._rendered() or "") + partial
+            out["raw"] = True
+            out.pop("system", None)
+            out.pop("template", None)
         options = self.payload.get("options")
         if isinstance(options, dict):
             limit = options.get("num_predict")
@@ -189,3 +231,45 @@ def continuations_of(final: Mapping[str, Any]) -> Tuple[Continuation, ...]:
                 )
             )
     return tuple(out)
+
+
+_ACTION = re.compile(r"{{(-?)\s*(.*?)\s*(-?)}}", re.S)
+_FIELDS = {".System": "System", ".Prompt": "Prompt"}
+
+
+def render_simple(template: str, values: Mapping[str, str]) -> Optional[str]:
+    """A Go template of the simple kind (see the module docstring) rendered with ``values``
+    up to ``{{ .Response }}``; ``None`` when the template is not of that kind."""
+    out: List[str] = []
+    stack: List[bool] = []  # the conditions of the open blocks
+    pos = 0
+    trim_next = False
+    for m in _ACTION.finditer(template):
+        text = template[pos : m.start()]
+        if trim_next:
+            text = text.lstrip()
+        if m.group(1):
+            text = text.rstrip()
+        if all(stack):
+            out.append(text)
+        trim_next = bool(m.group(3))
+        pos = m.end()
+        action = " ".join(m.group(2).split())
+        if action in _FIELDS:
+            if all(stack):
+                out.append(values.get(_FIELDS[action], ""))
+        elif action == ".Response":
+            return "".join(out) if not stack else None
+        elif action.startswith("if ") and action[3:] in _FIELDS:
+            stack.append(bool(values.get(_FIELDS[action[3:]], "")))
+        elif action == "else" and stack:
+            stack[-1] = not stack[-1]
+        elif action == "end" and stack:
+            stack.pop()
+        else:
+            return None
+    if stack:
+        return None
+    tail = template[pos:]
+    out.append(tail.lstrip() if trim_next else tail)
+    return "".join(out)

@@ -17,10 +17,10 @@ from ollama_orchestra import (
     StreamInterrupted,
     Timeouts,
 )
-from ollama_orchestra._continuation import Resume
+from ollama_orchestra._continuation import Resume, render_simple
 from ollama_orchestra._proxy import serve_proxy
 from ollama_orchestra.sim import Faults, SimFleet
-from ollama_orchestra.sim._prompt import tokenize
+from ollama_orchestra.sim._prompt import render_generate, tokenize
 
 from .conftest import TINY, config_for, fleet, tiny_profile
 
@@ -238,6 +238,44 @@ class TestKillMidStream:
         assert "".join(c.text for c in chunks if c.server == silent)
 
 
+class TestGenerateContinues:
+    async def test_generate_is_continued_raw_with_the_rendered_template(self) -> None:
+        """Not raw: continued raw, the model's template (/api/show) rendered plus the partial."""
+        async with pair() as sim, Orchestra(config_for(sim)) as orch:
+            await slowed(sim)
+            chunks: List[Any] = []
+            async for chunk in orch.generate_stream(TINY, "why?", system="be brief", options=LONG):
+                chunks.append(chunk)
+                if len(chunks) == 3:
+                    await kill(sim, chunk.server)
+            broken = chunks[0].server
+            other = "h2" if broken == "h1" else "h1"
+            partial = "".join(c.response for c in chunks if c.server == broken)
+            sent = [r for r in sim[other].requests if r.route == "/api/generate"][-1]
+        assert sent.prompt == render_generate("why?", "be brief", raw=False) + partial
+        assert chunks[-1].done and chunks[-1].continuations
+
+    @pytest.mark.parametrize(
+        ("template", "expected"),
+        [
+            ("{{ .Prompt }}", "P"),
+            (
+                "{{ if .System }}S:{{ .System }} {{ end }}{{ .Prompt }}=>{{ .Response }}END",
+                "S:s P=>",
+            ),
+            ("{{ if .System }}S{{ else }}none{{ end }}", "S"),
+            ("A  {{- .Prompt -}}  B", "APB"),
+            ("{{ range .Messages }}{{ .Content }}{{ end }}", None),
+            ("{{ if .Response }}{{ .Response }}{{ end }}", None),
+            ("{{ if .System }}unclosed", None),
+            ("{{ .Prompt | upper }}", None),
+        ],
+    )
+    def test_render_simple(self, template: str, expected: Optional[str]) -> None:
+        """Only simple templates render; up to {{ .Response }}."""
+        assert render_simple(template, {"System": "s", "Prompt": "P"}) == expected
+
+
 class TestSimulatorContinues:
     async def test_trailing_assistant_message_is_continued(self) -> None:
         """A chat ending with an assistant message: new text only, the prefill in the prompt."""
@@ -298,14 +336,16 @@ class TestNotContinued:
             with pytest.raises(StreamInterrupted):
                 await consume()
 
-    async def test_generate_without_raw_raises(self) -> None:
-        """A generate stream that is not raw is not continued (no template rendering here)."""
+    async def test_generate_with_a_template_not_simple_raises(self) -> None:
+        """A generate stream whose template is not simple is not continued."""
         async with pair() as sim, Orchestra(config_for(sim)) as orch:
             await slowed(sim)
             got: List[str] = []
 
             async def consume() -> None:
-                async for chunk in orch.generate_stream(TINY, "x", options=LONG):
+                async for chunk in orch.generate_stream(
+                    TINY, "x", template="{{ range .Messages }}{{ .Content }}{{ end }}", options=LONG
+                ):
                     got.append(chunk.server)
                     if len(got) == 3:
                         await kill(sim, chunk.server)

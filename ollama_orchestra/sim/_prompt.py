@@ -25,6 +25,7 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 __all__ = [
     "CONTEXT_EXCEEDED",
+    "GENERATE_TEMPLATE",
     "RenderedPrompt",
     "Token",
     "fit_chat",
@@ -113,6 +114,14 @@ def render_chat(messages: Sequence[Mapping[str, Any]], tools: Optional[Sequence[
         out.append(_start(role) + _content(m) + _END)
     out.append(_start("assistant"))
     return "".join(out)
+
+
+#: What ``/api/show`` says the template is: the Go template (Ollama's legacy kind) that
+#: renders a generate request as :func:`render_generate` does.
+GENERATE_TEMPLATE = (
+    "{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+    "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"
+)
 
 
 def render_generate(prompt: str, system: str, *, raw: bool) -> str:

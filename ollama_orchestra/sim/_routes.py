@@ -32,6 +32,7 @@ from ._asgi import (
 from ._decode import Decoder
 from ._prompt import (
     CONTEXT_EXCEEDED,
+    GENERATE_TEMPLATE,
     RenderedPrompt,
     Token,
     fit_chat,
@@ -174,7 +175,7 @@ class OllamaRoutes(Decoder):
                 "license": "",
                 "modelfile": f"FROM {spec.name}\n",
                 "parameters": 'stop "<|im_end|>"',
-                "template": "{{ .Prompt }}",
+                "template": GENERATE_TEMPLATE,
                 "details": self._details(spec),
                 "model_info": {
                     "general.architecture": spec.family,
