@@ -9,8 +9,10 @@ outcome of an attempt           kind       retried elsewhere?    counts against
 connect error / refused         connect    yes (server marked    the server's breaker
                                            down at once)
 timeout before the first byte   timeout    yes                   the server's breaker
-connection reset, broken        reset      yes (unless text was  the server's breaker
-stream, malformed answer                   yielded already:
+connection reset, broken        reset      yes (once text was    the server's breaker
+stream, malformed answer                   yielded: continued
+                                           elsewhere, see
+                                           ``_continuation``, or
                                            ``StreamInterrupted``)
 HTTP 5xx (other than below)     server     yes                   the server's breaker
 HTTP 500: the model failed to   model      yes                   that model's breaker on that
