@@ -174,6 +174,15 @@ class TestKillMidStream:
             assert (record.broken, record.server, record.at_token) == ("h1", "h2", 5)
             assert a.server == "h2" and a.eval_count == LONG["num_predict"]
 
+    async def test_collected_answer_not_continuable_is_retried_whole(self) -> None:
+        """stream=False with a format: not continued, retried whole elsewhere as before."""
+        async with pair() as sim, Orchestra(config_for(sim, strategy="round_robin")) as orch:
+            await sim["h1"].set_faults(Faults(reset_after_chunks=5))
+            answers = [await orch.chat(TINY, MSGS, format="json", options=LONG) for _ in range(4)]
+        assert all(a.done and not a.continuations for a in answers)
+        assert all(a.server == "h2" for a in answers)
+        assert any(a.attempts == 2 for a in answers)
+
     async def test_through_the_proxy_with_the_official_client(self) -> None:
         """A proxy client sees one unbroken NDJSON stream while a host dies under it."""
         n = 50
