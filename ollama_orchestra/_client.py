@@ -681,7 +681,9 @@ class Orchestra:
         Args:
             collect: read the whole answer before the first object is yielded, so a failure
                 anywhere in it is retried on another server; otherwise objects come as they
-                arrive, with failover before the first and :class:`StreamInterrupted` after.
+                arrive, with failover before the first; a break after text was yielded is
+                continued on another server (``RetryPolicy.mid_stream``), else raises
+                :class:`StreamInterrupted`.
             priority: higher waits less for a slot.
             timeout: bound on the whole request with ``collect`` (default
                 ``config.timeouts.total_s``); ignored without it.
@@ -1020,7 +1022,8 @@ class Orchestra:
         """``/api/generate``, streamed: an async iterator of :class:`GenerateChunk`.
 
         Failover before the first chunk is transparent; once text has been yielded, a broken
-        stream raises :class:`StreamInterrupted` with the partial text.
+        stream is continued on another server with the partial answer as prefill (see
+        ``RetryPolicy.mid_stream``), else raises :class:`StreamInterrupted` with it.
         """
         check_call(model, priority, retry)
         resolved, role = self._resolve(model)

@@ -245,9 +245,9 @@ class RequestTimeout(RequestError, TimeoutError):
 
 
 class StreamInterrupted(RequestError):
-    """A stream broke after some text had already been yielded to the caller.
-
-    The text is not silently replayed elsewhere: the caller decides.
+    """A stream broke after some text had already been yielded to the caller, and was not
+    continued elsewhere (``RetryPolicy(mid_stream="raise")``, no other server serving the
+    model, inside ``thinking`` or a tool call, ...; see ``_continuation``): the caller decides.
 
     Attributes:
         partial: the text yielded before the break.
