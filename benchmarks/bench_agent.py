@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import statistics
 import sys
 import time
 import zlib
@@ -48,7 +47,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional
 
 import anyio
 
-from ollama_orchestra import AffinityRule, HealthPolicy, Orchestra, OrchestraConfig, Server
+from ollama_orchestra import AffinityRule, HealthPolicy, Orchestra, OrchestraConfig
 from ollama_orchestra.sim import SimFleet
 
 from .common import Check, results_dir, write_json
@@ -62,11 +61,47 @@ GATE_CACHE_GOALS = False
 
 MODEL = "qwen2.5-coder:32b"
 # Words to build texts from: the simulator's tokenizer makes about one token of 4 characters.
-_VOCAB = (
-    "def class return import self async await yield module function test config server "
-    "request response cache prefix token model host slot queue error retry stream chunk "
-    "value index field record state update delete insert select where order limit offset"
-).split()
+_VOCAB = [
+    "def",
+    "class",
+    "return",
+    "import",
+    "self",
+    "async",
+    "await",
+    "yield",
+    "module",
+    "function",
+    "test",
+    "config",
+    "server",
+    "request",
+    "response",
+    "cache",
+    "prefix",
+    "token",
+    "model",
+    "host",
+    "slot",
+    "queue",
+    "error",
+    "retry",
+    "stream",
+    "chunk",
+    "value",
+    "index",
+    "field",
+    "record",
+    "state",
+    "update",
+    "delete",
+    "insert",
+    "select",
+    "where",
+    "order",
+    "limit",
+    "offset",
+]
 
 
 # -- the workload --------------------------------------------------------------------------
