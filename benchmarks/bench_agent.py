@@ -487,6 +487,8 @@ def checks(report: Dict[str, Any], quick: bool) -> List[Check]:
     out: List[Check] = []
     scen = report.get("scenarios") or {}
     gate = GATE_CACHE_GOALS or not quick
+    # Said in the goal column, so that summary.md shows why a miss does not fail quick mode.
+    note = "" if gate else " (not gated yet: GATE_CACHE_GOALS)"
     for sname, s in scen.items():
         for name, row in s["contenders"].items():
             ok = row["failures"] == 0 and row["turns"] == row["expected_turns"]
@@ -509,7 +511,7 @@ def checks(report: Dict[str, Any], quick: bool) -> List[Check]:
                 "agent",
                 "even: hybrid / least_loaded turns/s",
                 f"{r:.2f}x",
-                ">= 1.5x",
+                ">= 1.5x" + note,
                 r >= 1.5,
                 gate,
             )
@@ -520,7 +522,7 @@ def checks(report: Dict[str, Any], quick: bool) -> List[Check]:
                 "agent",
                 "even: hybrid / least_loaded TTFT p50",
                 f"{t:.2f}x ({h['ttft_p50_s']:.1f}s vs {ll['ttft_p50_s']:.1f}s)",
-                "<= 0.5x",
+                "<= 0.5x" + note,
                 t <= 0.5,
                 gate,
             )
@@ -534,7 +536,7 @@ def checks(report: Dict[str, Any], quick: bool) -> List[Check]:
                     "agent",
                     "even: hybrid cached tokens / ideal sticky",
                     f"{f:.0%} ({cached:.0f} of {ideal})",
-                    ">= 90%",
+                    ">= 90%" + note,
                     f >= 0.9,
                     gate,
                 )
@@ -559,7 +561,7 @@ def checks(report: Dict[str, Any], quick: bool) -> List[Check]:
                 "agent",
                 "uneven: hybrid / sticky turns/s",
                 f"{h / st if st else 0.0:.2f}x",
-                "> 1.0x",
+                "> 1.0x" + note,
                 h > st,
                 gate,
             )
