@@ -8,8 +8,10 @@ system prompt + repository context shared by every session (full: ~8k tokens; qu
 then T turns: each appends the model's answer and a tool result (full: ~600 tokens) and
 re-sends the whole history via ``/api/chat`` (streamed: time to first token is measured).
 
-Scenarios: ``even`` (K sessions of T turns) and ``uneven`` (one session of 3T turns, the rest
-of 2 turns). Contenders, side by side in one run, each starting from cold caches (the model
+Scenarios: ``even`` (K sessions of T turns), ``uneven`` (one session of 3T turns, the rest
+of 2 turns), and ``pipeline``: the demo's pipeline DAG (plan -> coding tasks sharing the plan
+and the context -> QA -> debugging, every prompt starting with the same repository context)
+with each orchestra strategy (sticky and LiteLLM route conversations, not DAG roles). Contenders, side by side in one run, each starting from cold caches (the model
 is unloaded and reloaded before each):
 
 * ``hybrid``, ``least_loaded``, ``round_robin``: the orchestra with that strategy;
@@ -427,6 +429,78 @@ def _prompt_rate(server: Any) -> float:
     raise KeyError(MODEL)
 
 
+class _Recorder:
+    """An orchestra as ``run_dag``'s runner, recording each answer's prompt figures."""
+
+    def __init__(self, orch: Orchestra, rates: Dict[Any, float]) -> None:
+        self._orch = orch
+        self._rates = rates
+        self.prompt = 0
+        self.evaluated = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._orch, name)
+
+    async def generate(self, *args: Any, **kwargs: Any) -> Any:
+        r = await self._orch.generate(*args, **kwargs)
+        count = r.prompt_eval_count or 0
+        rate = self._rates.get((r.server, r.model), 0.0)
+        self.prompt += count
+        self.evaluated += min(float(count), max(1.0, (r.prompt_eval_duration or 0) / 1e9 * rate))
+        return r
+
+
+async def run_pipeline(
+    c: Contender, fleet: SimFleet, context_tokens: int, scale: float
+) -> Dict[str, Any]:
+    """The demo's pipelines (plan -> coding tasks sharing plan and context -> QA -> debugging,
+    every prompt starting with the same repository context) through an orchestra contender,
+    from cold caches with the demo's warm models."""
+    from ollama_orchestra import run_dag
+    from ollama_orchestra._demo import pipeline_dag, plan, repository_context
+
+    demo = plan()
+    async with plain_client() as client:
+        for s in fleet.servers:
+            for m in s.profile.models:
+                if "completion" not in m.capabilities:
+                    continue
+                body = {"model": m.name, "keep_alive": 0}
+                (await client.post(s.url + "/api/generate", json=body)).raise_for_status()
+        for _ in range(500):
+            states = [await s.fetch_state() for s in fleet.servers]
+            if not any(st["loaded"] or st["loading"] for st in states):
+                break
+            await anyio.sleep(0.02)
+        for s in fleet.servers:
+            for model in demo.warm.get(s.name, ()):
+                body = {"model": model, "keep_alive": -1}
+                (await client.post(s.url + "/api/generate", json=body)).raise_for_status()
+    rates = {
+        (s.name, m.name): s.profile.speed * m.prompt_rate
+        for s in fleet.servers
+        for m in s.profile.models
+    }
+    cfg = OrchestraConfig(
+        servers=tuple(fleet.server_configs()),
+        strategy=c.strategy or "least_loaded",
+        roles=demo.roles,
+        health=HealthPolicy(interval_s=5.0),
+    )
+    async with Orchestra(cfg) as orch:
+        runner = _Recorder(orch, rates)
+        inputs = {"goal": "a CLI todo app with sync", "context": repository_context(context_tokens)}
+        result = await run_dag(runner, pipeline_dag(), inputs=inputs)
+    return {
+        "tasks": len(result.results),
+        "ok": sum(r.ok for r in result.results),
+        "makespan_s": result.makespan_s / scale,
+        "prompt_tokens": runner.prompt,
+        "evaluated_tokens": runner.evaluated,
+        "cache_hit_share": 1 - runner.evaluated / runner.prompt if runner.prompt else None,
+    }
+
+
 def workloads(quick: bool) -> Dict[str, AgentWorkload]:
     if quick:
         base = AgentWorkload(
@@ -472,6 +546,20 @@ async def run_all(quick: bool) -> Dict[str, Any]:
                     flush=True,
                 )
             report["scenarios"][name] = {"workload": wl.__dict__, "contenders": rows}
+        context = 1000 if quick else 6000
+        pipes: Dict[str, Any] = {}
+        for c in cs:
+            if c.strategy is None:  # sticky and LiteLLM need conversations, not roles
+                continue
+            row = await run_pipeline(c, fleet, context, scale)
+            pipes[c.name] = row
+            print(
+                f"  pipeline {c.name:<14} makespan {row['makespan_s']:.1f}s, "
+                f"{row['ok']}/{row['tasks']} tasks ok, "
+                f"cache-hit share {_share(row['cache_hit_share'])}",
+                flush=True,
+            )
+        report["pipeline"] = {"context_tokens": context, "contenders": pipes}
     return report
 
 
@@ -553,6 +641,18 @@ def checks(report: Dict[str, Any], quick: bool) -> List[Check]:
                     None,
                 )
             )
+    for name, row in (report.get("pipeline") or {}).get("contenders", {}).items():
+        out.append(
+            Check(
+                "agent",
+                f"pipeline DAG: {name} tasks ok",
+                f"{row['ok']}/{row['tasks']} (makespan {row['makespan_s']:.1f}s, "
+                f"cache hits {_share(row['cache_hit_share'])})",
+                "all",
+                row["ok"] == row["tasks"],
+                gated=True,
+            )
+        )
     uneven = scen.get("uneven", {}).get("contenders", {})
     if "hybrid" in uneven and "sticky" in uneven:
         h, st = uneven["hybrid"]["turns_per_s"], uneven["sticky"]["turns_per_s"]
