@@ -1,6 +1,6 @@
 """Every benchmark, one command: ``python -m benchmarks [--quick] [--hosts URL ...]``.
 
-Runs bench_sim, bench_dag, bench_failover, bench_compare, bench_soak (and bench_proxy, when
+Runs bench_sim, bench_dag, bench_failover, bench_agent, bench_compare, bench_soak (and bench_proxy, when
 that module exists), each in this order, then writes ``benchmarks/results/summary.md``: one Markdown table
 with every figure, its goal and whether it was met. Each benchmark also writes its JSON to
 ``benchmarks/results/``. The exit status is non-zero when a benchmark fails or a quick-mode
@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import bench_dag, bench_failover, bench_sim, bench_soak, compare
+from . import bench_agent, bench_dag, bench_failover, bench_sim, bench_soak, compare
 from .common import FULL_RESULTS, Check, add_common_args, read_json, results_dir, use_results
 
 
@@ -188,6 +188,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         checks += dag_checks(args.quick)
         step("bench_failover", lambda: bench_failover.main(flag))
         checks += failover_checks(args.quick)
+        step("bench_agent", lambda: bench_agent.main(flag))
+        checks += bench_agent.checks(read_json("agent.json"), args.quick)
     compare_args = list(flag)
     if args.hosts:
         compare_args += ["--hosts", *args.hosts, "--slots", str(args.slots)]

@@ -5,23 +5,40 @@ model name, host name, slot count and speed the demo uses is read from it (:func
 so the demo cannot drift from the simulator. The demo runs the pipelines twice: on the
 fastest host alone (the user's setup today), then on the whole fleet, and prints the
 speed-up and the fleet's capacity bound.
+
+The pipelines are agent-shaped (issue 14): every prompt starts with the same repository
+context (``{context}``, :data:`CONTEXT_TOKENS` tokens), and grows as a real pipeline's do:
+coding tasks carry the plan, QA carries the plan and the code, debugging the plan and every
+review. Ollama reuses a slot's cached prefix, so the demo also prints the prefill time saved:
+from each answer's ``prompt_eval_count`` (every prompt token) and ``prompt_eval_duration``
+(only the evaluated ones), the tokens not re-evaluated at the rate learned from the others.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, List, Sequence, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Sequence, TextIO, Tuple
 
 from ._client import Orchestra
 from ._config import OrchestraConfig, Server
-from ._executor import DagResult, Task
+from ._executor import DagResult, Task, run_dag
 from ._metrics import MetricsSnapshot
 from ._report import summary
 
 if TYPE_CHECKING:
     from .sim import HostProfile
 
-__all__ = ["PIPELINES", "DemoPlan", "capacity_bound", "pipeline_dag", "plan", "run_demo"]
+__all__ = [
+    "CONTEXT_TOKENS",
+    "PIPELINES",
+    "DemoPlan",
+    "PrefillTally",
+    "capacity_bound",
+    "pipeline_dag",
+    "plan",
+    "repository_context",
+    "run_demo",
+]
 
 #: The independent feature pipelines the demo runs.
 PIPELINES = ("auth", "sync", "export")
@@ -30,6 +47,17 @@ PARTS = 4
 #: Which kind of model each role of the pipeline needs: ``general`` is the preset's smaller
 #: chat model, ``coder`` its larger one.
 ROLE_KINDS = {"planning": "general", "coding": "coder", "qa": "general", "debugging": "coder"}
+#: Tokens (the simulator's, about 4 characters each) of the repository context every prompt
+#: starts with.
+CONTEXT_TOKENS = 3000
+
+
+def repository_context(tokens: int = CONTEXT_TOKENS) -> str:
+    """The system prompt and repository context every task of the demo starts with."""
+    words = ("def", "class", "return", "import", "async", "await", "test", "config", "server")
+    text = "You are one of a coding team's agents. The repository:\n"
+    body = " ".join(f"{words[i % len(words)]}_{i % 97}" for i in range(tokens // 2))
+    return text + body
 
 
 def pipeline_dag(features: Sequence[str] = PIPELINES, parts: int = PARTS) -> List[Task]:
@@ -44,7 +72,7 @@ def pipeline_dag(features: Sequence[str] = PIPELINES, parts: int = PARTS) -> Lis
             Task(
                 f"{f}_plan",
                 model="planning",
-                prompt=f"Plan the {f} feature of {{goal}}",
+                prompt=f"{{context}}\nPlan the {f} feature of {{goal}}",
                 options={"num_predict": 300},
             )
         )
@@ -54,7 +82,7 @@ def pipeline_dag(features: Sequence[str] = PIPELINES, parts: int = PARTS) -> Lis
                 Task(
                     code,
                     model="coding",
-                    prompt=f"Implement part {i}:\n{{{f}_plan}}",
+                    prompt=f"{{context}}\nThe plan:\n{{{f}_plan}}\nImplement part {i}.",
                     depends_on=[f"{f}_plan"],
                     options={"num_predict": 400},
                 )
@@ -63,8 +91,8 @@ def pipeline_dag(features: Sequence[str] = PIPELINES, parts: int = PARTS) -> Lis
                 Task(
                     qa,
                     model="qa",
-                    prompt=f"Review part {i}:\n{{{code}}}",
-                    depends_on=[code],
+                    prompt=f"{{context}}\nThe plan:\n{{{f}_plan}}\nReview part {i}:\n{{{code}}}",
+                    depends_on=[code, f"{f}_plan"],
                     options={"num_predict": 150},
                 )
             )
@@ -73,8 +101,9 @@ def pipeline_dag(features: Sequence[str] = PIPELINES, parts: int = PARTS) -> Lis
             Task(
                 f"{f}_debug",
                 model="debugging",
-                prompt="Fix what QA found:\n" + "\n".join("{" + q + "}" for q in qa_ids),
-                depends_on=qa_ids,
+                prompt=f"{{context}}\nThe plan:\n{{{f}_plan}}\nFix what QA found:\n"
+                + "\n".join("{" + q + "}" for q in qa_ids),
+                depends_on=[*qa_ids, f"{f}_plan"],
                 options={"num_predict": 300},
             )
         )
@@ -120,9 +149,65 @@ def plan() -> DemoPlan:
     )
 
 
+@dataclass
+class PrefillTally:
+    """Prompt evaluation as the answers report it, per (server, model): ``prompt_eval_count``
+    (every prompt token) and ``prompt_eval_duration`` (only the evaluated ones, seconds)."""
+
+    answers: List[Tuple[str, str, int, float]]
+
+    def rates(self) -> Dict[Tuple[str, str], float]:
+        """Prompt tokens/s per (server, model), learned from its least cached answer (the
+        lowest apparent rate: cached tokens only make an answer look faster)."""
+        out: Dict[Tuple[str, str], float] = {}
+        for server, model, count, seconds in self.answers:
+            if count > 0 and seconds > 0:
+                key = (server, model)
+                out[key] = min(out.get(key, float("inf")), count / seconds)
+        return out
+
+    def totals(self) -> Tuple[int, float, float]:
+        """Prompt tokens, the estimated tokens evaluated, and the estimated seconds saved."""
+        rates = self.rates()
+        total, evaluated, saved = 0, 0.0, 0.0
+        for server, model, count, seconds in self.answers:
+            rate = rates.get((server, model))
+            total += count
+            if rate is None:
+                evaluated += count
+                continue
+            done = min(float(count), seconds * rate)
+            evaluated += done
+            saved += (count - done) / rate
+        return total, evaluated, saved
+
+
+class _Recording:
+    """The orchestra, recording each answer's prompt evaluation figures (for the tally)."""
+
+    def __init__(self, orch: Orchestra) -> None:
+        self._orch = orch
+        self.tally = PrefillTally([])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._orch, name)
+
+    async def generate(self, *args: Any, **kwargs: Any) -> Any:
+        r = await self._orch.generate(*args, **kwargs)
+        self.tally.answers.append(
+            (
+                r.server,
+                r.model,
+                r.prompt_eval_count or 0,
+                (r.prompt_eval_duration or 0) / 1e9,
+            )
+        )
+        return r
+
+
 async def _demo_run(
     demo: DemoPlan, names: Sequence[str], time_scale: float, strategy: str
-) -> Tuple[DagResult, MetricsSnapshot]:
+) -> Tuple[DagResult, MetricsSnapshot, PrefillTally]:
     import httpx
 
     from .sim import SimFleet
@@ -143,8 +228,10 @@ async def _demo_run(
         config = OrchestraConfig(servers=servers, roles=demo.roles, strategy=strategy)
         async with Orchestra(config) as orch:
             orch.reset_metrics()
-            result = await orch.run(pipeline_dag(), inputs={"goal": "a CLI todo app with sync"})
-            return result, orch.metrics()
+            runner = _Recording(orch)
+            inputs = {"goal": "a CLI todo app with sync", "context": repository_context()}
+            result = await run_dag(runner, pipeline_dag(), inputs=inputs)
+            return result, orch.metrics(), runner.tally
 
 
 async def run_demo(out: TextIO, scale: float, strategy: str) -> int:
@@ -164,23 +251,30 @@ async def run_demo(out: TextIO, scale: float, strategy: str) -> int:
         f"{alone.speed / slower:.1f}x faster, {alone.num_parallel} slots, every model loaded)\n"
     )
     out.write(
-        f"Work: {len(PIPELINES)} feature pipelines, each plan -> {PARTS} coding tasks -> QA of each -> debugging ({len(pipeline_dag())} tasks)\n"
+        f"Work: {len(PIPELINES)} feature pipelines, each plan -> {PARTS} coding tasks -> QA of each -> debugging ({len(pipeline_dag())} tasks),\n"
+        f"      every prompt starting with the same {CONTEXT_TOKENS:,}-token repository context\n"
     )
     out.write(f"time_scale={scale}: durations below are simulated seconds\n\n")
     out.write(f"1) today's setup: everything on {alone.name}\n")
-    one, _ = await _demo_run(demo, [alone.name], scale, strategy)
+    one, _, _ = await _demo_run(demo, [alone.name], scale, strategy)
     out.write(
         f"   makespan {one.makespan_s / scale:,.1f}s, {sum(r.ok for r in one.results)}/{len(one.results)} tasks ok\n\n"
     )
     names = [h.name for h in demo.hosts]
     out.write(f"2) the orchestra on {' + '.join(names)} (strategy {strategy})\n")
-    both, metrics = await _demo_run(demo, names, scale, strategy)
+    both, metrics, tally = await _demo_run(demo, names, scale, strategy)
     out.write(
         f"   makespan {both.makespan_s / scale:,.1f}s, {sum(r.ok for r in both.results)}/{len(both.results)} tasks ok\n"
     )
     summary(both, metrics, out, scale=scale)
     speedup = one.makespan_s / both.makespan_s if both.makespan_s else 0.0
     out.write(f"\nspeed-up over {alone.name} alone: {speedup:.2f}x\n")
+    total, evaluated, saved = tally.totals()
+    share = 1 - evaluated / total if total else 0.0
+    out.write(
+        f"prefill time saved: {saved:,.1f}s ({evaluated:,.0f} of {total:,} prompt tokens "
+        f"evaluated, {share:.0%} served from the hosts' prompt caches)\n"
+    )
     util = ", ".join(f"{s.name} {s.utilization:.0%}" for s in metrics.servers.values())
     out.write(f"utilization: {util}; imbalance {metrics.imbalance:.1%}\n")
     bound = capacity_bound(demo)

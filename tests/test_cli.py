@@ -147,10 +147,14 @@ class TestSimAndDemo:
 
     @pytest.mark.slow
     async def test_demo(self) -> None:
-        """The demo runs on ollama02 alone, then on both hosts, and prints the speed-up."""
+        """The demo runs on ollama02 alone, then on both hosts, and prints the speed-up and the
+        prefill time the hosts' prompt caches saved."""
         r = await cli("demo", "--time-scale", "0.01", timeout=120)
         assert r.returncode == 0, r.stderr
         assert "speed-up over ollama02 alone:" in r.stdout
+        saved = r.stdout.split("prefill time saved:")[1].split("\n")[0]
+        assert float(saved.split("s (")[0].replace(",", "")) > 0  # the shared context is cached
+        assert "prompt tokens evaluated" in saved
         util = r.stdout.split("utilization:")[-1]
         for host in ("ollama01", "ollama02"):
             pct = int(util.split(host)[1].split("%")[0])
