@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import operator
-import time
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from typing import (
 import anyio
 
 from ._breaker import CircuitBreaker, ModelBreakers, Permit
+from ._clock import now as clock_now
 from ._config import OrchestraConfig, Server
 from ._errors import NoCapableServer, NoHealthyServer, RequestError
 from ._estimates import cold_load_s, displaced_s, expected_service_s, wait_s
@@ -413,7 +413,7 @@ class LoadBalancer:
         breakers: Optional[Mapping[str, CircuitBreaker]] = None,
         metrics: Optional[Metrics] = None,
         strategy: Optional[Strategy] = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clock_now,
         model_breakers: Optional[ModelBreakers] = None,
         slots: Optional[SlotStore[Lease]] = None,
     ) -> None:

@@ -51,6 +51,7 @@ from ._arguments import (
 from ._background import Background
 from ._balancer import Lease, LoadBalancer
 from ._breaker import BreakerEvent, CircuitBreaker, ModelBreakers
+from ._clock import now as clock_now
 from ._config import OrchestraConfig, RetryPolicy, Server
 from ._errors import (
     Attempt,
@@ -161,7 +162,7 @@ class Orchestra:
         transport: Optional[httpx.AsyncBaseTransport] = None,
         on_breaker_change: Optional[Callable[[BreakerEvent], None]] = None,
         sleep: Optional[Callable[[float], Awaitable[None]]] = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clock_now,
         rng: Optional[random.Random] = None,
     ) -> None:
         if config is not None and not isinstance(config, OrchestraConfig):
@@ -257,7 +258,7 @@ class Orchestra:
                 self._http,
                 self.config.health,
                 breakers=self._breakers,
-                wall_clock=time.time,
+                wall_clock=time.time,  # calendar time: /api/ps expires_at is RFC 3339
                 rng=self._rng,
             )
             background = Background()

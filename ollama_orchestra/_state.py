@@ -8,10 +8,10 @@ objects.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
+from ._clock import now as clock_now
 from ._config import Server, normalize_model
 from ._secrets import redact_url
 
@@ -153,7 +153,7 @@ class FleetState:
     """
 
     def __init__(
-        self, servers: Iterable[Server], *, clock: Callable[[], float] = time.monotonic
+        self, servers: Iterable[Server], *, clock: Callable[[], float] = clock_now
     ) -> None:
         self._clock = clock
         self._servers: Dict[str, ServerState] = {}
