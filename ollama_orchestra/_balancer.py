@@ -425,11 +425,12 @@ class LoadBalancer:
         self._metrics = metrics
         self._strategy = strategy or make_strategy(config.strategy)
         self._clock = clock
-        # The one owner of in-flight counts: a server's open leases (the state's and the
-        # metrics' figures follow the leases' grant and release, below).
+        # The one owner of in-flight counts: a server's open leases. The state's snapshots
+        # read them from here; the metrics' busy-time integral follows grant and release.
         self._slots: SlotStore[Lease] = (
             slots if slots is not None else LocalSlots(s.name for s in config.servers)
         )
+        state.attach_in_flight(self.in_use)
         self._queues: Dict[int, Deque[_Waiter]] = {}
         self._waiting = 0
         self._wanted: Dict[str, int] = {}  # waiting requests per model
@@ -556,7 +557,6 @@ class LoadBalancer:
         lease._released = True
         name = lease.server.name
         self._slots.give_back(name, lease)
-        self._state.request_ended(name)
         if self._metrics is not None:
             self._metrics.lease_released(name)
         self.settle(lease, None)  # permits not settled yet: handed back, no verdict
@@ -746,7 +746,6 @@ class LoadBalancer:
         if self._model_breakers is not None:
             lease.model_permit = self._model_breakers.breaker(name, model).admit()
         self._slots.take(name, lease)
-        self._state.request_started(name)
         if self._metrics is not None:
             self._metrics.lease_acquired(name)
         waiter.granted = lease
