@@ -1015,10 +1015,15 @@ class Orchestra:
             queued_s=answer.queued_s,
         )
 
-    async def _host_json(
+    async def call_host(
         self, server: Server, method: str, path: str, body: Optional[Mapping[str, Any]] = None
     ) -> Tuple[int, Any]:
-        """One plain call to one server, outside balancing: ``(status, JSON or text)``."""
+        """One plain call to one server, outside balancing: ``(status, JSON or text)``.
+
+        No slot, retry or breaker: for the fleet-wide views (``OrchestraTransport`` and the
+        proxy use it for ``/api/tags``, ``/api/ps`` and ``/api/show``). Bounded by the health
+        probe timeout; httpx's errors propagate.
+        """
         response = await self._client().request(
             method,
             server.url + path,
