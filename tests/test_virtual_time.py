@@ -176,3 +176,24 @@ class TestMonitorOnVirtualTime:
         wall = run_virtual(main)
         assert seen == [True, False, True]
         assert wall < 60
+
+    def test_probes_come_one_interval_apart(self) -> None:
+        """A healthy server is probed every interval_s: ten minutes, ten more probes."""
+        router = fleet_router({A: [M], B: [M]})
+        route = router.get(A + "/api/version").respond(json={"version": "0.12.0"})
+        cfg = config(
+            health=HealthPolicy(
+                interval_s=60, down_interval_s=10, jitter=0, unhealthy_after=2, startup_timeout_s=5
+            )
+        )
+        counts: List[int] = []
+
+        async def main() -> None:
+            async with orchestra(router, cfg):
+                counts.append(route.call_count)
+                await anyio.sleep(600 + 1)
+                counts.append(route.call_count)
+
+        wall = run_virtual(main)
+        assert counts[1] - counts[0] == 10
+        assert wall < 60
