@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import operator
-import time
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from typing import (
 import anyio
 
 from ._breaker import CircuitBreaker, ModelBreakers, Permit
+from ._clock import now as clock_now
 from ._config import OrchestraConfig, Server
 from ._errors import NoCapableServer, NoHealthyServer, RequestError
 from ._estimates import cold_load_s, displaced_s, expected_service_s, wait_s
@@ -413,7 +413,7 @@ class LoadBalancer:
         breakers: Optional[Mapping[str, CircuitBreaker]] = None,
         metrics: Optional[Metrics] = None,
         strategy: Optional[Strategy] = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clock_now,
         model_breakers: Optional[ModelBreakers] = None,
         slots: Optional[SlotStore[Lease]] = None,
     ) -> None:
@@ -425,11 +425,12 @@ class LoadBalancer:
         self._metrics = metrics
         self._strategy = strategy or make_strategy(config.strategy)
         self._clock = clock
-        # The one owner of in-flight counts: a server's open leases (the state's and the
-        # metrics' figures follow the leases' grant and release, below).
+        # The one owner of in-flight counts: a server's open leases. The state's snapshots
+        # read them from here; the metrics' busy-time integral follows grant and release.
         self._slots: SlotStore[Lease] = (
             slots if slots is not None else LocalSlots(s.name for s in config.servers)
         )
+        state.attach_in_flight(self.in_use)
         self._queues: Dict[int, Deque[_Waiter]] = {}
         self._waiting = 0
         self._wanted: Dict[str, int] = {}  # waiting requests per model
@@ -556,7 +557,6 @@ class LoadBalancer:
         lease._released = True
         name = lease.server.name
         self._slots.give_back(name, lease)
-        self._state.request_ended(name)
         if self._metrics is not None:
             self._metrics.lease_released(name)
         self.settle(lease, None)  # permits not settled yet: handed back, no verdict
@@ -746,7 +746,6 @@ class LoadBalancer:
         if self._model_breakers is not None:
             lease.model_permit = self._model_breakers.breaker(name, model).admit()
         self._slots.take(name, lease)
-        self._state.request_started(name)
         if self._metrics is not None:
             self._metrics.lease_acquired(name)
         waiter.granted = lease

@@ -21,11 +21,11 @@ state change cannot corrupt the new state.
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Deque, Dict, Iterator, Optional, Tuple, TypeVar
 
+from ._clock import now as clock_now
 from ._config import BreakerPolicy
 from ._errors import OrchestraError
 
@@ -116,7 +116,7 @@ class CircuitBreaker:
         name: str,
         policy: Optional[BreakerPolicy] = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clock_now,
         on_change: Optional[Callable[[BreakerEvent], None]] = None,
         model: Optional[str] = None,
     ) -> None:
@@ -344,7 +344,7 @@ class ModelBreakers:
         self,
         policy: Optional[BreakerPolicy] = None,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clock_now,
         on_change: Optional[Callable[[BreakerEvent], None]] = None,
     ) -> None:
         self.policy = policy or BreakerPolicy()

@@ -52,6 +52,7 @@ from ._arguments import (
 from ._background import Background
 from ._balancer import Lease, LoadBalancer
 from ._breaker import BreakerEvent, CircuitBreaker, ModelBreakers
+from ._clock import now as clock_now
 from ._config import OrchestraConfig, RetryPolicy, Server
 from ._continuation import Continuation, Resume
 from ._errors import (
@@ -179,7 +180,7 @@ class Orchestra:
         transport: Optional[httpx.AsyncBaseTransport] = None,
         on_breaker_change: Optional[Callable[[BreakerEvent], None]] = None,
         sleep: Optional[Callable[[float], Awaitable[None]]] = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clock_now,
         rng: Optional[random.Random] = None,
     ) -> None:
         if config is not None and not isinstance(config, OrchestraConfig):
@@ -275,7 +276,7 @@ class Orchestra:
                 self._http,
                 self.config.health,
                 breakers=self._breakers,
-                wall_clock=time.time,
+                wall_clock=time.time,  # calendar time: /api/ps expires_at is RFC 3339
                 rng=self._rng,
             )
             background = Background()
@@ -1195,10 +1196,15 @@ class Orchestra:
             queued_s=answer.queued_s,
         )
 
-    async def _host_json(
+    async def call_host(
         self, server: Server, method: str, path: str, body: Optional[Mapping[str, Any]] = None
     ) -> Tuple[int, Any]:
-        """One plain call to one server, outside balancing: ``(status, JSON or text)``."""
+        """One plain call to one server, outside balancing: ``(status, JSON or text)``.
+
+        No slot, retry or breaker: for the fleet-wide views (``OrchestraTransport`` and the
+        proxy use it for ``/api/tags``, ``/api/ps`` and ``/api/show``). Bounded by the health
+        probe timeout; httpx's errors propagate.
+        """
         response = await self._client().request(
             method,
             server.url + path,

@@ -36,6 +36,7 @@ from typing import (
 
 import anyio
 
+from ._clock import now as clock_now
 from ._dagfile import DagSpec, load_dag
 from ._errors import DagValidationError, NoCapableServer
 from ._tasks import SCHEDULES, Task, critical_path, validate_graph
@@ -351,7 +352,7 @@ async def run_dag(
     fail_fast: bool = False,
     on_event: Optional[Callable[[TaskEvent], None]] = None,
     inputs: Optional[Mapping[str, str]] = None,
-    clock: Callable[[], float] = anyio.current_time,
+    clock: Callable[[], float] = clock_now,
 ) -> DagResult:
     """Run a DAG of tasks on ``runner`` (an :class:`Orchestra`); see the module docstring.
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import bisect
 import math
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, List, Mapping, Sequence, Tuple
 
+from ._clock import now as clock_now
 from ._config import Server
 
 __all__ = ["Histogram", "LatencyStats", "Metrics", "MetricsSnapshot", "ServerMetrics"]
@@ -196,7 +196,7 @@ class Metrics:
         self,
         servers: Sequence[Server],
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = clock_now,
         window_s: float = 60.0,
     ) -> None:
         self._servers = list(servers)

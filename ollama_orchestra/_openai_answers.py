@@ -58,7 +58,7 @@ def unix_time(stamp: Any) -> int:
     offset); the current time if there is none, as Ollama stamps synthetic answers."""
     match = _STAMP.match(stamp) if isinstance(stamp, str) else None
     if match is None:
-        return int(time.time())
+        return int(time.time())  # calendar time (OpenAI "created"), not the library clock
     year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
     offset = match.group(7) or "Z"
     delta = timedelta(0)
@@ -303,7 +303,7 @@ class CompletionStream:
         chunk: Dict[str, Any] = {
             "id": self.id,
             "object": "text_completion",
-            "created": int(time.time()),
+            "created": int(time.time()),  # calendar time, not the library clock
             "choices": [
                 {
                     "text": str(obj.get("response") or ""),

@@ -8,10 +8,10 @@ objects.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Mapping, Optional, Tuple
 
+from ._clock import now as clock_now
 from ._config import Server, normalize_model
 from ._secrets import redact_url
 
@@ -124,7 +124,6 @@ class ServerState:
     models: FrozenSet[str] = frozenset()
     model_sizes: Dict[str, int] = field(default_factory=dict)
     loaded: Dict[str, LoadedModel] = field(default_factory=dict)
-    in_flight: int = 0
     latency_s: Dict[str, float] = field(default_factory=dict)
     tokens_per_s: Dict[str, float] = field(default_factory=dict)
     load_s: Dict[str, float] = field(default_factory=dict)
@@ -153,7 +152,7 @@ class FleetState:
     """
 
     def __init__(
-        self, servers: Iterable[Server], *, clock: Callable[[], float] = time.monotonic
+        self, servers: Iterable[Server], *, clock: Callable[[], float] = clock_now
     ) -> None:
         self._clock = clock
         self._servers: Dict[str, ServerState] = {}
@@ -164,6 +163,9 @@ class FleetState:
             self._servers[s.name] = st
         self._listeners: List[Callable[[], None]] = []
         self._breaker_state: Callable[[str], str] = lambda name: "closed"
+        # In-flight counts are not kept here: the balancer's slot store owns them (its open
+        # leases), and snapshots read them through this (attached by the balancer).
+        self._in_flight: Callable[[str], int] = lambda name: 0
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -204,7 +206,7 @@ class FleetState:
                 models=tuple(sorted(st.models)),
                 loaded=loaded,
                 slots=st.server.max_concurrency,
-                in_flight=st.in_flight,
+                in_flight=self._in_flight(name),
                 latency_s=dict(st.latency_s),
                 tokens_per_s=dict(st.tokens_per_s),
                 requests=st.requests,
@@ -318,11 +320,9 @@ class FleetState:
         """Where snapshots read each server's breaker state from."""
         self._breaker_state = states
 
-    def request_started(self, name: str) -> None:
-        self._servers[name].in_flight += 1
-
-    def request_ended(self, name: str) -> None:
-        self._servers[name].in_flight -= 1
+    def attach_in_flight(self, count: Callable[[str], int]) -> None:
+        """Where snapshots read each server's in-flight count from (its open leases)."""
+        self._in_flight = count
 
     def record_success(
         self,

@@ -296,7 +296,7 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
 
         async def ask(server: Server) -> None:
             try:
-                status, body = await self.orch._host_json(server, "GET", path)
+                status, body = await self.orch.call_host(server, "GET", path)
             except httpx.HTTPError:
                 return
             if status == 200 and isinstance(body, dict) and isinstance(body.get("models"), list):
@@ -328,7 +328,7 @@ class OrchestraTransport(httpx.AsyncBaseTransport):
         failures: List[str] = []
         for server in candidates:
             try:
-                status, answer = await self.orch._host_json(
+                status, answer = await self.orch.call_host(
                     server, "POST", "/api/show", dict(body, model=model)
                 )
             except httpx.HTTPError as exc:
