@@ -592,7 +592,7 @@ class Orchestra:
         """The model's template and system prompt, from ``/api/show`` on ``server``, for a
         generate request continued raw (left unset when the host does not say)."""
         try:
-            status, body = await self._host_json(server, "POST", "/api/show", {"model": model})
+            status, body = await self.call_host(server, "POST", "/api/show", {"model": model})
         except Exception as exc:  # a continuation is a best effort: StreamInterrupted then
             log.info("no template from %s: %s", server.name, type(exc).__name__)
             return
