@@ -7,7 +7,8 @@ STAMP  := $(VENV)/.installed
 # The oldest and newest Pythons we support, for `make matrix`.
 MATRIX ?= 3.8 3.13
 
-.PHONY: install test lint typecheck unit matrix wheel-check demo bench-quick bench bench-full clean
+# The shared-slots tests start a real redis-server (Debian's package) on loopback.
+.PHONY: redis install test lint typecheck unit matrix wheel-check demo bench-quick bench bench-full clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +25,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+## make redis: the redis-server binary the shared-slots tests start (Debian's package).
+redis:
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
 ## make unit: the suite under coverage (branches, subprocesses included: the CLI and the
 ## simulator's subprocess mode), failing under the `fail_under` of pyproject.toml.
-unit: $(STAMP)
+unit: $(STAMP) redis
 	rm -f .coverage .coverage.*
 	COVERAGE_FILE=$(CURDIR)/.coverage $(BIN)/coverage run -m pytest
 	$(BIN)/coverage combine -q
@@ -42,7 +47,7 @@ wheel-check: $(STAMP)
 ## (loose ratio checks; LiteLLM and plots only if installed).
 test: lint typecheck unit matrix wheel-check bench-quick
 
-matrix:
+matrix: redis
 	@set -e; for v in $(MATRIX); do ./.ci/pytest-on "$$v"; done
 
 demo: $(STAMP)

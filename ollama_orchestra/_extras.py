@@ -17,7 +17,7 @@ from ._errors import AsyncioOnly, MissingExtra
 __all__ = ["require_asyncio", "require_extra"]
 
 #: The module each extra brings, keyed by the extra's name.
-EXTRA_MODULES = {"sim": "uvicorn", "proxy": "uvicorn"}
+EXTRA_MODULES = {"sim": "uvicorn", "proxy": "uvicorn", "redis": "redis.asyncio"}
 
 
 def require_extra(extra: str, feature: str) -> None:

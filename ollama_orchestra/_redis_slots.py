@@ -1,0 +1,214 @@
+"""Server slots shared by several processes through Redis (the shared-slots issue, step one).
+
+A :class:`RedisSlots` keeps, per server, the leases that hold its slots in a Redis sorted set
+(member: lease id, score: expiry in Redis' own milliseconds, from ``TIME``, so client clocks do
+not matter). A Lua script takes a slot atomically, at most ``slots`` per server, and only for a
+waiter among the first ones of that server's queue (a sorted set keyed by priority, then arrival):
+waiters are served across processes highest priority first, then first come first served. A
+heartbeat task renews this process's leases; a holder that dies stops renewing and its slots
+expire after ``ttl_s``. A release is immediate and is published on the server's channel, which
+wakes the waiters of every process (a slow poll is the safety net for a lost message).
+
+Not yet wired into the balancer: its ``SlotStore`` seam is synchronous, a Redis store needs an
+awaitable take (see the issue's report). Needs the ``redis`` extra (its asyncio client).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from types import TracebackType
+from typing import Any, Dict, Optional, Set, Tuple, Type
+
+import anyio
+import anyio.abc
+
+from ._errors import ConfigError
+from ._extras import require_extra
+from ._secrets import redact_url
+
+__all__ = ["RedisSlots"]
+
+# KEYS: leases zset, waiters zset (score: -priority, arrival), waiter expiry zset.
+# ARGV: lease id, slots, ttl ms, waiter id. Returns 1 when the slot was taken.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, w in ipairs(dead) do redis.call('ZREM', KEYS[2], w) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
+if free <= 0 then return 0 end
+local ahead = redis.call('ZRANGE', KEYS[2], 0, free - 1)
+local mine = false
+for _, w in ipairs(ahead) do if w == ARGV[4] then mine = true end end
+if not mine then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('ZREM', KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+# KEYS: waiters zset, waiter expiry zset. ARGV: waiter id, priority, ttl ms.
+# Joins the queue (once; later calls only renew the expiry). Score: priority first (1e13 ms is
+# ~300 years of arrivals), then arrival; exact in a double for priorities within +-500.
+_ENQUEUE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  local score = -tonumber(ARGV[2]) * 1e13 + now
+  redis.call('ZADD', KEYS[1], score, ARGV[1])
+end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+# KEYS: leases zset. ARGV: ttl ms, lease ids... Extends the ones still held.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
+  end
+end
+return 1
+"""
+
+
+class RedisSlots:
+    """Per-server slots held in Redis, shared by every process using the same URL and namespace.
+
+    Use as ``async with RedisSlots(url) as slots:``; :meth:`acquire` waits for a slot and returns
+    a lease id, :meth:`release` gives it back. ``ttl_s`` bounds how long a dead holder's slot
+    stays taken; the heartbeat renews live leases every ``ttl_s / 3``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "ollama-orchestra",
+        ttl_s: float = 5.0,
+        poll_s: float = 0.5,
+    ) -> None:
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError("coordination", url, "expected a redis://, rediss:// or unix:// URL")
+        for name, value in (("ttl_s", ttl_s), ("poll_s", poll_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"coordination.{name}", value, "expected a positive number")
+        require_extra("redis", "shared slots through Redis")
+        self._url = url
+        self._ns = namespace
+        self._ttl_ms = max(1, int(ttl_s * 1000))
+        self._poll_s = float(poll_s)
+        self._me = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._seq = itertools.count()
+        self._held: Dict[str, Set[str]] = {}
+        self._changed: Dict[str, anyio.Event] = {}
+        self._redis: Any = None
+        self._tg: Optional[anyio.abc.TaskGroup] = None
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n}={len(ls)}" for n, ls in self._held.items())
+        return f"<RedisSlots {redact_url(self._url)} {counts}>"
+
+    def _keys(self, server: str) -> Tuple[str, str, str, str]:
+        base = f"{self._ns}:{server}"
+        return f"{base}:leases", f"{base}:queue", f"{base}:queue-expiry", f"{base}:freed"
+
+    async def __aenter__(self) -> RedisSlots:
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.Redis.from_url(self._url)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._enqueue = self._redis.register_script(_ENQUEUE)
+        self._renew = self._redis.register_script(_RENEW)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._heartbeat)
+        await self._tg.start(self._listen)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        try:
+            await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._redis.aclose()
+
+    async def in_flight(self, server: str) -> int:
+        """Live leases on ``server`` across every process (expired ones not counted)."""
+        leases = self._keys(server)[0]
+        now_s, now_us = await self._redis.time()
+        now_ms = now_s * 1000 + now_us // 1000
+        return int(await self._redis.zcount(leases, f"({now_ms}", "+inf"))
+
+    async def waiting(self, server: str) -> int:
+        """Waiters queued for ``server`` across every process."""
+        return int(await self._redis.zcard(self._keys(server)[1]))
+
+    async def acquire(self, server: str, slots: int, priority: int = 0) -> str:
+        """Wait for one of ``server``'s ``slots`` and return the lease id holding it."""
+        leases, queue, expiry, _ = self._keys(server)
+        lease = f"{self._me}-{next(self._seq)}"
+        changed = self._changed.setdefault(server, anyio.Event())
+        try:
+            while True:
+                if changed.is_set():
+                    changed = self._changed[server] = anyio.Event()
+                await self._enqueue(keys=[queue, expiry], args=[lease, priority, self._ttl_ms])
+                if await self._acquire(
+                    keys=[leases, queue, expiry], args=[lease, slots, self._ttl_ms, lease]
+                ):
+                    self._held.setdefault(server, set()).add(lease)
+                    return lease
+                with anyio.move_on_after(self._poll_s):
+                    await changed.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._redis.zrem(queue, lease)
+                await self._redis.zrem(expiry, lease)
+            raise
+
+    async def release(self, server: str, lease: str) -> None:
+        """Give ``lease``'s slot back now and wake the waiters of every process."""
+        leases, _, _, freed = self._keys(server)
+        self._held.get(server, set()).discard(lease)
+        with anyio.CancelScope(shield=True):
+            await self._redis.zrem(leases, lease)
+            await self._redis.publish(freed, lease)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(self._ttl_ms / 3000)
+            for server, held in self._held.items():
+                if held:
+                    await self._renew(keys=[self._keys(server)[0]], args=[self._ttl_ms, *held])
+
+    async def _listen(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.psubscribe(f"{self._ns}:*:freed")
+            task_status.started()
+            prefix, suffix = len(self._ns) + 1, len(":freed")
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None:
+                    continue
+                channel = message["channel"]
+                name = channel.decode() if isinstance(channel, bytes) else str(channel)
+                event = self._changed.get(name[prefix:-suffix])
+                if event is not None:
+                    event.set()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()
