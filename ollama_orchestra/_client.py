@@ -533,13 +533,21 @@ class Orchestra:
         retry: Union[RetryPolicy, bool, None],
     ) -> Tuple[Exchange, Lease]:
         """Open the continuation of a stream that broke on ``broken.server`` after text was
-        yielded, on another server serving the model (by name: the fleet state keeps no
-        digests); :class:`StreamInterrupted` when it cannot be continued."""
+        yielded, on another server serving the same build of the model (the same digest in
+        ``/api/tags``; by name where either server gave none): another build would continue
+        someone else's text. :class:`StreamInterrupted` when it cannot be continued."""
         partial = "".join(resume.text)
+        digest = self._state[broken.server].model_digests.get(model)
+        other_build = frozenset(
+            st.server.name
+            for st in self._state.servers()
+            if digest and st.model_digests.get(model, digest) != digest
+        )
+        excluded = other_build | {broken.server}
         others = [
             st
-            for st in self._balancer.eligible(model, role, priority, {broken.server})
-            if st.server.name != broken.server
+            for st in self._balancer.eligible(model, role, priority, excluded)
+            if st.server.name not in excluded
         ]
         if others and resume.needs_template():
             await self._fetch_template(resume, others[0].server, model)
@@ -553,7 +561,7 @@ class Orchestra:
         open_exchange = self._open(resume.path, resume.request(), model)
 
         async def elsewhere(lease: Lease) -> Exchange:
-            if lease.server.name == broken.server:
+            if lease.server.name in excluded:
                 raise _NotElsewhere()
             return await open_exchange(lease)
 
@@ -565,7 +573,7 @@ class Orchestra:
                 retry,
                 elsewhere,
                 keep_lease=True,
-                exclude=frozenset({broken.server}),
+                exclude=excluded,
             )
         except (RequestFailed, _NotElsewhere) as exc:
             log.info("stream from %s not continued: %s", broken.server, exc)

@@ -179,6 +179,18 @@ def parse_tags(body: Any) -> Dict[str, int]:
     }
 
 
+def parse_digests(body: Any) -> Dict[str, str]:
+    """``/api/tags``: each installed model's ``digest``, where the answer gives one as a string
+    (``ListModelResponse.Digest`` in Ollama's api/types.go, v0.33.0-rc2)."""
+    path = "/api/tags"
+    out: Dict[str, str] = {}
+    for i, m in enumerate(_entries(path, body)):
+        digest = m.get("digest")
+        if isinstance(digest, str) and digest:
+            out[_name(path, i, m)] = digest
+    return out
+
+
 def parse_ps(body: Any, wall_now: float, mono_now: float) -> List[LoadedModel]:
     """``/api/ps``: the loaded models, their expiry turned into the state's clock."""
     path = "/api/ps"
@@ -327,7 +339,9 @@ class HealthMonitor:
             bodies = await self._fetch(server)
             mono_now, wall_now = self._state.now(), self._wall()
             version = parse_version(parse_json("/api/version", bodies["/api/version"]))
-            models = parse_tags(parse_json("/api/tags", bodies["/api/tags"]))
+            tags = parse_json("/api/tags", bodies["/api/tags"])
+            models = parse_tags(tags)
+            digests = parse_digests(tags)
             loaded = parse_ps(parse_json("/api/ps", bodies["/api/ps"]), wall_now, mono_now)
         except ProbeError as exc:
             self._state.probe_failed(
@@ -336,7 +350,9 @@ class HealthMonitor:
             if breaker is not None:
                 breaker.record_probe_failure(str(exc))
             return
-        self._state.probe_succeeded(server.name, version=version, models=models, loaded=loaded)
+        self._state.probe_succeeded(
+            server.name, version=version, models=models, loaded=loaded, digests=digests
+        )
         if breaker is not None:
             breaker.record_probe_success()
 

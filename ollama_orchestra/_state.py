@@ -123,6 +123,8 @@ class ServerState:
     version: Optional[str] = None
     models: FrozenSet[str] = frozenset()
     model_sizes: Dict[str, int] = field(default_factory=dict)
+    #: each installed model's digest, as ``/api/tags`` last gave it (where it gives one).
+    model_digests: Dict[str, str] = field(default_factory=dict)
     loaded: Dict[str, LoadedModel] = field(default_factory=dict)
     latency_s: Dict[str, float] = field(default_factory=dict)
     tokens_per_s: Dict[str, float] = field(default_factory=dict)
@@ -250,6 +252,7 @@ class FleetState:
         version: Optional[str],
         models: Mapping[str, int],
         loaded: Iterable[LoadedModel],
+        digests: Optional[Mapping[str, str]] = None,
     ) -> None:
         """A health probe answered: the server is up; refresh what it has and has loaded."""
         st = self._servers[name]
@@ -262,6 +265,7 @@ class FleetState:
         if st.server.models is None:
             st.models = frozenset(normalize_model(m) for m in models)
         st.model_sizes = {normalize_model(m): size for m, size in models.items()}
+        st.model_digests = {normalize_model(m): d for m, d in (digests or {}).items()}
         st.loaded = {normalize_model(lm.name): lm for lm in loaded}
         st.probe_error = None
         if not was:

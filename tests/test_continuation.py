@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Any, AsyncIterator, Dict, List, Optional
 
 import anyio
@@ -326,6 +327,31 @@ class TestNotContinued:
             with pytest.raises(StreamInterrupted) as info:
                 await consume()
             assert info.value.partial == "".join(got)
+
+    async def test_other_build_of_the_model_raises(self) -> None:
+        """A host serving another build of the model (another digest in /api/tags) does not
+        continue the text: the break raises StreamInterrupted."""
+        h2 = tiny_profile("h2")
+        h2 = dataclasses.replace(
+            h2, models=(dataclasses.replace(h2.models[0], revision="requantised"), *h2.models[1:])
+        )
+        async with fleet([tiny_profile("h1"), h2]) as sim, Orchestra(config_for(sim)) as orch:
+            assert orch.state()["h1"].healthy and orch.state()["h2"].healthy
+            await slowed(sim)
+            got: List[ChatChunk] = []
+
+            async def consume() -> None:
+                async for chunk in orch.chat_stream(TINY, MSGS, options=LONG):
+                    got.append(chunk)
+                    if len(got) == 3:
+                        await kill(sim, chunk.server)
+
+            with pytest.raises(StreamInterrupted) as info:
+                await consume()
+            assert info.value.partial == "".join(c.text for c in got)
+            # Not for want of a host: the other one is up and serves the model by name.
+            other = {"h1", "h2"} - {got[0].server}
+            assert all(orch.state()[name].healthy for name in other)
 
     @pytest.mark.parametrize(
         "retry", [RetryPolicy(mid_stream="raise"), False], ids=["raise", "no-retry"]

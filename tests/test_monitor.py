@@ -26,6 +26,7 @@ from ollama_orchestra._monitor import (
     HealthMonitor,
     ProbeError,
     describe_transport_error,
+    parse_digests,
     parse_json,
     parse_ps,
     parse_tags,
@@ -117,6 +118,12 @@ class TestProbeParsers:
         (lm,) = parse_ps(PS, wall_now=1.749e9, mono_now=50.0)
         assert lm.name == "m:latest" and lm.size_vram == 5_000_000_000
         assert lm.expires_at is not None and lm.expires_at > 50.0
+
+    def test_digests(self) -> None:
+        """Each model's digest, where /api/tags gives one as a non-empty string."""
+        assert parse_digests(TAGS) == {"m:latest": "abc"}
+        odd = {"models": [{"name": "a", "digest": 5}, {"name": "b", "digest": ""}, {"name": "c"}]}
+        assert parse_digests(odd) == {}
 
     def test_optional_and_unknown_fields_are_lenient(self) -> None:
         """Extra fields are ignored; null models, a missing size or version take defaults."""

@@ -85,6 +85,8 @@ class ModelSpec:
         default_num_predict: answer length in tokens when the request sets none.
         kv_bytes_per_token: the KV cache's size per token (default: 16 KiB per GB of
             weights); sizes the RAM prompt cache's entries and their copy time.
+        revision: another build under the same name (a re-pulled or re-quantised model):
+            changes the ``digest`` that ``/api/tags`` reports.
     """
 
     name: str
@@ -100,6 +102,7 @@ class ModelSpec:
     default_num_predict: int = 128
     embedding_length: int = 768
     kv_bytes_per_token: Optional[int] = None
+    revision: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -145,7 +148,8 @@ class ModelSpec:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(self.name.encode()).hexdigest()
+        key = self.name if not self.revision else f"{self.name}@{self.revision}"
+        return hashlib.sha256(key.encode()).hexdigest()
 
     @property
     def is_embedding(self) -> bool:
