@@ -220,6 +220,7 @@ class TestValidation:
                 lambda: HostProfile("h", (ModelSpec("x", size_gb=30),), vram_gb=24),
                 "HostProfile('h').vram_gb",
             ),
+            (lambda: ModelSpec("x", revision=2), "ModelSpec('x:latest').revision"),  # type: ignore[arg-type]
             (lambda: Faults(error_rate=2), "Faults.error_rate"),
             (lambda: Faults(status=200), "Faults.status"),
             (lambda: Faults.from_mapping({"explode": True}), "faults.explode"),

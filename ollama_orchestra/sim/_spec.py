@@ -126,6 +126,8 @@ class ModelSpec:
                 f"{owner}.capabilities", self.capabilities, "needs 'completion' or 'embedding'"
             )
         object.__setattr__(self, "capabilities", caps)
+        if not isinstance(self.revision, str):
+            raise SimConfigError(f"{owner}.revision", self.revision, "must be a string")
 
     @property
     def prompt_rate(self) -> float:
