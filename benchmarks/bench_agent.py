@@ -314,17 +314,22 @@ def contenders() -> List[Contender]:
 # -- running ---------------------------------------------------------------------------------
 
 
+async def _until_unloaded(fleet: SimFleet) -> None:
+    """Poll the hosts' states until none has a model loaded or loading (at most ~10 s)."""
+    for _ in range(500):
+        states = [await s.fetch_state() for s in fleet.servers]
+        if not any(st["loaded"] or st["loading"] for st in states):
+            return
+        await anyio.sleep(0.02)
+
+
 async def _cold_start(fleet: SimFleet) -> None:
     """Unload the model everywhere (its caches go with it), then load it again, empty."""
     async with plain_client() as client:
         for s in fleet.servers:
             body = {"model": MODEL, "keep_alive": 0}
             (await client.post(s.url + "/api/generate", json=body)).raise_for_status()
-        for _ in range(500):
-            states = [await s.fetch_state() for s in fleet.servers]
-            if not any(st["loaded"] or st["loading"] for st in states):
-                break
-            await anyio.sleep(0.02)
+        await _until_unloaded(fleet)
         for s in fleet.servers:
             body = {"model": MODEL, "keep_alive": -1}
             (await client.post(s.url + "/api/generate", json=body)).raise_for_status()
@@ -467,11 +472,7 @@ async def run_pipeline(
                     continue
                 body = {"model": m.name, "keep_alive": 0}
                 (await client.post(s.url + "/api/generate", json=body)).raise_for_status()
-        for _ in range(500):
-            states = [await s.fetch_state() for s in fleet.servers]
-            if not any(st["loaded"] or st["loading"] for st in states):
-                break
-            await anyio.sleep(0.02)
+        await _until_unloaded(fleet)
         for s in fleet.servers:
             for model in demo.warm.get(s.name, ()):
                 body = {"model": model, "keep_alive": -1}
