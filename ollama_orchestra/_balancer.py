@@ -55,6 +55,7 @@ from ._errors import NoCapableServer, NoHealthyServer, RequestError
 from ._estimates import cold_load_s, displaced_s, expected_service_s, wait_s
 from ._lease import LocalSlots, SlotStore
 from ._metrics import Metrics
+from ._rates import Estimate, Prompt, PromptCosts
 from ._state import FleetState, ServerState
 
 __all__ = [
@@ -81,11 +82,13 @@ log = logging.getLogger("ollama_orchestra.balancer")
 
 @dataclass(frozen=True)
 class RouteRequest:
-    """The request being routed: its model, pipeline role and priority."""
+    """The request being routed: its model, pipeline role, priority and prompt (its length
+    and block hashes, for the prompt-cache estimate; ``None`` when it has none)."""
 
     model: str
     role: Optional[str] = None
     priority: int = 0
+    prompt: Optional[Prompt] = None
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,13 @@ class Candidate:
     """An eligible server, as a strategy sees it.
 
     Attributes:
-        service_s: predicted time to serve this request there (``None`` until measured).
+        service_s: predicted time to serve this request there (``None`` until measured),
+            its ``prefill_s`` included.
         cold_s: predicted cold-load cost there (0 when the model is loaded).
         busy_for_s: predicted time until one of its slots frees (0 when one is free).
+        prefill_s: predicted time to evaluate the part of the prompt the server's prompt
+            cache likely does not hold (0 without a prompt or a learned rate).
+        cached_chars: characters of the prompt's prefix likely cached there.
     """
 
     name: str
@@ -106,6 +113,8 @@ class Candidate:
     service_s: Optional[float]
     cold_s: float
     busy_for_s: float
+    prefill_s: float = 0.0
+    cached_chars: int = 0
 
     @property
     def free(self) -> bool:
@@ -315,7 +324,9 @@ class Lease:
         "model",
         "model_permit",
         "permit",
+        "predicted_cached_chars",
         "predicted_end",
+        "prompt",
         "queued_s",
         "server",
     )
@@ -337,6 +348,9 @@ class Lease:
         #: The permit of the (server, model) breaker, if the balancer has those.
         self.model_permit: Optional[Permit] = None
         self.predicted_end = predicted_end
+        #: The request's prompt, and how much of it the index said the server holds.
+        self.prompt: Optional[Prompt] = None
+        self.predicted_cached_chars = 0
         self._released = False
         self._balancer: Optional[LoadBalancer] = None
 
@@ -403,6 +417,8 @@ class LoadBalancer:
         model_breakers: the (server, model) breakers (optional).
         slots: where the slots given out are kept (default: in this process); see
             ``_lease.SlotStore``.
+        costs: the prompt-cache cost model (prefix index and learned rates) the estimates
+            read; the orchestra feeds it with what responses show.
     """
 
     def __init__(
@@ -416,8 +432,10 @@ class LoadBalancer:
         clock: Callable[[], float] = clock_now,
         model_breakers: Optional[ModelBreakers] = None,
         slots: Optional[SlotStore[Lease]] = None,
+        costs: Optional[PromptCosts] = None,
     ) -> None:
         self._config = config
+        self.costs = costs if costs is not None else PromptCosts()
         self._model_breakers = model_breakers
         self._closed: Optional[Callable[[], BaseException]] = None
         self._state = state
@@ -460,9 +478,12 @@ class LoadBalancer:
         role: Optional[str] = None,
         priority: int = 0,
         exclude: FrozenSet[str] = frozenset(),
+        prompt: Optional[Prompt] = None,
     ) -> AsyncIterator[Lease]:
         """Wait for a slot on an eligible server and hold it for the block."""
-        lease = await self.acquire(model, role=role, priority=priority, exclude=exclude)
+        lease = await self.acquire(
+            model, role=role, priority=priority, exclude=exclude, prompt=prompt
+        )
         try:
             yield lease
         finally:
@@ -475,6 +496,7 @@ class LoadBalancer:
         role: Optional[str] = None,
         priority: int = 0,
         exclude: FrozenSet[str] = frozenset(),
+        prompt: Optional[Prompt] = None,
     ) -> Lease:
         """Take a slot; pair with :meth:`release` (or use :meth:`lease`).
 
@@ -482,6 +504,7 @@ class LoadBalancer:
         only when no other server is eligible. A request that has already been tried
         (``exclude`` not empty) arrived before everything now waiting, so it waits at the
         front of its priority's queue: a failover never queues behind newer work.
+        ``prompt`` (from ``costs.prompt``) lets the estimates count the uncached prefill.
 
         Raises:
             TypeError: ``priority`` is not an integer (checked before queueing: the queue
@@ -490,7 +513,7 @@ class LoadBalancer:
         priority = _check_priority(priority)
         if self._closed is not None:
             raise self._closed()
-        request = RouteRequest(model, role, priority)
+        request = RouteRequest(model, role, priority, prompt)
         t0 = self._clock()
         waiter = _Waiter(request, exclude, t0)
         cands = self._candidates(waiter)
@@ -663,6 +686,7 @@ class LoadBalancer:
         model = waiter.request.model
         states = self._eligible_states(waiter)
         out = []
+        fleet = [st.server.name for st in self._state.servers()]
         for st in states:
             name = st.server.name
             in_use = len(self._slots.held(name))
@@ -674,7 +698,8 @@ class LoadBalancer:
             cold = (
                 0.0 if loaded else self._cold_load_s(st, model) + self._displaced_s(st, model, now)
             )
-            service = st.latency_s.get(model)
+            est = self.costs.estimate(name, model, waiter.request.prompt, fleet)
+            service = _service(st, model, est)
             claimed = claims.get(name, 0) if claims else 0
             busy_for = 0.0
             if in_use + claimed >= slots:
@@ -689,6 +714,8 @@ class LoadBalancer:
                     service,
                     cold,
                     busy_for,
+                    est.prefill_s,
+                    est.cached_chars,
                 )
             )
         return out
@@ -738,10 +765,15 @@ class LoadBalancer:
         if breaker is not None:
             permit = breaker.admit()
         model = waiter.request.model
-        service = self._expected_service(st, model)
-        lease = Lease(
-            st.server, waiter.request.model, now - waiter.since, now, permit, now + service
-        )
+        prompt = waiter.request.prompt
+        fleet = [s.server.name for s in self._state.servers()]
+        est = self.costs.estimate(name, model, prompt, fleet)
+        service = _service(st, model, est)
+        if service is None:
+            service = self._expected_service(st, model)
+        lease = Lease(st.server, model, now - waiter.since, now, permit, now + service)
+        lease.prompt = prompt
+        lease.predicted_cached_chars = est.cached_chars
         lease._balancer = self
         if self._model_breakers is not None:
             lease.model_permit = self._model_breakers.breaker(name, model).admit()
@@ -881,7 +913,11 @@ class LoadBalancer:
 
     def _on_state_change(self) -> None:
         # Servers came or went: grant what can be granted, and let waiters that have no
-        # eligible server re-check (so they can time out with NoHealthyServer).
+        # eligible server re-check (so they can time out with NoHealthyServer). A model that
+        # left a server's memory (``/api/ps``, or the server went down) took its prompt
+        # caches with it.
+        for st in self._state.servers():
+            self.costs.loaded_models(st.server.name, list(st.loaded))
         self._dispatch()
         if self._dispatching:
             return
@@ -927,6 +963,14 @@ class LoadBalancer:
         if br is not None and not br.can_admit():
             return f"circuit breaker {br.state}"
         return "excluded by an affinity rule"
+
+
+def _service(st: ServerState, model: str, est: Estimate) -> Optional[float]:
+    """Expected service time of a request there: the learned rest of a request plus this
+    request's uncached prefill once both are known; else the measured mean latency."""
+    if est.base_s is not None:
+        return est.base_s + est.prefill_s
+    return st.latency_s.get(model)
 
 
 def _claim_target(cands: Sequence[Candidate], choice: Choice) -> Optional[str]:

@@ -69,6 +69,7 @@ from ._executor import DagResult, Task, TaskEvent, run_dag
 from ._failover import AttemptError, build_retrying, classify
 from ._metrics import Metrics, MetricsSnapshot
 from ._monitor import HealthMonitor
+from ._rates import Prompt
 from ._state import FleetSnapshot, FleetState
 from ._types import (
     ChatChunk,
@@ -454,12 +455,13 @@ class Orchestra:
         *,
         keep_lease: bool = False,
         exclude: FrozenSet[str] = frozenset(),
+        prompt: Optional[Prompt] = None,
     ) -> Tuple[T, Lease, List[Attempt]]:
         """Run ``work`` on a leased server; on a retryable failure, again on another server
-        (never on one in ``exclude``)."""
+        (never on one in ``exclude``). ``prompt`` feeds the prompt-cache estimates."""
         try:
             return await self._failover_inner(
-                model, role, priority, retry, work, keep_lease, exclude
+                model, role, priority, retry, work, keep_lease, exclude, prompt
             )
         except Exception as exc:
             if self._closing and not isinstance(exc, OrchestraClosed):
@@ -475,6 +477,7 @@ class Orchestra:
         work: Callable[[Lease], Awaitable[T]],
         keep_lease: bool,
         exclude: FrozenSet[str],
+        prompt: Optional[Prompt],
     ) -> Tuple[T, Lease, List[Attempt]]:
         self._client()
         policy = self._policy(retry)
@@ -496,7 +499,11 @@ class Orchestra:
                 with attempt:
                     self._balancer.check_capable(model)
                     lease = await self._balancer.acquire(
-                        model, role=role, priority=priority, exclude=frozenset(tried)
+                        model,
+                        role=role,
+                        priority=priority,
+                        exclude=frozenset(tried),
+                        prompt=prompt,
                     )
                     queued += lease.queued_s
                     name = lease.server.name
@@ -638,11 +645,26 @@ class Orchestra:
         log.info("attempt on %s failed (%s): %s", name, err.kind, err.message)
 
     def _attempt_succeeded(
-        self, lease: Lease, final: Mapping[str, Any], started: float, keep_alive: Any
+        self, lease: Lease, final: Mapping[str, Any], exchange: Exchange, keep_alive: Any
     ) -> None:
+        """A success: its verdict to the breakers; what it showed to the state, the prompt
+        cost model (rates, time ratio, prefix index) and the metrics."""
         name = lease.server.name
         lease.settle(True)
-        latency = self._clock() - started
+        now = self._clock()
+        latency = now - exchange.started
+        first_at = exchange.first_at
+        costs = self._balancer.costs
+        seen = costs.observe(
+            name,
+            lease.model,
+            lease.prompt,
+            final,
+            observed_s=latency,
+            decode_s=now - first_at if first_at is not None else None,
+            slots=lease.server.max_concurrency,
+            predicted_cached_chars=lease.predicted_cached_chars,
+        )
         eval_count = int(final.get("eval_count") or 0)
         eval_ns = int(final.get("eval_duration") or 0)
         load_ns = int(final.get("load_duration") or 0)
@@ -656,9 +678,17 @@ class Orchestra:
             keep_alive_s=keep_alive
             if isinstance(keep_alive, (int, float)) and keep_alive > 0
             else 300.0,
+            time_ratio=costs.time_ratio(name),
         )
         self._metrics.request_finished(
-            name, ok=True, latency_s=latency, eval_count=eval_count, eval_duration_s=eval_ns / 1e9
+            name,
+            ok=True,
+            latency_s=latency,
+            eval_count=eval_count,
+            eval_duration_s=eval_ns / 1e9,
+            prompt_tokens=seen.prompt_tokens,
+            cached_tokens=seen.cached_tokens,
+            prefill_s=seen.prefill_s,
         )
         if load_ns > 1e9:
             # A cold load may have evicted other models there: ask for /api/ps now rather
@@ -719,6 +749,10 @@ class Orchestra:
         time of a success counts from the start of its attempt, streamed or collected."""
         keep_alive = payload.get("keep_alive")
         open_exchange = self._open(path, payload, model)
+        # The prompt as the prompt-cache estimates see it (hashed once per request).
+        prompt = (
+            None if path in UNSTREAMED_PATHS else self._balancer.costs.prompt(model, payload)
+        )
 
         policy = self._policy(retry)
         limit = policy.continuations if policy.mid_stream == "continue" else 0
@@ -741,7 +775,7 @@ class Orchestra:
                 raise _Cut(resume, exc, list(exchange.received)) from exc
             finally:
                 await exchange.aclose()
-            self._attempt_succeeded(lease, objs[-1], exchange.started, keep_alive)
+            self._attempt_succeeded(lease, objs[-1], exchange, keep_alive)
             return objs
 
         async def rest(cut: _Cut) -> Tuple[List[Dict[str, Any]], Lease]:
@@ -754,7 +788,7 @@ class Orchestra:
                 try:
                     part = await exchange.read_all()
                     await exchange.drain()
-                    self._attempt_succeeded(lease, part[-1], exchange.started, keep_alive)
+                    self._attempt_succeeded(lease, part[-1], exchange, keep_alive)
                     return [*got, *part[:-1], resume.final(part[-1])], lease
                 except AttemptError as exc:
                     self._attempt_failed(lease, exc, model, exchange.started, [])
@@ -776,7 +810,7 @@ class Orchestra:
             with anyio.move_on_after(total):
                 try:
                     objs, lease, attempts = await self._failover(
-                        model, role, priority, retry, whole
+                        model, role, priority, retry, whole, prompt=prompt
                     )
                     n = len(attempts) + 1
                 except _Cut as cut:
@@ -787,7 +821,7 @@ class Orchestra:
                         # Not continued: retried whole, as without a continuation policy.
                         cut_off[0] = True
                         objs, lease, attempts = await self._failover(
-                            model, role, priority, retry, whole
+                            model, role, priority, retry, whole, prompt=prompt
                         )
                         n = len(attempts) + 2
                 out._settled(lease.server.name, n, lease.queued_s)
@@ -801,7 +835,7 @@ class Orchestra:
             out: ResponseStream[Dict[str, Any]],
         ) -> AsyncGenerator[Dict[str, Any], None]:
             exchange, lease, attempts = await self._failover(
-                model, role, priority, retry, open_exchange, keep_lease=True
+                model, role, priority, retry, open_exchange, keep_lease=True, prompt=prompt
             )
             out._settled(lease.server.name, len(attempts) + 1, lease.queued_s)
             policy = self._policy(retry)
@@ -815,7 +849,7 @@ class Orchestra:
                     if obj is None:
                         broken = AttemptError("reset", exchange.server, "stream ended before done")
                     elif obj.get("done") or path in UNSTREAMED_PATHS:
-                        self._attempt_succeeded(lease, obj, exchange.started, keep_alive)
+                        self._attempt_succeeded(lease, obj, exchange, keep_alive)
                         await exchange.drain()
                         yield resume.final(obj)
                         return

@@ -97,6 +97,12 @@ class ServerMetrics:
     tokens_per_s: float
     latency: LatencyStats
     breaker_trips: int
+    #: prompt tokens of the successful requests (Ollama's ``prompt_eval_count``: all of them).
+    prompt_tokens: int = 0
+    #: of those, the ones the host's prompt cache held (estimated from the evaluation time).
+    cached_tokens: int = 0
+    #: seconds spent evaluating prompts (the uncached part), in the orchestra's clock.
+    prefill_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,19 @@ class _Busy:
 
 
 class _ServerCounters:
-    __slots__ = ("busy", "failures", "latency", "slots", "successes", "tokens", "tokens_s", "trips")
+    __slots__ = (
+        "busy",
+        "cached_tokens",
+        "failures",
+        "latency",
+        "prefill_s",
+        "prompt_tokens",
+        "slots",
+        "successes",
+        "tokens",
+        "tokens_s",
+        "trips",
+    )
 
     def __init__(self, slots: int, now: float) -> None:
         self.slots = slots
@@ -180,6 +198,9 @@ class _ServerCounters:
         self.tokens = 0
         self.tokens_s = 0.0
         self.trips = 0
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.prefill_s = 0.0
 
 
 class Metrics:
@@ -242,10 +263,16 @@ class Metrics:
         latency_s: float,
         eval_count: int = 0,
         eval_duration_s: float = 0.0,
+        prompt_tokens: int = 0,
+        cached_tokens: int = 0,
+        prefill_s: float = 0.0,
     ) -> None:
         c = self._per[server]
         if ok:
             c.successes += 1
+            c.prompt_tokens += prompt_tokens
+            c.cached_tokens += cached_tokens
+            c.prefill_s += prefill_s
             c.latency.add(latency_s)
             self._latency.add(latency_s)
             if eval_count > 0 and eval_duration_s > 0:
@@ -305,6 +332,9 @@ class Metrics:
                 tokens_per_s=c.tokens / c.tokens_s if c.tokens_s else 0.0,
                 latency=c.latency.stats(),
                 breaker_trips=c.trips,
+                prompt_tokens=c.prompt_tokens,
+                cached_tokens=c.cached_tokens,
+                prefill_s=c.prefill_s,
             )
         failures = sum(c.failures for c in self._per.values())
         return MetricsSnapshot(

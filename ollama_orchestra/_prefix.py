@@ -6,8 +6,8 @@ and prompt) is cut into fixed-size character blocks and hashed as a chain seeded
 name, as llm-d's approximate prefix scorer and SGLang's router keep it. Each (server, model)
 keeps at most ``slots`` live chains plus a bounded allowance for the host-RAM prompt cache
 (llama-server keeps evicted prompts there), least recently used first out. An unload seen in
-``/api/ps`` clears the pair; a response that shows the host evaluated the whole prompt drops
-the chain it was routed by. Nothing here reads a clock or does I/O.
+``/api/ps`` clears the pair; a response that shows the host evaluated what the index said was
+cached drops the chains that said so (``_rates.PromptCosts.observe``). Nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["BLOCK_CHARS", "PrefixIndex", "block_hashes", "prompt_text", "uncached_share"]
+__all__ = ["BLOCK_CHARS", "RAM_CHAINS", "PrefixIndex", "block_hashes", "prompt_text"]
 
 #: Characters per hashed block: coarse enough that hashing is cheap, fine enough for turns.
 BLOCK_CHARS = 256
@@ -100,14 +100,14 @@ class PrefixIndex:
         while len(held) > bound:
             held.popitem(last=False)
 
-    def forget(self, server: str, model: str, chain: Sequence[bytes]) -> None:
-        """The host evidently evaluated everything: drop chains sharing ``chain``'s first block."""
+    def forget_prefix(self, server: str, model: str, prefix: Sequence[bytes]) -> None:
+        """A response showed the host had not kept ``prefix``: drop the chains starting with it."""
         held = self._chains.get((server, model))
-        if not held or not chain:
+        if not held or not prefix:
             return
-        for old in list(held):
-            if old[:1] == tuple(chain[:1]):
-                del held[old]
+        start = tuple(prefix)
+        for old in [c for c in held if c[: len(start)] == start]:
+            del held[old]
 
     def unloaded(self, server: str, model: str) -> None:
         """The model left the server's memory (seen in ``/api/ps``): its caches are gone."""
@@ -123,11 +123,3 @@ class PrefixIndex:
         """How many chains the index holds for (server, model)."""
         return len(self._chains.get((server, model), ()))
 
-
-def uncached_share(
-    prompt_tokens: int, prompt_eval_s: float, rate_tokens_per_s: Optional[float]
-) -> Optional[float]:
-    """Share of the prompt the host evaluated, implied by its prompt-eval time and learned rate."""
-    if prompt_tokens <= 0 or not rate_tokens_per_s or rate_tokens_per_s <= 0:
-        return None
-    return min(1.0, max(0.0, prompt_eval_s * rate_tokens_per_s / prompt_tokens))

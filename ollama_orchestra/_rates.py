@@ -1,86 +1,228 @@
-"""Prompt-eval and decode rates per (server, model), in the orchestra's own clock (issue 14).
+"""What a prompt costs on each server, in the orchestra's own clock (issue 14).
 
-Token counts come from Ollama's response fields (``prompt_eval_count``, ``eval_count``; see
-ollama/ollama ``api/types.go``, ``Metrics``); times come from what the orchestra observes
-(time to first token, time from first to last chunk), never from the reported durations
-alone: the simulator reports them in simulated time, which at ``time_scale`` < 1 is not the
-orchestra's clock. The reported ``prompt_eval_duration`` is used only as a share of the
-reported ``total_duration`` (a ratio, so the unit cancels). Also a per-model chars-per-token
-ratio from ``prompt_eval_count`` and the request's text length. Nothing here reads a clock.
+:class:`PromptCosts` owns the two things routing needs to count prefill: the
+:class:`~._prefix.PrefixIndex` (which prefixes each server's model likely holds cached) and
+the rates learned from finished exchanges. It answers :meth:`PromptCosts.estimate` (how long
+a request would spend evaluating its uncached prompt on a server, and how long the rest of
+it takes) and learns from :meth:`PromptCosts.observe`.
+
+**One unit of time.** Token counts come from Ollama's response fields (``prompt_eval_count``,
+``eval_count``; ollama/ollama ``api/types.go`` ``Metrics``, v0.33.0-rc2); durations from what
+the orchestra observes. Reported durations (``prompt_eval_duration``, ``load_duration``) are
+converted with a per-server ratio of observed to reported time (the observed whole request
+over the reported ``total_duration``): about 1 for a real host, ``time_scale`` for the
+simulator, so a simulated fleet at any time scale and a real one lead to the same decisions.
+
+**What is cached.** Ollama (since v0.33 on upstream llama-server) reports every prompt token in
+``prompt_eval_count`` but only the evaluated part's time in ``prompt_eval_duration`` (see
+``sim/_kvcache.py`` for the sources). So the evaluated tokens are the evaluated time times the
+learned prompt rate; a response that evaluated far more than the index predicted drops the
+chains that predicted it (a miss), and every success records its prompt as cached there.
+Nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-__all__ = ["DEFAULT_CHARS_PER_TOKEN", "Rates"]
+from ._prefix import BLOCK_CHARS, RAM_CHAINS, PrefixIndex, block_hashes, prompt_text
+
+__all__ = [
+    "DEFAULT_CHARS_PER_TOKEN",
+    "Estimate",
+    "Observation",
+    "Prompt",
+    "PromptCosts",
+]
 
 #: Guess until a model's ratio is learned (about four characters per token for English text).
 DEFAULT_CHARS_PER_TOKEN = 4.0
 #: Weight of a new observation in the moving averages.
 ALPHA = 0.3
+#: A prompt rate is learned only from exchanges that evaluated at least this many tokens
+#: (the time of a handful of tokens is mostly overhead).
+MIN_RATE_TOKENS = 32
+#: A response counts as a cache miss when it evaluated more than this share of the tokens
+#: the index said were cached (on top of the uncached ones).
+MISS_SHARE = 0.5
 
 
 def _ewma(old: Optional[float], new: float) -> float:
     return new if old is None else old + ALPHA * (new - old)
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """A request's prompt as routing sees it: its length and its chained block hashes."""
+
+    chars: int
+    chain: Tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A request on one server: what is likely cached and what the rest costs (seconds).
+
+    ``base_s`` is the expected time of the request apart from prefill and cold load (decode
+    and overhead), ``None`` until learned there.
+    """
+
+    cached_chars: int
+    prefill_s: float
+    base_s: Optional[float]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one finished exchange showed: tokens as Ollama counts them, seconds observed."""
+
+    prompt_tokens: int
+    cached_tokens: int
+    prefill_s: float
+    load_s: float
+    #: ``True``/``False`` when the index predicted a cached prefix and the response confirmed
+    #: or refuted it; ``None`` when nothing was predicted or no rate is known yet.
+    hit: Optional[bool]
+
+
 @dataclass
 class _Pair:
     prompt_tps: Optional[float] = None
     decode_tps: Optional[float] = None
+    base_s: Optional[float] = None
 
 
-class Rates:
-    """Moving averages of prompt and decode tokens per (orchestra) second, per (server, model)."""
+class PromptCosts:
+    """Prefix index + learned rates: the prefill part of the cost model (see module doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, block_chars: int = BLOCK_CHARS, ram_chains: int = RAM_CHAINS) -> None:
+        self.index = PrefixIndex(block_chars, ram_chains)
         self._pairs: Dict[Tuple[str, str], _Pair] = {}
         self._chars_per_token: Dict[str, float] = {}
+        # Per server: moving sums of observed and reported seconds (their ratio converts).
+        self._observed: Dict[str, float] = {}
+        self._reported: Dict[str, float] = {}
 
-    def observe(
-        self,
-        server: str,
-        model: str,
-        *,
-        prompt_chars: int,
-        prompt_tokens: int,
-        evaluated_share: float,
-        ttft_s: float,
-        decode_tokens: int,
-        decode_s: float,
-    ) -> None:
-        """One finished exchange: counts from Ollama, times from the orchestra's clock.
+    # -- what routing asks -----------------------------------------------------------------------
 
-        ``evaluated_share`` is the reported ``prompt_eval_duration`` over the reported time
-        to the first token's worth of work (unit-free); ``ttft_s`` is observed.
-        """
-        pair = self._pairs.setdefault((server, model), _Pair())
-        if prompt_tokens > 0 and prompt_chars > 0:
-            ratio = prompt_chars / prompt_tokens
-            self._chars_per_token[model] = _ewma(self._chars_per_token.get(model), ratio)
-        evaluated = prompt_tokens * min(1.0, max(0.0, evaluated_share))
-        if evaluated >= 1 and ttft_s > 0:
-            pair.prompt_tps = _ewma(pair.prompt_tps, evaluated / ttft_s)
-        if decode_tokens > 1 and decode_s > 0:
-            pair.decode_tps = _ewma(pair.decode_tps, (decode_tokens - 1) / decode_s)
-
-    def prompt_tps(self, server: str, model: str) -> Optional[float]:
-        pair = self._pairs.get((server, model))
-        return pair.prompt_tps if pair else None
-
-    def decode_tps(self, server: str, model: str) -> Optional[float]:
-        pair = self._pairs.get((server, model))
-        return pair.decode_tps if pair else None
+    def prompt(self, model: str, body: Mapping[str, Any]) -> Optional[Prompt]:
+        """The routing view of a request body (``None`` when it carries no prompt)."""
+        text = prompt_text(body)
+        if not text:
+            return None
+        return Prompt(len(text), block_hashes(model, text, self.index.block_chars))
 
     def tokens(self, model: str, chars: int) -> float:
         """Estimated prompt tokens of ``chars`` characters for ``model``."""
         return chars / self._chars_per_token.get(model, DEFAULT_CHARS_PER_TOKEN)
 
-    def prefill_s(self, server: str, model: str, prompt_chars: int, cached_chars: int) -> float:
-        """Expected seconds to evaluate the uncached part of a prompt (0 if no rate is known)."""
-        rate = self.prompt_tps(server, model)
-        if not rate:
-            return 0.0
-        return self.tokens(model, max(0, prompt_chars - cached_chars)) / rate
+    def time_ratio(self, server: str) -> float:
+        """Orchestra seconds per second a server reports (1.0 until observed)."""
+        reported = self._reported.get(server)
+        if not reported:
+            return 1.0
+        return self._observed[server] / reported
+
+    def prompt_tps(self, server: str, model: str) -> Optional[float]:
+        """Learned prompt-evaluation rate there, in tokens per orchestra second."""
+        pair = self._pairs.get((server, model))
+        return pair.prompt_tps if pair else None
+
+    def decode_tps(self, server: str, model: str) -> Optional[float]:
+        """Learned decode rate there, in tokens per orchestra second (first token excluded)."""
+        pair = self._pairs.get((server, model))
+        return pair.decode_tps if pair else None
+
+    def estimate(
+        self,
+        server: str,
+        model: str,
+        prompt: Optional[Prompt],
+        fleet: Sequence[str] = (),
+    ) -> Estimate:
+        """``prompt`` sent to ``server``: the likely cached characters, the seconds of
+        evaluating the rest (at the rate learned there, else the mean of ``fleet``'s for the
+        model, else 0: no basis), and the learned rest of the request."""
+        pair = self._pairs.get((server, model))
+        base = pair.base_s if pair else None
+        if prompt is None:
+            return Estimate(0, 0.0, base)
+        cached = self.index.cached_chars(server, model, prompt.chain)
+        rate = pair.prompt_tps if pair else None
+        if rate is None:
+            known = [r for r in (self.prompt_tps(s, model) for s in fleet) if r is not None]
+            rate = sum(known) / len(known) if known else None
+        prefill = self.tokens(model, max(0, prompt.chars - cached)) / rate if rate else 0.0
+        return Estimate(cached, prefill, base)
+
+    # -- what responses teach --------------------------------------------------------------------
+
+    def observe(
+        self,
+        server: str,
+        model: str,
+        prompt: Optional[Prompt],
+        final: Mapping[str, Any],
+        *,
+        observed_s: float,
+        decode_s: Optional[float],
+        slots: int,
+        predicted_cached_chars: int = 0,
+    ) -> Observation:
+        """One successful exchange: ``final`` is Ollama's last object, ``observed_s`` the
+        attempt's time (orchestra clock), ``decode_s`` the time from its first chunk to its
+        last (``None`` if not streamed); ``predicted_cached_chars`` what :meth:`estimate` said
+        when the request was routed there."""
+        total_ns = _count(final, "total_duration")
+        if total_ns > 0 and observed_s > 0:
+            self._observed[server] = _ewma(self._observed.get(server), observed_s)
+            self._reported[server] = _ewma(self._reported.get(server), total_ns / 1e9)
+        ratio = self.time_ratio(server)
+        prefill = _count(final, "prompt_eval_duration") / 1e9 * ratio
+        load = _count(final, "load_duration") / 1e9 * ratio
+        n = _count(final, "prompt_eval_count")
+        pair = self._pairs.setdefault((server, model), _Pair())
+        decoded = _count(final, "eval_count")
+        if decode_s is not None and decoded > 1 and decode_s > 0:
+            pair.decode_tps = _ewma(pair.decode_tps, (decoded - 1) / decode_s)
+        if observed_s > 0:
+            pair.base_s = _ewma(pair.base_s, max(0.0, observed_s - prefill - load))
+        if prompt is None or n <= 0:
+            return Observation(n, 0, prefill, load, None)
+        self._chars_per_token[model] = _ewma(self._chars_per_token.get(model), prompt.chars / n)
+        predicted = min(n, self.tokens(model, predicted_cached_chars))
+        uncached = n - predicted
+        hit: Optional[bool] = None
+        if pair.prompt_tps is not None:
+            evaluated = min(float(n), prefill * pair.prompt_tps)
+            if predicted > 0:
+                hit = evaluated <= uncached + MISS_SHARE * predicted
+        else:
+            evaluated = uncached
+        if hit is False:
+            # The host no longer held what the index said: drop the chains that said so.
+            self.index.forget_prefix(
+                server, model, prompt.chain[: predicted_cached_chars // self.index.block_chars]
+            )
+        elif uncached >= MIN_RATE_TOKENS and prefill > 0:
+            pair.prompt_tps = _ewma(pair.prompt_tps, uncached / prefill)
+        self.index.record(server, model, prompt.chain, slots)
+        cached = int(round(max(0.0, n - max(1.0, evaluated))))
+        return Observation(n, cached, prefill, load, hit)
+
+    def unloaded(self, server: str, model: str) -> None:
+        """The model left the server's memory: its prompt caches are gone."""
+        self.index.unloaded(server, model)
+
+    def loaded_models(self, server: str, models: Sequence[str]) -> None:
+        """The server's loaded models as ``/api/ps`` lists them: caches of the others are gone."""
+        self.index.loaded_models(server, models)
+
+
+def _count(final: Mapping[str, Any], key: str) -> int:
+    """A non-negative integer field of Ollama's final object (0 when absent or malformed)."""
+    value = final.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        return 0
+    return max(0, int(value))

@@ -338,8 +338,13 @@ class FleetState:
         eval_duration_ns: int = 0,
         load_duration_ns: int = 0,
         keep_alive_s: float = 300.0,
+        time_ratio: float = 1.0,
     ) -> None:
-        """A request succeeded: feed latency and speed, and note the model is now loaded there."""
+        """A request succeeded: feed latency and speed, and note the model is now loaded there.
+
+        ``time_ratio`` converts the durations the server reports (``load_duration``, its
+        keep-alive) into the orchestra's clock: see ``_rates.PromptCosts.time_ratio``.
+        """
         st = self._servers[name]
         model = normalize_model(model)
         st.requests += 1
@@ -353,10 +358,12 @@ class FleetState:
         if load_duration_ns > 0 and (not was_loaded or load_duration_ns > 1e9):
             # A cold load: the model was not loaded there as far as we knew, or the load took
             # over a second (a warm request reports a few milliseconds of load time).
-            st.load_s[model] = _ewma(st.load_s.get(model), load_duration_ns / 1e9)
+            load_s = load_duration_ns / 1e9 * time_ratio
+            st.load_s[model] = _ewma(st.load_s.get(model), load_s)
         if not was_loaded:
             size = st.model_sizes.get(model, 0)
-            st.loaded[model] = LoadedModel(model, self._clock() + keep_alive_s, size)
+            expires = self._clock() + keep_alive_s * time_ratio
+            st.loaded[model] = LoadedModel(model, expires, size)
         if not st.healthy:
             st.healthy = True
             st.consecutive_failures = 0

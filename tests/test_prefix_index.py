@@ -6,7 +6,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from ollama_orchestra._prefix import PrefixIndex, block_hashes, prompt_text, uncached_share
+from ollama_orchestra._prefix import PrefixIndex, block_hashes, prompt_text
 
 M = "m:latest"
 CONTEXT = "repository context line\n" * 200  # ~4800 chars
@@ -93,19 +93,17 @@ class TestCorrections:
         assert index.cached_chars("a", M, chain) == 0
         assert index.cached_chars("b", M, chain) > 0
 
-    def test_observed_miss_drops_the_chain(self) -> None:
+    def test_forget_prefix_drops_only_chains_starting_with_it(self) -> None:
         index = PrefixIndex()
-        chain = index.hashes(M, chat("q " * 200))
-        index.record("a", M, chain, slots=1)
-        # 1000 prompt tokens at a learned 500 tok/s took 2 s: the host evaluated everything.
-        share = uncached_share(1000, 2.0, 500.0)
-        assert share == pytest.approx(1.0)
-        index.forget("a", M, chain)
-        assert index.cached_chars("a", M, chain) == 0
-
-    def test_uncached_share_of_a_hit(self) -> None:
-        assert uncached_share(1000, 0.2, 500.0) == pytest.approx(0.1)
-        assert uncached_share(1000, 0.2, None) is None
+        one = index.hashes(M, chat("q " * 200))
+        other = index.hashes(M, chat("r " * 200))
+        index.record("a", M, one, slots=2)
+        index.record("a", M, other, slots=2)
+        index.forget_prefix("a", M, one)
+        shared = next(i for i, (x, y) in enumerate(zip(one, other)) if x != y)
+        # What is left of ``one`` is only the context it shares with ``other``.
+        assert index.cached_chars("a", M, one) == shared * index.block_chars
+        assert index.cached_chars("a", M, other) == len(other) * index.block_chars
 
     def test_bad_block_size_is_refused(self) -> None:
         with pytest.raises(ValueError, match="block_chars"):

@@ -1,75 +1,164 @@
-"""Learned prompt/decode rates count Ollama's tokens over the orchestra's own observed times."""
+"""The prefill cost model counts Ollama's tokens over the orchestra's own observed time."""
 
 from __future__ import annotations
 
+from typing import Any, Dict, Optional
+
 import pytest
 
-from ollama_orchestra._rates import DEFAULT_CHARS_PER_TOKEN, Rates
+from ollama_orchestra._rates import DEFAULT_CHARS_PER_TOKEN, Prompt, PromptCosts
+
+M = "m"
 
 
-class TestRates:
-    """Rates and chars-per-token ratios are learned from observed exchanges."""
+def final(
+    *,
+    prompt_tokens: int,
+    prompt_s: float,
+    total_s: float,
+    load_s: float = 0.0,
+    eval_count: int = 0,
+) -> Dict[str, Any]:
+    """Ollama's last object, durations in the host's (reported) seconds."""
+    return {
+        "done": True,
+        "prompt_eval_count": prompt_tokens,
+        "prompt_eval_duration": int(prompt_s * 1e9),
+        "load_duration": int(load_s * 1e9),
+        "total_duration": int(total_s * 1e9),
+        "eval_count": eval_count,
+    }
 
-    def test_prompt_rate_uses_the_evaluated_share_and_observed_ttft(self) -> None:
-        rates = Rates()
-        rates.observe(
+
+def body(text: str) -> Dict[str, Any]:
+    return {"model": M, "messages": [{"role": "user", "content": text}]}
+
+
+def observe(
+    costs: PromptCosts,
+    prompt: Optional[Prompt],
+    *,
+    tokens: int,
+    prompt_s: float,
+    total_s: float,
+    scale: float = 1.0,
+    predicted: int = 0,
+    server: str = "a",
+) -> Any:
+    """One exchange observed on a host whose reported seconds are ``1/scale`` orchestra seconds."""
+    return costs.observe(
+        server,
+        M,
+        prompt,
+        final(prompt_tokens=tokens, prompt_s=prompt_s / scale, total_s=total_s / scale),
+        observed_s=total_s,
+        decode_s=None,
+        slots=1,
+        predicted_cached_chars=predicted,
+    )
+
+
+class TestLearning:
+    """Rates, chars per token and the time ratio are learned from finished exchanges."""
+
+    def test_prompt_rate_and_chars_per_token(self) -> None:
+        costs = PromptCosts()
+        prompt = costs.prompt(M, body("w" * 4000))
+        assert prompt is not None
+        assert costs.tokens(M, 400) == pytest.approx(400 / DEFAULT_CHARS_PER_TOKEN)
+        observe(costs, prompt, tokens=1000, prompt_s=2.0, total_s=3.0)
+        assert costs.tokens(M, prompt.chars) == pytest.approx(1000)
+        assert costs.prompt_tps("a", M) == pytest.approx(500.0)
+        assert costs.prompt_tps("b", M) is None
+
+    def test_reported_durations_are_converted_to_the_orchestra_clock(self) -> None:
+        # A simulator at time_scale 0.05 reports durations 20x longer than the orchestra sees.
+        real, scaled = PromptCosts(), PromptCosts()
+        for costs, scale in ((real, 1.0), (scaled, 0.05)):
+            prompt = costs.prompt(M, body("w" * 4000))
+            for _ in range(3):
+                observe(costs, prompt, tokens=1000, prompt_s=2.0, total_s=3.0, scale=scale)
+        assert scaled.time_ratio("a") == pytest.approx(0.05)
+        assert real.time_ratio("a") == pytest.approx(1.0)
+        assert scaled.prompt_tps("a", M) == pytest.approx(real.prompt_tps("a", M) or 0)
+        one = real.prompt(M, body("v" * 8000))
+        assert real.estimate("a", M, one) == scaled.estimate("a", M, one)
+
+    def test_base_time_excludes_prefill_and_load(self) -> None:
+        costs = PromptCosts()
+        costs.observe(
             "a",
-            "m",
-            prompt_chars=4000,
-            prompt_tokens=1000,
-            evaluated_share=0.5,
-            ttft_s=1.0,
-            decode_tokens=11,
-            decode_s=0.5,
+            M,
+            None,
+            final(prompt_tokens=10, prompt_s=0.5, total_s=4.0, load_s=1.5),
+            observed_s=4.0,
+            decode_s=None,
+            slots=1,
         )
-        assert rates.prompt_tps("a", "m") == pytest.approx(500.0)
-        assert rates.decode_tps("a", "m") == pytest.approx(20.0)
-        assert rates.prompt_tps("b", "m") is None
+        assert costs.estimate("a", M, None).base_s == pytest.approx(2.0)
 
-    def test_chars_per_token_is_learned_per_model(self) -> None:
-        rates = Rates()
-        assert rates.tokens("m", 400) == pytest.approx(400 / DEFAULT_CHARS_PER_TOKEN)
-        rates.observe(
-            "a",
-            "m",
-            prompt_chars=3000,
-            prompt_tokens=1000,
-            evaluated_share=1.0,
-            ttft_s=1.0,
-            decode_tokens=0,
-            decode_s=0.0,
-        )
-        assert rates.tokens("m", 300) == pytest.approx(100.0)
+    def test_malformed_fields_count_as_absent(self) -> None:
+        costs = PromptCosts()
+        bad = {"done": True, "prompt_eval_count": "many", "total_duration": float("nan")}
+        seen = costs.observe("a", M, None, bad, observed_s=1.0, decode_s=None, slots=1)
+        assert seen.prompt_tokens == 0
+        assert costs.time_ratio("a") == 1.0
 
-    def test_prefill_counts_only_the_uncached_part(self) -> None:
-        rates = Rates()
-        rates.observe(
-            "a",
-            "m",
-            prompt_chars=4000,
-            prompt_tokens=1000,
-            evaluated_share=1.0,
-            ttft_s=2.0,
-            decode_tokens=0,
-            decode_s=0.0,
-        )
-        assert rates.prefill_s("a", "m", 4000, 0) == pytest.approx(2.0)
-        assert rates.prefill_s("a", "m", 4000, 3000) == pytest.approx(0.5)
-        assert rates.prefill_s("b", "m", 4000, 0) == 0.0
 
-    def test_same_observed_times_give_same_rates_whatever_the_reported_unit(self) -> None:
-        # A simulator at time_scale 0.05 reports durations 20x longer; only their ratio is used.
-        slow, fast = Rates(), Rates()
-        for rates, scale in ((slow, 1.0), (fast, 20.0)):
-            share = (0.4 * scale) / (0.8 * scale)
-            rates.observe(
-                "a",
-                "m",
-                prompt_chars=800,
-                prompt_tokens=200,
-                evaluated_share=share,
-                ttft_s=0.2,
-                decode_tokens=5,
-                decode_s=0.1,
-            )
-        assert slow.prompt_tps("a", "m") == fast.prompt_tps("a", "m")
+class TestPrefill:
+    """Estimates charge only the prompt the server likely does not hold, and learn from misses."""
+
+    def learned(self) -> PromptCosts:
+        costs = PromptCosts()
+        first = costs.prompt(M, body("w" * 4000))
+        observe(costs, first, tokens=1000, prompt_s=2.0, total_s=3.0)  # 500 tok/s, 4 chars/token
+        return costs
+
+    def test_a_follow_up_turn_pays_only_for_its_new_text(self) -> None:
+        costs = self.learned()
+        turn2 = costs.prompt(M, body("w" * 4000 + "x" * 2048))
+        cold = costs.estimate("b", M, turn2, fleet=["a"])
+        warm = costs.estimate("a", M, turn2, fleet=["a"])
+        assert cold.cached_chars == 0
+        assert cold.prefill_s == pytest.approx(6048 / 4 / 500, rel=0.01)
+        assert warm.cached_chars >= 3840  # the blocks of the first turn
+        assert warm.prefill_s < 0.4 * cold.prefill_s
+
+    def test_no_rate_anywhere_means_no_prefill_basis(self) -> None:
+        costs = PromptCosts()
+        prompt = costs.prompt(M, body("w" * 4000))
+        assert costs.estimate("a", M, prompt).prefill_s == 0.0
+
+    def test_a_confirmed_hit_keeps_the_chain(self) -> None:
+        costs = self.learned()
+        turn2 = costs.prompt(M, body("w" * 4000 + "x" * 2048))
+        assert turn2 is not None
+        predicted = costs.estimate("a", M, turn2).cached_chars
+        # The host evaluated only the new ~512 tokens: 1 s at 500 tok/s.
+        seen = observe(costs, turn2, tokens=1512, prompt_s=1.05, total_s=2.0, predicted=predicted)
+        assert seen.hit is True
+        assert seen.cached_tokens == pytest.approx(1512 - 525, abs=5)
+        assert costs.estimate("a", M, turn2).cached_chars == len(turn2.chain) * 256
+
+    def test_a_miss_drops_the_prediction_and_leaves_the_rate(self) -> None:
+        costs = PromptCosts()
+        held = costs.prompt(M, body("w" * 4000 + "z" * 1024))
+        observe(costs, held, tokens=1256, prompt_s=2.512, total_s=3.0)  # 500 tok/s
+        turn = costs.prompt(M, body("w" * 4000 + "y" * 2048))
+        assert turn is not None
+        predicted = costs.estimate("a", M, turn).cached_chars
+        assert predicted >= 3840  # the shared "w" blocks
+        # The host evaluated all 1512 tokens (3 s at 500 tok/s): it had dropped that prefix.
+        seen = observe(costs, turn, tokens=1512, prompt_s=3.02, total_s=4.0, predicted=predicted)
+        assert seen.hit is False
+        assert seen.cached_tokens < 10
+        assert costs.prompt_tps("a", M) == pytest.approx(500.0, rel=0.01)
+        # The prompt just evaluated is cached there now; the chain that mispredicted is gone.
+        assert costs.estimate("a", M, turn).cached_chars == len(turn.chain) * 256
+        assert costs.index.chains("a", M) == 1
+
+    def test_unload_clears_the_server_model_pair(self) -> None:
+        costs = self.learned()
+        again = costs.prompt(M, body("w" * 4000))
+        costs.loaded_models("a", ["other"])
+        assert costs.estimate("a", M, again).cached_chars == 0
