@@ -750,9 +750,7 @@ class Orchestra:
         keep_alive = payload.get("keep_alive")
         open_exchange = self._open(path, payload, model)
         # The prompt as the prompt-cache estimates see it (hashed once per request).
-        prompt = (
-            None if path in UNSTREAMED_PATHS else self._balancer.costs.prompt(model, payload)
-        )
+        prompt = None if path in UNSTREAMED_PATHS else self._balancer.costs.prompt(model, payload)
 
         policy = self._policy(retry)
         limit = policy.continuations if policy.mid_stream == "continue" else 0

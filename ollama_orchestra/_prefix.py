@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 __all__ = ["BLOCK_CHARS", "RAM_CHAINS", "PrefixIndex", "block_hashes", "prompt_text"]
 
@@ -122,4 +122,3 @@ class PrefixIndex:
     def chains(self, server: str, model: str) -> int:
         """How many chains the index holds for (server, model)."""
         return len(self._chains.get((server, model), ()))
-

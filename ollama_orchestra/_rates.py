@@ -208,7 +208,7 @@ class PromptCosts:
         elif uncached >= MIN_RATE_TOKENS and prefill > 0:
             pair.prompt_tps = _ewma(pair.prompt_tps, uncached / prefill)
         self.index.record(server, model, prompt.chain, slots)
-        cached = int(round(max(0.0, n - max(1.0, evaluated))))
+        cached = round(max(0.0, n - max(1.0, evaluated)))
         return Observation(n, cached, prefill, load, hit)
 
     def unloaded(self, server: str, model: str) -> None:
