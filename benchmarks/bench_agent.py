@@ -3,10 +3,12 @@
 ``python -m benchmarks.bench_agent [--quick]``. K concurrent agent sessions on the simulated
 preset two-host fleet (``SimFleet.preset``: ``ollama01``, 2 slots, and ``ollama02``, 1.5x as
 fast, 4 slots), all on the preset's 32B coder (prompt evaluation 875 tok/s on ``ollama01``,
-the 700-1,000 tok/s a 32B model gets on a 24 GB-class GPU). Each session starts with a long
-system prompt + repository context shared by every session (full: ~8k tokens; quick: ~2k),
-then T turns: each appends the model's answer and a tool result (full: ~600 tokens) and
-re-sends the whole history via ``/api/chat`` (streamed: time to first token is measured).
+the 700-1,000 tok/s a 32B model gets on a 24 GB-class GPU). Each session starts with the
+agent's system prompt, shared by every session (full: ~1.5k tokens; quick: ~400), and the
+repository files its task is about, its own (full: ~6.5k tokens; quick: ~1.6k): agents of one
+pipeline work on different parts of a repository. Then T turns: each appends the model's
+answer and a tool result (full: ~600 tokens) and re-sends the whole history via
+``/api/chat`` (streamed: time to first token is measured).
 
 Scenarios: ``even`` (K sessions of T turns), ``uneven`` (one session of 3T turns, the rest
 of 2 turns), and ``pipeline``: the demo's pipeline DAG (plan -> coding tasks sharing the plan
@@ -115,7 +117,8 @@ class AgentWorkload:
 
     sessions: int = 8
     turns: int = 6
-    context_tokens: int = 8000
+    system_tokens: int = 1500
+    context_tokens: int = 6500
     answer_tokens: int = 200
     tool_tokens: int = 600
     uneven: bool = False
@@ -140,11 +143,16 @@ def filler(tokens: int, seed: str) -> str:
     return " ".join(words)
 
 
-def shared_context(wl: AgentWorkload) -> str:
-    """The system prompt and repository context every session starts with."""
+def system_prompt(wl: AgentWorkload) -> str:
+    """The system prompt every session starts with."""
     return "You are a coding agent working in this repository.\n" + filler(
-        wl.context_tokens, "repository"
+        wl.system_tokens, "system"
     )
+
+
+def task_files(wl: AgentWorkload, cid: str) -> str:
+    """The repository files session ``cid`` works on (each session its own part)."""
+    return f"Files for task {cid}:\n" + filler(wl.context_tokens, f"repository/{cid}")
 
 
 class Conversation:
@@ -155,8 +163,11 @@ class Conversation:
         self.wl = wl
         self.turn = 0
         self.messages: List[Dict[str, str]] = [
-            {"role": "system", "content": shared_context(wl)},
-            {"role": "user", "content": f"Task {cid}: fix the failing tests."},
+            {"role": "system", "content": system_prompt(wl)},
+            {
+                "role": "user",
+                "content": task_files(wl, cid) + f"\nTask {cid}: fix the failing tests.",
+            },
         ]
 
     def advance(self, answer: str) -> None:
@@ -505,7 +516,12 @@ async def run_pipeline(
 def workloads(quick: bool) -> Dict[str, AgentWorkload]:
     if quick:
         base = AgentWorkload(
-            sessions=6, turns=3, context_tokens=2000, answer_tokens=60, tool_tokens=200
+            sessions=6,
+            turns=3,
+            system_tokens=400,
+            context_tokens=1600,
+            answer_tokens=60,
+            tool_tokens=200,
         )
     else:
         base = AgentWorkload()
@@ -514,6 +530,7 @@ def workloads(quick: bool) -> Dict[str, AgentWorkload]:
         "uneven": AgentWorkload(
             sessions=base.sessions,
             turns=base.turns,
+            system_tokens=base.system_tokens,
             context_tokens=base.context_tokens,
             answer_tokens=base.answer_tokens,
             tool_tokens=base.tool_tokens,

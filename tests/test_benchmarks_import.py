@@ -126,9 +126,11 @@ class TestAgentWorkload:
         for before, after in zip(sent, sent[1:]):
             assert after[: len(before)] == before
             assert [m["role"] for m in after[len(before) :]] == ["assistant", "tool"]
-        assert len(sent[0][0]["content"]) >= 4 * wl.context_tokens  # the long shared context
+        assert len(sent[0][0]["content"]) >= 4 * wl.system_tokens  # the shared system prompt
+        assert len(sent[0][1]["content"]) >= 4 * wl.context_tokens  # the task's own files
         other = Conversation("s1", wl)
         assert other.messages[0] == sent[0][0]  # every session shares the system prompt
+        assert other.messages[1] != sent[0][1]  # and works on its own part of the repository
 
     def test_uneven_sessions(self) -> None:
         """Uneven: one long session (3T turns), the others short (2 turns)."""
