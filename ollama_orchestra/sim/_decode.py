@@ -240,6 +240,8 @@ class Decoder(Scheduler):
             kept = prompt.tokens
             # Ollama: prompt_eval_count = cache_n + prompt_n; the duration is prompt_ms only.
             stats["prompt_eval_count"] = len(prompt.tokens)
+            self._prompt_tokens += len(prompt.tokens)
+            self._cached_tokens += admission.cached
             stats["prompt_eval_duration"] = int(prompt_s * 1e9)
             target = (
                 num_predict

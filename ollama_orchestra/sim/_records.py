@@ -48,6 +48,12 @@ class SimState:
     ram_cached_tokens: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     #: per loaded model: the context (``num_ctx``) it was loaded with.
     num_ctx: Dict[str, int] = field(default_factory=dict)
+    #: prompt tokens of every request evaluated since the host started (what Ollama reports
+    #: as ``prompt_eval_count``), and of those the ones its caches held (llama-server's
+    #: ``cache_n``; restored from the RAM cache included). Ollama does not report the
+    #: latter; the simulator does, so benchmarks can count cache hits exactly.
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
 
     @property
     def queued(self) -> int:

@@ -100,6 +100,9 @@ class Scheduler:
         self._in_flight: Dict[str, int] = {}
         self._requests_total = 0
         self._completed = 0
+        # Prompt tokens of the requests evaluated, and of those the ones the caches held.
+        self._prompt_tokens = 0
+        self._cached_tokens = 0
         self._loads = 0
         self._evictions = 0
         self._rejected = 0
@@ -151,6 +154,8 @@ class Scheduler:
                 n: r.cache.ram_entries() for n, r in self._runners.items() if not r.unloading
             },
             num_ctx={n: r.num_ctx for n, r in self._runners.items() if not r.unloading},
+            prompt_tokens=self._prompt_tokens,
+            cached_tokens=self._cached_tokens,
         )
 
     async def wait_until(self, predicate: Callable[[SimState], bool]) -> SimState:
