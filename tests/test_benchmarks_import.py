@@ -161,7 +161,7 @@ class TestAgentWorkload:
             "ttft_p50_s": 1.0,
             "ttft_p95_s": 2.0,
             "cache_hit_share": 0.5,
-            "cached_tokens_after_first_turn": 10.0,
+            "cached_tokens": 10,
             "ideal_sticky_cached_tokens": 100,
         }
         rows = {"hybrid": row, "least_loaded": row, "sticky": row}
