@@ -1,9 +1,9 @@
-"""Fleet metrics with a fake clock: utilization, shares, percentiles, Prometheus text."""
+"""Fleet metrics with a fake clock: utilization, shares, percentiles (the Prometheus text:
+test_prometheus.py)."""
 
 from __future__ import annotations
 
-import re
-from typing import Dict, List, Tuple
+from typing import List
 
 import pytest
 
@@ -24,34 +24,6 @@ def fleet() -> List[Server]:
         Server("a", "http://a:11434", max_concurrency=2, weight=1.0),
         Server("b", "http://b:11434", max_concurrency=1, weight=2.0),
     ]
-
-
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
-
-
-def parse(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
-    """A tiny exposition-format parser: (name, labels) -> value; checks HELP/TYPE come first."""
-    out: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float] = {}
-    typed = set()
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            continue
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-            continue
-        m = _LINE.match(line)
-        assert m, f"bad line: {line!r}"
-        name, raw, value = m.groups()
-        base = re.sub(r"_(bucket|sum|count)$", "", name)
-        assert name in typed or base in typed, f"{name} has no TYPE line"
-        labels: List[Tuple[str, str]] = []
-        if raw:
-            consumed = "".join(x.group(0) for x in _LABEL.finditer(raw))
-            assert consumed == raw, f"bad labels: {raw!r}"
-            labels = [(k, v) for k, v in _LABEL.findall(raw)]
-        out[(name, tuple(labels))] = float(value)
-    return out
 
 
 @pytest.fixture
@@ -229,67 +201,6 @@ class TestPercentiles:
         assert snap.failover_p50_s == pytest.approx(0.1, rel=0.1)
         assert snap.failover_p95_s == pytest.approx(0.1, rel=0.1)
         assert snap.failover_max_s == 4.0
-
-
-class TestPrometheus:
-    def test_text_parses_with_expected_values(self, clock: FakeClock) -> None:
-        """Every line parses, has a TYPE, and carries the snapshot's values."""
-        m = Metrics(fleet(), clock=clock)
-        m.lease_acquired("a")
-        m.request_finished("a", ok=True, latency_s=0.5)
-        m.request_finished("a", ok=False, latency_s=0.5)
-        m.breaker_trip("b")
-        m.failover(1.5)
-        clock.now = 4.0
-        text = m.to_prometheus()
-        assert text.endswith("\n")
-        v = parse(text)
-        p = "ollama_orchestra_"
-        assert v[(p + "requests_total", (("server", "a"), ("outcome", "success")))] == 1
-        assert v[(p + "requests_total", (("server", "a"), ("outcome", "failure")))] == 1
-        assert v[(p + "in_flight", (("server", "a"),))] == 1
-        assert v[(p + "slots", (("server", "b"),))] == 1
-        assert v[(p + "busy_slot_seconds_total", (("server", "a"),))] == pytest.approx(4.0)
-        assert v[(p + "utilization", (("server", "a"),))] == pytest.approx(0.5)
-        assert v[(p + "breaker_trips_total", (("server", "b"),))] == 1
-        assert v[(p + "latency_seconds_count", (("server", "a"),))] == 1
-        assert v[(p + "latency_seconds_sum", (("server", "a"),))] == 0.5
-        assert v[(p + "latency_seconds_bucket", (("server", "a"), ("le", "+Inf")))] == 1
-        assert v[(p + "failovers_total", ())] == 1
-        assert v[(p + "failover_seconds_count", ())] == 1
-        assert v[(p + "imbalance", ())] == pytest.approx(0.5)
-
-    def test_buckets_are_cumulative_and_monotonic(self, clock: FakeClock) -> None:
-        """Histogram buckets grow with le and end at the count."""
-        m = Metrics(fleet(), clock=clock)
-        for x in (0.01, 0.1, 1.0, 10.0):
-            m.request_finished("a", ok=True, latency_s=x)
-        v = parse(m.to_prometheus())
-        buckets = sorted(
-            (float(dict(k[1])["le"]), val)
-            for k, val in v.items()
-            if k[0] == "ollama_orchestra_latency_seconds_bucket" and dict(k[1])["server"] == "a"
-        )
-        counts = [c for _, c in buckets]
-        assert counts == sorted(counts)
-        assert counts[-1] == 4
-        below_half = [c for le, c in buckets if le < 0.5]
-        assert below_half[-1] == 2
-
-    def test_label_values_are_escaped(self, clock: FakeClock) -> None:
-        """Quotes, backslashes and newlines in a server name are escaped."""
-        odd = 'we"ird\\name\nx'
-        m = Metrics([Server(odd, "http://h:1")], clock=clock)
-        text = m.to_prometheus()
-        assert 'server="we\\"ird\\\\name\\nx"' in text
-        v = parse(text)
-        assert ("ollama_orchestra_slots", (("server", 'we\\"ird\\\\name\\nx'),)) in v
-
-    def test_no_secrets(self, clock: FakeClock) -> None:
-        """Server headers and URLs never appear in the metrics."""
-        s = Server("a", "http://secret-host:1", headers={"Authorization": "Bearer s3cr3t-tok"})
-        text = Metrics([s], clock=clock).to_prometheus()
-        assert "s3cr3t" not in text and "secret-host" not in text
 
 
 class TestWindowStart:
