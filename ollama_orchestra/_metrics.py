@@ -1,8 +1,20 @@
 """What the fleet did: utilization, share of work, imbalance, latency, failovers.
 
-Fed by the balancer (slot acquire/release: busy slot-seconds are integrated exactly) and the
-client (request outcomes); read through frozen snapshots. Memory is bounded: latencies go to
-a fixed log-spaced histogram, busy time to per-second buckets over the window.
+Collection only: read through frozen snapshots (:meth:`Metrics.snapshot`, and the histograms
+behind it, :meth:`Metrics.distributions`); ``_prometheus`` renders them as text. Memory is
+bounded: latencies go to a fixed log-spaced histogram, busy time to per-second buckets over
+the window.
+
+Busy time has one owner. Who holds a server's slots is kept by the balancer's slot store
+(``_lease.SlotStore``), and nowhere else: after every take and give-back the balancer tells
+:meth:`Metrics.slots_held` the server's new number of held leases, read from that store.
+The metrics integrate busy slot-seconds exactly between those reports, and keep the last
+count only to know the level to integrate until the next one. A report is the count itself,
+not a +1/-1: a repeated or missed report cannot leave a difference behind, and the in-flight
+figure of a snapshot is the store's count at its last change. (Before, acquire and release
+bumped a second counter here, which agreed with the leases only as long as every path
+remembered both calls.) The client feeds request outcomes, failovers, continuations and
+breaker trips.
 """
 
 from __future__ import annotations
@@ -160,12 +172,12 @@ class MetricsSnapshot:
 
 
 class _Busy:
-    """Busy slot-seconds, integrated exactly between acquire/release events, in 1 s buckets."""
+    """Busy slot-seconds, integrated exactly between held-count reports, in 1 s buckets."""
 
     __slots__ = ("buckets", "busy", "last", "total")
 
     def __init__(self, now: float) -> None:
-        self.busy = 0  # slots busy right now
+        self.busy = 0  # slots held, as last reported by their owner
         self.last = now
         self.total = 0.0
         self.buckets: Deque[List[float]] = deque()  # [second, busy slot-seconds in it]
@@ -245,7 +257,7 @@ class Metrics:
         self._per: Dict[str, _ServerCounters] = {}
         for s in self._servers:
             c = _ServerCounters(s.max_concurrency, now)
-            if s.name in old:
+            if s.name in old:  # the held count last reported stays true
                 c.busy.busy = old[s.name].busy.busy
             self._per[s.name] = c
         self._latency = Histogram()
@@ -257,15 +269,12 @@ class Metrics:
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def lease_acquired(self, server: str) -> None:
+    def slots_held(self, server: str, count: int) -> None:
+        """``server`` holds ``count`` slots from now on: the balancer reports its slot store's
+        count after every change (see the module docstring)."""
         busy = self._per[server].busy
         busy.advance(self._clock(), self.window_s)
-        busy.busy += 1
-
-    def lease_released(self, server: str) -> None:
-        busy = self._per[server].busy
-        busy.advance(self._clock(), self.window_s)
-        busy.busy = max(0, busy.busy - 1)
+        busy.busy = count
 
     def request_finished(
         self,

@@ -7,8 +7,11 @@ from typing import List
 
 import pytest
 
+from ollama_orchestra import OrchestraConfig
+from ollama_orchestra._balancer import LoadBalancer
 from ollama_orchestra._config import Server
 from ollama_orchestra._metrics import Histogram, Metrics
+from ollama_orchestra._state import FleetState
 
 
 class FakeClock:
@@ -35,9 +38,9 @@ class TestUtilization:
     def test_one_of_two_slots_busy_half_the_time(self, clock: FakeClock) -> None:
         """Two slots, one busy for half the window: 25% utilization."""
         m = Metrics(fleet(), clock=clock)
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         clock.now = 5.0
-        m.lease_released("a")
+        m.slots_held("a", 0)
         clock.now = 10.0
         s = m.snapshot().servers["a"]
         assert s.utilization == pytest.approx(0.25)
@@ -49,7 +52,7 @@ class TestUtilization:
         """A slot still busy counts until the snapshot time."""
         m = Metrics(fleet(), clock=clock)
         clock.now = 2.5
-        m.lease_acquired("b")
+        m.slots_held("b", 1)
         clock.now = 10.0
         s = m.snapshot().servers["b"]
         assert s.in_flight == 1
@@ -58,23 +61,23 @@ class TestUtilization:
     def test_window_rolls_over(self, clock: FakeClock) -> None:
         """Busy time older than window_s leaves utilization but stays in busy_slot_s."""
         m = Metrics(fleet(), clock=clock, window_s=10.0)
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         clock.now = 5.0
-        m.lease_released("a")
+        m.slots_held("a", 0)
         clock.now = 20.0
         snap = m.snapshot()
         assert snap.window_s == 10.0
         assert snap.servers["a"].utilization == 0.0
         assert snap.servers["a"].busy_slot_s == pytest.approx(5.0)
-        m.lease_acquired("a")
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
+        m.slots_held("a", 2)
         clock.now = 25.0
         assert m.snapshot().servers["a"].utilization == pytest.approx(0.5)
 
     def test_busy_memory_is_bounded(self, clock: FakeClock) -> None:
         """A long busy stretch keeps only about window_s one-second buckets."""
         m = Metrics(fleet(), clock=clock, window_s=10.0)
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         clock.now = 1000.0
         assert m.snapshot().servers["a"].utilization == pytest.approx(0.5)
         assert len(m._per["a"].busy.buckets) <= 12
@@ -82,7 +85,7 @@ class TestUtilization:
     def test_reset_starts_a_new_window(self, clock: FakeClock) -> None:
         """reset() clears counters but keeps slots that are still busy."""
         m = Metrics(fleet(), clock=clock)
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         m.request_finished("a", ok=True, latency_s=1.0)
         m.breaker_trip("a")
         m.failover(0.5)
@@ -211,6 +214,39 @@ class TestWindowStart:
             [Server("a", "http://h:1", max_concurrency=1)], clock=lambda: now[0], window_s=60
         )
         m.reset()
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         now[0] = 102.5
         assert m.snapshot().servers["a"].utilization == pytest.approx(1.0)
+
+
+class TestHeldCounts:
+    """Busy time follows the held-slot counts the balancer's slot store reports, whole."""
+
+    def test_a_repeated_report_does_not_double_count(self, clock: FakeClock) -> None:
+        """A count is absolute: reporting it twice leaves one slot busy, not two."""
+        m = Metrics(fleet(), clock=clock)
+        m.slots_held("a", 1)
+        m.slots_held("a", 1)
+        clock.now = 4.0
+        s = m.snapshot().servers["a"]
+        assert s.in_flight == 1
+        assert s.busy_slot_s == pytest.approx(4.0)
+
+    async def test_busy_time_comes_from_the_balancers_leases(self, clock: FakeClock) -> None:
+        """Two leases for 2 s then one for 2 s on a 2-slot server: 6 slot-s, 75% utilization."""
+        servers = (fleet()[0],)  # a: 2 slots
+        state = FleetState(servers, clock=clock)
+        for s in servers:
+            state.probe_succeeded(s.name, version="0.12.0", models={"m:latest": 1}, loaded=[])
+        m = Metrics(list(servers), clock=clock)
+        lb = LoadBalancer(OrchestraConfig(servers=servers), state, metrics=m, clock=clock)
+        leases = [await lb.acquire("m:latest") for _ in range(2)]
+        assert m.snapshot().servers["a"].in_flight == 2
+        clock.now = 2.0
+        leases[0].release()
+        leases[0].release()  # a second release changes nothing
+        clock.now = 4.0
+        leases[1].release()
+        a = m.snapshot().servers["a"]
+        assert (a.in_flight, a.busy_slot_s) == (0, 6.0)
+        assert a.utilization == pytest.approx(0.75)

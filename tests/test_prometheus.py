@@ -109,16 +109,16 @@ def golden_headers() -> List[str]:
 
 def busy_work(m: Metrics, clock: FakeClock) -> None:
     """The scenario behind the golden file."""
-    m.lease_acquired("a")
+    m.slots_held("a", 1)
     clock.now = 1.5
-    m.lease_acquired("a")
-    m.lease_acquired(ODD)
+    m.slots_held("a", 2)
+    m.slots_held(ODD, 1)
     m.request_finished("a", ok=True, latency_s=0.25, eval_count=40, eval_duration_s=0.5)
     m.request_finished("a", ok=True, latency_s=3.0)
     m.request_finished(ODD, ok=True, latency_s=0.01)
     m.request_finished(HOSTILE, ok=False, latency_s=1.0)
     clock.now = 2.0
-    m.lease_released("a")
+    m.slots_held("a", 1)
     m.breaker_trip(HOSTILE)
     m.failover(0.7)
     m.failover(2.5)
@@ -169,7 +169,7 @@ class TestParse:
             Server("b", "http://b:11434", max_concurrency=1, weight=2.0),
         ]
         m = Metrics(two, clock=clock)
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         m.request_finished("a", ok=True, latency_s=0.5)
         m.request_finished("a", ok=False, latency_s=0.5)
         m.breaker_trip("b")
