@@ -10,11 +10,11 @@ Busy time has one owner. Who holds a server's slots is kept by the balancer's sl
 :meth:`Metrics.slots_held` the server's new number of held leases, read from that store.
 The metrics integrate busy slot-seconds exactly between those reports, and keep the last
 count only to know the level to integrate until the next one. A report is the count itself,
-not a +1/-1: a repeated or missed report cannot leave a difference behind, and the in-flight
-figure of a snapshot is the store's count at its last change. (Before, acquire and release
-bumped a second counter here, which agreed with the leases only as long as every path
-remembered both calls.) The client feeds request outcomes, failovers, continuations and
-breaker trips.
+not a +1/-1: a repeated report changes nothing, and there is no running sum that one wrong
+report would leave off for good. The in-flight figure of a snapshot is the store's count at
+its last change. (Before, acquire and release bumped a second counter here, which agreed
+with the leases only as long as every path remembered both calls.) The client feeds request
+outcomes, failovers, continuations and breaker trips.
 """
 
 from __future__ import annotations
