@@ -412,7 +412,7 @@ class LoadBalancer:
         config: the fleet config (servers, strategy, affinity, ``wait_for_healthy_s``).
         state: the shared fleet state; the balancer reads it and listens for changes.
         breakers: one circuit breaker per server name (optional).
-        metrics: fed with busy-slot time (optional).
+        metrics: told each server's held-slot count after every change (optional).
         strategy: overrides ``config.strategy``.
         model_breakers: the (server, model) breakers (optional).
         slots: where the slots given out are kept (default: in this process); see
@@ -444,7 +444,7 @@ class LoadBalancer:
         self._strategy = strategy or make_strategy(config.strategy)
         self._clock = clock
         # The one owner of in-flight counts: a server's open leases. The state's snapshots
-        # read them from here; the metrics' busy-time integral follows grant and release.
+        # read them from here; the metrics are told the new count after each grant and release.
         self._slots: SlotStore[Lease] = (
             slots if slots is not None else LocalSlots(s.name for s in config.servers)
         )
@@ -581,7 +581,7 @@ class LoadBalancer:
         name = lease.server.name
         self._slots.give_back(name, lease)
         if self._metrics is not None:
-            self._metrics.lease_released(name)
+            self._metrics.slots_held(name, self.in_use(name))
         self.settle(lease, None)  # permits not settled yet: handed back, no verdict
         self._dispatch()
 
@@ -779,7 +779,7 @@ class LoadBalancer:
             lease.model_permit = self._model_breakers.breaker(name, model).admit()
         self._slots.take(name, lease)
         if self._metrics is not None:
-            self._metrics.lease_acquired(name)
+            self._metrics.slots_held(name, self.in_use(name))
         waiter.granted = lease
         return lease
 

@@ -1,8 +1,20 @@
 """What the fleet did: utilization, share of work, imbalance, latency, failovers.
 
-Fed by the balancer (slot acquire/release: busy slot-seconds are integrated exactly) and the
-client (request outcomes); read through frozen snapshots. Memory is bounded: latencies go to
-a fixed log-spaced histogram, busy time to per-second buckets over the window.
+Collection only: read through frozen snapshots (:meth:`Metrics.snapshot`, and the histograms
+behind it, :meth:`Metrics.distributions`); ``_prometheus`` renders them as text. Memory is
+bounded: latencies go to a fixed log-spaced histogram, busy time to per-second buckets over
+the window.
+
+Busy time has one owner. Who holds a server's slots is kept by the balancer's slot store
+(``_lease.SlotStore``), and nowhere else: after every take and give-back the balancer tells
+:meth:`Metrics.slots_held` the server's new number of held leases, read from that store.
+The metrics integrate busy slot-seconds exactly between those reports, and keep the last
+count only to know the level to integrate until the next one. A report is the count itself,
+not a +1/-1: a repeated report changes nothing, and there is no running sum that one wrong
+report would leave off for good. The in-flight figure of a snapshot is the store's count at
+its last change. (Before, acquire and release bumped a second counter here, which agreed
+with the leases only as long as every path remembered both calls.) The client feeds request
+outcomes, failovers, continuations and breaker trips.
 """
 
 from __future__ import annotations
@@ -15,8 +27,17 @@ from typing import Callable, Deque, Dict, List, Mapping, Sequence, Tuple
 
 from ._clock import now as clock_now
 from ._config import Server
+from ._prometheus import render_prometheus
 
-__all__ = ["Histogram", "LatencyStats", "Metrics", "MetricsSnapshot", "ServerMetrics"]
+__all__ = [
+    "Distribution",
+    "Distributions",
+    "Histogram",
+    "LatencyStats",
+    "Metrics",
+    "MetricsSnapshot",
+    "ServerMetrics",
+]
 
 #: Histogram bucket upper bounds (seconds): 1 ms .. ~20 min, 10% apart.
 _BOUNDS: Tuple[float, ...] = tuple(
@@ -70,6 +91,9 @@ class Histogram:
             out.append((bound, total))
         return out
 
+    def frozen(self) -> Distribution:
+        return Distribution(buckets=tuple(self.cumulative()), count=self.count, sum=self.sum)
+
 
 @dataclass(frozen=True)
 class LatencyStats:
@@ -78,6 +102,27 @@ class LatencyStats:
     p50: float
     p95: float
     p99: float
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """A histogram at one moment: what an exposition format needs beyond the percentiles."""
+
+    #: ``(upper bound, cumulative count)``, bounds ascending; observations above the last
+    #: bound are only in ``count``.
+    buckets: Tuple[Tuple[float, int], ...]
+    count: int
+    sum: float
+
+
+@dataclass(frozen=True)
+class Distributions:
+    """The histograms behind a :class:`MetricsSnapshot`: :meth:`Metrics.distributions`."""
+
+    #: Latency of successful requests, per server in the fleet's order.
+    latency: Mapping[str, Distribution]
+    #: Time from a request's first failure to its rerouted success.
+    failover: Distribution
 
 
 @dataclass(frozen=True)
@@ -133,12 +178,12 @@ class MetricsSnapshot:
 
 
 class _Busy:
-    """Busy slot-seconds, integrated exactly between acquire/release events, in 1 s buckets."""
+    """Busy slot-seconds, integrated exactly between held-count reports, in 1 s buckets."""
 
     __slots__ = ("buckets", "busy", "last", "total")
 
     def __init__(self, now: float) -> None:
-        self.busy = 0  # slots busy right now
+        self.busy = 0  # slots held, as last reported by their owner
         self.last = now
         self.total = 0.0
         self.buckets: Deque[List[float]] = deque()  # [second, busy slot-seconds in it]
@@ -233,7 +278,7 @@ class Metrics:
         self._per: Dict[str, _ServerCounters] = {}
         for s in self._servers:
             c = _ServerCounters(s.max_concurrency, now)
-            if s.name in old:
+            if s.name in old:  # the held count last reported stays true
                 c.busy.busy = old[s.name].busy.busy
             self._per[s.name] = c
         self._latency = Histogram()
@@ -245,15 +290,12 @@ class Metrics:
 
     # -- feeding ---------------------------------------------------------------------------
 
-    def lease_acquired(self, server: str) -> None:
+    def slots_held(self, server: str, count: int) -> None:
+        """``server`` holds ``count`` slots from now on: the balancer reports its slot store's
+        count after every change (see the module docstring)."""
         busy = self._per[server].busy
         busy.advance(self._clock(), self.window_s)
-        busy.busy += 1
-
-    def lease_released(self, server: str) -> None:
-        busy = self._per[server].busy
-        busy.advance(self._clock(), self.window_s)
-        busy.busy = max(0, busy.busy - 1)
+        busy.busy = count
 
     def request_finished(
         self,
@@ -358,68 +400,13 @@ class Metrics:
             continuation_p95_s=self._continuation_lost.percentile(0.95),
         )
 
-    def to_prometheus(self) -> str:
-        """The same figures in Prometheus' text exposition format (0.0.4)."""
-        snap = self.snapshot()
-        p = "ollama_orchestra"
-        lines: List[str] = []
-
-        def head(name: str, kind: str, text: str) -> None:
-            lines.append(f"# HELP {p}_{name} {text}")
-            lines.append(f"# TYPE {p}_{name} {kind}")
-
-        head("requests_total", "counter", "Requests finished, by server and outcome.")
-        for s in snap.servers.values():
-            lines.append(
-                f'{p}_requests_total{{server="{_esc(s.name)}",outcome="success"}} {s.successes}'
-            )
-            lines.append(
-                f'{p}_requests_total{{server="{_esc(s.name)}",outcome="failure"}} {s.failures}'
-            )
-        for name, kind, text, attr in (
-            ("in_flight", "gauge", "Slots busy now.", "in_flight"),
-            ("slots", "gauge", "Slots (max_concurrency).", "slots"),
-            ("busy_slot_seconds_total", "counter", "Busy slot-seconds.", "busy_slot_s"),
-            ("utilization", "gauge", "Busy share of slot time over the window.", "utilization"),
-            ("share", "gauge", "Share of successful requests.", "share"),
-            ("breaker_trips_total", "counter", "Circuit breaker trips.", "breaker_trips"),
-        ):
-            head(name, kind, text)
-            for s in snap.servers.values():
-                lines.append(f'{p}_{name}{{server="{_esc(s.name)}"}} {_num(getattr(s, attr))}')
-        head("latency_seconds", "histogram", "Latency of successful requests.")
-        for srv in self._servers:
-            h = self._per[srv.name].latency
-            label = f'server="{_esc(srv.name)}"'
-            for bound, cum in h.cumulative()[::8]:
-                lines.append(f'{p}_latency_seconds_bucket{{{label},le="{bound:.6g}"}} {cum}')
-            lines.append(f'{p}_latency_seconds_bucket{{{label},le="+Inf"}} {h.count}')
-            lines.append(f"{p}_latency_seconds_sum{{{label}}} {_num(h.sum)}")
-            lines.append(f"{p}_latency_seconds_count{{{label}}} {h.count}")
-        head("failovers_total", "counter", "Requests that succeeded after failing over.")
-        lines.append(f"{p}_failovers_total {snap.failovers}")
-        head(
-            "failover_seconds",
-            "summary",
-            "Time from a request's first failure to its rerouted success.",
+    def distributions(self) -> Distributions:
+        """The histograms behind the snapshot's percentiles (for an exposition format)."""
+        return Distributions(
+            latency={s.name: self._per[s.name].latency.frozen() for s in self._servers},
+            failover=self._failovers.frozen(),
         )
-        lines.append(f'{p}_failover_seconds{{quantile="0.5"}} {_num(snap.failover_p50_s)}')
-        lines.append(f'{p}_failover_seconds{{quantile="0.95"}} {_num(snap.failover_p95_s)}')
-        lines.append(f"{p}_failover_seconds_sum {_num(self._failovers.sum)}")
-        lines.append(f"{p}_failover_seconds_count {snap.failovers}")
-        head("continuations_total", "counter", "Streams continued elsewhere, by broken server.")
-        for name, n in sorted(snap.continuations.items()):
-            lines.append(f'{p}_continuations_total{{server="{_esc(name)}"}} {n}')
-        head("tokens_salvaged_total", "counter", "Answer tokens kept across continuations.")
-        lines.append(f"{p}_tokens_salvaged_total {snap.tokens_salvaged}")
-        head("imbalance", "gauge", "Largest deviation of a server's share from its fair share.")
-        lines.append(f"{p}_imbalance {_num(snap.imbalance)}")
-        return "\n".join(lines) + "\n"
 
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _num(value: float) -> str:
-    return repr(float(value)) if isinstance(value, float) else str(value)
+    def to_prometheus(self) -> str:
+        """The same figures in Prometheus' text exposition format (see ``_prometheus``)."""
+        return render_prometheus(self.snapshot(), self.distributions())

@@ -1,6 +1,6 @@
 """One owner of in-flight counts: random acquire/release/cancel/fail sequences keep the
-balancer's leases, the state's and the metrics' in-flight figures and the breakers' permits
-in agreement (hypothesis)."""
+balancer's leases, the state's and the metrics' in-flight figures, the metrics' busy time and
+the breakers' permits in agreement (hypothesis)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import anyio
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -68,12 +69,15 @@ async def _drive(steps: List[Tuple[str, int]]) -> None:
         cfg, state, breakers=breakers, metrics=metrics, clock=clock, model_breakers=model_breakers
     )
     live: List[Lease] = []
+    # Busy slot-seconds as the leases say: the clock only moves on "tick".
+    busy_s = dict.fromkeys(NAMES, 0.0)
 
     def check() -> None:
         snap, msnap = state.snapshot(), metrics.snapshot()
         for n in NAMES:
             mine = [le for le in live if le.name == n]
             assert lb.in_use(n) == len(mine) == snap[n].in_flight == msnap.servers[n].in_flight
+            assert msnap.servers[n].busy_slot_s == pytest.approx(busy_s[n], abs=1e-9)
             assert len(mine) <= 2
             for br, permits in (
                 (breakers[n], [le.permit for le in mine]),
@@ -96,6 +100,8 @@ async def _drive(steps: List[Tuple[str, int]]) -> None:
                 scope.cancel()
                 live.append(await lb.acquire(M))
         elif op == "tick":
+            for n in NAMES:
+                busy_s[n] += 5.0 * sum(1 for le in live if le.name == n)
             clock.now += 5.0
         elif live:
             lease = live.pop(i % len(live))
@@ -108,6 +114,9 @@ async def _drive(steps: List[Tuple[str, int]]) -> None:
             lease.release()
             lease.release()  # twice: the second does nothing
         check()
+    clock.now += 5.0
+    for n in NAMES:
+        busy_s[n] += 5.0 * sum(1 for le in live if le.name == n)
     for lease in live:
         lease.release()
     live.clear()
@@ -123,7 +132,7 @@ class TestFleetInvariants:
     )
     @given(ops)
     def test_counts_leases_and_permits_agree(self, steps: List[Tuple[str, int]]) -> None:
-        """In-flight counts, leases and breaker permits agree after any sequence of operations."""
+        """In-flight counts, busy time, leases and breaker permits agree after any sequence."""
         anyio.run(_drive, steps)
 
 

@@ -1,14 +1,17 @@
-"""Fleet metrics with a fake clock: utilization, shares, percentiles, Prometheus text."""
+"""Fleet metrics with a fake clock: utilization, shares, percentiles (the Prometheus text:
+test_prometheus.py)."""
 
 from __future__ import annotations
 
-import re
-from typing import Dict, List, Tuple
+from typing import List
 
 import pytest
 
+from ollama_orchestra import OrchestraConfig
+from ollama_orchestra._balancer import LoadBalancer
 from ollama_orchestra._config import Server
 from ollama_orchestra._metrics import Histogram, Metrics
+from ollama_orchestra._state import FleetState
 
 
 class FakeClock:
@@ -26,34 +29,6 @@ def fleet() -> List[Server]:
     ]
 
 
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
-
-
-def parse(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
-    """A tiny exposition-format parser: (name, labels) -> value; checks HELP/TYPE come first."""
-    out: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float] = {}
-    typed = set()
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            continue
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-            continue
-        m = _LINE.match(line)
-        assert m, f"bad line: {line!r}"
-        name, raw, value = m.groups()
-        base = re.sub(r"_(bucket|sum|count)$", "", name)
-        assert name in typed or base in typed, f"{name} has no TYPE line"
-        labels: List[Tuple[str, str]] = []
-        if raw:
-            consumed = "".join(x.group(0) for x in _LABEL.finditer(raw))
-            assert consumed == raw, f"bad labels: {raw!r}"
-            labels = [(k, v) for k, v in _LABEL.findall(raw)]
-        out[(name, tuple(labels))] = float(value)
-    return out
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -63,9 +38,9 @@ class TestUtilization:
     def test_one_of_two_slots_busy_half_the_time(self, clock: FakeClock) -> None:
         """Two slots, one busy for half the window: 25% utilization."""
         m = Metrics(fleet(), clock=clock)
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         clock.now = 5.0
-        m.lease_released("a")
+        m.slots_held("a", 0)
         clock.now = 10.0
         s = m.snapshot().servers["a"]
         assert s.utilization == pytest.approx(0.25)
@@ -77,7 +52,7 @@ class TestUtilization:
         """A slot still busy counts until the snapshot time."""
         m = Metrics(fleet(), clock=clock)
         clock.now = 2.5
-        m.lease_acquired("b")
+        m.slots_held("b", 1)
         clock.now = 10.0
         s = m.snapshot().servers["b"]
         assert s.in_flight == 1
@@ -86,23 +61,23 @@ class TestUtilization:
     def test_window_rolls_over(self, clock: FakeClock) -> None:
         """Busy time older than window_s leaves utilization but stays in busy_slot_s."""
         m = Metrics(fleet(), clock=clock, window_s=10.0)
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         clock.now = 5.0
-        m.lease_released("a")
+        m.slots_held("a", 0)
         clock.now = 20.0
         snap = m.snapshot()
         assert snap.window_s == 10.0
         assert snap.servers["a"].utilization == 0.0
         assert snap.servers["a"].busy_slot_s == pytest.approx(5.0)
-        m.lease_acquired("a")
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
+        m.slots_held("a", 2)
         clock.now = 25.0
         assert m.snapshot().servers["a"].utilization == pytest.approx(0.5)
 
     def test_busy_memory_is_bounded(self, clock: FakeClock) -> None:
         """A long busy stretch keeps only about window_s one-second buckets."""
         m = Metrics(fleet(), clock=clock, window_s=10.0)
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         clock.now = 1000.0
         assert m.snapshot().servers["a"].utilization == pytest.approx(0.5)
         assert len(m._per["a"].busy.buckets) <= 12
@@ -110,7 +85,7 @@ class TestUtilization:
     def test_reset_starts_a_new_window(self, clock: FakeClock) -> None:
         """reset() clears counters but keeps slots that are still busy."""
         m = Metrics(fleet(), clock=clock)
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         m.request_finished("a", ok=True, latency_s=1.0)
         m.breaker_trip("a")
         m.failover(0.5)
@@ -231,67 +206,6 @@ class TestPercentiles:
         assert snap.failover_max_s == 4.0
 
 
-class TestPrometheus:
-    def test_text_parses_with_expected_values(self, clock: FakeClock) -> None:
-        """Every line parses, has a TYPE, and carries the snapshot's values."""
-        m = Metrics(fleet(), clock=clock)
-        m.lease_acquired("a")
-        m.request_finished("a", ok=True, latency_s=0.5)
-        m.request_finished("a", ok=False, latency_s=0.5)
-        m.breaker_trip("b")
-        m.failover(1.5)
-        clock.now = 4.0
-        text = m.to_prometheus()
-        assert text.endswith("\n")
-        v = parse(text)
-        p = "ollama_orchestra_"
-        assert v[(p + "requests_total", (("server", "a"), ("outcome", "success")))] == 1
-        assert v[(p + "requests_total", (("server", "a"), ("outcome", "failure")))] == 1
-        assert v[(p + "in_flight", (("server", "a"),))] == 1
-        assert v[(p + "slots", (("server", "b"),))] == 1
-        assert v[(p + "busy_slot_seconds_total", (("server", "a"),))] == pytest.approx(4.0)
-        assert v[(p + "utilization", (("server", "a"),))] == pytest.approx(0.5)
-        assert v[(p + "breaker_trips_total", (("server", "b"),))] == 1
-        assert v[(p + "latency_seconds_count", (("server", "a"),))] == 1
-        assert v[(p + "latency_seconds_sum", (("server", "a"),))] == 0.5
-        assert v[(p + "latency_seconds_bucket", (("server", "a"), ("le", "+Inf")))] == 1
-        assert v[(p + "failovers_total", ())] == 1
-        assert v[(p + "failover_seconds_count", ())] == 1
-        assert v[(p + "imbalance", ())] == pytest.approx(0.5)
-
-    def test_buckets_are_cumulative_and_monotonic(self, clock: FakeClock) -> None:
-        """Histogram buckets grow with le and end at the count."""
-        m = Metrics(fleet(), clock=clock)
-        for x in (0.01, 0.1, 1.0, 10.0):
-            m.request_finished("a", ok=True, latency_s=x)
-        v = parse(m.to_prometheus())
-        buckets = sorted(
-            (float(dict(k[1])["le"]), val)
-            for k, val in v.items()
-            if k[0] == "ollama_orchestra_latency_seconds_bucket" and dict(k[1])["server"] == "a"
-        )
-        counts = [c for _, c in buckets]
-        assert counts == sorted(counts)
-        assert counts[-1] == 4
-        below_half = [c for le, c in buckets if le < 0.5]
-        assert below_half[-1] == 2
-
-    def test_label_values_are_escaped(self, clock: FakeClock) -> None:
-        """Quotes, backslashes and newlines in a server name are escaped."""
-        odd = 'we"ird\\name\nx'
-        m = Metrics([Server(odd, "http://h:1")], clock=clock)
-        text = m.to_prometheus()
-        assert 'server="we\\"ird\\\\name\\nx"' in text
-        v = parse(text)
-        assert ("ollama_orchestra_slots", (("server", 'we\\"ird\\\\name\\nx'),)) in v
-
-    def test_no_secrets(self, clock: FakeClock) -> None:
-        """Server headers and URLs never appear in the metrics."""
-        s = Server("a", "http://secret-host:1", headers={"Authorization": "Bearer s3cr3t-tok"})
-        text = Metrics([s], clock=clock).to_prometheus()
-        assert "s3cr3t" not in text and "secret-host" not in text
-
-
 class TestWindowStart:
     def test_reset_mid_second_is_not_discounted(self) -> None:
         """After a reset in the middle of a second, utilization counts that second in full."""
@@ -300,6 +214,39 @@ class TestWindowStart:
             [Server("a", "http://h:1", max_concurrency=1)], clock=lambda: now[0], window_s=60
         )
         m.reset()
-        m.lease_acquired("a")
+        m.slots_held("a", 1)
         now[0] = 102.5
         assert m.snapshot().servers["a"].utilization == pytest.approx(1.0)
+
+
+class TestHeldCounts:
+    """Busy time follows the held-slot counts the balancer's slot store reports, whole."""
+
+    def test_a_repeated_report_does_not_double_count(self, clock: FakeClock) -> None:
+        """A count is absolute: reporting it twice leaves one slot busy, not two."""
+        m = Metrics(fleet(), clock=clock)
+        m.slots_held("a", 1)
+        m.slots_held("a", 1)
+        clock.now = 4.0
+        s = m.snapshot().servers["a"]
+        assert s.in_flight == 1
+        assert s.busy_slot_s == pytest.approx(4.0)
+
+    async def test_busy_time_comes_from_the_balancers_leases(self, clock: FakeClock) -> None:
+        """Two leases for 2 s then one for 2 s on a 2-slot server: 6 slot-s, 75% utilization."""
+        servers = (fleet()[0],)  # a: 2 slots
+        state = FleetState(servers, clock=clock)
+        for s in servers:
+            state.probe_succeeded(s.name, version="0.12.0", models={"m:latest": 1}, loaded=[])
+        m = Metrics(list(servers), clock=clock)
+        lb = LoadBalancer(OrchestraConfig(servers=servers), state, metrics=m, clock=clock)
+        leases = [await lb.acquire("m:latest") for _ in range(2)]
+        assert m.snapshot().servers["a"].in_flight == 2
+        clock.now = 2.0
+        leases[0].release()
+        leases[0].release()  # a second release changes nothing
+        clock.now = 4.0
+        leases[1].release()
+        a = m.snapshot().servers["a"]
+        assert (a.in_flight, a.busy_slot_s) == (0, 6.0)
+        assert a.utilization == pytest.approx(0.75)
