@@ -246,11 +246,17 @@ class HybridStrategy:
         self._least = LeastLoadedStrategy()
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
-        known = [c.service_s * c.weight for c in candidates if c.service_s is not None]
+        # A server not measured yet is expected to serve like the measured ones (weighted),
+        # apart from the prefill: that is its own (what its cache lacks of this prompt).
+        known = [
+            (c.service_s - c.prefill_s) * c.weight for c in candidates if c.service_s is not None
+        ]
         base = sum(known) / len(known) if known else 1.0
 
         def service(c: Candidate) -> float:
-            return c.service_s if c.service_s is not None else base / c.weight
+            if c.service_s is not None:
+                return c.service_s
+            return max(0.0, base) / c.weight + c.prefill_s
 
         def ect(c: Candidate) -> float:
             return c.busy_for_s + service(c) + c.cold_s

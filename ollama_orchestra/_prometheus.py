@@ -30,6 +30,14 @@ _PER_SERVER = (
     ("utilization", "gauge", "Busy share of slot time over the window.", "utilization"),
     ("share", "gauge", "Share of successful requests.", "share"),
     ("breaker_trips_total", "counter", "Circuit breaker trips.", "breaker_trips"),
+    ("prompt_tokens_total", "counter", "Prompt tokens of successful requests.", "prompt_tokens"),
+    (
+        "cached_prompt_tokens_total",
+        "counter",
+        "Prompt tokens the server's prompt cache held (estimated).",
+        "cached_tokens",
+    ),
+    ("prefill_seconds_total", "counter", "Seconds spent evaluating prompts.", "prefill_s"),
 )
 
 

@@ -27,6 +27,13 @@ FAMILIES: List[Tuple[str, str, str]] = [
     ("utilization", "gauge", "Busy share of slot time over the window."),
     ("share", "gauge", "Share of successful requests."),
     ("breaker_trips_total", "counter", "Circuit breaker trips."),
+    ("prompt_tokens_total", "counter", "Prompt tokens of successful requests."),
+    (
+        "cached_prompt_tokens_total",
+        "counter",
+        "Prompt tokens the server's prompt cache held (estimated).",
+    ),
+    ("prefill_seconds_total", "counter", "Seconds spent evaluating prompts."),
     ("latency_seconds", "histogram", "Latency of successful requests."),
     ("failovers_total", "counter", "Requests that succeeded after failing over."),
     (
@@ -114,7 +121,9 @@ def busy_work(m: Metrics, clock: FakeClock) -> None:
     m.slots_held("a", 2)
     m.slots_held(ODD, 1)
     m.request_finished("a", ok=True, latency_s=0.25, eval_count=40, eval_duration_s=0.5)
-    m.request_finished("a", ok=True, latency_s=3.0)
+    m.request_finished(
+        "a", ok=True, latency_s=3.0, prompt_tokens=9000, cached_tokens=8000, prefill_s=1.25
+    )
     m.request_finished(ODD, ok=True, latency_s=0.01)
     m.request_finished(HOSTILE, ok=False, latency_s=1.0)
     clock.now = 2.0
@@ -132,7 +141,8 @@ def clock() -> FakeClock:
 
 
 class TestGolden:
-    """The exposition is byte for byte what it was before it left ``_metrics``."""
+    """The exposition is byte for byte the stored text (it was before it left ``_metrics``;
+    the prompt-cache families were added since)."""
 
     def test_text_matches_the_golden_file(self, clock: FakeClock) -> None:
         """The same work renders exactly the stored text (names, order, numbers, escaping)."""
