@@ -9,11 +9,12 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, Optional, Tuple
 
 import pytest
 
-from ollama_orchestra.sim import SimFleet
+if TYPE_CHECKING:
+    from ollama_orchestra.sim import SimFleet
 
 
 @pytest.mark.parametrize(
@@ -201,7 +202,7 @@ class TestCutStreams:
         r = await midstream_run(4, "continue", timeout_s=30)
         self.assert_well_formed(r, 4)
         assert (r["policy"], r["contender"]) == ("continue", "orchestra")
-        assert r["cut"] == r["continued"] == 2 and r["completed"] == 4
+        assert r["cut"] >= 1 and r["continued"] == r["cut"] and r["completed"] == 4
 
     async def test_errors_count_as_failed(self) -> None:
         """A stream that raises, or ends without a final chunk, is counted failed, with its error."""
