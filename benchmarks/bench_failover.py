@@ -8,21 +8,27 @@ Run from the repo root: ``python -m benchmarks.bench_failover [--quick]``.
    measured in real time on short answers so that the figure is the failover, not the work.
 2. Chaos: every host fails 10% of requests at random; 1,000 requests with 3 attempts each.
    Reports the success rate (goal >= 99.9%).
-3. Mid-answer: 50 long streams on two hosts; one host is killed once every stream has
-   yielded a few chunks. For the streams cut mid-answer, side by side for
-   ``RetryPolicy(mid_stream="continue")`` (the default) and ``"raise"``: the share that
-   completed (goal 100% with continue), the time from the last chunk before the break to the
-   next one (p50/p95; goal p95 < 1 s plus the new host's prefill), and the answer tokens
-   salvaged (not generated again). LiteLLM drops such a stream (its trackers' issues
-   #41127, #27967); it is compared only when installed.
+3. Mid-answer: 50 long streams (20 with ``--quick``) on two hosts; one host is killed once
+   every stream has yielded a few chunks. For the streams cut mid-answer, side by side for
+   ``RetryPolicy(mid_stream="continue")`` (the default), ``"raise"`` and, when installed,
+   LiteLLM's ``Router`` (retries and a fallback group; as it comes, which raises the stream's
+   error, as its trackers' issues #41127 and #27967 say, and with its opt-in
+   ``enable_mid_stream_fallback_continuation`` where its version has it): the share that
+   completed (a final chunk, no exception reaching the caller; goal 100% with continue), the
+   time from the last chunk before the break to the next one (p50/p95; goal p95 < 1 s plus
+   the new host's prefill), and the answer tokens salvaged (not generated again).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import inspect
+import logging
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from urllib.parse import urlsplit
 
 import anyio
 
@@ -33,11 +39,11 @@ from ollama_orchestra import (
     RequestError,
     RetryPolicy,
     Server,
-    StreamInterrupted,
 )
 from ollama_orchestra.sim import Faults, HostProfile, ModelSpec, SimFleet
 
 from .common import write_json
+from .compare.contenders import hosts_of, litellm_deployments, litellm_router
 
 MODEL = "fast:latest"
 
@@ -191,68 +197,254 @@ async def chaos_run(requests: int, error_rate: float) -> Dict[str, Any]:
     }
 
 
-async def midstream_run(streams: int, mid_stream: str) -> Dict[str, Any]:
-    """Kill one of two hosts under ``streams`` long streams; what the cut streams got."""
-    # The victim decodes slowly (Faults.slow), so that its streams are still running.
+#: One contender's stream ``i`` of the mid-answer scenario: per chunk, the name of the host that
+#: sent it and whether it ends a complete answer. An exception is what reached the caller.
+StreamFn = Callable[[int], AsyncIterator[Tuple[str, bool]]]
+
+#: The answer length of every stream of the mid-answer scenario.
+LONG_TOKENS = 200
+#: How much slower the killed host decodes (2,000 tok/s / 4,000 at time scale 0.05: 10 tok/s
+#: in real time, an answer in 20 s).
+VICTIM_SLOW = 4000.0
+
+
+def _prompt(i: int) -> List[Dict[str, str]]:
+    return [{"role": "user", "content": f"long {i}"}]
+
+
+class CutContender:
+    """One way of running the mid-answer scenario's streams: ``async with c.open(fleet) as
+    stream``; :attr:`extra` holds what the contender reports beyond the common figures."""
+
+    label = "?"
+    contender = "?"
+
+    def __init__(self) -> None:
+        self.extra: Dict[str, Any] = {}
+
+    def open(self, fleet: SimFleet) -> contextlib.AbstractAsyncContextManager[StreamFn]:
+        raise NotImplementedError
+
+
+class OrchestraStreams(CutContender):
+    """``Orchestra.chat_stream`` with ``RetryPolicy(mid_stream=...)``."""
+
+    contender = "orchestra"
+
+    def __init__(self, mid_stream: str) -> None:
+        super().__init__()
+        self.label = self.mid_stream = mid_stream
+
+    @contextlib.asynccontextmanager
+    async def open(self, fleet: SimFleet) -> AsyncIterator[StreamFn]:
+        retry = RetryPolicy(
+            attempts=3, backoff_base_s=0.01, backoff_max_s=0.1, mid_stream=self.mid_stream
+        )
+        async with Orchestra(config(fleet)) as orch:
+
+            async def stream(i: int) -> AsyncIterator[Tuple[str, bool]]:
+                async for chunk in orch.chat_stream(
+                    MODEL, _prompt(i), options={"num_predict": LONG_TOKENS}, retry=retry
+                ):
+                    yield chunk.server, chunk.done
+
+            yield stream
+            m = orch.metrics()
+            self.extra = {
+                "orchestra_tokens_salvaged": m.tokens_salvaged,
+                "orchestra_continuation_p95_ms": 1000 * m.continuation_p95_s,
+            }
+
+
+class LiteLLMStreams(CutContender):
+    """LiteLLM's ``Router`` set up for failover: every host in one model group
+    (``simple-shuffle``, its ``ollama_chat/`` provider), ``num_retries=2`` and a fallback group
+    with every host again (a list of one group per host, the dead one first, cost seconds of
+    retries against it before the live one). Deployments are declared
+    ``supports_assistant_prefill`` (Ollama continues a final assistant message of
+    ``/api/chat``). With ``continuation``, ``enable_mid_stream_fallback_continuation=True``
+    (an opt-in of the Router, in 1.110.2 as measured here, absent from older versions: a
+    stream that broke after text is continued on a fallback by assistant prefill); without
+    it, LiteLLM's default, the stream's error reaches the caller."""
+
+    contender = "litellm"
+
+    def __init__(self, continuation: bool) -> None:
+        super().__init__()
+        self.continuation = continuation
+        self.label = "litellm+cont" if continuation else "litellm"
+
+    @staticmethod
+    def supports_continuation() -> bool:
+        """Whether the installed LiteLLM's ``Router`` has the continuation option."""
+        router_cls = litellm_router()
+        return router_cls is not None and (
+            "enable_mid_stream_fallback_continuation"
+            in inspect.signature(router_cls.__init__).parameters
+        )
+
+    @contextlib.asynccontextmanager
+    async def open(self, fleet: SimFleet) -> AsyncIterator[StreamFn]:
+        router_cls = litellm_router()
+        assert router_cls is not None
+        hosts = hosts_of(fleet)
+        by_netloc = {urlsplit(h.url).netloc: h.name for h in hosts}
+        info = {"supports_assistant_prefill": True}
+        backup = f"{MODEL}-fallback"
+        model_list = litellm_deployments(hosts, [MODEL], provider="ollama_chat", model_info=info)
+        model_list += litellm_deployments(
+            hosts, [MODEL], provider="ollama_chat", group=backup, model_info=info
+        )
+        kw: Dict[str, Any] = {}
+        if self.continuation:
+            kw["enable_mid_stream_fallback_continuation"] = True
+        router = router_cls(
+            model_list=model_list,
+            routing_strategy="simple-shuffle",
+            num_retries=2,
+            retry_after=0,
+            fallbacks=[{MODEL: [backup]}],
+            timeout=60,
+            **kw,
+        )
+
+        def host_of(chunk: Any, response: Any) -> str:
+            # The chunk's own hidden params name the deployment that sent it (a fallback's
+            # chunks get the fallback's); the stream's are the fallback's once one took over.
+            for source in (chunk, response):
+                base = str((getattr(source, "_hidden_params", None) or {}).get("api_base") or "")
+                if base:
+                    return by_netloc.get(urlsplit(base).netloc, base)
+            return "?"
+
+        async def stream(i: int) -> AsyncIterator[Tuple[str, bool]]:
+            response = await router.acompletion(
+                model=MODEL, messages=_prompt(i), max_tokens=LONG_TOKENS, stream=True
+            )
+            try:
+                async for chunk in response:
+                    choices = chunk.choices or []
+                    final = bool(choices) and choices[0].finish_reason is not None
+                    yield host_of(chunk, response), final
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+
+        # What LiteLLM logs about each failed stream (the error reaches the caller anyway).
+        loggers = [logging.getLogger(n) for n in ("LiteLLM", "LiteLLM Router", "litellm")]
+        levels = [lg.level for lg in loggers]
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        try:
+            yield stream
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+            self.extra = {"litellm_version": _litellm_version()}
+
+
+def _litellm_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("litellm")
+    except Exception:  # pragma: no cover - depends on the environment
+        return "?"
+
+
+def cut_contenders() -> List[CutContender]:
+    """The orchestra with each ``mid_stream`` policy, then LiteLLM's Router (when installed;
+    with and without its continuation when its version has it)."""
+    out: List[CutContender] = [OrchestraStreams("continue"), OrchestraStreams("raise")]
+    if litellm_router() is not None:
+        out.append(LiteLLMStreams(continuation=False))
+        if LiteLLMStreams.supports_continuation():
+            out.append(LiteLLMStreams(continuation=True))
+    return out
+
+
+async def midstream_run(
+    streams: int, contender: Union[str, CutContender], *, timeout_s: float = 120.0
+) -> Dict[str, Any]:
+    """Kill one of two hosts under ``streams`` long streams; what the cut streams got.
+
+    ``contender``: a :class:`CutContender`, or an orchestra ``mid_stream`` policy."""
+    c = OrchestraStreams(contender) if isinstance(contender, str) else contender
+    # The victim decodes slowly (Faults.slow: a token every 100 ms), so that its streams are
+    # still running when the slowest contender (LiteLLM's Router spends milliseconds of CPU per
+    # request and per chunk) has started its last stream.
     async with SimFleet(profiles(2, slots=streams), time_scale=0.05) as fleet:
         victim = fleet.servers[0]
-        await victim.set_faults(Faults(slow=50))
-        cfg = config(fleet)
-        retry = RetryPolicy(
-            attempts=3, backoff_base_s=0.01, backoff_max_s=0.1, mid_stream=mid_stream
-        )
-        async with Orchestra(cfg) as orch:
-            started = 0
-            all_started = anyio.Event()
-            cut: List[Dict[str, Any]] = []
+        await victim.set_faults(Faults(slow=VICTIM_SLOW))
+        started = 0
+        all_started = anyio.Event()
+        cut: List[Dict[str, Any]] = []
+        completed: List[int] = []
+        failed: Dict[int, str] = {}
 
-            async def one(i: int) -> None:
-                nonlocal started
-                seen: List[Tuple[str, float]] = []
-                completed = False
-                try:
-                    async for chunk in orch.chat_stream(
-                        MODEL,
-                        [{"role": "user", "content": f"long {i}"}],
-                        options={"num_predict": 200},
-                        retry=retry,
-                    ):
-                        seen.append((chunk.server, time.perf_counter()))
-                        if len(seen) == 3:
-                            started += 1
-                            if started == streams:
-                                all_started.set()
-                    completed = True
-                except StreamInterrupted:
-                    pass
-                if seen and seen[0][0] == victim.name:
-                    before = [t for (server, t) in seen if server == victim.name]
-                    after = [t for (server, t) in seen if server != victim.name]
-                    cut.append(
-                        {
-                            "completed": completed,
-                            "gap_s": after[0] - before[-1] if after else None,
-                            "salvaged": len(before) if after else 0,
-                        }
-                    )
+        def start() -> None:
+            nonlocal started
+            started += 1
+            if started == streams:
+                all_started.set()
 
-            async with anyio.create_task_group() as tg:
+        async def one(stream: StreamFn, i: int) -> None:
+            seen: List[Tuple[str, float]] = []
+            final = False
+            finished_on: Optional[str] = None
+            error: Optional[str] = None
+            try:
+                async for server, final in stream(i):
+                    seen.append((server, time.perf_counter()))
+                    if final:
+                        finished_on = server
+                    if len(seen) == 3:
+                        start()
+            except Exception as exc:  # what reached the caller: the stream is not completed
+                error = f"{type(exc).__name__}: {exc}"[:160]
+            if len(seen) < 3:
+                start()  # ended early: the kill must not wait for it
+            done = error is None and final
+            if done:
+                completed.append(i)
+            else:
+                failed[i] = error or "ended without a final chunk"
+            # Cut mid-answer: started on the victim and did not finish there before the kill.
+            if seen and seen[0][0] == victim.name and finished_on != victim.name:
+                before = [t for (server, t) in seen if server == victim.name]
+                after = [t for (server, t) in seen if server != victim.name]
+                cut.append(
+                    {
+                        "completed": done,
+                        "gap_s": after[0] - before[-1] if after else None,
+                        "salvaged": len(before) if after else 0,
+                    }
+                )
+
+        with anyio.fail_after(timeout_s):
+            async with c.open(fleet) as stream, anyio.create_task_group() as tg:
+                t0 = time.perf_counter()
                 for i in range(streams):
-                    tg.start_soon(one, i)
+                    tg.start_soon(one, stream, i)
                 await all_started.wait()
+                kill_after = time.perf_counter() - t0
                 await victim.kill()
-            m = orch.metrics()
-    gaps = [c["gap_s"] for c in cut if c["gap_s"] is not None]
+    gaps = [x["gap_s"] for x in cut if x["gap_s"] is not None]
     return {
-        "policy": mid_stream,
+        "policy": c.label,
+        "contender": c.contender,
         "streams": streams,
+        "completed": len(completed),
+        "failed": len(failed),
+        "failed_examples": sorted(set(failed.values()))[:3],
         "cut": len(cut),
-        "completed_share": sum(c["completed"] for c in cut) / len(cut) if cut else 0.0,
+        "completed_share": sum(x["completed"] for x in cut) / len(cut) if cut else 0.0,
+        "continued": len(gaps),
         "gap_p50_ms": 1000 * pct(gaps, 0.5),
         "gap_p95_ms": 1000 * pct(gaps, 0.95),
-        "tokens_salvaged": sum(c["salvaged"] for c in cut),
-        "orchestra_tokens_salvaged": m.tokens_salvaged,
-        "orchestra_continuation_p95_ms": 1000 * m.continuation_p95_s,
+        "tokens_salvaged": sum(x["salvaged"] for x in cut),
+        "kill_after_s": kill_after,
+        **c.extra,
     }
 
 
@@ -267,7 +459,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # 1,000 in quick mode too: with 300 the 99.5% bar (one loss allowed) failed 4% of runs
     # by chance (each request fails with p = 0.1^3); with 1,000 (five allowed), 0.06%.
     chaos = anyio.run(chaos_run, 1000, 0.10)
-    midstream = [anyio.run(midstream_run, 50, policy) for policy in ("continue", "raise")]
+    # Fewer streams in quick mode: LiteLLM's Router takes seconds to start 50 (its CPU).
+    cut_streams = 20 if args.quick else 50
+    midstream = [anyio.run(midstream_run, cut_streams, c) for c in cut_contenders()]
     print("kill one of two hosts mid-run (200 requests in flight or queued)")
     print(
         f"  completed {kill['completed']}/{kill['requests']}, lost {kill['lost']}, rerouted {kill['rerouted']}"
@@ -288,19 +482,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
         f"  {chaos['succeeded']}/{chaos['requests']} succeeded: {chaos['success_rate']:.2%} (goal >= 99.9%; 1 - 0.1^3 = 99.9% expected)"
     )
-    print("streams cut mid-answer (50 long streams, one of two hosts killed under them)")
     print(
-        f"  {'policy':<10} {'cut':>4} {'completed':>10} {'gap p50':>9} {'gap p95':>9} {'salvaged':>9}"
+        f"streams cut mid-answer ({cut_streams} long streams, one of two hosts killed under them)"
+    )
+    print(
+        f"  {'policy':<12} {'cut':>4} {'completed':>10} {'gap p50':>9} {'gap p95':>9} {'salvaged':>9}"
     )
     for r in midstream:
         print(
-            f"  {r['policy']:<10} {r['cut']:>4} {r['completed_share']:>10.0%}"
+            f"  {r['policy']:<12} {r['cut']:>4} {r['completed_share']:>10.0%}"
             f" {r['gap_p50_ms']:>7.1f}ms {r['gap_p95_ms']:>7.1f}ms {r['tokens_salvaged']:>9}"
         )
-    try:
-        import litellm  # noqa: F401
-    except ImportError:
-        print("  litellm    not installed: not compared (it drops a stream cut mid-answer)")
+    if litellm_router() is None:
+        print(
+            "  litellm      not installed: not compared (by default it raises a cut stream's error)"
+        )
+    else:
+        for r in midstream:
+            if r["contender"] == "litellm" and r["failed_examples"]:
+                print(f"  {r['policy']}: what reached the caller: {r['failed_examples'][0][:100]}")
     write_json(
         "failover.json",
         {"kill": kill, "refused": refused, "chaos": chaos, "midstream": midstream},

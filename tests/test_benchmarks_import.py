@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, Optional, Tuple
 
 import pytest
+
+if TYPE_CHECKING:
+    from ollama_orchestra.sim import SimFleet
 
 
 @pytest.mark.parametrize(
@@ -173,3 +179,82 @@ class TestAgentWorkload:
         broken = dict(row, turns=2)
         bad = {"scenarios": {"even": {"contenders": {"hybrid": broken}}}}
         assert any(c.gated and c.ok is False for c in bench_agent.checks(bad, quick=True))
+
+
+class TestCutStreams:
+    """bench_failover's streams cut mid-answer, on a few streams: every stream is accounted for."""
+
+    @staticmethod
+    def assert_well_formed(r: Dict[str, Any], streams: int) -> None:
+        assert r["streams"] == streams
+        assert r["completed"] + r["failed"] == streams  # nothing silently dropped
+        assert 0 <= r["continued"] <= r["cut"] <= streams
+        assert 0.0 <= r["completed_share"] <= 1.0
+        not_completed = r["cut"] - round(r["completed_share"] * r["cut"])
+        assert r["failed"] >= not_completed  # a cut stream not completed is a failed one
+        assert 0.0 <= r["gap_p50_ms"] <= r["gap_p95_ms"]
+        assert (r["gap_p95_ms"] > 0) is (r["continued"] > 0)
+        assert (r["tokens_salvaged"] > 0) is (r["continued"] > 0)
+        json.dumps(r)  # goes into failover.json as is
+
+    async def test_orchestra_continue(self) -> None:
+        """The orchestra's continue policy: the cut streams complete, continued on the other host."""
+        from benchmarks.bench_failover import midstream_run
+
+        r = await midstream_run(4, "continue", timeout_s=30)
+        self.assert_well_formed(r, 4)
+        assert (r["policy"], r["contender"]) == ("continue", "orchestra")
+        assert r["cut"] >= 1 and r["continued"] == r["cut"] and r["completed"] == 4
+
+    async def test_errors_count_as_failed(self) -> None:
+        """A stream that raises, or ends without a final chunk, is counted failed, with its error."""
+        from benchmarks.bench_failover import CutContender, StreamFn, midstream_run
+
+        class Broken(CutContender):
+            label = contender = "broken"
+
+            @contextlib.asynccontextmanager
+            async def open(self, fleet: SimFleet) -> AsyncIterator[StreamFn]:
+                async def stream(i: int) -> AsyncIterator[Tuple[str, bool]]:
+                    yield fleet.servers[0].name, False
+                    if i == 0:
+                        raise RuntimeError("boom")
+                    if i == 1:
+                        yield fleet.servers[1].name, True
+
+                yield stream
+
+        r = await midstream_run(3, Broken(), timeout_s=30)
+        self.assert_well_formed(r, 3)
+        assert (r["completed"], r["failed"], r["cut"], r["continued"]) == (1, 2, 3, 1)
+        assert r["failed_examples"] == ["RuntimeError: boom", "ended without a final chunk"]
+
+    def test_litellm(self) -> None:
+        """LiteLLM's Router (when installed) runs the same scenario, as it comes and with its
+        continuation; its figures are measured. In a child process: importing LiteLLM changes
+        the process's loggers (httpx's level) and environment."""
+        if importlib.util.find_spec("litellm") is None:
+            pytest.skip("litellm is not installed (the bench extra)")
+        code = (
+            "import anyio, json\n"
+            "from benchmarks.bench_failover import LiteLLMStreams, midstream_run\n"
+            "flags = [False] + [True] * LiteLLMStreams.supports_continuation()\n"
+            "rows = [anyio.run(lambda f=f: midstream_run(4, LiteLLMStreams(f), timeout_s=30))"
+            " for f in flags]\n"
+            "print(json.dumps(rows))\n"
+        )
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+        rows = json.loads(out.stdout.strip().splitlines()[-1])
+        assert [r["policy"] for r in rows][:1] == ["litellm"]
+        for r in rows:
+            self.assert_well_formed(r, 4)
+            assert r["contender"] == "litellm"
+            assert r["litellm_version"] != "?"

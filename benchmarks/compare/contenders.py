@@ -110,6 +110,29 @@ def litellm_router() -> Optional[Any]:
     return Router
 
 
+def litellm_deployments(
+    hosts: Sequence[Host],
+    models: Sequence[str],
+    *,
+    provider: str = "ollama",
+    group: Optional[str] = None,
+    model_info: Optional[Dict[str, Any]] = None,
+) -> List[Dict[str, Any]]:
+    """LiteLLM ``model_list`` entries: each model on each host, its ``<provider>/`` pointed at the
+    host (``api_base``), in the group named after the model (or ``group``). Each entry has its
+    own ``model_info.id`` (``group@host``): LiteLLM derives ids from the parameters otherwise,
+    which two groups on the same host would share."""
+    return [
+        {
+            "model_name": group or m,
+            "litellm_params": {"model": f"{provider}/{m}", "api_base": h.url},
+            "model_info": {"id": f"{group or m}@{h.name}", **(model_info or {})},
+        }
+        for m in models
+        for h in hosts
+    ]
+
+
 def litellm_status() -> str:
     """``"ok"``, or why LiteLLM could not be imported (for the report)."""
     litellm_router()
@@ -202,15 +225,7 @@ class LiteLLMContender(Contender):
         router_cls = litellm_router()
         assert router_cls is not None
         by_base = {h.url.rstrip("/"): h.name for h in hosts}
-        models = sorted({WORKLOAD.model, WORKLOAD.other_model})
-        model_list = [
-            {
-                "model_name": m,
-                "litellm_params": {"model": f"ollama/{m}", "api_base": h.url},
-            }
-            for m in models
-            for h in hosts
-        ]
+        model_list = litellm_deployments(hosts, sorted({WORKLOAD.model, WORKLOAD.other_model}))
         router = router_cls(
             model_list=model_list, routing_strategy=self.strategy, num_retries=0, timeout=600
         )
