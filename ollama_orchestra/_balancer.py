@@ -27,7 +27,7 @@ import math
 import operator
 from collections import deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import (
     AbstractSet,
     Any,
@@ -89,6 +89,8 @@ class RouteRequest:
     role: Optional[str] = None
     priority: int = 0
     prompt: Optional[Prompt] = None
+    #: Other requests waiting for a slot when this one is routed (how contended the slots are).
+    waiting: int = 0
 
 
 @dataclass(frozen=True)
@@ -231,8 +233,12 @@ class HybridStrategy:
 
     With a free slot somewhere, the request takes the free server with the least expected
     completion time, unless a busy server would finish it markedly sooner (because the
-    model is loaded there, or it is much faster): then it waits for that server, but no
-    longer than the time it would have saved.
+    model is loaded there, it is much faster, or its prompt cache holds the request's
+    prefix): then it waits for that server, but no longer than the time it would have saved.
+
+    Prompt evaluated again where another server holds it cached is work no one needed: when
+    other requests wait for slots, that time is taken from them, so it counts twice (scaled
+    by how contended the free slots are: ``waiting / free slots``, at most 1).
     """
 
     #: Wait for a busy server only if its expected completion beats the best free one's by
@@ -258,8 +264,13 @@ class HybridStrategy:
                 return c.service_s
             return max(0.0, base) / c.weight + c.prefill_s
 
+        free_slots = sum(c.slots - c.in_use for c in candidates if c.free)
+        pressure = min(1.0, request.waiting / free_slots) if free_slots else 1.0
+        least_prefill = min((c.prefill_s for c in candidates), default=0.0)
+
         def ect(c: Candidate) -> float:
-            return c.busy_for_s + service(c) + c.cold_s
+            waste = pressure * (c.prefill_s - least_prefill)
+            return c.busy_for_s + service(c) + c.cold_s + waste
 
         free = [c for c in candidates if c.free]
         if not free:
@@ -874,7 +885,8 @@ class LoadBalancer:
         woken), else ``(False, the server whose next slot it claims)``."""
         cands = self._candidates(waiter, claims)
         if cands and any(c.free for c in cands):
-            choice = self._strategy.choose(waiter.request, cands)
+            request = replace(waiter.request, waiting=self._waiting - 1)
+            choice = self._strategy.choose(request, cands)
             if choice.server is not None and self._has_free_slot(choice.server):
                 self._dequeued(waiter)
                 self._grant(waiter, choice.server)
