@@ -12,11 +12,12 @@ import shutil
 import socket
 import subprocess
 import time
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
+import anyio
 import pytest
 
-__all__ = ["RedisProcess", "redis_server"]
+__all__ = ["RedisProcess", "redis_server", "until"]
 
 
 def _free_port() -> int:
@@ -70,3 +71,13 @@ def redis_server() -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    """Wait until ``check()`` holds, for state that changes with Redis' answers on other
+    connections, which no event reports (polled, as ``test_redis_slots`` polls Redis' queue)."""
+    for _ in range(1500):
+        if check():
+            return
+        await anyio.sleep(0.01)
+    pytest.fail(f"timed out waiting: {what}")

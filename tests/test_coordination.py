@@ -4,7 +4,7 @@ limits while Redis is down, and the rejoin when it is back."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, List
+from typing import Any, List
 
 import anyio
 import pytest
@@ -13,7 +13,7 @@ from ollama_orchestra import Coordination, Orchestra, OrchestraConfig, Server
 from ollama_orchestra.sim import SimFleet, SimState
 
 from .conftest import TINY, config_for, fleet, tiny_profile
-from .redis_fixture import RedisProcess, redis_server
+from .redis_fixture import RedisProcess, redis_server, until
 
 __all__ = ["redis_server"]
 
@@ -24,16 +24,6 @@ def shared_config(sim: SimFleet, url: str, *, slots: int = 2, **kwargs: Any) -> 
     servers = tuple(Server(s.name, s.url, max_concurrency=slots) for s in base.servers)
     coordination = Coordination(url, **kwargs) if url else None
     return base.replace(servers=servers, coordination=coordination)
-
-
-async def until(check: Callable[[], bool], what: str) -> None:
-    """Wait until ``check()`` holds: it changes with Redis' answers, on other connections,
-    which no event reports (polled, as ``test_redis_slots`` polls Redis' queue)."""
-    for _ in range(1500):
-        if check():
-            return
-        await anyio.sleep(0.01)
-    pytest.fail(f"timed out waiting: {what}")
 
 
 class _Peak:
