@@ -28,7 +28,7 @@ How it works (the strategies are untouched):
   apply again (``"redis"``).
 
 Cross-process fairness is first come first served at Redis (priority orders each process's
-own queue; a refused request queues again behind its own process's waiters of its priority).
+own queue; a refused request queues again at the front of its priority's queue).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from types import TracebackType
 from typing import (
     Any,
@@ -76,6 +77,9 @@ log = logging.getLogger("ollama_orchestra.coordination")
 #: ``state().coordination`` values.
 REDIS = "redis"
 LOCAL_FALLBACK = "local-fallback"
+
+# Set in a request's task once Redis refused its slot: it queues again at the front.
+_REFUSED: ContextVar[bool] = ContextVar("refused", default=False)
 
 # A stand-in for a slot kept back while on local limits never frees (in the wait estimates).
 _KEPT_BACK_S = 86400.0
@@ -373,17 +377,31 @@ class CoordinatedBalancer(LoadBalancer):
     async def acquire(self, model: str, **kwargs: Any) -> Lease:
         """:meth:`LoadBalancer.acquire`, then the slot confirmed in Redis (again if refused)."""
         t0 = self._clock()
-        while True:
-            lease = await super().acquire(model, **kwargs)
-            try:
-                ok = await self._shared.confirm(lease)
-            except BaseException:
+        refused = _REFUSED.set(False)
+        try:
+            while True:
+                lease = await super().acquire(model, **kwargs)
+                try:
+                    ok = await self._shared.confirm(lease)
+                except BaseException:
+                    self.release(lease)
+                    raise
+                if ok:
+                    lease.queued_s = max(lease.queued_s, lease.acquired_at - t0)
+                    return lease
+                # Full fleet-wide: the server now looks so; queue again, at the front.
+                _REFUSED.set(True)
                 self.release(lease)
-                raise
-            if ok:
-                lease.queued_s = max(lease.queued_s, lease.acquired_at - t0)
-                return lease
-            self.release(lease)  # full fleet-wide: the server now looks so; queue again
+        finally:
+            _REFUSED.reset(refused)
+
+    def _enqueue(self, waiter: Any) -> None:
+        super()._enqueue(waiter)
+        if _REFUSED.get():  # it was first in line when refused: it stays first
+            queue = self._queues[waiter.request.priority]
+            if queue and queue[-1] is waiter:
+                queue.pop()
+                queue.appendleft(waiter)
 
 
 def make_balancer(config: OrchestraConfig, state: FleetState, **kwargs: Any) -> LoadBalancer:
