@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -51,8 +52,18 @@ class RedisProcess:
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.02)  # polling a child process's readiness, not test synchronisation
 
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a slow Redis)."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
             self._proc.kill()
             self._proc.wait()
             self._proc = None

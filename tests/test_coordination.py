@@ -140,6 +140,23 @@ class TestFallback:
         assert len(warnings) == 1
         assert "answers again" in caplog.text
 
+    async def test_redis_slow(self, redis_server: RedisProcess) -> None:
+        """A Redis that accepts but does not answer (frozen) counts as down after timeout_s."""
+        async with fleet([tiny_profile("h", num_parallel=4)]) as sim:
+            config = shared_config(sim, redis_server.url, ttl_s=0.6, timeout_s=0.2)
+            async with Orchestra(config) as orch:
+                assert orch.state().coordination == "redis"
+                redis_server.freeze()
+                try:
+                    answers = await _burst(sim, [orch], 3, running=1, waiting=2)
+                    assert len(answers) == 3 and all(answers)
+                    assert orch.state().coordination == "local-fallback"
+                finally:
+                    redis_server.thaw()
+                await until(lambda: orch.state().coordination == "redis", "rejoined")
+                answers = await _burst(sim, [orch], 3, running=2, waiting=1)
+                assert len(answers) == 3 and all(answers)
+
     async def test_redis_down_at_start(
         self, redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
     ) -> None:
