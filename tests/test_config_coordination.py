@@ -133,3 +133,17 @@ class TestLoading:
             OrchestraConfig.from_env(env)
         assert info.value.field == "OLLAMA_ORCHESTRA_COORDINATION"
         assert "s3cret" not in str(info.value)
+
+
+class TestReadme:
+    """The README's ``[coordination]`` example loads as written (with a server added)."""
+
+    def test_scaling_out_table_loads(self, tmp_path: Path) -> None:
+        readme = Path(__file__).resolve().parent.parent / "README.md"
+        section = readme.read_text(encoding="utf-8").split("## Scaling out", 1)[1]
+        table = section.split("```toml\n", 1)[1].split("```", 1)[0]
+        path = tmp_path / "fleet.toml"
+        path.write_text('[[servers]]\nname = "a"\nurl = "http://h:1"\n\n' + table, "utf-8")
+        assert OrchestraConfig.from_file(path).coordination == Coordination(
+            "redis://redis.internal:6379/0", ttl_s=5, fallback_share=0.5, timeout_s=0.5
+        )
