@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from ollama_orchestra import Coordination, Orchestra, OrchestraConfig, Server
+from ollama_orchestra._redis_slots import RedisSlots
 from ollama_orchestra.sim import SimFleet, SimState
 
 from .conftest import TINY, config_for, fleet, tiny_profile
@@ -96,6 +97,35 @@ class TestSharedLimit:
                     await _burst(sim, [a, b], 3, running=4, waiting=2)
                     watch.cancel_scope.cancel()
         assert peak.value == 4
+
+
+class TestCancellation:
+    """Cancelled requests, running or waiting, give every Redis slot back."""
+
+    async def test_cancelled_requests_release_redis_slots(self, redis_server: RedisProcess) -> None:
+        async with fleet([tiny_profile("h", num_parallel=4)]) as sim:
+            config = shared_config(sim, redis_server.url)
+            async with Orchestra(config) as orch, RedisSlots(redis_server.url) as redis:
+                sim["h"].pause()
+                async with anyio.create_task_group() as tg:
+                    for i in range(5):
+                        tg.start_soon(orch.generate, TINY, f"q{i}")
+                    await sim["h"].wait_until(lambda st: st.in_flight == 2)
+                    assert await redis.in_flight("h") == 2
+                    tg.cancel_scope.cancel()
+                assert orch.balancer.in_use("h") == 0 and orch.balancer.waiting == 0
+                live = [2]
+
+                async def count() -> None:
+                    live[0] = await redis.in_flight("h")
+
+                for _ in range(500):  # the releases are on their way (background, shielded)
+                    await count()
+                    if live[0] == 0:
+                        break
+                    await anyio.sleep(0.01)
+                assert live[0] == 0
+                sim["h"].resume()
 
 
 class TestFallback:
