@@ -31,6 +31,7 @@ from ._config import (
     Timeouts,
 )
 from ._continuation import Continuation
+from ._coordconfig import Coordination
 from ._errors import (
     AsyncioOnly,
     Attempt,
@@ -80,6 +81,7 @@ __all__ = [
     "CircuitBreaker",
     "ConfigError",
     "Continuation",
+    "Coordination",
     "DagResult",
     "DagSpec",
     "DagValidationError",

@@ -55,6 +55,7 @@ from ._breaker import BreakerEvent, CircuitBreaker, ModelBreakers
 from ._clock import now as clock_now
 from ._config import OrchestraConfig, RetryPolicy, Server
 from ._continuation import Continuation, Resume
+from ._coordination import coordinated, make_balancer
 from ._errors import (
     Attempt,
     NoHealthyServer,
@@ -205,7 +206,7 @@ class Orchestra:
             self.config.breaker, clock=clock, on_change=self._breaker_changed
         )
         self._state.attach_breakers(lambda name: str(self._breakers[name].state))
-        self._balancer = LoadBalancer(
+        self._balancer = make_balancer(
             self.config,
             self._state,
             breakers=self._breakers,
@@ -280,6 +281,7 @@ class Orchestra:
                 wall_clock=time.time,  # calendar time: /api/ps expires_at is RFC 3339
                 rng=self._rng,
             )
+            await stack.enter_async_context(coordinated(self._balancer))
             background = Background()
             await background.start(self._monitor.run)
             stack.push_async_callback(background.stop)

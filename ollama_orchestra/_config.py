@@ -23,6 +23,7 @@ from typing import (
 )
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from ._coordconfig import Coordination, coordination_option
 from ._errors import ConfigError
 from ._secrets import redact_headers
 from ._validate import (
@@ -335,6 +336,9 @@ class OrchestraConfig:
         affinity: routing rules, applied before the strategy.
         wait_for_healthy_s: how long a request waits for a capable server to come back
             before raising :class:`NoHealthyServer`.
+        coordination: ``None`` (slots kept in this process), or a Redis URL or a
+            :class:`Coordination` to share the slots with other processes (normalised to a
+            :class:`Coordination`).
     """
 
     servers: Sequence[Server]
@@ -346,8 +350,10 @@ class OrchestraConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     wait_for_healthy_s: float = 10.0
+    coordination: Union[str, Coordination, None] = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "coordination", coordination_option(self.coordination))
         raw_servers: Any = self.servers
         if isinstance(raw_servers, (str, bytes, Server, Mapping)) or not isinstance(
             raw_servers, Iterable
@@ -473,6 +479,7 @@ class OrchestraConfig:
         ``OLLAMA_ORCHESTRA_SERVERS`` is ``name=url[,name=url...]`` (a ``name=url*slots`` suffix
         sets ``max_concurrency``); ``OLLAMA_ORCHESTRA_STRATEGY`` a strategy name;
         ``OLLAMA_ORCHESTRA_ROLES`` is ``role=model[,role=model...]``;
+        ``OLLAMA_ORCHESTRA_COORDINATION`` a Redis URL to share slots through;
         ``OLLAMA_ORCHESTRA_CONFIG`` a TOML file to load instead.
         """
         from ._configload import config_from_env

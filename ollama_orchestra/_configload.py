@@ -21,6 +21,7 @@ from ._config import (
     Server,
     Timeouts,
 )
+from ._coordconfig import Coordination
 from ._errors import ConfigError
 from ._secrets import redact_url
 from ._validate import reject_unknown_keys
@@ -80,6 +81,11 @@ def config_from_mapping(
     ):
         if key in data:
             kwargs[key] = _build(policy, data[key], f"{source}: {key}")
+    if "coordination" in data:
+        raw = data["coordination"]
+        if isinstance(raw, str):  # ``coordination = "redis://..."``: the URL alone
+            raw = {"url": raw}
+        kwargs["coordination"] = _build(Coordination, raw, f"{source}: coordination")
     return cls(**kwargs)
 
 
@@ -117,9 +123,16 @@ def config_from_env(
 
 
 def env_options(env: Mapping[str, str]) -> Dict[str, Any]:
-    """``strategy`` and ``roles`` from ``OLLAMA_ORCHESTRA_STRATEGY`` and ``_ROLES`` (those set),
-    for the environment's config and for the CLI's ``--server`` fleets alike."""
+    """``strategy``, ``roles`` and ``coordination`` from ``OLLAMA_ORCHESTRA_STRATEGY``,
+    ``_ROLES`` and ``_COORDINATION`` (those set), for the environment's config and for the CLI's
+    ``--server`` fleets alike."""
     options: Dict[str, Any] = {}
+    coordination = env.get("OLLAMA_ORCHESTRA_COORDINATION", "").strip()
+    if coordination:
+        try:
+            options["coordination"] = Coordination(coordination)
+        except ConfigError as exc:
+            raise ConfigError("OLLAMA_ORCHESTRA_COORDINATION", coordination, exc.reason) from None
     if env.get("OLLAMA_ORCHESTRA_STRATEGY"):
         options["strategy"] = env["OLLAMA_ORCHESTRA_STRATEGY"]
     roles_raw = env.get("OLLAMA_ORCHESTRA_ROLES", "")

@@ -9,8 +9,12 @@ heartbeat task renews this process's leases; a holder that dies stops renewing a
 expire after ``ttl_s``. A release is immediate and is published on the server's channel, which
 wakes the waiters of every process (a slow poll is the safety net for a lost message).
 
-Not yet wired into the balancer: its ``SlotStore`` seam is synchronous, a Redis store needs an
-awaitable take (see the issue's report). Needs the ``redis`` extra (its asyncio client).
+Two ways to take a slot: :meth:`RedisSlots.acquire` waits in Redis' fair queue (priority, then
+arrival, across processes); :meth:`RedisSlots.try_acquire` takes a free slot at once or says
+how many are held (the orchestra's balancer decides locally and confirms with it: see
+``_coordination``). The pub/sub message of a release carries the server's live lease count,
+passed to ``on_count``. The listener and the heartbeat outlive a Redis outage (they retry
+every ``poll_s``). Needs the ``redis`` extra (its asyncio client).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import itertools
 import os
 import uuid
 from types import TracebackType
-from typing import Any, Dict, Optional, Set, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type
 
 import anyio
 import anyio.abc
@@ -78,12 +82,66 @@ return 1
 """
 
 
+# KEYS: leases zset. ARGV: lease id, slots, ttl ms. Returns {1 if taken, live leases after}.
+_TRY = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[2]) then return {0, n} end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+return {1, n + 1}
+"""
+
+# KEYS: leases zset. ARGV: ttl ms, lease ids... Holds them whatever the count (a process that
+# ran on local limits while Redis was away makes its leases known). Returns the live count.
+_ADOPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i]) end
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# KEYS: leases zset, freed channel. ARGV: lease id. Publishes and returns the live count.
+_RELEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+redis.call('PUBLISH', KEYS[2], n)
+return n
+"""
+
+# KEYS: leases zsets. Returns their live counts (expired leases dropped).
+_COUNTS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+  out[i] = redis.call('ZCARD', KEYS[i])
+end
+return out
+"""
+
+
+def down_errors() -> Tuple[Type[BaseException], ...]:
+    """What a Redis call raises when Redis is down, unreachable or too slow."""
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError, TimeoutError)
+
+
 class RedisSlots:
     """Per-server slots held in Redis, shared by every process using the same URL and namespace.
 
     Use as ``async with RedisSlots(url) as slots:``; :meth:`acquire` waits for a slot and returns
     a lease id, :meth:`release` gives it back. ``ttl_s`` bounds how long a dead holder's slot
-    stays taken; the heartbeat renews live leases every ``ttl_s / 3``.
+    stays taken; the heartbeat renews live leases every ``ttl_s / 3``. ``timeout_s`` bounds
+    each socket operation (``None``: the client's default); ``on_count(server, live)`` is
+    called with the count each release publishes.
     """
 
     def __init__(
@@ -93,6 +151,8 @@ class RedisSlots:
         namespace: str = "ollama-orchestra",
         ttl_s: float = 5.0,
         poll_s: float = 0.5,
+        timeout_s: Optional[float] = None,
+        on_count: Optional[Callable[[str, int], None]] = None,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError("coordination", url, "expected a redis://, rediss:// or unix:// URL")
@@ -104,6 +164,8 @@ class RedisSlots:
         self._ns = namespace
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._poll_s = float(poll_s)
+        self._timeout_s = timeout_s
+        self._on_count = on_count
         self._me = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._seq = itertools.count()
         self._held: Dict[str, Set[str]] = {}
@@ -122,10 +184,26 @@ class RedisSlots:
     async def __aenter__(self) -> RedisSlots:
         import redis.asyncio as aioredis
 
-        self._redis = aioredis.Redis.from_url(self._url)
+        options: Dict[str, Any] = {}
+        if self._timeout_s is not None:
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            # Fail fast: a caller with a deadline falls back to local limits instead.
+            options = {
+                "socket_timeout": self._timeout_s,
+                "socket_connect_timeout": self._timeout_s,
+                "retry": Retry(NoBackoff(), 0),
+            }
+        self._down = down_errors()
+        self._redis = aioredis.Redis.from_url(self._url, **options)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._enqueue = self._redis.register_script(_ENQUEUE)
         self._renew = self._redis.register_script(_RENEW)
+        self._try = self._redis.register_script(_TRY)
+        self._adopt = self._redis.register_script(_ADOPT)
+        self._release = self._redis.register_script(_RELEASE)
+        self._counts = self._redis.register_script(_COUNTS)
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._heartbeat)
@@ -159,7 +237,7 @@ class RedisSlots:
     async def acquire(self, server: str, slots: int, priority: int = 0) -> str:
         """Wait for one of ``server``'s ``slots`` and return the lease id holding it."""
         leases, queue, expiry, _ = self._keys(server)
-        lease = f"{self._me}-{next(self._seq)}"
+        lease = self.new_lease()
         changed = self._changed.setdefault(server, anyio.Event())
         try:
             while True:
@@ -179,36 +257,95 @@ class RedisSlots:
                 await self._redis.zrem(expiry, lease)
             raise
 
-    async def release(self, server: str, lease: str) -> None:
-        """Give ``lease``'s slot back now and wake the waiters of every process."""
+    def new_lease(self) -> str:
+        """A fresh lease id (unique across processes)."""
+        return f"{self._me}-{next(self._seq)}"
+
+    async def try_acquire(self, server: str, slots: int, lease: str) -> Tuple[bool, int]:
+        """Take one of ``server``'s ``slots`` for ``lease`` if one is free, without waiting:
+        ``(taken, live leases on server after)``."""
+        taken, live = await self._try(
+            keys=[self._keys(server)[0]], args=[lease, slots, self._ttl_ms]
+        )
+        if taken:
+            self._held.setdefault(server, set()).add(lease)
+        return bool(taken), int(live)
+
+    async def adopt(self, server: str, leases: Sequence[str]) -> int:
+        """Hold ``leases`` on ``server`` whatever its count (slots taken while Redis was
+        away); returns the live count."""
+        self._held.setdefault(server, set()).update(leases)
+        live = await self._adopt(keys=[self._keys(server)[0]], args=[self._ttl_ms, *leases])
+        return int(live)
+
+    async def counts(self, servers: Sequence[str]) -> List[int]:
+        """The live lease count of each of ``servers`` (one round trip)."""
+        if not servers:
+            return []
+        live = await self._counts(keys=[self._keys(s)[0] for s in servers])
+        return [int(n) for n in live]
+
+    def forget(self, server: str, lease: str) -> None:
+        """Stop renewing ``lease`` (it expires after the TTL), without calling Redis."""
+        self._held.get(server, set()).discard(lease)
+
+    async def release(self, server: str, lease: str) -> int:
+        """Give ``lease``'s slot back now and wake the waiters of every process; returns the
+        server's live count."""
         leases, _, _, freed = self._keys(server)
         self._held.get(server, set()).discard(lease)
+        live = 0
         with anyio.CancelScope(shield=True):
-            await self._redis.zrem(leases, lease)
-            await self._redis.publish(freed, lease)
+            live = int(await self._release(keys=[leases, freed], args=[lease]))
+        return live
 
     async def _heartbeat(self) -> None:
         while True:
             await anyio.sleep(self._ttl_ms / 3000)
-            for server, held in self._held.items():
+            for server, held in list(self._held.items()):
                 if held:
-                    await self._renew(keys=[self._keys(server)[0]], args=[self._ttl_ms, *held])
+                    try:
+                        await self._renew(keys=[self._keys(server)[0]], args=[self._ttl_ms, *held])
+                    except self._down:
+                        break  # Redis away: the next beat tries again
 
     async def _listen(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        pubsub = self._redis.pubsub()
-        try:
-            await pubsub.psubscribe(f"{self._ns}:*:freed")
-            task_status.started()
-            prefix, suffix = len(self._ns) + 1, len(":freed")
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is None:
+        started = False
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.psubscribe(f"{self._ns}:*:freed")
+                if not started:
+                    started = True
+                    task_status.started()
+                await self._messages(pubsub)
+            except self._down:
+                if not started:  # Redis away at start: run, and subscribe once it is back
+                    started = True
+                    task_status.started()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                    try:
+                        await pubsub.aclose()
+                    except self._down:
+                        pass
+            await anyio.sleep(self._poll_s)
+
+    async def _messages(self, pubsub: Any) -> None:
+        prefix, suffix = len(self._ns) + 1, len(":freed")
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                continue
+            channel = message["channel"]
+            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            server = name[prefix:-suffix]
+            event = self._changed.get(server)
+            if event is not None:
+                event.set()
+            if self._on_count is not None:
+                try:
+                    live = int(message["data"])
+                except (TypeError, ValueError):
                     continue
-                channel = message["channel"]
-                name = channel.decode() if isinstance(channel, bytes) else str(channel)
-                event = self._changed.get(name[prefix:-suffix])
-                if event is not None:
-                    event.set()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await pubsub.aclose()
+                self._on_count(server, live)

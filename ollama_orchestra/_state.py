@@ -71,10 +71,16 @@ class ServerSnapshot:
 
 @dataclass(frozen=True)
 class FleetSnapshot:
-    """A frozen view of the whole fleet."""
+    """A frozen view of the whole fleet.
+
+    ``coordination``: how slots are shared with other processes: ``None`` (not shared, the
+    default), ``"redis"`` (through Redis) or ``"local-fallback"`` (Redis unreachable: this
+    process uses its share of each server's slots until Redis answers again).
+    """
 
     servers: Mapping[str, ServerSnapshot]
     taken_at: float
+    coordination: Optional[str] = None
 
     @property
     def healthy(self) -> Tuple[str, ...]:
@@ -88,6 +94,7 @@ class FleetSnapshot:
         return {
             "taken_at": self.taken_at,
             "healthy": list(self.healthy),
+            "coordination": self.coordination,
             "servers": {
                 name: {
                     "url": s.url,
@@ -168,6 +175,7 @@ class FleetState:
         # In-flight counts are not kept here: the balancer's slot store owns them (its open
         # leases), and snapshots read them through this (attached by the balancer).
         self._in_flight: Callable[[str], int] = lambda name: 0
+        self._coordination: Callable[[], Optional[str]] = lambda: None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -218,7 +226,7 @@ class FleetState:
                 breaker=self._breaker_state(name),
                 probe_error=st.probe_error,
             )
-        return FleetSnapshot(servers=out, taken_at=now)
+        return FleetSnapshot(servers=out, taken_at=now, coordination=self._coordination())
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -323,6 +331,10 @@ class FleetState:
     def attach_breakers(self, states: Callable[[str], str]) -> None:
         """Where snapshots read each server's breaker state from."""
         self._breaker_state = states
+
+    def attach_coordination(self, mode: Callable[[], Optional[str]]) -> None:
+        """Where snapshots read the slot sharing mode from (see :class:`FleetSnapshot`)."""
+        self._coordination = mode
 
     def attach_in_flight(self, count: Callable[[str], int]) -> None:
         """Where snapshots read each server's in-flight count from (its open leases)."""

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
+import anyio
 import pytest
 
-__all__ = ["RedisProcess", "redis_server"]
+__all__ = ["RedisProcess", "redis_server", "until"]
 
 
 def _free_port() -> int:
@@ -50,8 +52,18 @@ class RedisProcess:
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.02)  # polling a child process's readiness, not test synchronisation
 
+    def freeze(self) -> None:
+        """SIGSTOP: the port still accepts connections, nothing answers (a slow Redis)."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
             self._proc.kill()
             self._proc.wait()
             self._proc = None
@@ -70,3 +82,13 @@ def redis_server() -> Iterator[RedisProcess]:
         yield server
     finally:
         server.stop()
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    """Wait until ``check()`` holds, for state that changes with Redis' answers on other
+    connections, which no event reports (polled, as ``test_redis_slots`` polls Redis' queue)."""
+    for _ in range(1500):
+        if check():
+            return
+        await anyio.sleep(0.01)
+    pytest.fail(f"timed out waiting: {what}")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         "benchmarks.bench_proxy",
         "benchmarks.bench_soak",
         "benchmarks.bench_agent",
+        "benchmarks.bench_scale",
         "benchmarks.compare",
         "benchmarks.compare.cli",
         "benchmarks.__main__",

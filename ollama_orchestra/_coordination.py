@@ -1,0 +1,426 @@
+"""Shared slots in the orchestra: several processes never hold more than a server's slots.
+
+With ``OrchestraConfig(coordination=...)`` the orchestra's balancer is a
+:class:`CoordinatedBalancer` over a :class:`SharedSlots` store, and each slot it hands out is
+also a lease in Redis (``_redis_slots.RedisSlots``).
+
+How it works (the strategies are untouched):
+
+* **Decide locally, on the fleet's counts.** The store's ``held(server)`` is this process's
+  leases plus stand-ins for the slots other processes hold (the server's live Redis count, as
+  last known, minus this process's confirmed leases). The balancer, its queue and every
+  strategy see a server as busy as it is fleet-wide. The count is refreshed by the count each
+  release publishes (pub/sub) and by a periodic read every ``ttl_s / 3`` (leases of dead
+  processes expire without a message).
+* **Confirm atomically.** After the local decision, the request's own task takes the Redis
+  slot with one Lua round trip (:meth:`RedisSlots.try_acquire`). If Redis refuses (another
+  process took it meanwhile), the local grant is undone, the refusal's count makes the server
+  look full, and the request queues again until a slot frees. Only a confirmed slot is used,
+  so the fleet never holds more than ``max_concurrency`` per server.
+* **Release at once.** Giving a lease back removes it locally and releases it in Redis from
+  a background task in a shielded scope (bounded by ``timeout_s``): cancellation cannot leak
+  it, and a slot that could not be released expires after ``ttl_s``.
+* **Redis down or slow** (a connection error, or a call slower than ``timeout_s``): the
+  process falls back to local limits, ``ceil(fallback_share * max_concurrency)`` per server
+  (the rest shows as held by others), logs it once, and ``state().coordination`` reads
+  ``"local-fallback"``. No request fails because of it. The periodic read rejoins when Redis
+  answers again: the leases taken meanwhile are registered in Redis, then the fleet counts
+  apply again (``"redis"``).
+
+Cross-process fairness is first come first served at Redis (priority orders each process's
+own queue; a refused request queues again at the front of its priority's queue).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from types import TracebackType
+from typing import (
+    Any,
+    AsyncContextManager,
+    AsyncIterator,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+)
+
+import anyio
+import anyio.abc
+
+from ._balancer import Lease, LoadBalancer
+from ._config import OrchestraConfig, Server
+from ._coordconfig import Coordination
+from ._extras import require_asyncio, require_extra
+from ._lease import SlotStore
+from ._redis_slots import RedisSlots
+from ._secrets import redact_url
+from ._state import FleetState
+
+__all__ = [
+    "LOCAL_FALLBACK",
+    "REDIS",
+    "CoordinatedBalancer",
+    "SharedSlots",
+    "coordinated",
+    "make_balancer",
+]
+
+log = logging.getLogger("ollama_orchestra.coordination")
+
+#: ``state().coordination`` values.
+REDIS = "redis"
+LOCAL_FALLBACK = "local-fallback"
+
+# Set in a request's task once Redis refused its slot: it queues again at the front.
+_REFUSED: ContextVar[bool] = ContextVar("refused", default=False)
+
+# A stand-in for a slot kept back while on local limits never frees (in the wait estimates).
+_KEPT_BACK_S = 86400.0
+
+
+class SharedSlots(SlotStore[Lease]):
+    """The slot store of a coordinated balancer (see the module docstring).
+
+    Use as an async context manager around the orchestra's life: it opens the Redis
+    connection, the pub/sub listener and the periodic read.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[Server],
+        coordination: Coordination,
+        *,
+        clock: Callable[[], float],
+    ) -> None:
+        require_extra("redis", "shared slots through Redis (coordination)")
+        self._coordination = coordination
+        self._clock = clock
+        self._servers: Dict[str, Server] = {s.name: s for s in servers}
+        self._local: Dict[str, List[Lease]] = {s.name: [] for s in servers}
+        self._shown: Dict[str, List[Lease]] = {s.name: [] for s in servers}
+        self._others: Dict[str, List[Lease]] = {s.name: [] for s in servers}
+        self._fleet: Dict[str, int] = {s.name: 0 for s in servers}
+        self._confirmed: Dict[str, int] = {s.name: 0 for s in servers}
+        self._limit: Dict[str, int] = {
+            s.name: max(1, math.ceil(coordination.fallback_share * s.max_concurrency))
+            for s in servers
+        }
+        self._remote: Dict[Lease, Tuple[str, str]] = {}  # lease -> (server, Redis lease id)
+        self._redis: Optional[RedisSlots] = None
+        self._tg: Optional[anyio.abc.TaskGroup] = None
+        #: ``"redis"``, ``"local-fallback"``, or ``None`` while not running.
+        self.mode: Optional[str] = None
+        self._wake: Callable[[], None] = lambda: None
+        for name in self._servers:
+            self._show(name)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n}={len(ls)}" for n, ls in self._local.items())
+        return f"<SharedSlots {redact_url(self._coordination.url)} {self.mode} {counts}>"
+
+    def on_change(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` when slots may have freed (the balancer's dispatch)."""
+        self._wake = wake
+
+    # -- the SlotStore seam ---------------------------------------------------------------
+
+    def held(self, server: str) -> Sequence[Lease]:
+        return self._shown[server]
+
+    def take(self, server: str, lease: Lease) -> None:
+        self._local[server].append(lease)
+        self._show(server)
+
+    def give_back(self, server: str, lease: Lease) -> None:
+        try:
+            self._local[server].remove(lease)
+        except ValueError:
+            return
+        remote = self._remote.pop(lease, None)
+        if remote is not None:
+            self._confirmed[server] -= 1
+            # Optimistic: the slot counts as free here now; the release is on its way.
+            self._fleet[server] = max(0, self._fleet[server] - 1)
+            if self.mode == REDIS:
+                self._release_later(*remote)
+            elif self._redis is not None:
+                self._redis.forget(*remote)  # not renewed any more: it expires
+        self._show(server)
+
+    def local_count(self, server: str) -> int:
+        """This process's leases on ``server``."""
+        return len(self._local[server])
+
+    # -- confirming with Redis ------------------------------------------------------------
+
+    async def confirm(self, lease: Lease) -> bool:
+        """Hold ``lease``'s slot in Redis too; ``False``: the server is full fleet-wide (the
+        lease must be given back). On local limits: whether it is within them."""
+        name = lease.server.name
+        redis = self._redis
+        if self.mode == REDIS and redis is not None:
+            rid = redis.new_lease()
+            try:
+                with anyio.fail_after(self._coordination.timeout_s):
+                    taken, live = await redis.try_acquire(name, lease.server.max_concurrency, rid)
+            except redis_down() as exc:
+                self._release_later(name, rid)  # it may have been taken before the timeout
+                self._fall_back(exc)
+            except BaseException:
+                self._release_later(name, rid)
+                raise
+            else:
+                if taken:
+                    self._remote[lease] = (name, rid)
+                    self._confirmed[name] += 1
+                self._fleet[name] = live
+                self._show(name)
+                return taken
+        return len(self._local[name]) <= self._limit[name]
+
+    def _release_later(self, server: str, rid: str) -> None:
+        redis, tg = self._redis, self._tg
+        if redis is None:
+            return
+        if tg is None:
+            redis.forget(server, rid)
+            return
+        tg.start_soon(self._release_now, redis, server, rid)
+
+    async def _release_now(self, redis: RedisSlots, server: str, rid: str) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._coordination.timeout_s):
+            try:
+                live = await redis.release(server, rid)
+            except redis_down():
+                redis.forget(server, rid)  # not renewed: it expires after the TTL
+                return
+            self._counted(server, live)
+
+    # -- the fleet's counts ---------------------------------------------------------------
+
+    def _counted(self, server: str, live: int) -> None:
+        """A live count read from Redis (a release's message, or the periodic read)."""
+        if self.mode != REDIS or server not in self._fleet:
+            return
+        before = len(self._shown[server])
+        self._fleet[server] = live
+        self._show(server)
+        if len(self._shown[server]) < before:
+            self._wake()
+
+    def _show(self, server: str) -> None:
+        """Rebuild what the balancer sees of ``server``: its own leases and stand-ins."""
+        if self.mode == REDIS:
+            others = max(0, self._fleet[server] - self._confirmed[server])
+            end_in = 0.0  # unknown: the wait estimate ages it like an overdue lease
+        else:
+            slots = self._servers[server].max_concurrency
+            others = slots - self._limit[server]
+            end_in = _KEPT_BACK_S
+        stand_ins = self._others[server]
+        if len(stand_ins) != others:
+            now = self._clock()
+            srv = self._servers[server]
+            del stand_ins[others:]
+            while len(stand_ins) < others:
+                stand_ins.append(Lease(srv, "", 0.0, now, None, now + end_in))
+        local = self._local[server]
+        self._shown[server] = local + stand_ins if stand_ins else local
+
+    def _show_all(self) -> None:
+        for name in self._servers:
+            self._others[name].clear()
+            self._show(name)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        if self.mode == LOCAL_FALLBACK:
+            return
+        self.mode = LOCAL_FALLBACK
+        log.warning(
+            "Redis at %s unreachable (%s): using local limits (%s of each server's slots) "
+            "until it answers again",
+            redact_url(self._coordination.url),
+            type(exc).__name__,
+            self._coordination.fallback_share,
+        )
+        self._show_all()
+        self._wake()
+
+    async def _check(self) -> None:
+        """One periodic read: rejoin if Redis answers, fall back if not; refresh counts."""
+        redis = self._redis
+        assert redis is not None
+        names = list(self._servers)
+        try:
+            with anyio.fail_after(self._coordination.timeout_s):
+                if self.mode != REDIS:
+                    await self._rejoin(redis)
+                live = await redis.counts(names)
+        except redis_down() as exc:
+            self._fall_back(exc)
+            return
+        if self.mode != REDIS:
+            if self.mode == LOCAL_FALLBACK:
+                log.warning(
+                    "Redis at %s answers again: slots shared again",
+                    redact_url(self._coordination.url),
+                )
+            self.mode = REDIS
+            self._show_all()
+        for name, n in zip(names, live):
+            self._counted(name, n)
+        self._wake()
+
+    async def _rejoin(self, redis: RedisSlots) -> None:
+        """Register in Redis every lease held here (those taken on local limits too)."""
+        for name, leases in self._local.items():
+            ids: List[str] = []
+            for lease in leases:
+                remote = self._remote.get(lease)
+                if remote is None:
+                    remote = self._remote[lease] = (name, redis.new_lease())
+                    self._confirmed[name] += 1
+                ids.append(remote[1])
+            if ids:
+                await redis.adopt(name, ids)
+
+    async def _watch(self) -> None:
+        while True:
+            await anyio.sleep(self._coordination.ttl_s / 3)
+            await self._check()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SharedSlots:
+        require_asyncio("shared slots through Redis (coordination)", "leave coordination unset")
+        c = self._coordination
+        redis = RedisSlots(
+            c.url,
+            namespace=c.namespace,
+            ttl_s=c.ttl_s,
+            poll_s=c.ttl_s / 3,
+            timeout_s=c.timeout_s,
+            on_count=self._counted,
+        )
+        await redis.__aenter__()
+        self._redis = redis
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self.mode = None  # local limits until the first read answers (then "redis")
+        self._show_all()
+        await self._check()
+        tg.start_soon(self._watch)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        tg, self._tg = self._tg, None
+        redis, self._redis = self._redis, None
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()  # the releases under way are shielded: they finish
+                await tg.__aexit__(None, None, None)
+        finally:
+            self.mode = None
+            self._show_all()
+            if redis is not None:
+                await redis.__aexit__(None, None, None)
+
+
+def redis_down() -> Tuple[Type[BaseException], ...]:
+    """What a Redis call raises when Redis is down, unreachable or too slow."""
+    from ._redis_slots import down_errors
+
+    return down_errors()
+
+
+class CoordinatedBalancer(LoadBalancer):
+    """A :class:`LoadBalancer` whose slots are shared with other processes through Redis
+    (see the module docstring). Same arguments, plus ``coordination``."""
+
+    def __init__(
+        self,
+        config: OrchestraConfig,
+        state: FleetState,
+        *,
+        coordination: Coordination,
+        **kwargs: Any,
+    ) -> None:
+        clock = kwargs.get("clock")
+        self._shared = SharedSlots(
+            config.servers, coordination, clock=clock if clock is not None else state.now
+        )
+        super().__init__(config, state, slots=self._shared, **kwargs)
+        self._shared.on_change(self._dispatch)
+        state.attach_coordination(lambda: self._shared.mode)
+
+    @property
+    def shared(self) -> SharedSlots:
+        return self._shared
+
+    def in_use(self, name: str) -> int:
+        """This process's leases on ``name`` (the fleet's are in Redis)."""
+        return self._shared.local_count(name)
+
+    async def acquire(self, model: str, **kwargs: Any) -> Lease:
+        """:meth:`LoadBalancer.acquire`, then the slot confirmed in Redis (again if refused)."""
+        t0 = self._clock()
+        refused = _REFUSED.set(False)
+        try:
+            while True:
+                lease = await super().acquire(model, **kwargs)
+                try:
+                    ok = await self._shared.confirm(lease)
+                except BaseException:
+                    self.release(lease)
+                    raise
+                if ok:
+                    lease.queued_s = max(lease.queued_s, lease.acquired_at - t0)
+                    return lease
+                # Full fleet-wide: the server now looks so; queue again, at the front.
+                _REFUSED.set(True)
+                self.release(lease)
+        finally:
+            _REFUSED.reset(refused)
+
+    def _enqueue(self, waiter: Any) -> None:
+        super()._enqueue(waiter)
+        if _REFUSED.get():  # it was first in line when refused: it stays first
+            queue = self._queues[waiter.request.priority]
+            if queue and queue[-1] is waiter:
+                queue.pop()
+                queue.appendleft(waiter)
+
+
+def make_balancer(config: OrchestraConfig, state: FleetState, **kwargs: Any) -> LoadBalancer:
+    """The orchestra's balancer: a :class:`CoordinatedBalancer` when ``config.coordination``
+    is set, else a plain :class:`LoadBalancer`."""
+    coordination = config.coordination
+    if isinstance(coordination, Coordination):
+        return CoordinatedBalancer(config, state, coordination=coordination, **kwargs)
+    return LoadBalancer(config, state, **kwargs)
+
+
+@asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield
+
+
+def coordinated(balancer: LoadBalancer) -> AsyncContextManager[Any]:
+    """The context the orchestra keeps open while it runs: the Redis connection of a
+    coordinated balancer, nothing for a plain one."""
+    if isinstance(balancer, CoordinatedBalancer):
+        return balancer.shared
+    return _nothing()
