@@ -237,8 +237,10 @@ class HybridStrategy:
     prefix): then it waits for that server, but no longer than the time it would have saved.
 
     Prompt evaluated again where another server holds it cached is work no one needed: when
-    other requests wait for slots, that time is taken from them, so it counts twice (scaled
-    by how contended the free slots are: ``waiting / free slots``, at most 1).
+    the other waiting requests would take every free slot, that time is taken from them, so it
+    counts twice. When free slots would idle instead, waiting for a busy server holding the
+    prefix counts twice: a conversation that waits for its congested server now will wait
+    again next turn, and moving it once spreads the load (near the end of a batch, too).
     """
 
     #: Wait for a busy server only if its expected completion beats the best free one's by
@@ -264,13 +266,22 @@ class HybridStrategy:
                 return c.service_s
             return max(0.0, base) / c.weight + c.prefill_s
 
+        # Contended: the other waiters would take every free slot, so a slot's time spent
+        # evaluating a prompt another server holds cached is taken from them: it counts
+        # twice. Not contended: the free slots would idle otherwise, and a conversation that
+        # waits for its congested server now will likely wait there again next turn.
         free_slots = sum(c.slots - c.in_use for c in candidates if c.free)
-        pressure = min(1.0, request.waiting / free_slots) if free_slots else 1.0
+        contended = request.waiting >= free_slots
         least_prefill = min((c.prefill_s for c in candidates), default=0.0)
+        affinity = any(c.cached_chars for c in candidates)
 
         def ect(c: Candidate) -> float:
-            waste = pressure * (c.prefill_s - least_prefill)
-            return c.busy_for_s + service(c) + c.cold_s + waste
+            t = c.busy_for_s + service(c) + c.cold_s
+            if contended:
+                t += c.prefill_s - least_prefill
+            elif affinity and not c.free:
+                t += c.busy_for_s
+            return t
 
         free = [c for c in candidates if c.free]
         if not free:
