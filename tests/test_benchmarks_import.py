@@ -21,6 +21,7 @@ import pytest
         "benchmarks.bench_proxy",
         "benchmarks.bench_soak",
         "benchmarks.bench_agent",
+        "benchmarks.makespan_bound",
         "benchmarks.compare",
         "benchmarks.compare.cli",
         "benchmarks.__main__",

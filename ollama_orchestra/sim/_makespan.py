@@ -136,6 +136,17 @@ class HostSpec:
     vram_gb: Optional[float] = None
     max_concurrent: Optional[int] = None
 
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.loaded) - set(self.models))
+        if unknown:
+            raise ValueError(f"HostSpec({self.name!r}).loaded: {unknown!r} are not its models")
+        if not self.fits(self.loaded):
+            raise ValueError(
+                f"HostSpec({self.name!r}).loaded: {sorted(self.loaded)!r} do not fit at once"
+            )
+        if self.slots < 1 or (self.max_concurrent is not None and self.max_concurrent < 1):
+            raise ValueError(f"HostSpec({self.name!r}): slots and max_concurrent must be >= 1")
+
     def fits(self, models: Iterable[str]) -> bool:
         """Whether these models can be loaded at once."""
         names = list(models)
@@ -239,6 +250,8 @@ def topological(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> List[Ta
     for t in tasks:
         if not any(t.model in h.models for h in hosts):
             raise ValueError(f"task {t.id!r}: no host has model {t.model!r}")
+        if not any(t.model in h.models and h.fits([t.model]) for h in hosts):
+            raise ValueError(f"task {t.id!r}: model {t.model!r} fits on no host")
         if t.output_tokens < 0 or t.prompt_tokens < 0:
             raise ValueError(f"task {t.id!r}: token counts must be >= 0")
         for d in t.deps:
@@ -301,7 +314,7 @@ def work_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> float:
                 # One model: one runner per host, whose batches take a decode step plus a
                 # prompt chunk: its prompt evaluation adds to its decoding time.
                 (model,) = models
-                tokens = max(len(mine), prefill_floor(mine))
+                tokens = max(sum(t.prompt_tokens for t in mine), prefill_floor(mine))
                 extra = [
                     tokens / (h.models[model].prompt_tps * h.speed)
                     if model in h.models
