@@ -80,12 +80,18 @@ def reference_line(label: str, b: Bounds, makespans: Mapping[str, float]) -> str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Print the bounds of the demo's and ``bench_dag``'s DAGs."""
-    from ollama_orchestra._demo import demo_bounds
+    from ollama_orchestra._demo import demo_bounds, plan
 
     from . import bench_dag
 
-    for label, b in (*bench_dag.references().items(), ("demo (fleet)", demo_bounds())):
-        print(f"{label}: {b.to_dict()}")
+    demo = plan()
+    found = {
+        **bench_dag.references(),
+        "demo, whole fleet": demo_bounds(demo, search=True),
+        f"demo, {demo.alone.name} alone": demo_bounds(demo, [demo.alone.name], search=True),
+    }
+    for label, b in found.items():
+        print(f"{label}: " + ", ".join(f"{k} {v}" for k, v in b.to_dict().items()))
     return 0
 
 

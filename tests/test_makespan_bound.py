@@ -96,6 +96,17 @@ class TestHandComputed:
         hosts = [host("cold", loaded=()), host("warm", speed=0.5)]
         assert lower_bound(tasks, hosts) == pytest.approx(2.0)
 
+    def test_cold_load_delays_the_whole_host(self) -> None:
+        """On a host where the model is cold, all of its work comes after the load."""
+        tasks = [task("a"), task("b")]
+        assert critical_path_bound(tasks, [host(loaded=())]) == pytest.approx(6.0)
+        assert lower_bound(tasks, [host(loaded=())]) == pytest.approx(7.0)
+
+    def test_a_late_host_may_do_nothing(self) -> None:
+        """A host ready only after the work is done elsewhere does not raise the bound."""
+        hosts = [host("warm"), host("cold", loaded=(), load_s=1.0)]
+        assert lower_bound([task("a", 10)], hosts) == pytest.approx(0.1)
+
     def test_concurrent_slots_share_the_decode_speed(self) -> None:
         """Two requests decoding at once get ``A(2) / 2`` each, as in the simulator."""
         tasks = [task("a"), task("b")]

@@ -321,13 +321,20 @@ def work_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> float:
                     else math.inf
                     for h in hosts
                 ]
-            best = max(best, _weighted(costs, extra))
+            # Nothing of these models runs on a host before one of them is loaded there.
+            ready = [
+                min(h.ready_s(m) if m in h.models else math.inf for m in models) for h in hosts
+            ]
+            best = max(best, _weighted(costs, extra, ready))
     return best
 
 
-def _weighted(costs: Sequence[Sequence[float]], extra: Sequence[float]) -> float:
-    """The largest ``(sum of min_h w_h * cost) + min_h w_h * extra) / sum(w)`` over the
-    weights tried: each subset of hosts, scaled by each row's inverse costs (and by 1)."""
+def _weighted(
+    costs: Sequence[Sequence[float]], extra: Sequence[float], ready: Sequence[float]
+) -> float:
+    """The largest ``(sum of min_h w_h * cost + min_h w_h * extra + sum w_h * ready_h) /
+    sum(w)`` over the weights tried: each subset of hosts, scaled by each row's inverse
+    costs (and by 1). Host ``h`` works from ``ready_h`` on."""
     shapes: List[List[float]] = [[1.0] * len(extra)]
     for row in [*costs, extra]:
         if all(math.isfinite(x) and x > 0 for x in row):
@@ -343,8 +350,23 @@ def _weighted(costs: Sequence[Sequence[float]], extra: Sequence[float]) -> float
                 min((w * x for w, x in zip(weights, row) if math.isfinite(x)), default=0.0)
                 for row in [*costs, extra]
             )
-            best = max(best, work / total)
+            best = max(best, _finish(work, weights, ready))
     return best
+
+
+def _finish(work: float, weights: Sequence[float], ready: Sequence[float]) -> float:
+    """The least ``T`` with ``sum w_h * max(0, T - ready_h) >= work``: hosts join as they
+    become ready (one ready only after ``T`` does nothing)."""
+    hosts = sorted((r, w) for w, r in zip(weights, ready) if w > 0 and math.isfinite(r))
+    if work <= 0:
+        return 0.0
+    total, rate = work, 0.0
+    for r, w in hosts:
+        if rate > 0 and total / rate <= r:
+            break  # done before this host is ready
+        total += w * r
+        rate += w
+    return total / rate if rate > 0 else 0.0
 
 
 def prefill_floor(tasks: Sequence[TaskSpec]) -> int:

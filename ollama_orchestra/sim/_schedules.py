@@ -222,7 +222,8 @@ def _topological_orders(tasks: Sequence[TaskSpec]) -> Iterator[List[str]]:
 @dataclass(frozen=True)
 class Schedule:
     """The best list schedule found: its makespan, priority order, how many orders were
-    tried and whether that was every topological order."""
+    tried, and whether the search was complete (every topological order tried, or one
+    found that meets the lower bound)."""
 
     makespan: float
     order: Tuple[str, ...]
