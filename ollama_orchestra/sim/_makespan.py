@@ -26,21 +26,32 @@ The lower bound (:func:`lower_bound`) is the larger of:
 1. the critical path: each task on its fastest host alone (prompt and decode at the
    alone rates), starting no sooner than its dependencies' earliest finish and, on a host
    where its model is not loaded at the start, than that model's load time;
-2. the work bound: decode work only (``output_tokens / (decode_tps * speed)`` alone-seconds
-   on each host), against the hosts' decode capacity ``A(n_max)``: for weights ``w_h >= 0``,
-   ``T * sum(w_h * A(n_max_h)) >= sum over tasks of min over its hosts of w_h * work``;
-   the weights tried are each subset of hosts (which also covers models that only some
-   hosts have) scaled by each task's relative speed there (exact for two hosts). The same
-   holds for the tasks of any set of models alone, with ``n_max`` counting only their
-   slots: ``k`` of them among ``n`` decoding requests get ``k * A(n) / n <= A(k)``. (A
-   large model's tasks, held to their own slots, often bind more than the whole DAG.)
+2. the work bound: decode work (``output_tokens / (decode_tps * speed)`` alone-seconds on
+   each host) against the hosts' decode capacity ``A(n_max)``, each host working only from
+   the moment one of the models is loaded there. For weights ``w_h >= 0``:
+   ``sum w_h * A(n_max_h) * max(0, T - ready_h) >= sum over tasks of min over its hosts of
+   w_h * work``; the weights tried are each subset of hosts (which also covers models that
+   only some hosts have) scaled by each task's relative cost there (exact for two hosts).
+   The same holds for the tasks of any set of models alone, with ``n_max`` counting only
+   their slots: ``k`` of them among ``n`` decoding requests get ``k * A(n) / n <= A(k)``
+   (a large model's tasks, held to their own slots, often bind more than the whole DAG).
+   For one model, prompt evaluation adds to its runner's time (each batch is a decode step
+   plus a prompt chunk): at least :func:`prefill_floor` tokens, the distinct prefixes of
+   its prompts that no answer holds, since a cache holds only what its runner evaluated
+   or generated, and splitting the tasks among hosts only adds to the count.
 
-Both hold for any scheduler, since every approximation below is on the optimistic side:
-prompt evaluation counts only :attr:`TaskSpec.prompt_tokens` (the tokens no prompt cache
-can hold, at least 1 in the simulator: pass 0 when unsure), and not at all in the work
-bound (another model's runner may decode meanwhile); cold loads only delay a task's start,
-never occupy the host; evictions, the serial loads and the client's own overhead are left
-out. The simulator's real-time overhead only adds to a measured makespan.
+Both hold for any scheduler (a property test checks them against the list schedules, a
+test against the simulator itself); every approximation is on the optimistic side: a
+task's own prompt counts only its :attr:`TaskSpec.prompt_tokens` on the critical path
+(the tokens of its prompt no other prompt of its model shares, at least 1 in the
+simulator; 0 when unsure); the prompt cache is taken as large as need be; prompt
+evaluation does not count against other models' decoding; cold loads only delay work,
+and evictions, the one-load-at-a-time rule and the client's overhead are left out.
+Rendering a prompt in :func:`task_specs` tokenizes the text between dependencies' answers
+piece by piece, which may split a token at a boundary differently from the simulator
+(a token or so per answer), and counts an answer of ``num_predict`` words as that many
+tokens (the simulator's tokenizer makes a word one token or more). The simulator's
+real-time overhead only adds to a measured makespan.
 
 The best list schedule and :func:`bounds`, which reports both, are in ``_schedules.py``.
 """

@@ -2,9 +2,12 @@
 of ``_makespan.py`` next to it (issue 18, item 3).
 
 The best list schedule (:func:`best_schedule`) is an upper bound only where the simulator
-behaves as modelled: an event simulation of the rates above (with loads, one at a time per
-host, evicting idle models), dispatching ready tasks in a priority order to the host that
-would finish each first. For DAGs of up to :data:`EXHAUSTIVE_TASKS` tasks every topological
+behaves as modelled: an event simulation (:func:`simulate`) of the rates of
+``_makespan.py`` (decode shared as ``A(n) / n``, prompt chunks riding decode steps, loads
+one at a time per host evicting idle models, a prompt cache per loaded model as large as
+need be), dispatching ready tasks in a priority order to the host that would finish each
+first alone. The simulator's bounded caches and the client's overhead can only make a
+real run slower than it. For DAGs of up to :data:`EXHAUSTIVE_TASKS` tasks every topological
 order is tried (within a budget), else the upward-rank order and seeded random ones. The
 lower bound stays the proof: the optimum is between the two, and equal to the best found
 when that meets the lower bound.
