@@ -182,6 +182,18 @@ class TestBadInput:
         with pytest.raises(ValueError, match=message):
             lower_bound(tasks, [host()])
 
+    def test_bad_hosts(self) -> None:
+        """A loaded model the host lacks, or no slots, is refused with the host named."""
+        with pytest.raises(ValueError, match=r"HostSpec\('h'\)\.loaded: \['zz'\] are not"):
+            host(loaded=("zz",))
+        with pytest.raises(ValueError, match=r"HostSpec\('h'\): slots"):
+            host(slots=0)
+
+    def test_model_too_big_everywhere(self) -> None:
+        """A model no host can hold is refused before any work."""
+        with pytest.raises(ValueError, match="'a': model 'm' fits on no host"):
+            lower_bound([task("a")], [host(loaded=(), vram_gb=0.5)])
+
     def test_loaded_models_must_fit(self) -> None:
         """A host cannot start with more loaded than its VRAM holds."""
         with pytest.raises(ValueError, match=r"HostSpec\('h'\)\.loaded: \['m', 'n'\] do not fit"):
