@@ -82,6 +82,17 @@ def dag_checks(quick: bool) -> List[Check]:
             "-",
             None,
         ),
+        *(
+            Check(
+                "dag",
+                f"{label}: {name} makespan / best possible (lower bound)",
+                f"{figures['vs_lower_bound']:.2f}x",
+                "reported (issue 18: within 1.05x)",
+                None,
+            )
+            for label, ref in d.get("best_possible", {}).items()
+            for name, figures in ref["contenders"].items()
+        ),
         Check(
             "dag",
             "scheduler overhead, eager (10,000 tasks)",

@@ -7,7 +7,10 @@ Run from the repo root: ``python -m benchmarks.bench_dag [--quick]``.
 2. A DAG with uneven task lengths, run ``eager``, ``waves`` and ``sequential`` on the same
    two-host fleet (four slots, so a whole wave runs at once): makespans and their ratios
    (eager should beat waves).
-3. Scheduler overhead: 10,000 tasks (a wide layer and chains) against an instant backend, so
+3. The best possible makespan of each DAG on its fleet under the simulator's timing model
+   (``makespan_bound``): a proven lower bound and, for the uneven DAG, the best list
+   schedule found; each contender's makespan over them is reported (not a goal yet).
+4. Scheduler overhead: 10,000 tasks (a wide layer and chains) against an instant backend, so
    only the executor's own work is timed: microseconds per task, median of 5 runs (goal < 100).
 """
 
@@ -27,6 +30,7 @@ from ollama_orchestra._executor import Task, run_dag
 from ollama_orchestra.sim import HostProfile, ModelSpec, SimFleet
 
 from .common import write_json
+from .makespan_bound import Bounds, bounds, host_spec, reference, reference_line, task_specs
 
 MODEL = "work:latest"
 
@@ -50,6 +54,21 @@ async def makespan(hosts: int, tasks: Sequence[Task], schedule: str, time_scale:
             result = await orch.run(list(tasks), schedule=schedule)
             assert result.ok, [r.error_message for r in result.results if not r.ok]
             return float(result.makespan_s) / time_scale
+
+
+def references(n: int = 16) -> Dict[str, Bounds]:
+    """The bounds of the DAGs run here, on the fleets they run on (hosts as :func:`makespan`
+    configures them: every model cold but for the one warm-up request, which the bound
+    leaves out; prompts of a few tokens, left out too)."""
+
+    def fleet(hosts: int) -> List[Any]:
+        return [host_spec(profile(f"h{i + 1}"), max_concurrent=2) for i in range(hosts)]
+
+    return {
+        "independent, 1 host": bounds(task_specs(independent(n), prompts=False), fleet(1)),
+        "independent, 2 hosts": bounds(task_specs(independent(n), prompts=False), fleet(2)),
+        "uneven DAG": bounds(task_specs(uneven(), prompts=False), fleet(1)),
+    }
 
 
 def independent(n: int) -> List[Task]:
@@ -150,6 +169,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         s: anyio.run(makespan, 1, uneven(), s, scale) for s in ("eager", "waves", "sequential")
     }
     per_task = anyio.run(overhead, 10_000, 3 if args.quick else 5)
+    refs = references(n)
+    measured = {
+        "independent, 1 host": {"eager": one},
+        "independent, 2 hosts": {"eager": two},
+        "uneven DAG": spans,
+    }
     report: Dict[str, Any] = {
         "independent_tasks": n,
         "one_host_makespan_s": one,
@@ -159,6 +184,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "eager_vs_waves": spans["waves"] / spans["eager"],
         "eager_vs_sequential": spans["sequential"] / spans["eager"],
         "scheduler_us_per_task": per_task,
+        "best_possible": {k: reference(refs[k], measured[k]) for k in refs},
     }
     print(
         f"{n} independent tasks: 1 host {one:.1f}s, 2 hosts {two:.1f}s (simulated): {one / two:.2f}x (goal ~2x)"
@@ -172,6 +198,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
         f"scheduler overhead on 10,000 tasks: eager {per_task['eager']:.1f} us/task, waves {per_task['waves']:.1f} us/task (goal < 100)"
     )
+    for label, b in refs.items():
+        print(reference_line(label, b, measured[label]))
     write_json("dag.json", report)
     ok = (
         report["two_host_speedup"] >= speedup_goal(args.quick)

@@ -17,7 +17,7 @@ from each answer's ``prompt_eval_count`` (every prompt token) and ``prompt_eval_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence, TextIO, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
 from ._client import Orchestra
 from ._config import OrchestraConfig, Server
@@ -27,6 +27,7 @@ from ._report import summary
 
 if TYPE_CHECKING:
     from .sim import HostProfile
+    from .sim._schedules import Bounds
 
 __all__ = [
     "CONTEXT_TOKENS",
@@ -34,6 +35,9 @@ __all__ = [
     "DemoPlan",
     "PrefillTally",
     "capacity_bound",
+    "concurrency",
+    "demo_bounds",
+    "demo_inputs",
     "pipeline_dag",
     "plan",
     "repository_context",
@@ -205,6 +209,39 @@ class _Recording:
         return r
 
 
+def concurrency(profile: HostProfile) -> int:
+    """The ``max_concurrency`` the demo gives a host's server: its slots."""
+    return profile.num_parallel
+
+
+def demo_inputs() -> Dict[str, str]:
+    """The demo's inputs: the goal, and the repository context every prompt starts with."""
+    return {"goal": "a CLI todo app with sync", "context": repository_context()}
+
+
+def demo_bounds(
+    demo: Optional[DemoPlan] = None,
+    names: Optional[Sequence[str]] = None,
+    *,
+    search: bool = False,
+) -> Bounds:
+    """The best possible makespan of the demo's DAG on ``names`` (default: the whole fleet),
+    warm as the demo leaves it and with the servers' concurrency it configures, under the
+    simulator's timing model: a proven lower bound (``sim/_makespan.py``), and with
+    ``search`` the best list schedule found (``sim/_schedules.py``; too slow for the demo)."""
+    from .sim._makespan import host_spec, task_specs
+    from .sim._schedules import bounds
+
+    demo = demo or plan()
+    hosts = [
+        host_spec(h, loaded=demo.warm.get(h.name, ()), max_concurrent=concurrency(h))
+        for h in demo.hosts
+        if names is None or h.name in names
+    ]
+    tasks = task_specs(pipeline_dag(), roles=demo.roles, inputs=demo_inputs())
+    return bounds(tasks, hosts, search=search, budget=200)
+
+
 async def _demo_run(
     demo: DemoPlan, names: Sequence[str], time_scale: float, strategy: str
 ) -> Tuple[DagResult, MetricsSnapshot, PrefillTally]:
@@ -221,7 +258,7 @@ async def _demo_run(
                     )
                     r.raise_for_status()
         servers = tuple(
-            Server(s.name, s.url, max_concurrency=s.profile.num_parallel, weight=s.profile.speed)
+            Server(s.name, s.url, max_concurrency=concurrency(s.profile), weight=s.profile.speed)
             for s in fleet.servers
             if s.name in names
         )
@@ -229,8 +266,7 @@ async def _demo_run(
         async with Orchestra(config) as orch:
             orch.reset_metrics()
             runner = _Recording(orch)
-            inputs = {"goal": "a CLI todo app with sync", "context": repository_context()}
-            result = await run_dag(runner, pipeline_dag(), inputs=inputs)
+            result = await run_dag(runner, pipeline_dag(), inputs=demo_inputs())
             return result, orch.metrics(), runner.tally
 
 
@@ -265,6 +301,11 @@ async def run_demo(out: TextIO, scale: float, strategy: str) -> int:
     both, metrics, tally = await _demo_run(demo, names, scale, strategy)
     out.write(
         f"   makespan {both.makespan_s / scale:,.1f}s, {sum(r.ok for r in both.results)}/{len(both.results)} tasks ok\n"
+    )
+    floor = demo_bounds(demo, names).lower
+    out.write(
+        f"   best possible makespan >= {floor:,.1f}s (lower bound under the simulator's timing"
+        f" model): this run took {both.makespan_s / scale / floor:.2f}x that\n"
     )
     summary(both, metrics, out, scale=scale)
     speedup = one.makespan_s / both.makespan_s if both.makespan_s else 0.0

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         "benchmarks.bench_soak",
         "benchmarks.bench_agent",
         "benchmarks.bench_scale",
+        "benchmarks.makespan_bound",
         "benchmarks.compare",
         "benchmarks.compare.cli",
         "benchmarks.__main__",

@@ -152,6 +152,11 @@ class TestSimAndDemo:
         r = await cli("demo", "--time-scale", "0.01", timeout=120)
         assert r.returncode == 0, r.stderr
         assert "speed-up over ollama02 alone:" in r.stdout
+        # The best possible makespan: a lower bound, which the run cannot beat.
+        run = r.stdout.split("2) the orchestra")[1]
+        achieved = float(run.split("makespan ")[1].split("s,")[0].replace(",", ""))
+        floor = float(run.split("best possible makespan >= ")[1].split("s ")[0].replace(",", ""))
+        assert 0 < floor <= achieved
         saved = r.stdout.split("prefill time saved:")[1].split("\n")[0]
         assert float(saved.split("s (")[0].replace(",", "")) > 0  # the shared context is cached
         assert "prompt tokens evaluated" in saved

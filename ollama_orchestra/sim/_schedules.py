@@ -1,0 +1,328 @@
+"""The best list schedule of a DAG on a simulated fleet, and :func:`bounds`: the lower bound
+of ``_makespan.py`` next to it (issue 18, item 3).
+
+The best list schedule (:func:`best_schedule`) is an upper bound only where the simulator
+behaves as modelled: an event simulation (:func:`simulate`) of the rates of
+``_makespan.py`` (decode shared as ``A(n) / n``, prompt chunks riding decode steps, loads
+one at a time per host evicting idle models, a prompt cache per loaded model as large as
+need be), dispatching ready tasks in a priority order to the host that would finish each
+first alone. The simulator's bounded caches and the client's overhead can only make a
+real run slower than it. For DAGs of up to :data:`EXHAUSTIVE_TASKS` tasks every topological
+order is tried (within a budget), else the upward-rank order and seeded random ones. The
+lower bound stays the proof: the optimum is between the two, and equal to the best found
+when that meets the lower bound.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+
+from ._decode import NUM_BATCH
+from ._makespan import (
+    HostSpec,
+    TaskSpec,
+    critical_path_bound,
+    lower_bound,
+    model_paths,
+    topological,
+    work_bound,
+)
+from ._spec import aggregate_speedup
+
+__all__ = ["EXHAUSTIVE_TASKS", "Bounds", "Schedule", "best_schedule", "bounds", "simulate"]
+
+#: DAGs up to this many tasks get every topological order tried (within the budget).
+EXHAUSTIVE_TASKS = 12
+_EPS = 1e-9
+
+
+@dataclass
+class _Job:
+    task: TaskSpec
+    host: int
+    prompt_left: float
+    decode_left: float
+    rate: float = 0.0
+
+    @property
+    def prefilling(self) -> bool:
+        return self.prompt_left > _EPS
+
+
+@dataclass
+class _HostState:
+    spec: HostSpec
+    resident: Dict[str, int] = field(default_factory=dict)  # model -> requests running
+    loading: Optional[str] = None
+    load_done: float = math.inf
+    cached: Dict[str, Set[int]] = field(default_factory=dict)  # model -> prompt-tree nodes
+
+
+def _rerate(jobs: Sequence[_Job], hosts: Sequence[_HostState]) -> None:
+    """The simulator's rates for the running jobs (see the module)."""
+    for i, hs in enumerate(hosts):
+        mine = [j for j in jobs if j.host == i]
+        decoding = sum(1 for j in mine if not j.prefilling)
+        share = aggregate_speedup(max(1, decoding)) / max(1, decoding)
+        for j in mine:
+            m = hs.spec.models[j.task.model]
+            decode = m.decode_tps * hs.spec.speed * share
+            prompt = m.prompt_tps * hs.spec.speed
+            same = [k for k in mine if k.task.model == j.task.model]
+            if j.prefilling:
+                if any(not k.prefilling for k in same):
+                    prompt = NUM_BATCH / (NUM_BATCH / prompt + 1.0 / decode)
+                j.rate = prompt / sum(1 for k in same if k.prefilling)
+            elif any(k.prefilling for k in same):
+                j.rate = 1.0 / (1.0 / decode + NUM_BATCH / prompt)
+            else:
+                j.rate = decode
+
+
+def simulate(
+    tasks: Sequence[TaskSpec],
+    hosts: Sequence[HostSpec],
+    order: Sequence[str],
+    paths: Optional[Mapping[str, List[int]]] = None,
+) -> float:
+    """The makespan of the list schedule dispatching ready tasks in ``order``, each to the
+    host that would finish it first alone, under the simulator's timing model."""
+    by_id = {t.id: t for t in tasks}
+    rank = {tid: i for i, tid in enumerate(order)}
+    state = [_HostState(h, dict.fromkeys(h.loaded, 0)) for h in hosts]
+    if paths is None:
+        paths = model_paths(tasks)
+    waiting = {t.id: set(t.deps) for t in tasks}
+    ready = sorted((tid for tid, d in waiting.items() if not d), key=rank.__getitem__)
+    jobs: List[_Job] = []
+    now, left = 0.0, len(tasks)
+    while left:
+        _dispatch(by_id, paths, ready, jobs, state, now)
+        _rerate(jobs, state)
+        step = min(
+            [(j.prompt_left if j.prefilling else j.decode_left) / j.rate for j in jobs]
+            + [hs.load_done - now for hs in state]
+        )
+        if not math.isfinite(step):
+            raise ValueError("no task can start: a model fits on no host")  # pragma: no cover
+        now += step
+        for hs in state:
+            if hs.loading is not None and hs.load_done <= now + _EPS:
+                hs.resident[hs.loading] = 0
+                hs.loading, hs.load_done = None, math.inf
+        for j in list(jobs):
+            done = j.rate * step
+            if j.prefilling:
+                j.prompt_left -= done
+                if j.prompt_left <= _EPS:
+                    j.prompt_left = 0.0
+                continue
+            j.decode_left -= done
+            if j.decode_left <= _EPS * max(1.0, j.task.output_tokens):
+                jobs.remove(j)
+                state[j.host].resident[j.task.model] -= 1
+                left -= 1
+                for tid, deps in waiting.items():
+                    if j.task.id in deps:
+                        deps.discard(j.task.id)
+                        if not deps:
+                            ready.append(tid)
+                ready.sort(key=rank.__getitem__)
+    return now
+
+
+def _dispatch(
+    by_id: Mapping[str, TaskSpec],
+    paths: Mapping[str, List[int]],
+    ready: List[str],
+    jobs: List[_Job],
+    state: Sequence[_HostState],
+    now: float,
+) -> None:
+    """Start what can start, in priority order; begin loads where a model is missing."""
+    for tid in list(ready):
+        t = by_id[tid]
+        best: Optional[Tuple[float, int]] = None
+        for i, hs in enumerate(state):
+            h = hs.spec
+            if t.model not in h.models:
+                continue
+            running = sum(hs.resident.values())
+            full = h.max_concurrent is not None and running >= h.max_concurrent
+            if t.model in hs.resident:
+                if full or hs.resident[t.model] >= h.slots:
+                    continue
+                start = now
+            elif hs.loading is None and _room(hs, t.model):
+                start = now + h.models[t.model].load_s
+            else:
+                continue
+            finish = start + h.prompt_s(t) + h.decode_s(t)
+            if best is None or finish < best[0] - _EPS:
+                best = (finish, i)
+        if best is None:
+            continue
+        hs = state[best[1]]
+        if t.model in hs.resident:
+            hs.resident[t.model] += 1
+            # A prompt cache as large as need be: the prompt's nodes not evaluated here yet.
+            cached = hs.cached.setdefault(t.model, set())
+            new = [node for node in paths.get(t.id, ()) if node not in cached]
+            cached.update(new)
+            prompt = max(t.prompt_tokens, len(new))
+            jobs.append(_Job(t, best[1], float(prompt), float(t.output_tokens)))
+            ready.remove(tid)
+        else:
+            idle = [m for m, n in hs.resident.items() if n == 0]
+            while idle and not hs.spec.fits([*hs.resident, t.model]):
+                gone = idle.pop(0)  # evict an idle model, as the simulator does
+                del hs.resident[gone]
+                hs.cached.pop(gone, None)
+            hs.loading, hs.load_done = t.model, now + hs.spec.models[t.model].load_s
+
+
+def _room(hs: _HostState, model: str) -> bool:
+    """Whether ``model`` fits here once the idle models are evicted."""
+    return hs.spec.fits([*(m for m, n in hs.resident.items() if n > 0), model])
+
+
+def _upward_rank(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> List[str]:
+    """Task ids by remaining critical path (fastest host alone), longest first."""
+    cost = {
+        t.id: min(h.prompt_s(t) + h.decode_s(t) for h in hosts if t.model in h.models)
+        for t in tasks
+    }
+    succ: Dict[str, List[str]] = {t.id: [] for t in tasks}
+    for t in tasks:
+        for d in t.deps:
+            succ[d].append(t.id)
+    rank: Dict[str, float] = {}
+    for t in reversed(topological(tasks, hosts)):
+        rank[t.id] = cost[t.id] + max((rank[s] for s in succ[t.id]), default=0.0)
+    return sorted(rank, key=lambda tid: -rank[tid])
+
+
+def _topological_orders(tasks: Sequence[TaskSpec]) -> Iterator[List[str]]:
+    deps = {t.id: set(t.deps) for t in tasks}
+    order: List[str] = []
+
+    def extend(done: FrozenSet[str]) -> Iterator[List[str]]:
+        if len(order) == len(tasks):
+            yield list(order)
+            return
+        for t in tasks:
+            if t.id not in done and deps[t.id] <= done:
+                order.append(t.id)
+                yield from extend(done | {t.id})
+                order.pop()
+
+    yield from extend(frozenset())
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The best list schedule found: its makespan, priority order, how many orders were
+    tried, and whether the search was complete (every topological order tried, or one
+    found that meets the lower bound)."""
+
+    makespan: float
+    order: Tuple[str, ...]
+    tried: int
+    exhaustive: bool
+
+
+def best_schedule(
+    tasks: Sequence[TaskSpec],
+    hosts: Sequence[HostSpec],
+    *,
+    budget: int = 2000,
+    seed: int = 0,
+) -> Schedule:
+    """The best of up to ``budget`` list schedules (see the module); every topological order
+    when there are at most :data:`EXHAUSTIVE_TASKS` tasks and no more than ``budget`` orders."""
+    topological(tasks, hosts)
+    first = _upward_rank(tasks, hosts)
+    paths = model_paths(tasks)
+    best = (simulate(tasks, hosts, first, paths), tuple(first))
+    tried, exhaustive = 1, False
+    floor = lower_bound(tasks, hosts)
+    if len(tasks) <= EXHAUSTIVE_TASKS:
+        orders = _topological_orders(tasks)
+        exhaustive = True
+        for order in orders:
+            if tried >= budget:
+                exhaustive = False
+                break
+            tried += 1
+            span = simulate(tasks, hosts, order, paths)
+            if span < best[0] - _EPS:
+                best = (span, tuple(order))
+            if best[0] <= floor + _EPS:
+                break  # optimal: it meets the lower bound
+    rng = random.Random(seed)
+    while not exhaustive and tried < budget and best[0] > floor + _EPS:
+        keys = {t.id: rng.random() for t in tasks}
+        order = list(first)
+        order.sort(key=keys.__getitem__)
+        tried += 1
+        span = simulate(tasks, hosts, order, paths)
+        if span < best[0] - _EPS:
+            best = (span, tuple(order))
+    return Schedule(best[0], best[1], tried, exhaustive)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Where a makespan stands: the lower bound (with its two parts) and, where computed, the
+    best list schedule found."""
+
+    lower: float
+    critical_path: float
+    work: float
+    best: Optional[Schedule] = None
+
+    @property
+    def optimal(self) -> Optional[float]:
+        """The optimum, where the best schedule found meets the lower bound."""
+        if self.best is not None and self.best.makespan <= self.lower * (1 + 1e-6):
+            return self.best.makespan
+        return None
+
+    def shares(self, makespan: float) -> Dict[str, float]:
+        """``makespan`` over the lower bound, and over the best found where computed."""
+        out = {"vs_lower_bound": makespan / self.lower if self.lower > 0 else math.inf}
+        if self.best is not None and self.best.makespan > 0:
+            out["vs_best_found"] = makespan / self.best.makespan
+        return out
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-able form."""
+        out: Dict[str, Any] = {
+            "lower_bound_s": self.lower,
+            "critical_path_s": self.critical_path,
+            "work_bound_s": self.work,
+        }
+        if self.best is not None:
+            out["best_found_s"] = self.best.makespan
+            out["best_found_orders_tried"] = self.best.tried
+            out["best_found_exhaustive"] = self.best.exhaustive
+            out["optimal_s"] = self.optimal
+        return out
+
+
+def bounds(
+    tasks: Sequence[TaskSpec],
+    hosts: Sequence[HostSpec],
+    *,
+    search: Optional[bool] = None,
+    budget: int = 2000,
+) -> Bounds:
+    """The lower bound and, for small DAGs (or with ``search=True``), the best list schedule."""
+    cp, work = critical_path_bound(tasks, hosts), work_bound(tasks, hosts)
+    if search is None:
+        search = len(tasks) <= EXHAUSTIVE_TASKS
+    best = best_schedule(tasks, hosts, budget=budget) if search and tasks else None
+    return Bounds(max(cp, work), cp, work, best)
