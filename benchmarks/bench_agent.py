@@ -448,7 +448,10 @@ async def run_contender(
         "cache_hit_share": exact_cached / exact_prompt if exact_prompt else None,
         # Estimated from prompt_eval_duration at the host's nominal rate, as a client could.
         "cache_hit_share_estimated": (prompt - evaluated) / prompt if known and prompt else None,
-        "ideal_sticky_cached_tokens": sum(t["ideal_cached"] for t in turns) + first_turns,
+        # Needs each turn's prompt_eval_count (LiteLLM's stream does not pass it on).
+        "ideal_sticky_cached_tokens": (
+            sum(t["ideal_cached"] for t in turns) + first_turns if known else None
+        ),
         "utilization": util,
         "per_host_turns": per_host,
     }

@@ -20,7 +20,7 @@ from ._breaker import (
     CircuitBreaker,
     ModelBreakers,
 )
-from ._client import Orchestra, ResponseStream
+from ._client import Orchestra
 from ._config import (
     AffinityRule,
     BreakerPolicy,
@@ -52,6 +52,7 @@ from ._executor import DagResult, DagSpec, Task, TaskEvent, TaskResult, load_dag
 from ._metrics import LatencyStats, Metrics, MetricsSnapshot, ServerMetrics
 from ._proxy import ProxyLimits, proxy_app, serve_proxy
 from ._state import FleetSnapshot, LoadedModel, ServerSnapshot
+from ._stream import ResponseStream
 from ._transport import OrchestraTransport
 from ._types import (
     ChatChunk,

@@ -38,7 +38,7 @@ from ._validate import (
 )
 
 if TYPE_CHECKING:  # the balancer imports this module: no import at run time
-    from ._balancer import Strategy
+    from ._strategies import Strategy
 
 __all__ = [
     "STRATEGIES",

@@ -52,7 +52,8 @@ from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Tuple
 import anyio
 import httpx
 
-from ._client import Orchestra, ResponseStream, merge_messages
+from ._calls import merge_messages
+from ._client import Orchestra
 from ._config import Server
 from ._errors import (
     ConfigError,
@@ -64,6 +65,7 @@ from ._errors import (
     StreamInterrupted,
 )
 from ._serving import BadRequestBody, parse_json
+from ._stream import ResponseStream
 from ._types import merge_logprobs
 from ._wire import RequestRejected, check_request, late_errors
 

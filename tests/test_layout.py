@@ -6,19 +6,12 @@ import ast
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
-import pytest
-
 import ollama_orchestra
 
 PACKAGE = Path(ollama_orchestra.__file__).parent
 LIMIT = 500
 #: A module over ``LIMIT`` lines must say why in its docstring, starting with this phrase.
 MARKER = "Longer than 500 lines because"
-
-# Files still over the limit with no reason given: the rest of the issue-13 split (the
-# balancer's queue and strategies; the client's public methods). Each entry must still be
-# needed (the test fails on a stale one).
-KNOWN_LONG_FILES = {"_client.py", "_balancer.py"}
 
 
 def _modules() -> List[Tuple[str, Path]]:
@@ -81,16 +74,8 @@ class TestFileLength:
 
     def test_short_or_explained(self) -> None:
         """Each module is at most 500 lines, or its docstring says why (MARKER)."""
-        long: Set[str] = {
-            name for name, path in _modules() if name not in KNOWN_LONG_FILES and _too_long(path)
-        }
+        long: Set[str] = {name for name, path in _modules() if _too_long(path)}
         assert not long, f"split these, or explain with {MARKER!r} in the docstring: {long}"
-
-    @pytest.mark.parametrize("name", sorted(KNOWN_LONG_FILES))
-    def test_known_exceptions_still_needed(self, name: str) -> None:
-        """A listed file is still too long (else take it off the list)."""
-        path = PACKAGE / name
-        assert path.exists() and _too_long(path), f"remove {name} from the list"
 
     def test_marker_excuses_a_long_file(self, tmp_path: Path) -> None:
         """A long module passes with the marker in its docstring, and fails without."""

@@ -1,0 +1,279 @@
+"""Strategies: the one decision of routing, as small objects (a :class:`Strategy` protocol and
+the five built-ins, registered by name in :data:`STRATEGY_CLASSES`).
+
+A strategy sees the request (:class:`RouteRequest`) and the eligible servers with the
+balancer's estimates (:class:`Candidate`), and answers a :class:`Choice`: a server with a free
+slot, or wait (for given busy servers, or any). It holds no slot and reads no clock: the
+balancer (``_balancer``) does both, and offers a waiting request the servers again whenever a
+slot frees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, FrozenSet, Mapping, Optional, Protocol, Sequence, Union
+
+from ._rates import Prompt
+
+__all__ = [
+    "STRATEGY_CLASSES",
+    "WAIT",
+    "Candidate",
+    "Choice",
+    "HybridStrategy",
+    "LeastLoadedStrategy",
+    "ModelAwareStrategy",
+    "RoundRobinStrategy",
+    "RouteRequest",
+    "Strategy",
+    "WeightedStrategy",
+    "make_strategy",
+]
+
+
+# -- what strategies see and say -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """The request being routed: its model, pipeline role, priority and prompt (its length
+    and block hashes, for the prompt-cache estimate; ``None`` when it has none)."""
+
+    model: str
+    role: Optional[str] = None
+    priority: int = 0
+    prompt: Optional[Prompt] = None
+    #: Other requests waiting for a slot when this one is routed (how contended the slots are).
+    waiting: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An eligible server, as a strategy sees it.
+
+    Attributes:
+        service_s: predicted time to serve this request there (``None`` until measured),
+            its ``prefill_s`` included.
+        cold_s: predicted cold-load cost there (0 when the model is loaded).
+        busy_for_s: predicted time until one of its slots frees (0 when one is free).
+        prefill_s: predicted time to evaluate the part of the prompt the server's prompt
+            cache likely does not hold (0 without a prompt or a learned rate).
+        cached_chars: characters of the prompt's prefix likely cached there.
+    """
+
+    name: str
+    slots: int
+    in_use: int
+    weight: float
+    loaded: bool
+    service_s: Optional[float]
+    cold_s: float
+    busy_for_s: float
+    prefill_s: float = 0.0
+    cached_chars: int = 0
+
+    @property
+    def free(self) -> bool:
+        return self.in_use < self.slots
+
+    @property
+    def load(self) -> float:
+        return self.in_use / self.slots
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A strategy's answer.
+
+    Either ``server`` (a candidate with a free slot: take it now), or wait: for one of the
+    busy servers in ``among`` (``None``: whichever frees first). A waiting request is
+    offered the servers again whenever a slot frees, and after ``widen_after_s`` seconds
+    (``None``: only when a slot frees), so the strategy can change its mind.
+    """
+
+    server: Optional[str] = None
+    among: Optional[FrozenSet[str]] = None
+    widen_after_s: Optional[float] = None
+
+
+WAIT = Choice()
+
+
+class Strategy(Protocol):
+    """Picks a server for a request among the eligible candidates (one method)."""
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice: ...
+
+
+class RoundRobinStrategy:
+    """Rotate over the servers, skipping those without a free slot."""
+
+    def __init__(self) -> None:
+        self._next = 0
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        n = len(candidates)
+        for i in range(n):
+            c = candidates[(self._next + i) % n]
+            if c.free:
+                self._next = (self._next + i + 1) % n
+                return Choice(c.name)
+        return WAIT
+
+
+class LeastLoadedStrategy:
+    """The free server with the smallest share of its slots busy; ties rotate."""
+
+    def __init__(self) -> None:
+        self._tie = 0
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        free = [c for c in candidates if c.free]
+        if not free:
+            return WAIT
+        low = min(c.load for c in free)
+        tied = [c for c in free if c.load == low]
+        self._tie += 1
+        return Choice(tied[self._tie % len(tied)].name)
+
+
+class WeightedStrategy:
+    """Smooth weighted round robin (as nginx does) over the servers with a free slot."""
+
+    def __init__(self) -> None:
+        self._current: Dict[str, float] = {}
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        free = [c for c in candidates if c.free]
+        if not free:
+            return WAIT
+        total = 0.0
+        best: Optional[Candidate] = None
+        for c in free:
+            cur = self._current.get(c.name, 0.0) + c.weight
+            self._current[c.name] = cur
+            total += c.weight
+            if best is None or cur > self._current[best.name]:
+                best = c
+        assert best is not None
+        self._current[best.name] -= total
+        return Choice(best.name)
+
+
+class ModelAwareStrategy:
+    """Prefer servers where the model is already loaded: never cause a cold load needlessly;
+    when it must be loaded, load it where that is cheapest (evicting nothing in use)."""
+
+    def __init__(self) -> None:
+        self._least = LeastLoadedStrategy()
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        warm = [c for c in candidates if c.loaded]
+        if warm:
+            choice = self._least.choose(request, warm)
+            if choice.server is None:
+                return Choice(None, among=frozenset(c.name for c in warm))
+            return choice
+        # Loaded nowhere: load it where that costs least (it evicts nothing in use).
+        free = [c for c in candidates if c.free]
+        if not free:
+            return WAIT
+        cheapest = min(c.cold_s for c in free)
+        return self._least.choose(request, [c for c in free if c.cold_s == cheapest])
+
+
+class HybridStrategy:
+    """Least expected completion time: wait + service + cold-load penalty (the default).
+
+    With a free slot somewhere, the request takes the free server with the least expected
+    completion time, unless a busy server would finish it markedly sooner (because the
+    model is loaded there, it is much faster, or its prompt cache holds the request's
+    prefix): then it waits for that server, but no longer than the time it would have saved.
+
+    Prompt evaluated again where another server holds it cached, or a model loaded where another
+    server has it loaded, is work no one needed: when the other waiting requests would take
+    every free slot, that time is taken from them, so it counts twice. When free slots would idle instead, waiting for a busy server holding the
+    prefix counts twice: a conversation that waits for its congested server now will wait
+    again next turn, and moving it once spreads the load (near the end of a batch, too).
+    """
+
+    #: Wait for a busy server only if its expected completion beats the best free one's by
+    #: this factor (the estimates are averages: a near tie goes to the free server).
+    wait_margin = 0.9
+    #: Free servers whose expected completion is within this factor of the best one's are
+    #: taken as equally good, and the load is spread over them.
+    margin = 0.8
+
+    def __init__(self) -> None:
+        self._least = LeastLoadedStrategy()
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        # A server not measured yet is expected to serve like the measured ones (weighted),
+        # apart from the prefill: that is its own (what its cache lacks of this prompt).
+        known = [
+            (c.service_s - c.prefill_s) * c.weight for c in candidates if c.service_s is not None
+        ]
+        base = sum(known) / len(known) if known else 1.0
+
+        def service(c: Candidate) -> float:
+            if c.service_s is not None:
+                return c.service_s
+            return max(0.0, base) / c.weight + c.prefill_s
+
+        # Contended: the other waiters would take every free slot, so a slot's time spent
+        # evaluating a prompt another server holds cached, or loading a model another has
+        # loaded, is taken from them: it counts twice. Not contended: the free slots would idle otherwise, and a conversation that
+        # waits for its congested server now will likely wait there again next turn.
+        free_slots = sum(c.slots - c.in_use for c in candidates if c.free)
+        contended = request.waiting >= free_slots
+        least_prefill = min((c.prefill_s for c in candidates), default=0.0)
+        least_cold = min((c.cold_s for c in candidates), default=0.0)
+        affinity = any(c.cached_chars for c in candidates)
+
+        def ect(c: Candidate) -> float:
+            t = c.busy_for_s + service(c) + c.cold_s
+            if contended:
+                t += c.prefill_s - least_prefill + c.cold_s - least_cold
+            elif affinity and not c.free:
+                t += c.busy_for_s
+            return t
+
+        free = [c for c in candidates if c.free]
+        if not free:
+            warm = [c for c in candidates if c.loaded]
+            if warm and len(warm) < len(candidates):
+                best_cold = min((ect(c) for c in candidates if not c.loaded), default=0.0)
+                best_warm = min(ect(c) for c in warm)
+                if best_warm < best_cold:
+                    return Choice(
+                        None,
+                        among=frozenset(c.name for c in warm),
+                        widen_after_s=best_cold - best_warm,
+                    )
+            return WAIT
+        best_free_ect = min(ect(c) for c in free)
+        best = min(candidates, key=ect)
+        if not best.free and ect(best) < self.wait_margin * best_free_ect:
+            among = frozenset(
+                c.name for c in candidates if ect(c) < self.wait_margin * best_free_ect
+            )
+            return Choice(None, among=among, widen_after_s=best_free_ect - ect(best))
+        # Among (nearly) equally good free servers, spread the load.
+        good = [c for c in free if ect(c) <= best_free_ect / self.margin]
+        return self._least.choose(request, good)
+
+
+STRATEGY_CLASSES: Mapping[str, Callable[[], Strategy]] = {
+    "round_robin": RoundRobinStrategy,
+    "least_loaded": LeastLoadedStrategy,
+    "weighted": WeightedStrategy,
+    "model_aware": ModelAwareStrategy,
+    "hybrid": HybridStrategy,
+}
+
+
+def make_strategy(name: Union[str, Strategy]) -> Strategy:
+    """A fresh built-in strategy by its registered name; a :class:`Strategy` object as is."""
+    if isinstance(name, str):
+        return STRATEGY_CLASSES[name]()
+    return name
