@@ -189,11 +189,14 @@ class RedisSlots:
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            # Fail fast: a caller with a deadline falls back to local limits instead.
+            # Fail fast: a caller with a deadline falls back to local limits instead. One
+            # retry: after Redis restarts, the pool's old connections fail once each, and a
+            # request must not count that as Redis being down again (it would fall back and
+            # log a second time).
             options = {
                 "socket_timeout": self._timeout_s,
                 "socket_connect_timeout": self._timeout_s,
-                "retry": Retry(NoBackoff(), 0),
+                "retry": Retry(NoBackoff(), 1),
             }
         self._down = down_errors()
         self._redis = aioredis.Redis.from_url(self._url, **options)
