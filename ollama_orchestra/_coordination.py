@@ -377,7 +377,9 @@ class CoordinatedBalancer(LoadBalancer):
             namespace=coordination.namespace,
             timeout_s=coordination.timeout_s,
             retry_s=coordination.ttl_s / 3,
+            probe_ttl_s=2 * coordination.ttl_s,
         )
+        self._shared_breakers.on_applied(self._dispatch)
 
     @property
     def shared(self) -> SharedSlots:
@@ -401,13 +403,17 @@ class CoordinatedBalancer(LoadBalancer):
                 lease = await super().acquire(model, **kwargs)
                 try:
                     ok = await self._shared.confirm(lease)
+                    if ok and lease.permit is not None and lease.permit.probe:
+                        ok = await self._shared_breakers.claim_probe(lease.server.name)
                 except BaseException:
                     self.release(lease)
                     raise
                 if ok:
                     lease.queued_s = max(lease.queued_s, lease.acquired_at - t0)
                     return lease
-                # Full fleet-wide: the server now looks so; queue again, at the front.
+                # Refused: full fleet-wide (the server now looks so), or a half-open probe
+                # another process sends (the breaker is open here until its verdict).
+                # Queue again, at the front.
                 _REFUSED.set(True)
                 self.release(lease)
         finally:

@@ -9,6 +9,11 @@ emits the usual :class:`BreakerEvent`). A process that subscribes later (or agai
 outage) reads the keys and catches up. A close after a successful half-open probe is shared
 the same way (the key is deleted). Only host breakers are shared, not (server, model) ones.
 
+Half-open, one prober fleet-wide: a process whose breaker admits a probe request claims the
+server's ``<namespace>:<server>:prober`` key first (:meth:`SharedBreakers.claim_probe`); a
+process that finds it claimed by another opens its breaker until the claim expires, and the
+prober's verdict (a trip again, or a close) reaches it as above and ends the claim.
+
 A change received from Redis is applied with publishing suspended, so it is never published
 again (no echo between processes). With Redis down the breakers work locally as without
 coordination: a failed publish is logged once per outage, never raised.
@@ -21,7 +26,7 @@ import logging
 import os
 import uuid
 from types import TracebackType
-from typing import Any, Mapping, Optional, Type
+from typing import Any, Callable, Mapping, Optional, Type
 
 import anyio
 import anyio.abc
@@ -34,18 +39,31 @@ __all__ = ["SharedBreakers"]
 
 log = logging.getLogger("ollama_orchestra.coordination")
 
-# KEYS: the breaker key, the channel. ARGV: the message, its time to live in ms.
+# KEYS: the breaker key, the channel, the prober key. ARGV: the message, its time to live in
+# ms. A verdict (open again, or closed) ends the half-open probe: the prober key goes too.
 _OPEN = """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('DEL', KEYS[3])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
 
-# KEYS: the breaker key, the channel. ARGV: the message.
+# KEYS: the breaker key, the channel, the prober key. ARGV: the message.
 _CLOSE = """
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
+"""
+
+# KEYS: the prober key. ARGV: this process's id, the claim's time to live in ms.
+# Returns -1 when this process is the prober, else how long the other's claim still holds (ms).
+_CLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return -1
+end
+return redis.call('PTTL', KEYS[1])
 """
 
 # KEYS: breaker keys. Returns {message or '', remaining ms} for each.
@@ -71,6 +89,8 @@ class SharedBreakers:
         namespace: the prefix of the keys and the channel.
         timeout_s: a Redis call slower than this counts as Redis being down.
         retry_s: how soon the listener subscribes again after an outage.
+        probe_ttl_s: how long a half-open probe claim holds without a verdict (a prober
+            that dies, or whose probe runs longer, lets another process probe after it).
 
     Use as an async context manager around the orchestra's life; :meth:`changed` is the
     breakers' ``on_change`` feed.
@@ -84,6 +104,7 @@ class SharedBreakers:
         namespace: str = "ollama-orchestra",
         timeout_s: float = 0.5,
         retry_s: float = 0.5,
+        probe_ttl_s: float = 10.0,
     ) -> None:
         require_extra("redis", "shared breakers through Redis (coordination)")
         self._url = url
@@ -91,9 +112,11 @@ class SharedBreakers:
         self._ns = namespace
         self._timeout_s = timeout_s
         self._retry_s = retry_s
+        self._probe_ttl_s = probe_ttl_s
         self._me = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._applying = False
         self._down_logged = False
+        self._on_applied: Callable[[], None] = lambda: None
         self._redis: Any = None
         self._tg: Optional[anyio.abc.TaskGroup] = None
         #: Changes received from other processes and applied here (for tests and metrics).
@@ -104,12 +127,53 @@ class SharedBreakers:
     def __repr__(self) -> str:
         return f"<SharedBreakers {redact_url(self._url)} {self._ns!r}>"
 
+    def on_applied(self, wake: Callable[[], None]) -> None:
+        """Call ``wake()`` after a change from another process was applied (a closed breaker
+        may let waiting requests run: the balancer's dispatch)."""
+        self._on_applied = wake
+
     @property
     def channel(self) -> str:
         return f"{self._ns}:breakers"
 
     def key(self, server: str) -> str:
         return f"{self._ns}:{server}:breaker"
+
+    def prober_key(self, server: str) -> str:
+        return f"{self._ns}:{server}:prober"
+
+    # -- one half-open prober fleet-wide ----------------------------------------------------
+
+    async def claim_probe(self, server: str) -> bool:
+        """May this process send the half-open probe request to ``server``?
+
+        ``True`` when it holds the fleet's probe claim (or Redis is down: probing is local
+        then). ``False`` when another process probes: this breaker is opened until that
+        claim expires (``probe_ttl_s``), and the prober's verdict, shared like a trip or a
+        close, decides sooner.
+        """
+        breaker = self._breakers.get(server)
+        if breaker is None or self._tg is None:
+            return True
+        try:
+            with anyio.fail_after(self._timeout_s):
+                left = int(
+                    await self._claim(
+                        keys=[self.prober_key(server)],
+                        args=[self._me, max(1, int(self._probe_ttl_s * 1000))],
+                    )
+                )
+        except self._down as exc:
+            self._log_down(exc)
+            return True
+        if left < 0:
+            return True
+        self._applying = True
+        try:
+            breaker.force_open(max(left, 1) / 1000, "another process probes it (via Redis)")
+        finally:
+            self._applying = False
+        return False
 
     # -- this process's changes -----------------------------------------------------------
 
@@ -136,7 +200,7 @@ class SharedBreakers:
         message = json.dumps(
             {"from": self._me, "server": server, "state": state, "ms": remaining_ms}
         )
-        keys = [self.key(server), self.channel]
+        keys = [self.key(server), self.channel, self.prober_key(server)]
         try:
             with anyio.fail_after(self._timeout_s):
                 if state == OPEN:
@@ -184,6 +248,7 @@ class SharedBreakers:
             self._applying = False
         if done:
             self.applied += 1
+            self._on_applied()
 
     async def _catch_up(self) -> None:
         """Apply the trips still in force (published before this process subscribed)."""
@@ -243,6 +308,7 @@ class SharedBreakers:
         self._open = self._redis.register_script(_OPEN)
         self._close = self._redis.register_script(_CLOSE)
         self._read = self._redis.register_script(_READ)
+        self._claim = self._redis.register_script(_CLAIM)
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg

@@ -249,3 +249,52 @@ class TestForceOpen:
         with pytest.raises(TypeError, match="remaining_s"):
             br.force_open("1")  # type: ignore[arg-type]
         assert not br.force_open(0.0) and br.state == "closed"
+
+
+class TestOneProber:
+    """Half-open: exactly one orchestra sends the probe request; the others wait for its
+    verdict and follow it."""
+
+    async def test_one_prober_fleet_wide(self, redis_server: RedisProcess) -> None:
+        seen_b = Opened()
+        closed_b = anyio.Event()
+
+        def on_b(event: BreakerEvent) -> None:
+            seen_b(event)
+            if event.name == "x" and event.new == "closed":
+                closed_b.set()
+
+        async with fleet([tiny_profile("x", num_parallel=2)]) as sim:
+            config = breaker_config(sim, redis_server.url)
+            async with Orchestra(config) as a, Orchestra(config, on_breaker_change=on_b) as b:
+                for _ in range(2):  # x fails twice in a: its breaker trips
+                    permit = a.breaker("x").admit()
+                    assert permit is not None
+                    a.breaker("x").record_failure(permit, "boom")
+                with anyio.fail_after(1.0):
+                    await seen_b.wait("x")
+                for orch in (a, b):  # a health probe answered in both: half-open in both
+                    orch.breaker("x").record_probe_success()
+                    assert orch.breaker("x").state == "half_open"
+                answers: List[str] = []
+
+                async def one(orch: Orchestra, prompt: str) -> None:
+                    answers.append((await orch.generate(TINY, prompt)).server)
+
+                sim["x"].pause()
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(one, a, "a")
+                    await sim["x"].wait_until(lambda st: st.in_flight == 1)  # a's probe
+                    before = len(seen_b.events)
+                    tg.start_soon(one, b, "b")
+                    await until(lambda: b.breaker("x").state == "open", "b waits for a's probe")
+                    assert [e.reason for e in seen_b.events[before:]] == [
+                        "another process probes it (via Redis)"
+                    ]
+                    assert sim["x"].state().in_flight == 1 and b.balancer.waiting == 1
+                    sim["x"].resume()  # a's probe succeeds: closed in a, then in b
+                    with anyio.fail_after(5):
+                        await closed_b.wait()
+                assert answers == ["x", "x"]
+                assert a.breaker("x").state == b.breaker("x").state == "closed"
+                assert seen_b.events[-1].reason == "closed in another process (via Redis)"
