@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any, Dict, List
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ollama_orchestra import (
     BreakerPolicy,
@@ -298,3 +300,73 @@ class TestOneProber:
                 assert answers == ["x", "x"]
                 assert a.breaker("x").state == b.breaker("x").state == "closed"
                 assert seen_b.events[-1].reason == "closed in another process (via Redis)"
+
+
+# A worker process: an orchestra on hosts x and y whose breaker for x trips (two failures),
+# waits until the trip is published, prints "tripped".
+WORKER = r"""
+import sys
+
+import anyio
+
+from ollama_orchestra import (
+    BreakerPolicy, Coordination, HealthPolicy, Orchestra, OrchestraConfig, Server,
+)
+
+
+async def main(x: str, y: str, redis: str) -> None:
+    config = OrchestraConfig(
+        servers=(Server("x", x, max_concurrency=2), Server("y", y, max_concurrency=2)),
+        strategy="round_robin",
+        coordination=Coordination(redis),
+        breaker=BreakerPolicy(failure_threshold=2, cooldown_s=30.0),
+        health=HealthPolicy(interval_s=60.0, down_interval_s=60.0, startup_timeout_s=5),
+    )
+    async with Orchestra(config) as orch:
+        breaker = orch.breaker("x")
+        for _ in range(2):  # two failed requests on x (as in the in-process tests)
+            permit = breaker.admit()
+            assert permit is not None
+            breaker.record_failure(permit, "502")
+        assert breaker.state == "open"
+        for _ in range(3000):  # the publish runs in the background (polled in the worker)
+            if orch.balancer.shared_breakers.published:
+                break
+            await anyio.sleep(0.01)
+        print("tripped", flush=True)
+
+
+anyio.run(main, sys.argv[1], sys.argv[2], sys.argv[3])
+"""
+
+
+class TestProcesses:
+    """A trip in a worker process opens this process's breaker within a second."""
+
+    async def test_trip_in_another_process(self, redis_server: RedisProcess) -> None:
+        seen = Opened()
+        async with two_hosts() as sim:
+            config = breaker_config(sim, redis_server.url)
+            async with Orchestra(config, on_breaker_change=seen) as b:
+                args = [sim["x"].url, sim["y"].url, redis_server.url]
+                proc = await anyio.open_process([sys.executable, "-c", WORKER, *args], stderr=None)
+                try:
+                    assert proc.stdout is not None
+                    with anyio.fail_after(60):
+                        line = await BufferedByteReceiveStream(proc.stdout).receive_until(
+                            b"\n", 100
+                        )
+                    assert line == b"tripped"
+                    with anyio.fail_after(1.0):
+                        await seen.wait("x")
+                    assert seen.events[-1].reason == REMOTE
+                    with anyio.fail_after(30):
+                        assert await proc.wait() == 0
+                finally:
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+                before = sim["x"].state().requests
+                for i in range(4):
+                    assert (await b.generate(TINY, f"b{i}")).server == "y"
+                assert sim["x"].state().requests == before
