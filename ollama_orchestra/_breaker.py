@@ -242,6 +242,39 @@ class CircuitBreaker:
         elif state is HALF_OPEN:
             self._trip(_with_cause("health probe failed", cause), repeated=True)
 
+    # -- news from other processes (shared breakers) -------------------------------------
+
+    def force_open(self, remaining_s: float, reason: str = "tripped elsewhere") -> bool:
+        """Open for ``remaining_s`` more seconds, as a trip seen elsewhere (another process)
+        says; ``False`` (and no event) when already open at least that long.
+
+        The cooldown stays the policy's (or longer, to cover ``remaining_s``), so a later
+        failed probe grows it as usual; ``opened_at`` is set back to when a trip with that
+        cooldown would have opened.
+        """
+        if isinstance(remaining_s, bool) or not isinstance(remaining_s, (int, float)):
+            raise TypeError(f"remaining_s must be a number, got {remaining_s!r}")
+        if not remaining_s > 0:
+            return False
+        now = self._clock()
+        until = self.reopens_at()
+        if until is not None and until >= now + remaining_s:
+            return False
+        self._cooldown = max(self._cooldown, float(remaining_s))
+        self._opened_at = now + float(remaining_s) - self._cooldown
+        if self._state is OPEN:  # open, but not for as long: only the reopening moves
+            return True
+        self._trips += 1
+        self._move(OPEN, reason)
+        return True
+
+    def force_close(self, reason: str = "closed elsewhere") -> bool:
+        """Close, as a successful probe seen elsewhere says; ``False`` when already closed."""
+        if self._state is CLOSED:
+            return False
+        self._close(reason)
+        return True
+
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn`` through the breaker: refused with :class:`BreakerOpen` while open."""
         permit = self.admit()

@@ -38,7 +38,7 @@ from ._breaker import BreakerEvent, CircuitBreaker, ModelBreakers
 from ._calls import Calls
 from ._clock import now as clock_now
 from ._config import OrchestraConfig, RetryPolicy, Server
-from ._coordination import coordinated, make_balancer
+from ._coordination import breaker_changed, coordinated, make_balancer
 from ._errors import (
     NoHealthyServer,
     OrchestraClosed,
@@ -320,6 +320,7 @@ class Orchestra(Calls):
     def _breaker_changed(self, event: BreakerEvent) -> None:
         if str(event.new) == "open" and event.model is None:
             self._metrics.breaker_trip(event.name)
+        breaker_changed(self._balancer, event)
         if self._on_breaker_change is not None:
             try:
                 self._on_breaker_change(event)

@@ -27,6 +27,9 @@ How it works (the strategies are untouched):
   answers again: the leases taken meanwhile are registered in Redis, then the fleet counts
   apply again (``"redis"``).
 
+* **Breakers too.** A host breaker's trip (and its close after a successful probe) in one
+  process opens (closes) that server's breaker in the others: ``_shared_breakers``.
+
 Cross-process fairness is first come first served at Redis (priority orders each process's
 own queue; a refused request queues again at the front of its priority's queue).
 """
@@ -55,12 +58,14 @@ import anyio
 import anyio.abc
 
 from ._balancer import Lease, LoadBalancer
+from ._breaker import BreakerEvent
 from ._config import OrchestraConfig, Server
 from ._coordconfig import Coordination
 from ._extras import require_asyncio, require_extra
 from ._lease import SlotStore
 from ._redis_slots import RedisSlots
 from ._secrets import redact_url
+from ._shared_breakers import SharedBreakers
 from ._state import FleetState
 
 __all__ = [
@@ -68,6 +73,7 @@ __all__ = [
     "REDIS",
     "CoordinatedBalancer",
     "SharedSlots",
+    "breaker_changed",
     "coordinated",
     "make_balancer",
 ]
@@ -365,10 +371,24 @@ class CoordinatedBalancer(LoadBalancer):
         super().__init__(config, state, slots=self._shared, **kwargs)
         self._shared.on_change(self._dispatch)
         state.attach_coordination(lambda: self._shared.mode)
+        self._shared_breakers = SharedBreakers(
+            coordination.url,
+            dict(self._breakers),
+            namespace=coordination.namespace,
+            timeout_s=coordination.timeout_s,
+            retry_s=coordination.ttl_s / 3,
+            probe_ttl_s=2 * coordination.ttl_s,
+        )
+        self._shared_breakers.on_applied(self._dispatch)
 
     @property
     def shared(self) -> SharedSlots:
         return self._shared
+
+    @property
+    def shared_breakers(self) -> SharedBreakers:
+        """The host breakers' trips, shared through the same Redis."""
+        return self._shared_breakers
 
     def in_use(self, name: str) -> int:
         """This process's leases on ``name`` (the fleet's are in Redis)."""
@@ -383,13 +403,17 @@ class CoordinatedBalancer(LoadBalancer):
                 lease = await super().acquire(model, **kwargs)
                 try:
                     ok = await self._shared.confirm(lease)
+                    if ok and lease.permit is not None and lease.permit.probe:
+                        ok = await self._shared_breakers.claim_probe(lease.server.name)
                 except BaseException:
                     self.release(lease)
                     raise
                 if ok:
                     lease.queued_s = max(lease.queued_s, lease.acquired_at - t0)
                     return lease
-                # Full fleet-wide: the server now looks so; queue again, at the front.
+                # Refused: full fleet-wide (the server now looks so), or a half-open probe
+                # another process sends (the breaker is open here until its verdict).
+                # Queue again, at the front.
                 _REFUSED.set(True)
                 self.release(lease)
         finally:
@@ -418,9 +442,22 @@ async def _nothing() -> AsyncIterator[None]:
     yield
 
 
+@asynccontextmanager
+async def _shared_state(balancer: CoordinatedBalancer) -> AsyncIterator[None]:
+    async with balancer.shared, balancer.shared_breakers:
+        yield
+
+
 def coordinated(balancer: LoadBalancer) -> AsyncContextManager[Any]:
-    """The context the orchestra keeps open while it runs: the Redis connection of a
-    coordinated balancer, nothing for a plain one."""
+    """The context the orchestra keeps open while it runs: the Redis connections of a
+    coordinated balancer (slots, breakers), nothing for a plain one."""
     if isinstance(balancer, CoordinatedBalancer):
-        return balancer.shared
+        return _shared_state(balancer)
     return _nothing()
+
+
+def breaker_changed(balancer: LoadBalancer, event: BreakerEvent) -> None:
+    """A breaker of the orchestra changed: a coordinated balancer shares a host breaker's
+    trip or close with the other processes (see ``_shared_breakers``)."""
+    if isinstance(balancer, CoordinatedBalancer):
+        balancer.shared_breakers.changed(event)
