@@ -168,7 +168,6 @@ class RequestPath:
     ) -> Tuple[T, Lease, List[Attempt]]:
         self._client()
         policy = self._policy(retry)
-        self._balancer.check_capable(model)
         attempts: List[Attempt] = []
         tried: Set[str] = set(exclude)
         first_failure: Optional[float] = None
