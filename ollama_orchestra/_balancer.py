@@ -191,13 +191,15 @@ class _Waiter:
         "wake_at",
     )
 
+    #: Set when it joins the queue (``_enqueue``): a request granted at once never waits.
+    event: anyio.Event
+
     def __init__(self, request: RouteRequest, exclude: FrozenSet[str], since: float) -> None:
         self.request = request
         self.since = since
         self.exclude = exclude
         self.wake_at: Optional[float] = None
         self.rearm = False
-        self.event = anyio.Event()
         self.granted: Optional[Lease] = None
         self.error: Optional[BaseException] = None
         self.gone = False
@@ -583,6 +585,7 @@ class LoadBalancer:
         return lease
 
     def _enqueue(self, waiter: _Waiter) -> None:
+        waiter.event = anyio.Event()
         prio = waiter.request.priority
         queue = self._queues.get(prio)
         if queue is None:

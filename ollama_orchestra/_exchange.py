@@ -223,8 +223,10 @@ class Exchange:
                 if obj is None:
                     raise AttemptError("reset", self.server, "stream ended before done")
                 objs.append(obj)
-                if read_s is not None and scope.deadline - anyio.current_time() < read_s:
-                    scope.deadline = anyio.current_time() + 1.25 * read_s
+                if read_s is not None:
+                    now = anyio.current_time()
+                    if scope.deadline - now < read_s:
+                        scope.deadline = now + 1.25 * read_s
         if scope.cancelled_caught:
             raise self._silence(TimeoutError())
         return objs
@@ -244,5 +246,7 @@ class Exchange:
         if self._closed:
             return
         self._closed = True
+        if self.response.is_closed:  # read to its end: httpx closed it already
+            return
         with anyio.CancelScope(shield=True):
             await self.response.aclose()
