@@ -134,6 +134,25 @@ def down_errors() -> Tuple[Type[BaseException], ...]:
     return (RedisError, OSError, TimeoutError)
 
 
+def redis_client(url: str, timeout_s: Optional[float], *, read_timeout: bool = True) -> Any:
+    """An asyncio Redis client for ``url``. With ``timeout_s``, calls fail fast (connecting, and
+    reading unless ``read_timeout`` is off): a caller with a deadline falls back to local
+    behaviour instead. One retry on a connection error: after Redis restarts, the pool's old
+    connections fail once each, and that must not count as Redis being down again (a process
+    would fall back and log a second outage)."""
+    import redis.asyncio as aioredis
+
+    if timeout_s is None:
+        return aioredis.Redis.from_url(url)
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    options: Dict[str, Any] = {"socket_connect_timeout": timeout_s, "retry": Retry(NoBackoff(), 1)}
+    if read_timeout:
+        options["socket_timeout"] = timeout_s
+    return aioredis.Redis.from_url(url, **options)
+
+
 class RedisSlots:
     """Per-server slots held in Redis, shared by every process using the same URL and namespace.
 
@@ -182,24 +201,8 @@ class RedisSlots:
         return f"{base}:leases", f"{base}:queue", f"{base}:queue-expiry", f"{base}:freed"
 
     async def __aenter__(self) -> RedisSlots:
-        import redis.asyncio as aioredis
-
-        options: Dict[str, Any] = {}
-        if self._timeout_s is not None:
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            # Fail fast: a caller with a deadline falls back to local limits instead. One
-            # retry: after Redis restarts, the pool's old connections fail once each, and a
-            # request must not count that as Redis being down again (it would fall back and
-            # log a second time).
-            options = {
-                "socket_timeout": self._timeout_s,
-                "socket_connect_timeout": self._timeout_s,
-                "retry": Retry(NoBackoff(), 1),
-            }
         self._down = down_errors()
-        self._redis = aioredis.Redis.from_url(self._url, **options)
+        self._redis = redis_client(self._url, self._timeout_s)
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._enqueue = self._redis.register_script(_ENQUEUE)
         self._renew = self._redis.register_script(_RENEW)

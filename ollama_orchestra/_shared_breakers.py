@@ -33,6 +33,7 @@ import anyio.abc
 
 from ._breaker import BreakerEvent, CircuitBreaker
 from ._extras import require_extra
+from ._redis_slots import down_errors, redis_client
 from ._secrets import redact_url
 
 __all__ = ["SharedBreakers"]
@@ -292,19 +293,9 @@ class SharedBreakers:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def __aenter__(self) -> SharedBreakers:
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
-        from ._redis_slots import down_errors
-
         self._down = down_errors()
         # Fail fast: a breaker that cannot be shared still works locally.
-        self._redis = aioredis.Redis.from_url(
-            self._url,
-            socket_connect_timeout=self._timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._redis = redis_client(self._url, self._timeout_s, read_timeout=False)
         self._open = self._redis.register_script(_OPEN)
         self._close = self._redis.register_script(_CLOSE)
         self._read = self._redis.register_script(_READ)
