@@ -271,16 +271,16 @@ class RequestPath:
         except (RequestFailed, _NotElsewhere) as exc:
             log.info("stream from %s not continued: %s", broken.server, exc)
             raise StreamInterrupted(partial, broken.server, broken) from exc
-        resume.continued(
-            Continuation(
-                broken=broken.server,
-                server=lease.server.name,
-                at_token=resume.tokens,
-                at_char=len(partial),
-                lost_s=self._clock() - broke_at,
-                reason=broken.message,
-            )
+        record = Continuation(
+            broken=broken.server,
+            server=lease.server.name,
+            at_token=resume.tokens,
+            at_char=len(partial),
+            lost_s=self._clock() - broke_at,
+            reason=broken.message,
         )
+        resume.continued(record)
+        self._metrics.continued(record.broken, record.at_token, record.lost_s)
         log.info(
             "stream from %s continued on %s at token %d",
             broken.server,
@@ -288,6 +288,15 @@ class RequestPath:
             resume.tokens,
         )
         return exchange, lease
+
+    async def _let_go(self, exchange: Exchange, lease: Lease) -> None:
+        """Close ``exchange`` and give ``lease``'s slot back (permits not settled yet: no
+        verdict), the slot released even if closing fails."""
+        lease.settle(None)
+        try:
+            await exchange.aclose()
+        finally:
+            self._balancer.release(lease)
 
     async def _fetch_template(self, resume: Resume, server: Server, model: str) -> None:
         """The model's template and system prompt, from ``/api/show`` on ``server``, for a
@@ -389,8 +398,6 @@ class RequestPath:
             got, resume, broken = cut.received, cut.resume, cut.error
             while True:
                 exchange, lease = await self._continue(resume, broken, model, role, priority, retry)
-                record = resume.continuations[-1]
-                self._metrics.continued(record.broken, record.at_token, record.lost_s)
                 try:
                     part = await exchange.read_all()
                     await exchange.drain()
@@ -403,11 +410,7 @@ class RequestPath:
                     resume.broke(exchange.started, self._clock())
                     got, broken = got + exchange.received, exc
                 finally:
-                    lease.settle(None)
-                    try:
-                        await exchange.aclose()
-                    finally:
-                        self._balancer.release(lease)
+                    await self._let_go(exchange, lease)
 
         async def collected(
             out: ResponseStream[Dict[str, Any]],
@@ -482,21 +485,11 @@ class RequestPath:
                             resume, broken, model, role, priority, retry
                         )
                     finally:
-                        old_lease.settle(None)
-                        try:
-                            await old.aclose()
-                        finally:
-                            self._balancer.release(old_lease)
-                    record = resume.continuations[-1]
-                    self._metrics.continued(record.broken, record.at_token, record.lost_s)
+                        await self._let_go(old, old_lease)
                     out._settled(lease.server.name, out.attempts + 1, out.queued_s)
                     obj = exchange.first
             finally:
-                lease.settle(None)  # closed early by the caller: no verdict
-                try:
-                    await exchange.aclose()
-                finally:
-                    self._balancer.release(lease)
+                await self._let_go(exchange, lease)  # closed early by the caller: no verdict
 
         return ResponseStream.of(collected if collect else streamed)
 
