@@ -41,7 +41,6 @@ class Exchange:
         "_read_s",
         "_streamed",
         "first",
-        "first_at",
         "received",
         "response",
         "server",
@@ -57,10 +56,8 @@ class Exchange:
         self.response = response
         #: When the attempt started (after the slot was granted): service time counts from it.
         self.started = started
-        #: The first JSON object of the answer (set by :meth:`open`), and when it came (for a
-        #: streamed answer: decode time is measured from it).
+        #: The first JSON object of the answer (set by :meth:`open`).
         self.first: Optional[Dict[str, Any]] = None
-        self.first_at: Optional[float] = None
         #: the objects :meth:`read_all` has read so far (what a broken answer salvages).
         self.received: List[Dict[str, Any]] = []
         self._lines: AsyncIterator[str] = response.aiter_lines()
@@ -118,7 +115,6 @@ class Exchange:
                     exchange.first = await exchange.next_obj()
                     if exchange.first is None:
                         raise AttemptError("reset", server.name, "empty answer")
-                    exchange.first_at = clock()
                 else:
                     exchange.first = await exchange._whole(_ANSWER_KEY[path])
         except TimeoutError as exc:

@@ -73,9 +73,7 @@ class Outcomes:
         cost model (rates, time ratio, prefix index) and the metrics."""
         name = lease.server.name
         lease.settle(True)
-        now = self._clock()
-        latency = now - exchange.started
-        first_at = exchange.first_at
+        latency = self._clock() - exchange.started
         costs = self._costs
         seen = costs.observe(
             name,
@@ -83,7 +81,6 @@ class Outcomes:
             lease.prompt,
             final,
             observed_s=latency,
-            decode_s=now - first_at if first_at is not None else None,
             slots=lease.server.max_concurrency,
             predicted_cached_chars=lease.predicted_cached_chars,
         )

@@ -80,7 +80,6 @@ class Observation:
     prompt_tokens: int
     cached_tokens: int
     prefill_s: float
-    load_s: float
     #: ``True``/``False`` when the index predicted a cached prefix and the response confirmed
     #: or refuted it; ``None`` when nothing was predicted or no rate is known yet.
     hit: Optional[bool]
@@ -89,7 +88,6 @@ class Observation:
 @dataclass
 class _Pair:
     prompt_tps: Optional[float] = None
-    decode_tps: Optional[float] = None
     base_s: Optional[float] = None
 
 
@@ -129,11 +127,6 @@ class PromptCosts:
         pair = self._pairs.get((server, model))
         return pair.prompt_tps if pair else None
 
-    def decode_tps(self, server: str, model: str) -> Optional[float]:
-        """Learned decode rate there, in tokens per orchestra second (first token excluded)."""
-        pair = self._pairs.get((server, model))
-        return pair.decode_tps if pair else None
-
     def estimate(
         self,
         server: str,
@@ -166,14 +159,13 @@ class PromptCosts:
         final: Mapping[str, Any],
         *,
         observed_s: float,
-        decode_s: Optional[float],
         slots: int,
         predicted_cached_chars: int = 0,
     ) -> Observation:
         """One successful exchange: ``final`` is Ollama's last object, ``observed_s`` the
-        attempt's time (orchestra clock), ``decode_s`` the time from its first chunk to its
-        last (``None`` if not streamed); ``predicted_cached_chars`` what :meth:`estimate` said
-        when the request was routed there."""
+        attempt's time (orchestra clock); ``predicted_cached_chars`` what :meth:`estimate` said
+        when the request was routed there. Decoding is learned as part of the rest of a
+        request (``base_s``), which is what routing compares."""
         total_ns = _count(final, "total_duration")
         if total_ns > 0 and observed_s > 0:
             self._observed[server] = _ewma(self._observed.get(server), observed_s)
@@ -183,13 +175,10 @@ class PromptCosts:
         load = _count(final, "load_duration") / 1e9 * ratio
         n = _count(final, "prompt_eval_count")
         pair = self._pairs.setdefault((server, model), _Pair())
-        decoded = _count(final, "eval_count")
-        if decode_s is not None and decoded > 1 and decode_s > 0:
-            pair.decode_tps = _ewma(pair.decode_tps, (decoded - 1) / decode_s)
         if observed_s > 0:
             pair.base_s = _ewma(pair.base_s, max(0.0, observed_s - prefill - load))
         if prompt is None or n <= 0:
-            return Observation(n, 0, prefill, load, None)
+            return Observation(n, 0, prefill, None)
         self._chars_per_token[model] = _ewma(self._chars_per_token.get(model), prompt.chars / n)
         predicted = min(n, self.tokens(model, predicted_cached_chars))
         uncached = n - predicted
@@ -209,7 +198,7 @@ class PromptCosts:
             pair.prompt_tps = _ewma(pair.prompt_tps, uncached / prefill)
         self.index.record(server, model, prompt.chain, slots)
         cached = round(max(0.0, n - max(1.0, evaluated)))
-        return Observation(n, cached, prefill, load, hit)
+        return Observation(n, cached, prefill, hit)
 
     def unloaded(self, server: str, model: str) -> None:
         """The model left the server's memory: its prompt caches are gone."""

@@ -52,7 +52,6 @@ def observe(
         prompt,
         final(prompt_tokens=tokens, prompt_s=prompt_s / scale, total_s=total_s / scale),
         observed_s=total_s,
-        decode_s=None,
         slots=1,
         predicted_cached_chars=predicted,
     )
@@ -92,7 +91,6 @@ class TestLearning:
             None,
             final(prompt_tokens=10, prompt_s=0.5, total_s=4.0, load_s=1.5),
             observed_s=4.0,
-            decode_s=None,
             slots=1,
         )
         assert costs.estimate("a", M, None).base_s == pytest.approx(2.0)
@@ -100,7 +98,7 @@ class TestLearning:
     def test_malformed_fields_count_as_absent(self) -> None:
         costs = PromptCosts()
         bad = {"done": True, "prompt_eval_count": "many", "total_duration": float("nan")}
-        seen = costs.observe("a", M, None, bad, observed_s=1.0, decode_s=None, slots=1)
+        seen = costs.observe("a", M, None, bad, observed_s=1.0, slots=1)
         assert seen.prompt_tokens == 0
         assert costs.time_ratio("a") == 1.0
 
