@@ -36,8 +36,11 @@ own queue; a refused request queues again at the front of its priority's queue).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import os
+import uuid
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from types import TracebackType
@@ -56,6 +59,7 @@ from typing import (
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ._balancer import Lease, LoadBalancer
 from ._breaker import BreakerEvent
@@ -86,6 +90,25 @@ LOCAL_FALLBACK = "local-fallback"
 
 # Set in a request's task once Redis refused its slot: it queues again at the front.
 _REFUSED: ContextVar[bool] = ContextVar("refused", default=False)
+
+
+class Waiter:
+    """A request of this process as Redis' queues know it (see :meth:`SharedSlots.queue`)."""
+
+    __slots__ = ("done", "id", "joined", "left", "pending", "priority", "servers")
+
+    def __init__(self, wid: str, priority: int) -> None:
+        self.id = wid
+        self.priority = priority
+        self.servers: Tuple[str, ...] = ()
+        self.pending = False  # queued here, on its way to Redis
+        self.joined = False  # in Redis' queues
+        self.left = False  # out of them again (served, or gone)
+        self.done = False  # its request has its slot, or has given up
+
+
+# The request's waiter in its own task (set by CoordinatedBalancer.acquire).
+_WAITER: ContextVar[Optional[Waiter]] = ContextVar("waiter", default=None)
 
 # A stand-in for a slot kept back while on local limits never frees (in the wait estimates).
 _KEPT_BACK_S = 86400.0
@@ -121,6 +144,9 @@ class SharedSlots(SlotStore[Lease]):
         self._remote: Dict[Lease, Tuple[str, str]] = {}  # lease -> (server, Redis lease id)
         self._redis: Optional[RedisSlots] = None
         self._tg: Optional[anyio.abc.TaskGroup] = None
+        self._joining: List[Waiter] = []  # waiters to queue in Redis (one batch)
+        self._me = f"w{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._ids = itertools.count()
         #: ``"redis"``, ``"local-fallback"``, or ``None`` while not running.
         self.mode: Optional[str] = None
         self._wake: Callable[[], None] = lambda: None
@@ -166,16 +192,26 @@ class SharedSlots(SlotStore[Lease]):
 
     # -- confirming with Redis ------------------------------------------------------------
 
-    async def confirm(self, lease: Lease) -> bool:
-        """Hold ``lease``'s slot in Redis too; ``False``: the server is full fleet-wide (the
-        lease must be given back). On local limits: whether it is within them."""
+    async def confirm(self, lease: Lease, waiter: Optional[Waiter] = None) -> bool:
+        """Hold ``lease``'s slot in Redis too; ``False``: the server is full fleet-wide, or its
+        free slots are wanted by waiters of a higher priority than ``waiter``'s in other
+        processes (the lease must be given back). On local limits: whether it is within
+        them."""
         name = lease.server.name
         redis = self._redis
         if self.mode == REDIS and redis is not None:
             rid = redis.new_lease()
+            queued = waiter is not None and waiter.joined and not waiter.left
             try:
                 with anyio.fail_after(self._coordination.timeout_s):
-                    taken, live = await redis.try_acquire(name, lease.server.max_concurrency, rid)
+                    taken, live = await redis.try_acquire(
+                        name,
+                        lease.server.max_concurrency,
+                        rid,
+                        priority=waiter.priority if waiter is not None else 0,
+                        waiter=waiter.id if queued and waiter is not None else "",
+                        queued=waiter.servers if queued and waiter is not None else (),
+                    )
             except redis_down() as exc:
                 self._release_later(name, rid)  # it may have been taken before the timeout
                 self._fall_back(exc)
@@ -186,10 +222,72 @@ class SharedSlots(SlotStore[Lease]):
                 if taken:
                     self._remote[lease] = (name, rid)
                     self._confirmed[name] += 1
+                    if queued and waiter is not None:
+                        waiter.left = True
                 self._fleet[name] = live
                 self._show(name)
                 return taken
         return len(self._local[name]) <= self._limit[name]
+
+    def new_waiter_id(self) -> str:
+        """A fresh waiter id (unique across processes)."""
+        return f"{self._me}-{next(self._ids)}"
+
+    def queue(self, waiter: Waiter, servers: Sequence[str]) -> None:
+        """``waiter`` waits for a slot on one of ``servers``: queue it in Redis (in the
+        background, batched with the others queued meanwhile), so that the other processes'
+        requests of a lower priority yield to it. Once per waiter; not on local limits."""
+        if self.mode != REDIS or waiter.pending or waiter.joined or self._tg is None:
+            return
+        waiter.servers = tuple(servers)
+        waiter.pending = True
+        self._joining.append(waiter)
+        if len(self._joining) == 1:
+            self._tg.start_soon(self._join)
+
+    def done(self, waiter: Waiter) -> None:
+        """``waiter``'s request has its slot or gave up: out of Redis' queues."""
+        waiter.done = True
+        if waiter.joined and not waiter.left:
+            waiter.left = True
+            self._leave_later(waiter)
+
+    async def _join(self) -> None:
+        await anyio.lowlevel.checkpoint()  # the waiters queued in this pass: one batch
+        batch, self._joining = self._joining, []
+        redis = self._redis
+        if redis is None:
+            return
+        try:
+            with anyio.CancelScope(shield=True), anyio.fail_after(self._coordination.timeout_s):
+                await redis.join([(w.id, w.priority, w.servers) for w in batch])
+        except redis_down():
+            for w in batch:  # not queued; its slot is still confirmed
+                w.pending = False
+                redis.forget_waiter(w.id, w.servers)
+            return
+        for w in batch:
+            w.pending = False
+            w.joined = True
+            if w.done and not w.left:
+                w.left = True
+                self._leave_later(w)
+
+    def _leave_later(self, waiter: Waiter) -> None:
+        redis, tg = self._redis, self._tg
+        if redis is None:
+            return
+        if tg is None:
+            redis.forget_waiter(waiter.id, waiter.servers)
+            return
+        tg.start_soon(self._leave_now, redis, waiter)
+
+    async def _leave_now(self, redis: RedisSlots, waiter: Waiter) -> None:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(self._coordination.timeout_s):
+            try:
+                await redis.leave(waiter.id, waiter.servers)
+            except redis_down():
+                pass  # not renewed any more: it expires after the TTL
 
     def _release_later(self, server: str, rid: str) -> None:
         redis, tg = self._redis, self._tg
@@ -398,11 +496,13 @@ class CoordinatedBalancer(LoadBalancer):
         """:meth:`LoadBalancer.acquire`, then the slot confirmed in Redis (again if refused)."""
         t0 = self._clock()
         refused = _REFUSED.set(False)
+        waiter = Waiter(self._shared.new_waiter_id(), kwargs.get("priority", 0))
+        token = _WAITER.set(waiter)
         try:
             while True:
                 lease = await super().acquire(model, **kwargs)
                 try:
-                    ok = await self._shared.confirm(lease)
+                    ok = await self._shared.confirm(lease, waiter)
                     if ok and lease.permit is not None and lease.permit.probe:
                         ok = await self._shared_breakers.claim_probe(lease.server.name)
                 except BaseException:
@@ -417,10 +517,18 @@ class CoordinatedBalancer(LoadBalancer):
                 _REFUSED.set(True)
                 self.release(lease)
         finally:
+            _WAITER.reset(token)
             _REFUSED.reset(refused)
+            self._shared.done(waiter)
 
     def _enqueue(self, waiter: Any) -> None:
         super()._enqueue(waiter)
+        mine = _WAITER.get()
+        if mine is not None:  # it waits: queued in Redis too, for the servers with its model
+            model = waiter.request.model
+            states = self._state.servers()
+            servers = [st.server.name for st in states if model in st.models]
+            self._shared.queue(mine, servers or [st.server.name for st in states])
         if _REFUSED.get():  # it was first in line when refused: it stays first
             queue = self._queues[waiter.request.priority]
             if queue and queue[-1] is waiter:

@@ -82,15 +82,97 @@ return 1
 """
 
 
-# KEYS: leases zset. ARGV: lease id, slots, ttl ms. Returns {1 if taken, live leases after}.
+# A waiter's score in a server's queue: priority first (1e13 ms is ~300 years of arrivals), then
+# arrival (Redis' TIME, ms); exact in a double for priorities within +-500. A waiter of a
+# higher priority than ``p`` scores below ``-p * 1e13``.
+
+# KEYS: leases zset, queue zset, queue expiry zset of the server; then, for each other server
+# the waiter is queued for: its queue, queue expiry, leases and freed channel.
+# ARGV: lease id, slots, ttl ms, waiter id ('' if not queued), priority.
+# Takes a free slot unless the waiters of a higher priority queued for this server (in any
+# process) need every free slot. Returns {1 if taken, live leases after}; refused:
+# {0, the leases plus the higher-priority waiters, at most slots}. Taken: the waiter leaves
+# every queue (see _LEAVE for the message it may send).
 _TRY = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local slots = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local n = redis.call('ZCARD', KEYS[1])
-if n >= tonumber(ARGV[2]) then return {0, n} end
+if n >= slots then return {0, n} end
+local dead = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, w in ipairs(dead) do redis.call('ZREM', KEYS[2], w) end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local bound = -tonumber(ARGV[5]) * 1e13
+local ahead = redis.call('ZCOUNT', KEYS[2], '-inf', '(' .. bound)
+if ahead >= slots - n then return {0, math.min(slots, n + ahead)} end
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+if ARGV[4] ~= '' then
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  for i = 4, #KEYS, 4 do
+    local score = redis.call('ZSCORE', KEYS[i], ARGV[4])
+    if score then
+      redis.call('ZREM', KEYS[i], ARGV[4])
+      redis.call('ZREM', KEYS[i + 1], ARGV[4])
+      local lower = math.floor(tonumber(score) / 1e13) * 1e13 + 1e13
+      if redis.call('ZCOUNT', KEYS[i], lower, '+inf') > 0 then
+        redis.call('ZREMRANGEBYSCORE', KEYS[i + 2], '-inf', now)
+        redis.call('PUBLISH', KEYS[i + 3], redis.call('ZCARD', KEYS[i + 2]))
+      end
+    end
+  end
+end
 return {1, n + 1}
+"""
+
+# KEYS: for each server the waiter is queued for: its queue, queue expiry, leases and freed
+# channel. ARGV: waiter id. The waiter leaves every queue; where it may have held back
+# waiters of a lower priority, the server's live count is published (it wakes them).
+_LEAVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, #KEYS, 4 do
+  local score = redis.call('ZSCORE', KEYS[i], ARGV[1])
+  if score then
+    redis.call('ZREM', KEYS[i], ARGV[1])
+    redis.call('ZREM', KEYS[i + 1], ARGV[1])
+    local lower = math.floor(tonumber(score) / 1e13) * 1e13 + 1e13
+    if redis.call('ZCOUNT', KEYS[i], lower, '+inf') > 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[i + 2], '-inf', now)
+      redis.call('PUBLISH', KEYS[i + 3], redis.call('ZCARD', KEYS[i + 2]))
+    end
+  end
+end
+return 1
+"""
+
+# KEYS: queue and queue expiry zsets of each server. ARGV: ttl ms, then per waiter: its id,
+# priority, how many servers, and their (1-based) positions among the KEYS pairs. Queues each
+# waiter (once: a later call only renews its expiry).
+_JOIN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local i = 2
+while i <= #ARGV do
+  local w, score, k = ARGV[i], -tonumber(ARGV[i + 1]) * 1e13 + now, tonumber(ARGV[i + 2])
+  for j = 1, k do
+    local at = tonumber(ARGV[i + 2 + j]) * 2 - 1
+    if not redis.call('ZSCORE', KEYS[at], w) then redis.call('ZADD', KEYS[at], score, w) end
+    redis.call('ZADD', KEYS[at + 1], now + ttl, w)
+  end
+  i = i + 3 + k
+end
+return 1
+"""
+
+# KEYS: a queue expiry zset. ARGV: ttl ms, waiter ids... Renews the ones still queued.
+_RENEW_WAITERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
+return 1
 """
 
 # KEYS: leases zset. ARGV: ttl ms, lease ids... Holds them whatever the count (a process that
@@ -188,6 +270,7 @@ class RedisSlots:
         self._me = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._seq = itertools.count()
         self._held: Dict[str, Set[str]] = {}
+        self._waiting: Dict[str, Set[str]] = {}  # server -> waiters queued there (see join)
         self._changed: Dict[str, anyio.Event] = {}
         self._redis: Any = None
         self._tg: Optional[anyio.abc.TaskGroup] = None
@@ -207,6 +290,9 @@ class RedisSlots:
         self._enqueue = self._redis.register_script(_ENQUEUE)
         self._renew = self._redis.register_script(_RENEW)
         self._try = self._redis.register_script(_TRY)
+        self._join = self._redis.register_script(_JOIN)
+        self._leave = self._redis.register_script(_LEAVE)
+        self._renew_waiters = self._redis.register_script(_RENEW_WAITERS)
         self._adopt = self._redis.register_script(_ADOPT)
         self._release = self._redis.register_script(_RELEASE)
         self._counts = self._redis.register_script(_COUNTS)
@@ -244,10 +330,12 @@ class RedisSlots:
         """Wait for one of ``server``'s ``slots`` and return the lease id holding it."""
         leases, queue, expiry, _ = self._keys(server)
         lease = self.new_lease()
-        changed = self._changed.setdefault(server, anyio.Event())
         try:
             while True:
-                if changed.is_set():
+                # One event per server, shared by its waiters: the first to wake after a
+                # release replaces it, the others wait on that new one (not on yet another).
+                changed = self._changed.get(server)
+                if changed is None or changed.is_set():
                     changed = self._changed[server] = anyio.Event()
                 await self._enqueue(keys=[queue, expiry], args=[lease, priority, self._ttl_ms])
                 if await self._acquire(
@@ -267,15 +355,73 @@ class RedisSlots:
         """A fresh lease id (unique across processes)."""
         return f"{self._me}-{next(self._seq)}"
 
-    async def try_acquire(self, server: str, slots: int, lease: str) -> Tuple[bool, int]:
-        """Take one of ``server``'s ``slots`` for ``lease`` if one is free, without waiting:
-        ``(taken, live leases on server after)``."""
+    async def try_acquire(
+        self,
+        server: str,
+        slots: int,
+        lease: str,
+        *,
+        priority: int = 0,
+        waiter: str = "",
+        queued: Sequence[str] = (),
+    ) -> Tuple[bool, int]:
+        """Take one of ``server``'s ``slots`` for ``lease`` if one is free and no waiter of a
+        higher priority than ``priority`` (in any process, see :meth:`join`) needs it, without
+        waiting: ``(taken, live leases on server after)``; refused, the count includes the
+        waiters it yields to. Taken, ``waiter`` (if given) leaves the queues of ``queued``."""
+        keys = list(self._keys(server)[:3])
+        if waiter:
+            for other in queued:
+                if other != server:
+                    q, e = self._queued_keys(other)
+                    keys += [q, e, *self._keys(other)[0::3]]
         taken, live = await self._try(
-            keys=[self._keys(server)[0]], args=[lease, slots, self._ttl_ms]
+            keys=keys, args=[lease, slots, self._ttl_ms, waiter, int(priority)]
         )
         if taken:
             self._held.setdefault(server, set()).add(lease)
+            if waiter:
+                self.forget_waiter(waiter, queued)
         return bool(taken), int(live)
+
+    def _queued_keys(self, server: str) -> Tuple[str, str]:
+        keys = self._keys(server)
+        return keys[1], keys[2]
+
+    async def join(self, waiters: Sequence[Tuple[str, int, Sequence[str]]]) -> None:
+        """Queue each ``(waiter id, priority, servers)`` for those servers, across processes
+        (one round trip): a process's :meth:`try_acquire` of a lower priority yields to them.
+        Renewed by the heartbeat until :meth:`leave` (or a :meth:`try_acquire` that takes a
+        slot); a process that dies stops renewing and its waiters expire after ``ttl_s``."""
+        names = sorted({s for _, _, servers in waiters for s in servers})
+        if not names:
+            return
+        at = {name: i + 1 for i, name in enumerate(names)}
+        keys: List[str] = []
+        for name in names:
+            keys += self._queued_keys(name)
+        args: List[Any] = [self._ttl_ms]
+        for waiter, priority, servers in waiters:
+            args += [waiter, int(priority), len(servers), *(at[s] for s in servers)]
+            for server in servers:
+                self._waiting.setdefault(server, set()).add(waiter)
+        await self._join(keys=keys, args=args)
+
+    async def leave(self, waiter: str, servers: Sequence[str]) -> None:
+        """``waiter`` stops waiting: it leaves the queues of ``servers`` (the waiters it held
+        back, if any, are woken)."""
+        self.forget_waiter(waiter, servers)
+        keys: List[str] = []
+        for server in servers:
+            q, e = self._queued_keys(server)
+            keys += [q, e, *self._keys(server)[0::3]]
+        if keys:
+            await self._leave(keys=keys, args=[waiter])
+
+    def forget_waiter(self, waiter: str, servers: Sequence[str]) -> None:
+        """Stop renewing ``waiter`` in the queues of ``servers`` (it expires after the TTL)."""
+        for server in servers:
+            self._waiting.get(server, set()).discard(waiter)
 
     async def adopt(self, server: str, leases: Sequence[str]) -> int:
         """Hold ``leases`` on ``server`` whatever its count (slots taken while Redis was
@@ -308,12 +454,17 @@ class RedisSlots:
     async def _heartbeat(self) -> None:
         while True:
             await anyio.sleep(self._ttl_ms / 3000)
-            for server, held in list(self._held.items()):
-                if held:
-                    try:
+            try:
+                for server, held in list(self._held.items()):
+                    if held:
                         await self._renew(keys=[self._keys(server)[0]], args=[self._ttl_ms, *held])
-                    except self._down:
-                        break  # Redis away: the next beat tries again
+                for server, waiting in list(self._waiting.items()):
+                    if waiting:
+                        await self._renew_waiters(
+                            keys=[self._keys(server)[2]], args=[self._ttl_ms, *waiting]
+                        )
+            except self._down:
+                pass  # Redis away: the next beat tries again
 
     async def _listen(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         started = False

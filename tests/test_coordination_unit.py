@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import anyio
 import pytest
 
 from ollama_orchestra import Coordination, OrchestraConfig, Server
 from ollama_orchestra._balancer import Lease, LoadBalancer
-from ollama_orchestra._coordination import CoordinatedBalancer, make_balancer
+from ollama_orchestra._coordination import CoordinatedBalancer, Waiter, make_balancer
 from ollama_orchestra._state import FleetState
 
 M = "m:latest"
@@ -79,12 +79,12 @@ class TestRefused:
         refused: List[str] = []
         order: List[str] = []
 
-        async def refuse_first(lease: Lease) -> bool:
+        async def refuse_first(lease: Lease, waiter: Optional[Waiter] = None) -> bool:
             if not refused:
                 refused.append("first")
                 shared.take("s", other)  # another process took it meanwhile
                 return False
-            return await confirm(lease)
+            return await confirm(lease, waiter)
 
         shared.confirm = refuse_first  # type: ignore[method-assign]
 

@@ -54,9 +54,12 @@ class TestSharedLimit:
             assert await a.in_flight("h") == 2
 
     async def test_many_tasks_never_exceed_slots(self, redis_server: RedisProcess) -> None:
+        """Every waiter is woken by the releases (pub/sub), none left to the 30 s poll."""
         peak: List[int] = [0]
         live = [0]
-        async with RedisSlots(redis_server.url) as a, RedisSlots(redis_server.url) as b:
+        async with RedisSlots(redis_server.url, poll_s=30) as a, RedisSlots(
+            redis_server.url, poll_s=30
+        ) as b:
 
             async def worker(store: RedisSlots) -> None:
                 lease = await store.acquire("h", 3)
@@ -66,7 +69,7 @@ class TestSharedLimit:
                 live[0] -= 1
                 await store.release("h", lease)
 
-            with anyio.fail_after(20):
+            with anyio.fail_after(10):
                 async with anyio.create_task_group() as tg:
                     for i in range(40):
                         tg.start_soon(worker, a if i % 2 else b)
