@@ -469,6 +469,9 @@ class CoordinatedBalancer(LoadBalancer):
         super().__init__(config, state, slots=self._shared, **kwargs)
         self._shared.on_change(self._dispatch)
         state.attach_coordination(lambda: self._shared.mode)
+        metrics = kwargs.get("metrics")
+        if metrics is not None:
+            metrics.attach_coordination(lambda: self._shared.mode)
         self._shared_breakers = SharedBreakers(
             coordination.url,
             dict(self._breakers),

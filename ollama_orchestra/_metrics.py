@@ -23,7 +23,7 @@ import bisect
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Deque, Dict, List, Mapping, Sequence, Tuple
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ._clock import now as clock_now
 from ._config import Server
@@ -175,6 +175,9 @@ class MetricsSnapshot:
     #: time from a break to the continuation's first chunk.
     continuation_p50_s: float = 0.0
     continuation_p95_s: float = 0.0
+    #: how slots are shared with other processes (``coordination``): ``"off"`` (not shared),
+    #: ``"redis"`` (shared), or ``"local-fallback"`` (Redis unreachable: local limits).
+    coordination: str = "off"
 
 
 class _Busy:
@@ -268,7 +271,12 @@ class Metrics:
         self._servers = list(servers)
         self._clock = clock
         self.window_s = window_s
+        self._coordination: Callable[[], Optional[str]] = lambda: None
         self.reset()
+
+    def attach_coordination(self, mode: Callable[[], Optional[str]]) -> None:
+        """Where snapshots read the slot sharing mode from (``None``: off)."""
+        self._coordination = mode
 
     def reset(self) -> None:
         """Start a new measurement window (in-flight slots stay counted)."""
@@ -398,6 +406,7 @@ class Metrics:
             tokens_salvaged=self._salvaged,
             continuation_p50_s=self._continuation_lost.percentile(0.5),
             continuation_p95_s=self._continuation_lost.percentile(0.95),
+            coordination=self._coordination() or "off",
         )
 
     def distributions(self) -> Distributions:

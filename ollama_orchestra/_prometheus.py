@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING, List
 if TYPE_CHECKING:  # only for annotations: _metrics imports this module
     from ._metrics import Distributions, MetricsSnapshot
 
-__all__ = ["PREFIX", "render_prometheus"]
+__all__ = ["COORDINATION_MODES", "PREFIX", "render_prometheus"]
 
 #: Every metric's name starts with this (and an underscore).
 PREFIX = "ollama_orchestra"
+
+#: ``MetricsSnapshot.coordination``'s values: one gauge line each (a state set).
+COORDINATION_MODES = ("off", "redis", "local-fallback")
 
 #: One latency bucket in this many is written: ~19 of the histogram's ~150, 2.1x apart.
 _BUCKET_STRIDE = 8
@@ -86,6 +89,13 @@ def render_prometheus(snap: MetricsSnapshot, dists: Distributions) -> str:
     lines.append(f"{p}_tokens_salvaged_total {snap.tokens_salvaged}")
     head("imbalance", "gauge", "Largest deviation of a server's share from its fair share.")
     lines.append(f"{p}_imbalance {_num(snap.imbalance)}")
+    head(
+        "coordination",
+        "gauge",
+        "How slots are shared with other processes: 1 for the mode in force.",
+    )
+    for mode in COORDINATION_MODES:
+        lines.append(f'{p}_coordination{{mode="{mode}"}} {int(snap.coordination == mode)}')
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,20 @@ def shared_config(sim: SimFleet, url: str, *, slots: int = 2, **kwargs: Any) -> 
     return base.replace(servers=servers, coordination=coordination)
 
 
+def _mode_shown(orch: Orchestra) -> str:
+    """The coordination mode as ``metrics()`` and the Prometheus text both show it (checked
+    to agree: exactly one mode's gauge is 1)."""
+    mode = orch.metrics().coordination
+    lines = [
+        ln
+        for ln in orch.prometheus().splitlines()
+        if ln.startswith("ollama_orchestra_coordination{")
+    ]
+    on = [ln for ln in lines if ln.endswith(" 1")]
+    assert len(lines) == 3 and on == [f'ollama_orchestra_coordination{{mode="{mode}"}} 1']
+    return mode
+
+
 class _Peak:
     """The most requests the host ever ran at once, from the simulator's own count (every
     change of its scheduler is seen)."""
@@ -92,6 +106,7 @@ class TestSharedLimit:
             config = shared_config(sim, "")
             async with Orchestra(config) as a, Orchestra(config) as b:
                 assert a.state().coordination is None
+                assert _mode_shown(a) == "off"
                 async with anyio.create_task_group() as watch:
                     watch.start_soon(peak.watch, sim, "h")
                     await _burst(sim, [a, b], 3, running=4, waiting=2)
@@ -141,6 +156,7 @@ class TestFallback:
             )
             async with Orchestra(config) as orch:
                 assert orch.state().coordination == "redis"
+                assert _mode_shown(orch) == "redis"
                 answers: List[str] = []
 
                 async def one(i: int) -> None:
@@ -158,12 +174,14 @@ class TestFallback:
                 assert len(answers) == 8 and all(answers)
                 await until(lambda: orch.state().coordination == "local-fallback", "fallback")
                 assert orch.state().to_dict()["coordination"] == "local-fallback"
+                assert _mode_shown(orch) == "local-fallback"
                 # On local limits: half of the host's two slots.
                 answers += await _burst(sim, [orch], 3, running=1, waiting=2)
                 assert len(answers) == 11 and all(answers)
 
                 redis_server.start()
                 await until(lambda: orch.state().coordination == "redis", "rejoined")
+                assert _mode_shown(orch) == "redis"
                 answers += await _burst(sim, [orch], 3, running=2, waiting=1)
                 assert len(answers) == 14 and all(answers)
         warnings = [r for r in caplog.records if "using local limits" in r.getMessage()]

@@ -44,6 +44,11 @@ FAMILIES: List[Tuple[str, str, str]] = [
     ("continuations_total", "counter", "Streams continued elsewhere, by broken server."),
     ("tokens_salvaged_total", "counter", "Answer tokens kept across continuations."),
     ("imbalance", "gauge", "Largest deviation of a server's share from its fair share."),
+    (
+        "coordination",
+        "gauge",
+        "How slots are shared with other processes: 1 for the mode in force.",
+    ),
 ]
 
 
