@@ -23,13 +23,14 @@ import itertools
 import os
 import uuid
 from types import TracebackType
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Type
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type
 
 import anyio
 import anyio.abc
 
 from ._errors import ConfigError
 from ._extras import require_extra
+from ._pubsub import listen
 from ._secrets import redact_url
 
 __all__ = ["RedisSlots"]
@@ -467,42 +468,26 @@ class RedisSlots:
                 pass  # Redis away: the next beat tries again
 
     async def _listen(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        started = False
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                await pubsub.psubscribe(f"{self._ns}:*:freed")
-                if not started:
-                    started = True
-                    task_status.started()
-                await self._messages(pubsub)
-            except self._down:
-                if not started:  # Redis away at start: run, and subscribe once it is back
-                    started = True
-                    task_status.started()
-            finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                    try:
-                        await pubsub.aclose()
-                    except self._down:
-                        pass
-            await anyio.sleep(self._poll_s)
+        await listen(
+            self._redis,
+            patterns=[f"{self._ns}:*:freed"],
+            on_message=self._freed,
+            down=self._down,
+            retry_s=self._poll_s,
+            task_status=task_status,
+        )
 
-    async def _messages(self, pubsub: Any) -> None:
-        prefix, suffix = len(self._ns) + 1, len(":freed")
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None:
-                continue
-            channel = message["channel"]
-            name = channel.decode() if isinstance(channel, bytes) else str(channel)
-            server = name[prefix:-suffix]
-            event = self._changed.get(server)
-            if event is not None:
-                event.set()
-            if self._on_count is not None:
-                try:
-                    live = int(message["data"])
-                except (TypeError, ValueError):
-                    continue
-                self._on_count(server, live)
+    def _freed(self, message: Mapping[str, Any]) -> None:
+        """A release's message: wake this server's waiters, pass its live count on."""
+        channel = message["channel"]
+        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        server = name[len(self._ns) + 1 : -len(":freed")]
+        event = self._changed.get(server)
+        if event is not None:
+            event.set()
+        if self._on_count is not None:
+            try:
+                live = int(message["data"])
+            except (TypeError, ValueError):
+                return
+            self._on_count(server, live)

@@ -33,6 +33,7 @@ import anyio.abc
 
 from ._breaker import BreakerEvent, CircuitBreaker
 from ._extras import require_extra
+from ._pubsub import listen
 from ._redis_slots import down_errors, redis_client
 from ._secrets import redact_url
 
@@ -261,34 +262,22 @@ class SharedBreakers:
             if raw and int(ms) > 0:
                 self._apply(raw, int(ms))
 
+    async def _subscribed(self) -> None:
+        await self._catch_up()
+        self._down_logged = False
+
     async def _listen(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        started = False
-        while True:
-            pubsub = self._redis.pubsub()
-            try:
-                with anyio.fail_after(self._timeout_s):
-                    await pubsub.subscribe(self.channel)
-                    await self._catch_up()
-                self._down_logged = False
-                if not started:
-                    started = True
-                    task_status.started()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None:
-                        self._apply(message["data"])
-            except self._down as exc:
-                self._log_down(exc)
-                if not started:  # Redis away at start: run, and subscribe once it is back
-                    started = True
-                    task_status.started()
-            finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                    try:
-                        await pubsub.aclose()
-                    except self._down:
-                        pass
-            await anyio.sleep(self._retry_s)
+        await listen(
+            self._redis,
+            channels=[self.channel],
+            on_message=lambda message: self._apply(message["data"]),
+            down=self._down,
+            retry_s=self._retry_s,
+            timeout_s=self._timeout_s,
+            on_subscribed=self._subscribed,
+            on_down=self._log_down,
+            task_status=task_status,
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
