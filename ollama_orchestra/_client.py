@@ -186,7 +186,7 @@ class Orchestra(Calls):
                 wall_clock=time.time,  # calendar time: /api/ps expires_at is RFC 3339
                 rng=self._rng,
             )
-            await stack.enter_async_context(coordinated(self._balancer))
+            await stack.enter_async_context(coordinated(self._balancer, self._poke))
             background = Background()
             await background.start(self._monitor.run)
             stack.push_async_callback(background.stop)

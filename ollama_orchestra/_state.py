@@ -176,6 +176,8 @@ class FleetState:
         # leases), and snapshots read them through this (attached by the balancer).
         self._in_flight: Callable[[str], int] = lambda name: 0
         self._coordination: Callable[[], Optional[str]] = lambda: None
+        # Told each up/down verdict this process reached itself (shared health: _shared_health).
+        self._verdicts: Callable[[str, bool, str], None] = lambda name, up, cause: None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -240,18 +242,33 @@ class FleetState:
         for listener in list(self._listeners):
             listener()
 
-    @staticmethod
-    def _report(st: ServerState, cause: str) -> None:
-        """Log a server going down or coming up: one line per change, with its cause."""
+    def _report(self, st: ServerState, cause: str) -> None:
+        """Log a server going down or coming up: one line per change, with its cause (and
+        tell the verdict feed, see :meth:`attach_verdicts`)."""
         where = f"{st.server.name} ({redact_url(st.server.url)})"
         if st.healthy and st.reported is not True:
             st.reported = True
             log.info("server %s is up: %s", where, cause)
+            self._verdicts(st.server.name, True, cause)
         elif not st.healthy and st.reported is not False and st.consecutive_failures > 0:
             # Down after being up, or never up since the start (a host down from the
             # start, a mistyped URL) once its first probe fails.
             st.reported = False
             log.warning("server %s is down: %s", where, cause)
+            self._verdicts(st.server.name, False, cause)
+
+    def seen_down_elsewhere(self, name: str, cause: str) -> None:
+        """Another process found ``name`` down (shared health): out of rotation here too,
+        until a probe or a request of this process succeeds there. Not a verdict of this
+        process (not passed to the feed)."""
+        st = self._servers[name]
+        st.last_error = cause
+        if st.healthy:
+            st.healthy = False
+            st.loaded = {}
+            st.reported = False
+            log.warning("server %s (%s) is down: %s", name, redact_url(st.server.url), cause)
+            self._changed()
 
     def probe_succeeded(
         self,
@@ -335,6 +352,11 @@ class FleetState:
     def attach_coordination(self, mode: Callable[[], Optional[str]]) -> None:
         """Where snapshots read the slot sharing mode from (see :class:`FleetSnapshot`)."""
         self._coordination = mode
+
+    def attach_verdicts(self, feed: Callable[[str, bool, str], None]) -> None:
+        """Call ``feed(name, up, cause)`` for each up/down change this process's own probes
+        and requests find (one per logged change; not for :meth:`seen_down_elsewhere`)."""
+        self._verdicts = feed
 
     def attach_in_flight(self, count: Callable[[str], int]) -> None:
         """Where snapshots read each server's in-flight count from (its open leases)."""
