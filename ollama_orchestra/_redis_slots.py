@@ -314,7 +314,10 @@ class RedisSlots:
         try:
             await self._tg.__aexit__(exc_type, exc, tb)
         finally:
-            await self._redis.aclose()
+            # Shielded: leaving under cancellation (a proxy stopped) still closes every
+            # connection instead of leaving them to the garbage collector.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._redis.aclose()
 
     async def in_flight(self, server: str) -> int:
         """Live leases on ``server`` across every process (expired ones not counted)."""

@@ -185,4 +185,7 @@ class SharedHealth:
                 tg.cancel_scope.cancel()
                 await tg.__aexit__(None, None, None)
         finally:
-            await self._redis.aclose()
+            # Shielded: leaving under cancellation (a proxy stopped) still closes every
+            # connection instead of leaving them to the garbage collector.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._redis.aclose()
