@@ -56,10 +56,9 @@ class TestDownAndBack:
             with anyio.fail_after(1.0 + 1.0):  # a's probes (0.1 s, twice) + Redis
                 await a.wait_for_state(_down("x"))
             with anyio.fail_after(1.0):
-                snap = await b.wait_for_state(_down("x"))
-            assert "another process" in (snap["x"].last_error or "")
+                await b.wait_for_state(_down("x"))
             shared = b.balancer.shared_health  # type: ignore[attr-defined]
-            assert shared.applied >= 1
+            assert shared.applied >= 1  # learned from a (its own probes are a minute apart)
             # b routes everything to y now, without trying x first.
             for i in range(4):
                 assert (await b.generate(TINY, f"q{i}")).server == "y"
