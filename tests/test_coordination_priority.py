@@ -4,12 +4,15 @@ that leaves Redis' queue wakes the ones it held back."""
 
 from __future__ import annotations
 
+import sys
 from typing import List
 
 import anyio
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ollama_orchestra import Orchestra
 from ollama_orchestra._redis_slots import RedisSlots
+from ollama_orchestra.sim import SimState
 
 from .conftest import TINY, fleet, tiny_profile
 from .redis_fixture import RedisProcess, redis_server, until
@@ -116,3 +119,96 @@ class TestLeaving:
                 with anyio.fail_after(10):
                     answer = await a.generate(TINY, "low")
                 assert answer.response and sim["h"].state().completed == 1
+
+
+# Process A: an orchestra on host ``h`` (1 slot, shared through Redis) sends "holder", then,
+# once holder has the slot, "low" (priority 0); prints "ready" once low waits, "low done"
+# once it is answered.
+WORKER = r"""
+import sys
+
+import anyio
+
+from ollama_orchestra import Coordination, HealthPolicy, Orchestra, OrchestraConfig, Server
+
+
+async def main(url: str, redis: str) -> None:
+    config = OrchestraConfig(
+        servers=(Server("h", url, max_concurrency=1),),
+        coordination=Coordination(redis),
+        health=HealthPolicy(interval_s=60, down_interval_s=60, startup_timeout_s=5),
+    )
+    async with Orchestra(config) as orch:
+
+        async def low() -> None:
+            await orch.generate("tiny:latest", "low", priority=0)
+            print("low done", flush=True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(orch.generate, "tiny:latest", "holder")
+            for _ in range(3000):  # polled in the worker: holder has the slot
+                if orch.balancer.in_use("h") == 1:
+                    break
+                await anyio.sleep(0.01)
+            tg.start_soon(low)
+            for _ in range(3000):
+                if orch.balancer.waiting == 1:
+                    break
+                await anyio.sleep(0.01)
+            print("ready", flush=True)
+
+
+anyio.run(main, sys.argv[1], sys.argv[2])
+"""
+
+
+class TestPriorityAcrossRealProcesses:
+    """Process A holds the one slot and has a low-priority request waiting; this process's
+    later high-priority request is served next."""
+
+    async def test_high_priority_in_b_first(self, redis_server: RedisProcess) -> None:
+        async with fleet([tiny_profile("h", num_parallel=4)]) as sim:
+            sim["h"].pause()
+            proc = await anyio.open_process(
+                [sys.executable, "-c", WORKER, sim["h"].url, redis_server.url], stderr=None
+            )
+            try:
+                assert proc.stdout is not None
+                lines = BufferedByteReceiveStream(proc.stdout)
+
+                async def line() -> bytes:
+                    with anyio.fail_after(30):
+                        return await lines.receive_until(b"\n", 100)
+
+                assert await line() == b"ready"
+                config = shared_config(sim, redis_server.url, slots=1)
+                async with Orchestra(config) as b, RedisSlots(redis_server.url) as redis:
+                    await _queued(redis, 1)  # A's low waits in Redis' queue
+                    high_done = anyio.Event()
+
+                    async def high() -> None:
+                        await b.generate(TINY, "high", priority=5)
+                        high_done.set()
+
+                    def second_done(st: SimState) -> bool:
+                        if st.completed == 2:  # holder, then one more: stop there
+                            sim["h"].pause()
+                            return True
+                        return False
+
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(high)
+                        await _queued(redis, 2)
+                        tg.start_soon(sim["h"].wait_until, second_done)
+                        await anyio.wait_all_tasks_blocked()
+                        sim["h"].resume()
+                        with anyio.fail_after(10):  # the second one served was "high"
+                            await high_done.wait()
+                        sim["h"].resume()
+                    assert await line() == b"low done"
+                    with anyio.fail_after(30):
+                        assert await proc.wait() == 0
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
