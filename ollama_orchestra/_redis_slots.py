@@ -12,9 +12,13 @@ wakes the waiters of every process (a slow poll is the safety net for a lost mes
 Two ways to take a slot: :meth:`RedisSlots.acquire` waits in Redis' fair queue (priority, then
 arrival, across processes); :meth:`RedisSlots.try_acquire` takes a free slot at once or says
 how many are held (the orchestra's balancer decides locally and confirms with it: see
-``_coordination``). The pub/sub message of a release carries the server's live lease count,
-passed to ``on_count``. The listener and the heartbeat outlive a Redis outage (they retry
-every ``poll_s``). Needs the ``redis`` extra (its asyncio client).
+``_coordination``). A caller of the second kind queues its waiting requests with
+:meth:`RedisSlots.join` (for every server they may use; the heartbeat renews them) and
+:meth:`RedisSlots.leave`: ``try_acquire`` yields the free slots to the waiters of a higher
+priority queued there, and a waiter that leaves publishes the server's count where it may
+have held others back. The pub/sub message of a release carries the server's live lease
+count, passed to ``on_count``. The listener and the heartbeat outlive a Redis outage (they
+retry every ``poll_s``). Needs the ``redis`` extra (its asyncio client).
 """
 
 from __future__ import annotations
