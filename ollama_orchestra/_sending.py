@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -55,7 +56,7 @@ from ._errors import (
     StreamInterrupted,
 )
 from ._exchange import UNSTREAMED_PATHS, Exchange
-from ._failover import AttemptError, build_retrying
+from ._failover import AttemptError, retry_after
 from ._metrics import Metrics
 from ._outcomes import Outcomes
 from ._rates import Prompt
@@ -167,11 +168,37 @@ class RequestPath:
         prompt: Optional[Prompt],
     ) -> Tuple[T, Lease, List[Attempt]]:
         self._client()
-        policy = self._policy(retry)
         attempts: List[Attempt] = []
         tried: Set[str] = set(exclude)
         first_failure: Optional[float] = None
         queued = 0.0
+
+        async def attempt() -> Tuple[T, Lease]:
+            nonlocal first_failure, queued
+            self._balancer.check_capable(model)
+            lease = await self._balancer.acquire(
+                model,
+                role=role,
+                priority=priority,
+                exclude=frozenset(tried),
+                prompt=prompt,
+            )
+            queued += lease.queued_s
+            tried.add(lease.server.name)
+            started = self._clock()
+            keep = False
+            try:
+                result = await work(lease)
+                keep = keep_lease
+            except BaseException as exc:
+                self._outcomes.failed(lease, exc, model, started, attempts)
+                if first_failure is None:
+                    first_failure = started
+                raise
+            finally:
+                if not keep:
+                    self._balancer.release(lease)
+            return result, lease
 
         def untried() -> bool:
             # The balancer's own "eligible", affinity included: under a required rule, a
@@ -179,34 +206,21 @@ class RequestPath:
             eligible = self._balancer.eligible(model, role, priority, tried)
             return any(st.server.name not in tried for st in eligible)
 
-        retrying = build_retrying(policy, untried=untried, sleep=self._sleep, rng=self._rng)
+        since = time.monotonic()  # tenacity's clock, for the policy's deadline
         try:
-            async for attempt in retrying:
-                with attempt:
-                    self._balancer.check_capable(model)
-                    lease = await self._balancer.acquire(
-                        model,
-                        role=role,
-                        priority=priority,
-                        exclude=frozenset(tried),
-                        prompt=prompt,
-                    )
-                    queued += lease.queued_s
-                    name = lease.server.name
-                    tried.add(name)
-                    started = self._clock()
-                    keep = False
-                    try:
-                        result = await work(lease)
-                        keep = keep_lease
-                    except BaseException as exc:
-                        self._outcomes.failed(lease, exc, model, started, attempts)
-                        if first_failure is None:
-                            first_failure = started
-                        raise
-                    finally:
-                        if not keep:
-                            self._balancer.release(lease)
+            try:
+                result, lease = await attempt()
+            except AttemptError as first:
+                # The first attempt runs plainly; tenacity takes over from its failure.
+                result, lease = await retry_after(
+                    first,
+                    attempt,
+                    self._policy(retry),
+                    since=since,
+                    untried=untried,
+                    sleep=self._sleep,
+                    rng=self._rng,
+                )
         except AttemptError as last:
             failed = RequestFailed(model, attempts)
             log.warning("%s", failed)
