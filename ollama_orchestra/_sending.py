@@ -122,9 +122,10 @@ class RequestPath:
         return self.config.resolve_model(model)
 
     def _open(
-        self, path: str, payload: Mapping[str, Any], model: str
+        self, path: str, payload: Mapping[str, Any], model: str, whole: bool = False
     ) -> Callable[[Lease], Awaitable[Exchange]]:
-        """The work of one attempt: open ``path`` on the lease's server."""
+        """The work of one attempt: open ``path`` on the lease's server (and with ``whole``,
+        read the answer to its end: ``Exchange.open``)."""
         t = self.config.timeouts
 
         async def work(lease: Lease) -> Exchange:
@@ -138,6 +139,7 @@ class RequestPath:
                 read_s=t.read_s,
                 connect_s=t.connect_s,
                 clock=self._clock,
+                whole=whole,
             )
 
         return work
@@ -476,7 +478,7 @@ class RequestPath:
         a generator's layers cost them a few microseconds an object for nothing.
         """
         keep_alive = payload.get("keep_alive")
-        open_exchange = self._open(path, payload, model)
+        read_whole = self._open(path, payload, model, whole=True)
         # The prompt as the prompt-cache estimates see it (hashed once per request).
         prompt = None if path in UNSTREAMED_PATHS else self._balancer.costs.prompt(model, payload)
         policy = self._policy(retry)
@@ -484,10 +486,11 @@ class RequestPath:
         cut_off = [False]  # set when a continuation failed: retried whole from then on
 
         async def whole(lease: Lease) -> List[Dict[str, Any]]:
-            exchange = await open_exchange(lease)
+            exchange = await read_whole(lease)
             try:
-                objs = await exchange.read_all()
-                await exchange.drain()
+                if exchange.broken is not None:  # cut after its first object: salvaged below
+                    raise exchange.broken
+                objs = exchange.received
             except AttemptError as exc:
                 resume = Resume(path, payload, limit)
                 for obj in exchange.received:
