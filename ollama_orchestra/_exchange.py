@@ -2,7 +2,7 @@
 
 Every request the orchestra sends upstream (``generate``, ``chat``, ``embed``, their
 streamed forms, the transport and the proxy) goes through :meth:`Exchange.open`: the send
-and the wait for the first JSON object sit under one ``anyio.fail_after(first_byte_s)``
+and the wait for the first JSON object sit under one cancel scope with a ``first_byte_s``
 deadline, so a hung host is caught by that deadline, and the httpx read timeout bounds only
 the silence between two chunks afterwards. (The old path mutated the request's
 ``extensions["timeout"]`` after sending and relied on httpcore reading it lazily.)
@@ -40,6 +40,7 @@ class Exchange:
         "_lines",
         "_read_s",
         "_streamed",
+        "broken",
         "first",
         "received",
         "response",
@@ -60,6 +61,8 @@ class Exchange:
         self.first: Optional[Dict[str, Any]] = None
         #: the objects :meth:`read_all` has read so far (what a broken answer salvages).
         self.received: List[Dict[str, Any]] = []
+        #: Opened ``whole``: the failure that cut the answer after its first object.
+        self.broken: Optional[AttemptError] = None
         self._lines: AsyncIterator[str] = response.aiter_lines()
         self._streamed = streamed
         self._closed = False
@@ -79,11 +82,20 @@ class Exchange:
         read_s: float,
         connect_s: float,
         clock: Callable[[], float],
+        whole: bool = False,
     ) -> Exchange:
         """Send ``payload`` to ``server`` and wait for the first JSON object of the answer.
 
+        With ``whole``, the rest of a streamed answer is read too (as :meth:`read_all` does)
+        under the same cancel scope as the first byte, its deadline moved to the silence
+        bound once the first object is in (one deadline scope a request instead of two: each
+        cost about 15 us on asyncio), and the answer drained. A failure after the first
+        object is then not raised but kept in :attr:`broken`, the objects read before it in
+        :attr:`received`, for the caller to salvage.
+
         Raises:
-            AttemptError: the server failed (connect, timeout, status, bad answer).
+            AttemptError: the server failed (connect, timeout, status, bad answer) before
+                the first object.
         """
         started = clock()
         streamed = path not in UNSTREAMED_PATHS
@@ -97,8 +109,9 @@ class Exchange:
             timeout=httpx.Timeout(connect=connect_s, read=None, write=read_s, pool=None),
         )
         exchange: Optional[Exchange] = None
+        scope = anyio.CancelScope(deadline=anyio.current_time() + first_byte_s)
         try:
-            with anyio.fail_after(first_byte_s):
+            with scope:
                 try:
                     response = await client.send(request, stream=True)
                 except Exception as exc:
@@ -115,19 +128,34 @@ class Exchange:
                     exchange.first = await exchange.next_obj()
                     if exchange.first is None:
                         raise AttemptError("reset", server.name, "empty answer")
+                    if whole:
+                        try:
+                            await exchange._read_rest(scope, read_s)
+                        except AttemptError as exc:
+                            exchange.broken = exc
                 else:
                     exchange.first = await exchange._whole(_ANSWER_KEY[path])
-        except TimeoutError as exc:
-            if exchange is not None:
-                await exchange.aclose()
-            raise AttemptError(
-                "timeout", server.name, f"no answer within first_byte_s={first_byte_s}s", exc
-            ) from exc
+                    exchange.received = [exchange.first]
         except BaseException:
             if exchange is not None:
                 await exchange.aclose()
             raise
+        if scope.cancelled_caught:
+            if exchange is None or exchange.first is None:
+                if exchange is not None:
+                    await exchange.aclose()
+                raise AttemptError(
+                    "timeout",
+                    server.name,
+                    f"no answer within first_byte_s={first_byte_s}s",
+                    TimeoutError(),
+                )
+            exchange._read_s = read_s
+            exchange.broken = exchange._silence(TimeoutError())
+        assert exchange is not None  # set before anything that could end the block early
         exchange._read_s = read_s
+        if whole and exchange.broken is None:
+            await exchange.drain()
         return exchange
 
     async def _body(self) -> Any:
@@ -207,25 +235,31 @@ class Exchange:
         streams handed to the caller, keeps one exact ``read_s`` deadline per chunk).
         """
         assert self.first is not None
-        objs = self.received = [self.first]
         if not self._streamed:
-            return objs
-        read_s = self._read_s
+            self.received = [self.first]
+            return self.received
         with anyio.CancelScope() as scope:
-            if read_s is not None:
-                scope.deadline = anyio.current_time() + 1.25 * read_s
-            while not objs[-1].get("done"):
-                obj = await self._next()
-                if obj is None:
-                    raise AttemptError("reset", self.server, "stream ended before done")
-                objs.append(obj)
-                if read_s is not None:
-                    now = anyio.current_time()
-                    if scope.deadline - now < read_s:
-                        scope.deadline = now + 1.25 * read_s
+            await self._read_rest(scope, self._read_s)
         if scope.cancelled_caught:
             raise self._silence(TimeoutError())
-        return objs
+        return self.received
+
+    async def _read_rest(self, scope: anyio.CancelScope, read_s: Optional[float]) -> None:
+        """Read up to the final object into :attr:`received`, ``scope``'s deadline bounding
+        the silences (see :meth:`read_all`)."""
+        assert self.first is not None
+        objs = self.received = [self.first]
+        if read_s is not None:
+            scope.deadline = anyio.current_time() + 1.25 * read_s
+        while not objs[-1].get("done"):
+            obj = await self._next()
+            if obj is None:
+                raise AttemptError("reset", self.server, "stream ended before done")
+            objs.append(obj)
+            if read_s is not None:
+                now = anyio.current_time()
+                if scope.deadline - now < read_s:
+                    scope.deadline = now + 1.25 * read_s
 
     async def drain(self) -> None:
         """Read what is left after the final chunk (the end of the chunked body), so httpx

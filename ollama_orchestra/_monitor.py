@@ -33,6 +33,7 @@ from ._config import HealthPolicy, Server
 from ._state import FleetState, LoadedModel
 
 __all__ = [
+    "PROBE_PATHS",
     "HealthMonitor",
     "ProbeError",
     "describe_transport_error",

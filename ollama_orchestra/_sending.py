@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -33,6 +34,7 @@ from typing import (
     FrozenSet,
     List,
     Mapping,
+    NamedTuple,
     Optional,
     Set,
     Tuple,
@@ -55,14 +57,14 @@ from ._errors import (
     StreamInterrupted,
 )
 from ._exchange import UNSTREAMED_PATHS, Exchange
-from ._failover import AttemptError, build_retrying
+from ._failover import AttemptError, retry_after
 from ._metrics import Metrics
 from ._outcomes import Outcomes
 from ._rates import Prompt
 from ._state import FleetState
 from ._stream import ResponseStream
 
-__all__ = ["RequestPath"]
+__all__ = ["Answered", "RequestPath"]
 
 log = logging.getLogger("ollama_orchestra")
 
@@ -78,6 +80,14 @@ class _Cut(Exception):
         self.resume = resume
         self.error = error
         self.received = received
+
+
+class Answered(NamedTuple):
+    """Who answered a collected request: the server, the attempts it took, the queue wait."""
+
+    server: str
+    attempts: int
+    queued_s: float
 
 
 class _NotElsewhere(Exception):
@@ -112,9 +122,10 @@ class RequestPath:
         return self.config.resolve_model(model)
 
     def _open(
-        self, path: str, payload: Mapping[str, Any], model: str
+        self, path: str, payload: Mapping[str, Any], model: str, whole: bool = False
     ) -> Callable[[Lease], Awaitable[Exchange]]:
-        """The work of one attempt: open ``path`` on the lease's server."""
+        """The work of one attempt: open ``path`` on the lease's server (and with ``whole``,
+        read the answer to its end: ``Exchange.open``)."""
         t = self.config.timeouts
 
         async def work(lease: Lease) -> Exchange:
@@ -128,6 +139,7 @@ class RequestPath:
                 read_s=t.read_s,
                 connect_s=t.connect_s,
                 clock=self._clock,
+                whole=whole,
             )
 
         return work
@@ -167,11 +179,37 @@ class RequestPath:
         prompt: Optional[Prompt],
     ) -> Tuple[T, Lease, List[Attempt]]:
         self._client()
-        policy = self._policy(retry)
         attempts: List[Attempt] = []
         tried: Set[str] = set(exclude)
         first_failure: Optional[float] = None
         queued = 0.0
+
+        async def attempt() -> Tuple[T, Lease]:
+            nonlocal first_failure, queued
+            self._balancer.check_capable(model)
+            lease = await self._balancer.acquire(
+                model,
+                role=role,
+                priority=priority,
+                exclude=frozenset(tried),
+                prompt=prompt,
+            )
+            queued += lease.queued_s
+            tried.add(lease.server.name)
+            started = self._clock()
+            keep = False
+            try:
+                result = await work(lease)
+                keep = keep_lease
+            except BaseException as exc:
+                self._outcomes.failed(lease, exc, model, started, attempts)
+                if first_failure is None:
+                    first_failure = started
+                raise
+            finally:
+                if not keep:
+                    self._balancer.release(lease)
+            return result, lease
 
         def untried() -> bool:
             # The balancer's own "eligible", affinity included: under a required rule, a
@@ -179,34 +217,21 @@ class RequestPath:
             eligible = self._balancer.eligible(model, role, priority, tried)
             return any(st.server.name not in tried for st in eligible)
 
-        retrying = build_retrying(policy, untried=untried, sleep=self._sleep, rng=self._rng)
+        since = time.monotonic()  # tenacity's clock, for the policy's deadline
         try:
-            async for attempt in retrying:
-                with attempt:
-                    self._balancer.check_capable(model)
-                    lease = await self._balancer.acquire(
-                        model,
-                        role=role,
-                        priority=priority,
-                        exclude=frozenset(tried),
-                        prompt=prompt,
-                    )
-                    queued += lease.queued_s
-                    name = lease.server.name
-                    tried.add(name)
-                    started = self._clock()
-                    keep = False
-                    try:
-                        result = await work(lease)
-                        keep = keep_lease
-                    except BaseException as exc:
-                        self._outcomes.failed(lease, exc, model, started, attempts)
-                        if first_failure is None:
-                            first_failure = started
-                        raise
-                    finally:
-                        if not keep:
-                            self._balancer.release(lease)
+            try:
+                result, lease = await attempt()
+            except AttemptError as first:
+                # The first attempt runs plainly; tenacity takes over from its failure.
+                result, lease = await retry_after(
+                    first,
+                    attempt,
+                    self._policy(retry),
+                    since=since,
+                    untried=untried,
+                    sleep=self._sleep,
+                    rng=self._rng,
+                )
         except AttemptError as last:
             failed = RequestFailed(model, attempts)
             log.warning("%s", failed)
@@ -364,81 +389,24 @@ class RequestPath:
     ) -> ResponseStream[Dict[str, Any]]:
         """The one request path: attempts (``_failover``) of one exchange each; the service
         time of a success counts from the start of its attempt, streamed or collected."""
+        if collect:
+
+            async def collected(
+                out: ResponseStream[Dict[str, Any]],
+            ) -> AsyncGenerator[Dict[str, Any], None]:
+                objs, answered = await self._whole(
+                    path, payload, model, role, priority, retry, timeout
+                )
+                out._settled(answered.server, answered.attempts, answered.queued_s)
+                for obj in objs:
+                    yield obj
+
+            return ResponseStream.of(collected)
+
         keep_alive = payload.get("keep_alive")
         open_exchange = self._open(path, payload, model)
         # The prompt as the prompt-cache estimates see it (hashed once per request).
         prompt = None if path in UNSTREAMED_PATHS else self._balancer.costs.prompt(model, payload)
-
-        policy = self._policy(retry)
-        limit = policy.continuations if policy.mid_stream == "continue" else 0
-        cut_off = [False]  # set when a continuation failed: retried whole from then on
-
-        async def whole(lease: Lease) -> List[Dict[str, Any]]:
-            exchange = await open_exchange(lease)
-            try:
-                objs = await exchange.read_all()
-                await exchange.drain()
-            except AttemptError as exc:
-                resume = Resume(path, payload, limit)
-                for obj in exchange.received:
-                    resume.seen(obj, exchange.started)
-                if cut_off[0] or resume.why_not() is not None:
-                    raise
-                # Continued below, outside the retry loop: this attempt failed here.
-                self._outcomes.failed(lease, exc, model, exchange.started, [])
-                resume.broke(exchange.started, self._clock())
-                raise _Cut(resume, exc, list(exchange.received)) from exc
-            finally:
-                await exchange.aclose()
-            self._outcomes.succeeded(lease, objs[-1], exchange, keep_alive)
-            return objs
-
-        async def rest(cut: _Cut) -> Tuple[List[Dict[str, Any]], Lease]:
-            """A collected answer cut mid-answer: its continuations, read whole."""
-            got, resume, broken = cut.received, cut.resume, cut.error
-            while True:
-                exchange, lease = await self._continue(resume, broken, model, role, priority, retry)
-                try:
-                    part = await exchange.read_all()
-                    await exchange.drain()
-                    self._outcomes.succeeded(lease, part[-1], exchange, keep_alive)
-                    return [*got, *part[:-1], resume.final(part[-1])], lease
-                except AttemptError as exc:
-                    self._outcomes.failed(lease, exc, model, exchange.started, [])
-                    for obj in exchange.received:
-                        resume.seen(obj, exchange.started)
-                    resume.broke(exchange.started, self._clock())
-                    got, broken = got + exchange.received, exc
-                finally:
-                    await self._let_go(exchange, lease)
-
-        async def collected(
-            out: ResponseStream[Dict[str, Any]],
-        ) -> AsyncGenerator[Dict[str, Any], None]:
-            total = timeout if timeout is not None else self.config.timeouts.total_s
-            with anyio.move_on_after(total):
-                try:
-                    objs, lease, attempts = await self._failover(
-                        model, role, priority, retry, whole, prompt=prompt
-                    )
-                    n = len(attempts) + 1
-                except _Cut as cut:
-                    try:
-                        objs, lease = await rest(cut)
-                        n = len(cut.resume.continuations) + 1
-                    except StreamInterrupted:
-                        # Not continued: retried whole, as without a continuation policy.
-                        cut_off[0] = True
-                        objs, lease, attempts = await self._failover(
-                            model, role, priority, retry, whole, prompt=prompt
-                        )
-                        n = len(attempts) + 2
-                out._settled(lease.server.name, n, lease.queued_s)
-                for obj in objs:
-                    yield obj
-                return
-            assert total is not None
-            raise RequestTimeout(model, total)
 
         async def streamed(
             out: ResponseStream[Dict[str, Any]],
@@ -491,7 +459,7 @@ class RequestPath:
             finally:
                 await self._let_go(exchange, lease)  # closed early by the caller: no verdict
 
-        return ResponseStream.of(collected if collect else streamed)
+        return ResponseStream.of(streamed)
 
     async def _whole(
         self,
@@ -502,13 +470,86 @@ class RequestPath:
         priority: int,
         retry: Union[RetryPolicy, bool, None],
         timeout: Optional[float],
-    ) -> Tuple[List[Dict[str, Any]], ResponseStream[Dict[str, Any]]]:
-        """Every object of one collected answer, and the stream that carried them (its
-        ``server``, ``attempts`` and ``queued_s``)."""
-        stream = self._send(path, payload, model, role, priority, retry, timeout, True)
-        async with stream:
-            objs = [obj async for obj in stream]
-        return objs, stream
+    ) -> Tuple[List[Dict[str, Any]], Answered]:
+        """Every object of one collected answer (read whole before any is handed on, so a
+        failure anywhere in it is retried), and who answered it.
+
+        A coroutine, not a generator: ``generate``/``chat``/``embed`` take the whole list, and
+        a generator's layers cost them a few microseconds an object for nothing.
+        """
+        keep_alive = payload.get("keep_alive")
+        read_whole = self._open(path, payload, model, whole=True)
+        # The prompt as the prompt-cache estimates see it (hashed once per request).
+        prompt = None if path in UNSTREAMED_PATHS else self._balancer.costs.prompt(model, payload)
+        policy = self._policy(retry)
+        limit = policy.continuations if policy.mid_stream == "continue" else 0
+        cut_off = [False]  # set when a continuation failed: retried whole from then on
+
+        async def whole(lease: Lease) -> List[Dict[str, Any]]:
+            exchange = await read_whole(lease)
+            try:
+                if exchange.broken is not None:  # cut after its first object: salvaged below
+                    raise exchange.broken
+                objs = exchange.received
+            except AttemptError as exc:
+                resume = Resume(path, payload, limit)
+                for obj in exchange.received:
+                    resume.seen(obj, exchange.started)
+                if cut_off[0] or resume.why_not() is not None:
+                    raise
+                # Continued below, outside the retry loop: this attempt failed here.
+                self._outcomes.failed(lease, exc, model, exchange.started, [])
+                resume.broke(exchange.started, self._clock())
+                raise _Cut(resume, exc, list(exchange.received)) from exc
+            finally:
+                await exchange.aclose()
+            self._outcomes.succeeded(lease, objs[-1], exchange, keep_alive)
+            return objs
+
+        async def rest(cut: _Cut) -> Tuple[List[Dict[str, Any]], Lease]:
+            """A collected answer cut mid-answer: its continuations, read whole."""
+            got, resume, broken = cut.received, cut.resume, cut.error
+            while True:
+                exchange, lease = await self._continue(resume, broken, model, role, priority, retry)
+                try:
+                    part = await exchange.read_all()
+                    await exchange.drain()
+                    self._outcomes.succeeded(lease, part[-1], exchange, keep_alive)
+                    return [*got, *part[:-1], resume.final(part[-1])], lease
+                except AttemptError as exc:
+                    self._outcomes.failed(lease, exc, model, exchange.started, [])
+                    for obj in exchange.received:
+                        resume.seen(obj, exchange.started)
+                    resume.broke(exchange.started, self._clock())
+                    got, broken = got + exchange.received, exc
+                finally:
+                    await self._let_go(exchange, lease)
+
+        async def attempts() -> Tuple[List[Dict[str, Any]], Answered]:
+            try:
+                objs, lease, tried = await self._failover(
+                    model, role, priority, retry, whole, prompt=prompt
+                )
+                n = len(tried) + 1
+            except _Cut as cut:
+                try:
+                    objs, lease = await rest(cut)
+                    n = len(cut.resume.continuations) + 1
+                except StreamInterrupted:
+                    # Not continued: retried whole, as without a continuation policy.
+                    cut_off[0] = True
+                    objs, lease, tried = await self._failover(
+                        model, role, priority, retry, whole, prompt=prompt
+                    )
+                    n = len(tried) + 2
+            return objs, Answered(lease.server.name, n, lease.queued_s)
+
+        total = timeout if timeout is not None else self.config.timeouts.total_s
+        if total is None:  # no bound: no cancel scope either
+            return await attempts()
+        with anyio.move_on_after(total):
+            return await attempts()
+        raise RequestTimeout(model, total)
 
     def _stream(
         self,

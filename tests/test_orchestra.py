@@ -234,3 +234,15 @@ class TestConnections:
                 pass
             opened = sim["h1"].state().connections - before
         assert opened <= 2
+
+    async def test_requests_do_not_share_the_probes_connections(self) -> None:
+        """Requests use a pool of their own: the health probes' idle connections stay apart."""
+        probes_rarely = HealthPolicy(interval_s=60.0, timeout_s=1.0, startup_timeout_s=5)
+        async with fleet([tiny_profile("h1")]) as sim, Orchestra(
+            config_for(sim, health=probes_rarely)
+        ) as orch:
+            probed = sim["h1"].state().connections  # the first probe round's, idle now
+            await orch.generate(TINY, "q")
+            opened = sim["h1"].state().connections - probed
+        assert probed >= 1
+        assert opened == 1
