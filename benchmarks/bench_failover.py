@@ -53,6 +53,10 @@ def profiles(n: int, *, slots: int = 4, decode_tps: float = 2000.0) -> List[Host
     return [HostProfile(f"h{i + 1}", (model,), num_parallel=slots) for i in range(n)]
 
 
+#: Attempts the retry policy of :func:`config` gives a request (the chaos run's budget).
+ATTEMPTS = 3
+
+
 def config(fleet: SimFleet, **kw: Any) -> OrchestraConfig:
     servers = tuple(
         Server(s.name, s.url, max_concurrency=s.profile.num_parallel) for s in fleet.servers
@@ -61,7 +65,7 @@ def config(fleet: SimFleet, **kw: Any) -> OrchestraConfig:
         servers=servers,
         strategy="least_loaded",
         health=HealthPolicy(interval_s=1.0, down_interval_s=0.1),
-        retry=RetryPolicy(attempts=3, backoff_base_s=0.01, backoff_max_s=0.1),
+        retry=RetryPolicy(attempts=ATTEMPTS, backoff_base_s=0.01, backoff_max_s=0.1),
         **kw,
     )
 
@@ -163,6 +167,27 @@ async def refused_run(requests: int) -> Dict[str, Any]:
     }
 
 
+def allowed_failures(
+    requests: int, error_rate: float, attempts: int, quantile: float = 0.99
+) -> int:
+    """The most requests that may fail when each of ``attempts`` independent attempts fails with
+    ``error_rate``: the ``quantile`` of Binomial(requests, error_rate ** attempts).
+
+    The retry budget itself loses ``requests * error_rate ** attempts`` on average (1 in 1,000
+    at 10% and 3 attempts): a goal of exactly that rate would fail half of all correct runs. A
+    failover that wastes attempts (a retry to the host that just failed it is no worse here: the
+    errors are random) or gives up early loses more, beyond this bound.
+    """
+    p = error_rate**attempts
+    k, term = 0, (1.0 - p) ** requests
+    cdf = term
+    while cdf < quantile and k < requests:
+        term *= (requests - k) / (k + 1) * p / (1.0 - p)
+        k += 1
+        cdf += term
+    return k
+
+
 async def chaos_run(requests: int, error_rate: float) -> Dict[str, Any]:
     async with SimFleet(profiles(2), time_scale=0.05, mode="subprocess", faults=None) as fleet:
         for s in fleet.servers:
@@ -191,6 +216,9 @@ async def chaos_run(requests: int, error_rate: float) -> Dict[str, Any]:
         "error_rate": error_rate,
         "succeeded": ok,
         "success_rate": ok / requests,
+        "attempts": ATTEMPTS,
+        "expected_rate": 1.0 - error_rate**ATTEMPTS,
+        "allowed_failures": allowed_failures(requests, error_rate, ATTEMPTS),
         "failed_examples": failed[:3],
         "failovers": m.failovers,
         "breaker_trips": m.breaker_trips,
@@ -478,9 +506,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"  {refused['rerouted']} rerouted: p50 {refused['failover_p50_ms']:.1f} ms, p95 {refused['failover_p95_ms']:.1f} ms,"
         f" max {refused['failover_max_ms']:.1f} ms (goal p95 < 100 ms)"
     )
-    print(f"chaos: every host fails {chaos['error_rate']:.0%} of requests at random, 3 attempts")
     print(
-        f"  {chaos['succeeded']}/{chaos['requests']} succeeded: {chaos['success_rate']:.2%} (goal >= 99.9%; 1 - 0.1^3 = 99.9% expected)"
+        f"chaos: every host fails {chaos['error_rate']:.0%} of requests at random,"
+        f" {chaos['attempts']} attempts"
+    )
+    print(
+        f"  {chaos['succeeded']}/{chaos['requests']} succeeded: {chaos['success_rate']:.2%}"
+        f" ({chaos['expected_rate']:.2%} expected from the retry budget; goal: at most"
+        f" {chaos['allowed_failures']} failed, its 99th percentile)"
     )
     print(
         f"streams cut mid-answer ({cut_streams} long streams, one of two hosts killed under them)"
@@ -511,7 +544,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         and cont["completed_share"] == 1.0
         and kill["lost"] == 0
         and kill["completed"] == kill["requests"]
-        and chaos["success_rate"] >= 0.995
+        and chaos["requests"] - chaos["succeeded"] <= chaos["allowed_failures"]
     )
     ok = (
         ok and refused["rerouted"] > 0 and refused["failover_p95_ms"] < (200 if args.quick else 100)

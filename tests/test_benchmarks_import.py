@@ -260,3 +260,19 @@ class TestCutStreams:
             self.assert_well_formed(r, 4)
             assert r["contender"] == "litellm"
             assert r["litellm_version"] != "?"
+
+
+class TestChaosGoal:
+    """The chaos goal is the retry budget's 99th percentile, not its mean."""
+
+    def test_three_attempts_at_ten_percent(self) -> None:
+        from benchmarks.bench_failover import allowed_failures
+
+        # Binomial(1000, 0.001): P(X <= 3) = 0.981, P(X <= 4) = 0.996.
+        assert allowed_failures(1000, 0.1, 3) == 4
+
+    def test_more_attempts_allow_fewer_failures(self) -> None:
+        from benchmarks.bench_failover import allowed_failures
+
+        assert allowed_failures(1000, 0.1, 4) < allowed_failures(1000, 0.1, 3)
+        assert allowed_failures(1000, 0.0, 3) == 0
