@@ -271,6 +271,15 @@ class LoadBalancer:
     def in_use(self, name: str) -> int:
         return len(self._slots.held(name))
 
+    @property
+    def fleet(self) -> FleetState:
+        """The fleet's state as routing reads it (the DAG executor's estimates read it too)."""
+        return self._state
+
+    def now(self) -> float:
+        """The balancer's clock (the one the fleet's state is kept in)."""
+        return self._clock()
+
     @asynccontextmanager
     async def lease(
         self,
