@@ -280,6 +280,10 @@ class LoadBalancer:
         """The balancer's clock (the one the fleet's state is kept in)."""
         return self._clock()
 
+    def waiting_for(self, model: str) -> int:
+        """Requests for ``model`` waiting for a slot."""
+        return self._wanted.get(model, 0)
+
     @asynccontextmanager
     async def lease(
         self,

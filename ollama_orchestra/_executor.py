@@ -438,6 +438,7 @@ async def _eager(run: _Run) -> None:
             try:
                 await run.run_task(run.by_id[tid])
             finally:
+                run.running.discard(tid)
                 finished.append(tid)
                 wake.set()
 
@@ -445,6 +446,7 @@ async def _eager(run: _Run) -> None:
         while sorter.is_active():
             for tid in run.ordered(sorter.get_ready()):
                 run.emit("queued", tid)
+                run.running.add(tid)  # for the look-ahead: its dependents are near now
                 tg.start_soon(one, tid)
                 pending += 1
             run.look_ahead(tg.start_soon)

@@ -8,12 +8,21 @@ task. Ollama loads a model on a generate request with an empty prompt, for ``kee
 ``if req.Prompt == ""`` answers ``done_reason: "load"`` once the runner is scheduled, v0.12 to
 v0.33; the simulator does the same, ``sim/_routes.py``).
 
+The executor also knows when a host will idle: a host with no request in flight, while
+requests for a model it has but has not loaded wait in the balancer's queue, gets that model
+loaded, so the queue can spill onto it.
+
 Loading a model may evict another (Ollama makes room when memory or ``max_loaded_models``
-runs out), and the orchestra does not know a host's free memory: a model is preloaded on a
-host only where nothing it could evict is needed, i.e. every model loaded there (as the
-monitor's ``/api/ps`` and the requests' answers say) is wanted by no running, runnable or
-near task; or where the host was already seen holding those models and this one at once. So
-a preload never takes a model from work that needs it.
+runs out), and the orchestra does not know a host's free memory, so a preload goes only where
+nothing it could evict is needed there (the loaded models as the monitor's ``/api/ps`` and the
+requests' answers say), or where the host was already seen holding those models and this one
+at once:
+
+* for a near task, no model loaded on the host is wanted by a running, runnable or near task;
+* on an idle host (nothing running there), no model loaded there has requests waiting for it,
+  and none that a near task wants is loaded nowhere else.
+
+So a preload never takes a model from running or runnable work.
 
 :class:`ColdLoads` counts what the run paid and what the preloads hid.
 """
@@ -160,6 +169,42 @@ class Preloader:
                 continue
             best = min(hosts, key=lambda st: cold_load_s(st, model, states))
             out.append((best.server.name, model))
+            self.loading.add((best.server.name, model))
+        out.extend(self._idle(states, loaded, {self.models[t] for t in near}))
+        return out
+
+    def _idle(
+        self,
+        states: Sequence[Any],
+        loaded: Mapping[str, FrozenSet[str]],
+        near: AbstractSet[str],
+    ) -> List[Tuple[str, str]]:
+        """Idle hosts: a model they have but have not loaded, that requests wait for."""
+        balancer = self.orch.balancer
+        models = {m for m in self.models.values() if balancer.waiting_for(m) > 0}
+        out: List[Tuple[str, str]] = []
+        for st in states:
+            name = st.server.name
+            if not st.healthy or balancer.in_use(name) or any(n == name for n, _ in self.loading):
+                continue
+            here = loaded[name]
+
+            def needed(m: str, name: str = name) -> bool:
+                if balancer.waiting_for(m) > 0:
+                    return True
+                return m in near and not any(m in loaded[o] for o in loaded if o != name)
+
+            wanted = [
+                m
+                for m in sorted(models, key=lambda m: -balancer.waiting_for(m))
+                if m in st.models and m not in here
+            ]
+            for model in wanted:
+                keep = {m for m in here if needed(m)}
+                if not keep or any(seen >= here | {model} for seen in self.seen[name]):
+                    out.append((name, model))
+                    self.loading.add((name, model))
+                    break
         return out
 
     # -- sending ---------------------------------------------------------------------------
@@ -168,7 +213,7 @@ class Preloader:
         """Send each preload as a task of the executor's task group (cancelled by
         :meth:`cancel` when the DAG is done)."""
         for server, model in pairs:
-            self.loading.add((server, model))
+            self.loading.add((server, model))  # planned ones are already in
             scope = anyio.CancelScope()
             self.scopes.append(scope)
             start_soon(self._load, server, model, scope)

@@ -138,8 +138,9 @@ def rank_priorities(
 ) -> Dict[str, int]:
     """Queue priorities: a task's explicit ``priority`` as given (it always wins: the user's
     word), else its rank scaled to ``0..RANK_SCALE`` (``scale``: the rank that maps to
-    :data:`RANK_SCALE`, default the largest)."""
-    top = scale if scale is not None else max(rank.values(), default=0.0)
+    :data:`RANK_SCALE`, default the largest among the tasks without an explicit one)."""
+    own = [rank[tid] for tid, t in tasks.items() if t.priority is None]
+    top = scale if scale is not None else max(own, default=0.0)
     factor = RANK_SCALE / top if top > 0 else 0.0
     return {
         tid: t.priority
