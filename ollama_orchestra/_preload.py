@@ -1,7 +1,7 @@
 """Look-ahead model loading for the DAG executor, and the count of cold loads (issue 18, item 2).
 
-The executor knows the graph ahead: when a task's dependencies are all running or done (it is
-*near*) and its model is loaded on no healthy server that has it, :class:`Preloader` loads it
+The executor knows the graph ahead: when a task's dependencies are all running or done, or
+near themselves (it is *near*: at most two stages ahead of the running ones) and its model is loaded on no healthy server that has it, :class:`Preloader` loads it
 on one of them before the task is ready, so the load overlaps work instead of delaying the
 task. Ollama loads a model on a generate request with an empty prompt, for ``keep_alive``
 (ollama/ollama ``docs/api.md``, "Load a model"; ``server/routes.go`` ``GenerateHandler``:
@@ -112,6 +112,8 @@ class Preloader:
         self.preloads = 0
         self.hidden = 0
         self.scopes: List[anyio.CancelScope] = []
+        #: How many stages ahead of the running ones a model is loaded (see :meth:`near`).
+        self.depth = 2
 
     # -- planning --------------------------------------------------------------------------
 
@@ -134,15 +136,7 @@ class Preloader:
             loaded[st.server.name] = here
             self.seen.setdefault(st.server.name, set()).add(here)
         started = running | ready | done
-        near = [
-            tid
-            for tid, t in self.tasks.items()
-            if tid not in started
-            and tid in self.models
-            and t.depends_on
-            and all(d in running or d in done for d in t.depends_on)
-            and any(d in running for d in t.depends_on)
-        ]
+        near = self.near(running, started, done)
         wanted = {self.models[t] for t in running | ready if t in self.models}
         wanted |= {self.models[t] for t in near}
         near.sort(key=lambda tid: -priority.get(tid, 0))
@@ -206,6 +200,33 @@ class Preloader:
                     self.loading.add((name, model))
                     break
         return out
+
+    def near(
+        self, running: AbstractSet[str], started: AbstractSet[str], done: AbstractSet[str]
+    ) -> List[str]:
+        """The model tasks not started yet that are at most :attr:`depth` steps from running:
+        every dependency is running, done or itself near (one level less), at least one not
+        done. Depth 2 reaches a stage while the one before it is still only near, so a load
+        longer than one task can still be hidden."""
+        level: Set[str] = set(running)
+        ahead: Set[str] = set(done)
+        out: List[str] = []
+        for _ in range(self.depth):
+            nxt = {
+                tid
+                for tid, t in self.tasks.items()
+                if tid not in started
+                and tid not in out
+                and t.depends_on
+                and all(d in ahead or d in level for d in t.depends_on)
+                and any(d in level for d in t.depends_on)
+            }
+            if not nxt:
+                break
+            ahead |= level
+            level = nxt
+            out.extend(sorted(nxt))
+        return [tid for tid in out if tid in self.models]
 
     # -- sending ---------------------------------------------------------------------------
 
