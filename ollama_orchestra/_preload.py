@@ -19,8 +19,9 @@ requests' answers say), or where the host was already seen holding those models 
 at once:
 
 * for a near task, no model loaded on the host is wanted by a running, runnable or near task;
-* on an idle host (nothing running there), no model loaded there has requests waiting for it,
-  and none that a near task wants is loaded nowhere else.
+* on an idle host (nothing running there), no model loaded there has requests waiting for it
+  or is wanted by a near task (even where another host holds it too: the demo showed a near
+  stage then routed to the host that had lost it, paying the reload on the critical chain).
 
 So a preload never takes a model from running or runnable work.
 
@@ -183,10 +184,8 @@ class Preloader:
                 continue
             here = loaded[name]
 
-            def needed(m: str, name: str = name) -> bool:
-                if balancer.waiting_for(m) > 0:
-                    return True
-                return m in near and not any(m in loaded[o] for o in loaded if o != name)
+            def needed(m: str) -> bool:
+                return balancer.waiting_for(m) > 0 or m in near
 
             wanted = [
                 m

@@ -78,6 +78,20 @@ class TestPlan:
         assert plan(fleet_, running=["a"]) == []
         assert plan(fleet_, running=["a", "c"]) == []
 
+    def test_two_stages_ahead(self) -> None:
+        """A stage two steps from the running one is near (depth 2), three steps is not."""
+        chain = {
+            "a": Task("a", model="A", prompt="x"),
+            "b": Task("b", model="A", prompt="y", depends_on=["a"]),
+            "c": Task("c", model="B", prompt="z", depends_on=["b"]),
+            "d": Task("d", model="C", prompt="w", depends_on=["c"]),
+        }
+        models = {"a": "A", "b": "A", "c": "B", "d": "C"}
+        fleet_ = FakeBalancer({"h1": (["A", "B", "C"], ["A"]), "h2": (["A", "B", "C"], [])})
+        p = Preloader(FakeOrch(fleet_), chain, models)
+        assert p.near({"a"}, {"a"}, set()) == ["b", "c"]
+        assert p.plan({"a"}, frozenset(), set(), {}) == [("h2", "B")]
+
     def test_seen_together_allows(self) -> None:
         """A host already seen holding A and B at once may load B next to A."""
         fleet_ = FakeBalancer({"h1": (["A", "B"], ["A", "B"])})
@@ -101,14 +115,20 @@ class TestPlan:
         assert plan(fleet_, running=["b"], done=["a", "c"]) == [("h2", "B")]
 
     def test_idle_host_keeps_a_model_with_waiters(self) -> None:
-        """An idle host keeps a model that requests wait for (and one only it holds that a
-        near task wants)."""
+        """An idle host keeps a model that requests wait for, or that a near task wants."""
         waiting = {"B": 3, "A": 1}
         fleet_ = FakeBalancer(
             {"h1": (["A", "B"], ["B"]), "h2": (["A", "B"], ["A"])}, waiting=waiting, busy={"h1": 2}
         )
         assert plan(fleet_, running=["b"], done=["a"]) == []
         waiting.pop("A")
+        near_a = Preloader(
+            FakeOrch(fleet_),
+            {**pipeline(), "d": Task("d", model="A", prompt="w", depends_on=["b"])},
+            {**MODELS, "d": "A"},
+        )
+        # d (model A) is near: A stays on h2, though h1 could load it again
+        assert near_a.plan({"b"}, frozenset(), {"a", "c"}, {}) == []
         # A is wanted by no one now (c is done too): h2 may take B
         assert plan(fleet_, running=["b"], done=["a", "c"]) == [("h2", "B")]
 
