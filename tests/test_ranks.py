@@ -10,6 +10,7 @@ from ollama_orchestra import Orchestra, Task
 from ollama_orchestra._ranks import (
     PRIOR_TOKENS_PER_S,
     ServerCosts,
+    fleet_costs,
     rank_priorities,
     server_cost,
     task_costs,
@@ -80,6 +81,29 @@ class TestServerCost:
         tasks = by_id([t("a", n=100), Task("f", fn=step, estimate=2.0)])
         one = ServerCosts("s", True, True, 1.0, tokens_per_s=50.0)
         assert task_costs(tasks, lambda task: [one]) == pytest.approx({"a": 2.0, "f": 4.0})
+
+
+class TestFleetCosts:
+    async def test_prior_then_measured(self) -> None:
+        """Before any answer a task costs the cold load plus num_predict at the prior rate;
+        once an answer is measured, the model is loaded (no cold load) and the measured rate
+        replaces the prior."""
+        task = Task("x", model=TINY, prompt="p", options={"num_predict": 400})
+        tasks = {"x": task}
+        async with fleet([two_model_profile("h1", load_s=0.5)]) as sim, Orchestra(
+            config_for(sim)
+        ) as orch:
+            (before,) = fleet_costs(orch, tasks, {}, {})(task)
+            assert before.has and not before.loaded and before.cold_s > 0
+            assert before.tokens_per_s is None
+            assert server_cost(400, before) == pytest.approx(
+                before.cold_s + before.prefill_s + 400 / PRIOR_TOKENS_PER_S
+            )
+            await orch.generate(TINY, "warm", options={"num_predict": 32})
+            (after,) = fleet_costs(orch, tasks, {}, {})(task)
+        assert after.loaded and after.tokens_per_s is not None
+        # the simulated host decodes 400 tokens/s (time_scale 0.01: 40,000 per second here)
+        assert server_cost(400, after) < server_cost(400, before) / 10
 
 
 class TestExecutorRanks:
