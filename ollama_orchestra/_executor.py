@@ -124,6 +124,7 @@ class _Run:
             self.models = {tid: resolve(t.model)[0] for tid, t in by_id.items() if t.fn is None}
         self.priority: Dict[str, int] = {}
         self.ranked_at = -1  # tasks finished when the priorities were last computed
+        self.looked_at = 0  # tasks finished at the last look-ahead
         self.reprioritize()
         self.preloader = (
             Preloader(runner, by_id, self.models) if lookahead and self.costed else None
@@ -156,6 +157,11 @@ class _Run:
         if self.preloader is None or self.failed:
             return
         done = set(self.results)
+        # On a large DAG, look again only every so many finished tasks (each look is linear
+        # in the running tasks and their dependents).
+        if done and len(done) - self.looked_at < max(1, len(self.by_id) // 256):
+            return
+        self.looked_at = len(done)
         try:
             pairs = self.preloader.plan(self.running, frozenset(), done, self.priority)
         except Exception:  # a preload is a hint: never the run's failure

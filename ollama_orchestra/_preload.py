@@ -113,6 +113,11 @@ class Preloader:
         self.preloads = 0
         self.hidden = 0
         self.scopes: List[anyio.CancelScope] = []
+        self.dependents: Dict[str, List[str]] = {}
+        for t in tasks.values():
+            for d in t.depends_on:
+                self.dependents.setdefault(d, []).append(t.id)
+        self.model_set = frozenset(self.models.values())
         #: How many stages ahead of the running ones a model is loaded (see :meth:`near`).
         self.depth = 2
 
@@ -176,7 +181,7 @@ class Preloader:
     ) -> List[Tuple[str, str]]:
         """Idle hosts: a model they have but have not loaded, that requests wait for."""
         balancer = self.orch.balancer
-        models = {m for m in self.models.values() if balancer.waiting_for(m) > 0}
+        models = {m for m in self.model_set if balancer.waiting_for(m) > 0}
         out: List[Tuple[str, str]] = []
         for st in states:
             name = st.server.name
@@ -210,20 +215,21 @@ class Preloader:
         level: Set[str] = set(running)
         ahead: Set[str] = set(done)
         out: List[str] = []
+        seen: Set[str] = set()
         for _ in range(self.depth):
-            nxt = {
-                tid
-                for tid, t in self.tasks.items()
-                if tid not in started
-                and tid not in out
-                and t.depends_on
-                and all(d in ahead or d in level for d in t.depends_on)
-                and any(d in level for d in t.depends_on)
-            }
+            # only the dependents of the level below can be near: no walk over the whole DAG
+            nxt = set()
+            for tid in {u for r in level for u in self.dependents.get(r, ())}:
+                if tid in started or tid in seen:
+                    continue
+                deps = self.tasks[tid].depends_on
+                if all(d in ahead or d in level for d in deps):
+                    nxt.add(tid)
             if not nxt:
                 break
             ahead |= level
             level = nxt
+            seen |= nxt
             out.extend(sorted(nxt))
         return [tid for tid in out if tid in self.models]
 
