@@ -123,6 +123,7 @@ class _Run:
             resolve = runner.config.resolve_model
             self.models = {tid: resolve(t.model)[0] for tid, t in by_id.items() if t.fn is None}
         self.priority: Dict[str, int] = {}
+        self.cost: Dict[str, float] = {}
         self.ranked_at = -1  # tasks finished when the priorities were last computed
         self.looked_at = 0  # tasks finished at the last look-ahead
         self.reprioritize()
@@ -136,21 +137,28 @@ class _Run:
     def reprioritize(self) -> None:
         """Integer priorities for the balancer: longer remaining chain first (an explicit
         priority as given). On an orchestra, recomputed from the cost model as answers come
-        in (at most about 64 times a run, so a large DAG stays cheap)."""
+        in: at most about 32 times a run, each time for the tasks not started yet (a task's
+        rank depends only on the tasks after it), so a large DAG stays cheap."""
         done = len(self.results)
         if self.priority and (
-            not self.costed or done - self.ranked_at < max(1, len(self.by_id) // 64)
+            not self.costed or done - self.ranked_at < max(1, len(self.by_id) // 32)
         ):
             return
         self.ranked_at = done
-        cost: Mapping[str, float] = {tid: t.estimate for tid, t in self.by_id.items()}
+        if not self.cost:
+            self.cost = {tid: t.estimate for tid, t in self.by_id.items()}
         if self.costed:
+            waiting = {
+                tid: t
+                for tid, t in self.by_id.items()
+                if tid not in self.results and tid not in self.running
+            }
             try:
                 views = fleet_costs(self.runner, self.by_id, self.inputs, self.outputs)
-                cost = task_costs(self.by_id, views)
+                self.cost.update(task_costs(waiting, views))
             except Exception:  # priorities are a hint: never the run's failure
                 log.exception("estimating the DAG's task costs failed; using estimates")
-        self.priority = rank_priorities(self.by_id, upward_ranks(self.by_id, cost))
+        self.priority = rank_priorities(self.by_id, upward_ranks(self.by_id, self.cost))
 
     def look_ahead(self, start_soon: Callable[..., Any]) -> None:
         """Preload the models of the tasks about to be ready (see :mod:`._preload`)."""
