@@ -48,7 +48,16 @@ from ._errors import (
     RequestTimeout,
     StreamInterrupted,
 )
-from ._executor import DagResult, DagSpec, Task, TaskEvent, TaskResult, load_dag, run_dag
+from ._executor import (
+    ColdLoads,
+    DagResult,
+    DagSpec,
+    Task,
+    TaskEvent,
+    TaskResult,
+    load_dag,
+    run_dag,
+)
 from ._metrics import LatencyStats, Metrics, MetricsSnapshot, ServerMetrics
 from ._proxy import ProxyLimits, proxy_app, serve_proxy
 from ._state import FleetSnapshot, LoadedModel, ServerSnapshot
@@ -80,6 +89,7 @@ __all__ = [
     "ChatResponse",
     "Choice",
     "CircuitBreaker",
+    "ColdLoads",
     "ConfigError",
     "Continuation",
     "Coordination",

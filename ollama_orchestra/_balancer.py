@@ -271,6 +271,19 @@ class LoadBalancer:
     def in_use(self, name: str) -> int:
         return len(self._slots.held(name))
 
+    @property
+    def fleet(self) -> FleetState:
+        """The fleet's state as routing reads it (the DAG executor's estimates read it too)."""
+        return self._state
+
+    def now(self) -> float:
+        """The balancer's clock (the one the fleet's state is kept in)."""
+        return self._clock()
+
+    def waiting_for(self, model: str) -> int:
+        """Requests for ``model`` waiting for a slot."""
+        return self._wanted.get(model, 0)
+
     @asynccontextmanager
     async def lease(
         self,

@@ -358,20 +358,27 @@ class Orchestra(Calls):
     # -- outside the request path -----------------------------------------------------------
 
     async def call_host(
-        self, server: Server, method: str, path: str, body: Optional[Mapping[str, Any]] = None
+        self,
+        server: Server,
+        method: str,
+        path: str,
+        body: Optional[Mapping[str, Any]] = None,
+        *,
+        timeout: Optional[float] = None,
     ) -> Tuple[int, Any]:
         """One plain call to one server, outside balancing: ``(status, JSON or text)``.
 
         No slot, retry or breaker: for the fleet-wide views (``OrchestraTransport`` and the
-        proxy use it for ``/api/tags``, ``/api/ps`` and ``/api/show``). Bounded by the health
-        probe timeout; httpx's errors propagate.
+        proxy use it for ``/api/tags``, ``/api/ps`` and ``/api/show``) and the DAG executor's
+        model preloads. Bounded by ``timeout`` seconds (default: the health probe timeout);
+        httpx's errors propagate.
         """
         response = await self._client().request(
             method,
             server.url + path,
             json=dict(body) if body is not None else None,
             headers=dict(server.headers),
-            timeout=self.config.health.timeout_s,
+            timeout=self.config.health.timeout_s if timeout is None else timeout,
         )
         try:
             return response.status_code, response.json()
@@ -386,12 +393,14 @@ class Orchestra(Calls):
         fail_fast: bool = False,
         on_event: Optional[Callable[[TaskEvent], None]] = None,
         inputs: Optional[Mapping[str, str]] = None,
+        lookahead: bool = True,
     ) -> DagResult:
         """Run a DAG of tasks over the fleet; results in input order.
 
         ``schedule`` is ``"eager"`` (a task starts when its dependencies are done),
         ``"waves"`` or ``"sequential"``. A failed task's dependents are skipped; with
-        ``fail_fast`` the first failure cancels the rest. See :func:`run_dag`.
+        ``fail_fast`` the first failure cancels the rest; ``lookahead=False`` turns the model
+        preloads off. See :func:`run_dag`.
         """
         if not isinstance(fail_fast, bool):
             raise bad_type("fail_fast", fail_fast, "a bool")
@@ -401,5 +410,11 @@ class Orchestra(Calls):
         ):
             raise bad_type("inputs", inputs, "a mapping of names to strings")
         return await run_dag(
-            self, tasks, schedule=schedule, fail_fast=fail_fast, on_event=on_event, inputs=inputs
+            self,
+            tasks,
+            schedule=schedule,
+            fail_fast=fail_fast,
+            on_event=on_event,
+            inputs=inputs,
+            lookahead=lookahead,
         )

@@ -34,6 +34,7 @@ __all__ = [
     "PIPELINES",
     "DemoPlan",
     "PrefillTally",
+    "allowance",
     "capacity_bound",
     "concurrency",
     "demo_bounds",
@@ -243,7 +244,11 @@ def demo_bounds(
 
 
 async def _demo_run(
-    demo: DemoPlan, names: Sequence[str], time_scale: float, strategy: str
+    demo: DemoPlan,
+    names: Sequence[str],
+    time_scale: float,
+    strategy: str,
+    lookahead: bool = True,
 ) -> Tuple[DagResult, MetricsSnapshot, PrefillTally]:
     import httpx
 
@@ -266,7 +271,9 @@ async def _demo_run(
         async with Orchestra(config) as orch:
             orch.reset_metrics()
             runner = _Recording(orch)
-            result = await run_dag(runner, pipeline_dag(), inputs=demo_inputs())
+            result = await run_dag(
+                runner, pipeline_dag(), inputs=demo_inputs(), lookahead=lookahead
+            )
             return result, orch.metrics(), runner.tally
 
 
@@ -302,10 +309,24 @@ async def run_demo(out: TextIO, scale: float, strategy: str) -> int:
     out.write(
         f"   makespan {both.makespan_s / scale:,.1f}s, {sum(r.ok for r in both.results)}/{len(both.results)} tasks ok\n"
     )
-    floor = demo_bounds(demo, names).lower
+    best = demo_bounds(demo, names, search=True)
+    floor = best.lower
+    span = both.makespan_s / scale
     out.write(
         f"   best possible makespan >= {floor:,.1f}s (lower bound under the simulator's timing"
-        f" model): this run took {both.makespan_s / scale / floor:.2f}x that\n"
+        f" model): this run took {span / floor:.2f}x that\n"
+    )
+    if best.best is not None:
+        found = best.best.makespan
+        out.write(
+            f"   best schedule found {found:,.1f}s (a list schedule in the same model, caches"
+            f" unbounded): this run took {span / found:.2f}x that; the optimum lies between\n"
+            f"   {floor:,.1f}s and {found:,.1f}s\n"
+        )
+    c = both.cold_loads
+    out.write(
+        f"   cold loads: {c.paid} paid ({c.on_critical_path} on the critical chain),"
+        f" {c.hidden} hidden by loading a model ahead of its stage ({c.preloads} preloads)\n"
     )
     summary(both, metrics, out, scale=scale)
     speedup = one.makespan_s / both.makespan_s if both.makespan_s else 0.0
@@ -322,7 +343,45 @@ async def run_demo(out: TextIO, scale: float, strategy: str) -> int:
     out.write(
         f"(the fleet's decode capacity is {bound:.2f}x {alone.name}'s alone: the most any balancer can gain here)\n"
     )
+    for line in allowance(demo):
+        out.write(line + "\n")
     return 0 if one.ok and both.ok else 1
+
+
+def allowance(demo: DemoPlan) -> List[str]:
+    """What the DAG and the hosts' memory allow, in words: why utilization and the share of
+    tasks cannot follow the hosts' capacity (read from the plan and the pipeline)."""
+    tasks = pipeline_dag()
+    model_of = {t.id: demo.roles.get(t.model, t.model) for t in tasks}
+    lines = ["what the DAG allows:"]
+    for h in demo.hosts:
+        chat = {m for m in model_of.values() if any(x.name == m for x in h.models)}
+        warm = set(demo.warm.get(h.name, ()))
+        if chat <= warm:
+            continue
+        held = sorted(warm & chat)
+        mine = sum(1 for m in model_of.values() if m in held)
+        others = sorted({t.model for t in tasks if model_of[t.id] not in held})
+        lines.append(
+            f"  {h.name} holds one of the pipeline's {len(chat)} models at a time"
+            f" ({', '.join(held)}): it can take only {mine} of the {len(tasks)} tasks without a"
+            f" {max(x.cold_load_s for x in h.models if x.name in chat):.0f}s-class reload, so it"
+            f" idles while the other model's stages ({', '.join(others)}) run, or reloads"
+        )
+    first = [t for t in tasks if not t.depends_on]
+    last = [t for t in tasks if not any(t.id in u.depends_on for u in tasks)]
+    slots = sum(concurrency(h) for h in demo.hosts)
+    lines.append(
+        f"  the first stage has {len(first)} tasks and the last {len(last)}, for {slots} slots:"
+        " part of the fleet idles at the start and the end whatever the schedule"
+    )
+    return lines
+
+
+def _capacity_share(demo: DemoPlan, host: HostProfile) -> float:
+    """The host's share of the fleet's slots times speed (the metrics' fair share)."""
+    total = sum(concurrency(h) * h.speed for h in demo.hosts)
+    return concurrency(host) * host.speed / total
 
 
 def capacity_bound(demo: DemoPlan) -> float:

@@ -10,7 +10,11 @@ runs, then schedules it on :class:`graphlib.TopologicalSorter` (``graphlib-backp
 
 Every started task simply asks the orchestra for a slot: concurrency is bounded by the
 fleet's slots in the balancer, and tasks on the critical path (the longest chain of remaining
-work) carry a higher priority there, so they go first.
+work) carry a higher priority there, so they go first. On an orchestra, that chain is measured
+in seconds by the live cost model (:mod:`._ranks`: upward ranks, recomputed as answers come
+in), and ``eager`` loads the model of a stage about to start where it is loaded nowhere
+(:mod:`._preload`, ``lookahead``); :class:`ColdLoads` in the result counts the cold loads paid
+and hidden.
 
 Tasks and graph validation live in :mod:`._tasks`, DAG files in :mod:`._dagfile`; both are
 re-exported here (``Task``, ``DagSpec``, ``load_dag``).
@@ -20,17 +24,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
 from typing import (
     Any,
     Callable,
     Dict,
     List,
-    Literal,
     Mapping,
     Optional,
     Protocol,
     Sequence,
+    Set,
     Tuple,
 )
 
@@ -38,8 +41,11 @@ import anyio
 
 from ._clock import now as clock_now
 from ._dagfile import DagSpec, load_dag
+from ._dagresult import DagResult, EventKind, Skipped, TaskEvent, TaskResult
 from ._errors import DagValidationError, NoCapableServer
-from ._tasks import SCHEDULES, Task, critical_path, validate_graph
+from ._preload import COLD_LOAD_NS, ColdLoads, Preloader, critical_chain
+from ._ranks import fleet_costs, rank_priorities, task_costs, upward_ranks
+from ._tasks import SCHEDULES, Task, validate_graph
 from ._types import ChatResponse, GenerateResponse
 
 if sys.version_info >= (3, 9):
@@ -49,6 +55,7 @@ else:  # pragma: no cover
     import graphlib  # type: ignore[import-untyped]
 
 __all__ = [
+    "ColdLoads",
     "DagResult",
     "DagSpec",
     "Runner",
@@ -60,9 +67,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ollama_orchestra.executor")
-
-Status = Literal["ok", "failed", "skipped", "cancelled"]
-EventKind = Literal["queued", "started", "finished", "failed", "skipped", "cancelled"]
 
 
 class Runner(Protocol):
@@ -90,97 +94,6 @@ class Runner(Protocol):
     ) -> ChatResponse: ...
 
 
-@dataclass(frozen=True)
-class TaskResult:
-    """How one task ended."""
-
-    id: str
-    status: Status
-    output: Optional[str] = None
-    error: Optional[BaseException] = field(default=None, compare=False)
-    server: Optional[str] = None
-    attempts: int = 0
-    queued_s: float = 0.0
-    started_at: Optional[float] = None
-    finished_at: Optional[float] = None
-    priority: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def run_s(self) -> float:
-        if self.started_at is None or self.finished_at is None:
-            return 0.0
-        return self.finished_at - self.started_at
-
-    @property
-    def error_message(self) -> str:
-        if self.error is None:
-            return ""
-        if isinstance(self.error, _Skipped):
-            return str(self.error)
-        return f"{type(self.error).__name__}: {self.error}"
-
-
-@dataclass(frozen=True)
-class TaskEvent:
-    """Progress: a task was queued, started, finished, failed, skipped or cancelled."""
-
-    kind: EventKind
-    task_id: str
-    at: float
-    result: Optional[TaskResult] = None
-
-
-@dataclass(frozen=True)
-class DagResult:
-    """Every task's result, in input order, and the makespan."""
-
-    results: Tuple[TaskResult, ...]
-    makespan_s: float
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.results)
-
-    @property
-    def outputs(self) -> Dict[str, str]:
-        return {r.id: r.output for r in self.results if r.ok and r.output is not None}
-
-    def __getitem__(self, task_id: str) -> TaskResult:
-        for r in self.results:
-            if r.id == task_id:
-                return r
-        raise KeyError(task_id)
-
-    def __iter__(self) -> Any:
-        return iter(self.results)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def with_status(self, status: Status) -> Tuple[TaskResult, ...]:
-        """The results with this status, in input order."""
-        return tuple(r for r in self.results if r.status == status)
-
-    @property
-    def failed(self) -> Tuple[TaskResult, ...]:
-        """The tasks that raised, in input order."""
-        return self.with_status("failed")
-
-    @property
-    def skipped(self) -> Tuple[TaskResult, ...]:
-        """The tasks skipped because a dependency did not succeed."""
-        return self.with_status("skipped")
-
-    @property
-    def cancelled(self) -> Tuple[TaskResult, ...]:
-        """The tasks cancelled by ``fail_fast``."""
-        return self.with_status("cancelled")
-
-
 class _Run:
     def __init__(
         self,
@@ -191,6 +104,7 @@ class _Run:
         fail_fast: bool,
         on_event: Optional[Callable[[TaskEvent], None]],
         clock: Callable[[], float],
+        lookahead: bool = False,
     ) -> None:
         self.runner = runner
         self.tasks = tasks
@@ -201,16 +115,78 @@ class _Run:
         self.clock = clock
         self.results: Dict[str, TaskResult] = {}
         self.outputs: Dict[str, str] = {}
-        cp = critical_path(by_id)
-        # Integer priorities for the balancer: longer remaining chain first.
-        scale = 1000.0 / max(cp.values()) if cp else 1.0
-        self.priority = {
-            tid: (t.priority if t.priority is not None else round(cp[tid] * scale))
-            for tid, t in by_id.items()
-        }
+        self.running: Set[str] = set()
+        # Ranks from the live cost model on an orchestra; from the tasks' estimates otherwise.
+        self.costed = _has_costs(runner)
+        self.models: Dict[str, str] = {}
+        if self.costed:
+            resolve = runner.config.resolve_model
+            self.models = {tid: resolve(t.model)[0] for tid, t in by_id.items() if t.fn is None}
+        self.priority: Dict[str, int] = {}
+        self.cost: Dict[str, float] = {}
+        self.ranked_at = -1  # tasks finished when the priorities were last computed
+        self.looked_at = 0  # tasks finished at the last look-ahead
+        self.reprioritize()
+        self.preloader = (
+            Preloader(runner, by_id, self.models) if lookahead and self.costed else None
+        )
         self.stop: Optional[anyio.CancelScope] = None
         self.sorter: Optional[graphlib.TopologicalSorter[str]] = None
         self.failed = False
+
+    def reprioritize(self) -> None:
+        """Integer priorities for the balancer: longer remaining chain first (an explicit
+        priority as given). On an orchestra, recomputed from the cost model as answers come
+        in: at most about 32 times a run, each time for the tasks not started yet (a task's
+        rank depends only on the tasks after it), so a large DAG stays cheap."""
+        done = len(self.results)
+        if self.priority and (
+            not self.costed or done - self.ranked_at < max(1, len(self.by_id) // 32)
+        ):
+            return
+        self.ranked_at = done
+        if not self.cost:
+            self.cost = {tid: t.estimate for tid, t in self.by_id.items()}
+        if self.costed:
+            waiting = {
+                tid: t
+                for tid, t in self.by_id.items()
+                if tid not in self.results and tid not in self.running
+            }
+            try:
+                views = fleet_costs(self.runner, self.by_id, self.inputs, self.outputs)
+                self.cost.update(task_costs(waiting, views))
+            except Exception:  # priorities are a hint: never the run's failure
+                log.exception("estimating the DAG's task costs failed; using estimates")
+        self.priority = rank_priorities(self.by_id, upward_ranks(self.by_id, self.cost))
+
+    def look_ahead(self, start_soon: Callable[..., Any]) -> None:
+        """Preload the models of the tasks about to be ready (see :mod:`._preload`)."""
+        if self.preloader is None or self.failed:
+            return
+        done = set(self.results)
+        # On a large DAG, look again only every so many finished tasks (each look is linear
+        # in the running tasks and their dependents).
+        if done and len(done) - self.looked_at < max(1, len(self.by_id) // 256):
+            return
+        self.looked_at = len(done)
+        try:
+            pairs = self.preloader.plan(self.running, frozenset(), done, self.priority)
+        except Exception:  # a preload is a hint: never the run's failure
+            log.exception("planning model preloads failed")
+            return
+        self.preloader.start(start_soon, pairs)
+
+    def cold_loads(self) -> ColdLoads:
+        paid = sum(1 for r in self.results.values() if r.cold_load)
+        chain = critical_chain(self.results, self.by_id)
+        p = self.preloader
+        return ColdLoads(
+            paid=paid,
+            hidden=p.hidden if p else 0,
+            preloads=p.preloads if p else 0,
+            on_critical_path=sum(1 for tid in chain if self.results[tid].cold_load),
+        )
 
     def emit(self, kind: EventKind, task_id: str, result: Optional[TaskResult] = None) -> None:
         if self.on_event is None:
@@ -248,7 +224,7 @@ class _Run:
             reason += f": {cause.error_message}"
         # A skipped dependency already carries the root cause in its own message.
         self.finish(
-            TaskResult(task.id, "skipped", error=_Skipped(reason), priority=self.priority[task.id])
+            TaskResult(task.id, "skipped", error=Skipped(reason), priority=self.priority[task.id])
         )
 
     def fill(self, template: str, task: Task) -> str:
@@ -267,19 +243,22 @@ class _Run:
         prio = self.priority[task.id]
         started = self.clock()
         self.emit("started", task.id)
+        self.running.add(task.id)
         try:
             if task.timeout is None:
-                output, server, attempts, queued = await self.call(task, prio)
+                output, server, attempts, queued, cold = await self.call(task, prio)
             else:
                 with anyio.fail_after(task.timeout):
-                    output, server, attempts, queued = await self.call(task, prio)
+                    output, server, attempts, queued, cold = await self.call(task, prio)
         except anyio.get_cancelled_exc_class():
+            self.running.discard(task.id)
             self.results[task.id] = TaskResult(
                 task.id, "cancelled", started_at=started, finished_at=self.clock(), priority=prio
             )
             self.emit("cancelled", task.id, self.results[task.id])
             raise
         except Exception as exc:
+            self.running.discard(task.id)
             self.finish(
                 TaskResult(
                     task.id,
@@ -291,6 +270,9 @@ class _Run:
                 )
             )
             return
+        self.running.discard(task.id)
+        if self.preloader is not None:
+            self.preloader.used(server, self.models.get(task.id), cold)
         self.finish(
             TaskResult(
                 task.id,
@@ -302,14 +284,15 @@ class _Run:
                 started_at=started,
                 finished_at=self.clock(),
                 priority=prio,
+                cold_load=cold,
             )
         )
 
-    async def call(self, task: Task, prio: int) -> Tuple[str, Optional[str], int, float]:
+    async def call(self, task: Task, prio: int) -> Tuple[str, Optional[str], int, float, bool]:
         if task.fn is not None:
             inputs = {d: self.outputs[d] for d in task.depends_on if d in self.outputs}
             out = await task.fn(self.runner, inputs)
-            return str(out), None, 0, 0.0
+            return str(out), None, 0, 0.0, False
         system = self.fill(task.system, task) if task.system is not None else None
         if task.prompt is not None:
             r: Any = await self.runner.generate(
@@ -329,19 +312,18 @@ class _Run:
                     m["content"] = self.fill(m["content"], task)
                 messages.append(m)
             r = await self.runner.chat(task.model, messages, options=task.options, priority=prio)
+        load = getattr(r, "load_duration", None)
         return (
             str(r.text),
             getattr(r, "server", None),
             int(getattr(r, "attempts", 1)),
             float(getattr(r, "queued_s", 0.0)),
+            isinstance(load, (int, float)) and load >= COLD_LOAD_NS,
         )
 
     def ordered(self, ids: Sequence[str]) -> List[str]:
+        self.reprioritize()
         return sorted(ids, key=lambda tid: -self.priority[tid])
-
-
-class _Skipped(Exception):
-    """A dependency did not succeed."""
 
 
 async def run_dag(
@@ -353,14 +335,18 @@ async def run_dag(
     on_event: Optional[Callable[[TaskEvent], None]] = None,
     inputs: Optional[Mapping[str, str]] = None,
     clock: Callable[[], float] = clock_now,
+    lookahead: bool = True,
 ) -> DagResult:
     """Run a DAG of tasks on ``runner`` (an :class:`Orchestra`); see the module docstring.
 
     A failed task's dependents are skipped (the cause recorded), independent branches go on;
     with ``fail_fast=True`` the first failure cancels everything still running. Errors of
     tasks never propagate: they are in the result. Cancelling ``run_dag`` cancels its tasks.
+    ``lookahead`` (``eager`` on an orchestra): preload the model of a stage about to start
+    where no healthy server has it loaded, never evicting a model that work needs.
 
     Raises:
+        TypeError: ``lookahead`` is not a bool.
         DagValidationError: duplicate or unknown ids, a cycle, a placeholder naming no
             dependency, a task whose model is neither a role nor a model any server has
             (checked against the fleet, when ``runner`` has ``check_models``): before
@@ -372,13 +358,15 @@ async def run_dag(
         raise DagValidationError(
             f"unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}"
         )
+    if not isinstance(lookahead, bool):
+        raise TypeError(f"lookahead must be a bool, got {lookahead!r}")
     inputs = dict(inputs or {})
     by_id, sorter = validate_graph(tasks, inputs)
     t0 = clock()
     if not tasks:
         return DagResult((), 0.0)
     await _preflight(runner, tasks)
-    run = _Run(runner, tasks, by_id, inputs, fail_fast, on_event, clock)
+    run = _Run(runner, tasks, by_id, inputs, fail_fast, on_event, clock, lookahead)
     run.sorter = sorter
     with anyio.CancelScope() as scope:
         run.stop = scope
@@ -393,7 +381,7 @@ async def run_dag(
             if t.id not in run.results:
                 run.results[t.id] = TaskResult(t.id, "cancelled", priority=run.priority[t.id])
                 run.emit("cancelled", t.id, run.results[t.id])
-    return DagResult(tuple(run.results[t.id] for t in tasks), clock() - t0)
+    return DagResult(tuple(run.results[t.id] for t in tasks), clock() - t0, run.cold_loads())
 
 
 async def _preflight(runner: Any, tasks: Sequence[Task]) -> None:
@@ -433,6 +421,19 @@ async def _preflight(runner: Any, tasks: Sequence[Task]) -> None:
         ) from err
 
 
+def _has_costs(runner: Any) -> bool:
+    """Whether ``runner`` exposes the live cost model (an :class:`Orchestra` does)."""
+    try:
+        balancer = runner.balancer
+        return (
+            hasattr(balancer, "costs")
+            and hasattr(balancer, "fleet")
+            and callable(getattr(runner.config, "resolve_model", None))
+        )
+    except Exception:
+        return False
+
+
 def _sorter(run: _Run) -> graphlib.TopologicalSorter[str]:
     assert run.sorter is not None
     return run.sorter
@@ -451,6 +452,7 @@ async def _eager(run: _Run) -> None:
             try:
                 await run.run_task(run.by_id[tid])
             finally:
+                run.running.discard(tid)
                 finished.append(tid)
                 wake.set()
 
@@ -458,8 +460,10 @@ async def _eager(run: _Run) -> None:
         while sorter.is_active():
             for tid in run.ordered(sorter.get_ready()):
                 run.emit("queued", tid)
+                run.running.add(tid)  # for the look-ahead: its dependents are near now
                 tg.start_soon(one, tid)
                 pending += 1
+            run.look_ahead(tg.start_soon)
             if pending == 0:
                 break  # pragma: no cover - a prepared sorter always has work here
             if not finished:
@@ -468,6 +472,8 @@ async def _eager(run: _Run) -> None:
             done, finished[:] = list(finished), []
             pending -= len(done)
             sorter.done(*done)
+        if run.preloader is not None:
+            run.preloader.cancel()  # the DAG is done: no load is worth waiting for
 
 
 async def _waves(run: _Run) -> None:

@@ -304,6 +304,11 @@ def test_bench_dag_references() -> None:
     from benchmarks.bench_dag import references
 
     refs: Dict[str, object] = dict(references(4))
-    assert set(refs) == {"independent, 1 host", "independent, 2 hosts", "uneven DAG"}
+    assert set(refs) == {
+        "independent, 1 host",
+        "independent, 2 hosts",
+        "uneven DAG",
+        "two-model pipeline",
+    }
     uneven = references(4)["uneven DAG"]
     assert uneven.best is not None and uneven.lower <= uneven.best.makespan

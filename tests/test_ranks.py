@@ -1,0 +1,133 @@
+"""Upward ranks under the cost model (issue 18, item 1): hand-computed small DAGs."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import pytest
+
+from ollama_orchestra import Orchestra, Task
+from ollama_orchestra._ranks import (
+    PRIOR_TOKENS_PER_S,
+    ServerCosts,
+    fleet_costs,
+    rank_priorities,
+    server_cost,
+    task_costs,
+    upward_ranks,
+)
+
+from .conftest import TINY, config_for, fleet, two_model_profile
+
+
+def t(tid: str, *deps: str, n: int = 100, **kw: object) -> Task:
+    return Task(tid, model="m", prompt="x", depends_on=list(deps), options={"num_predict": n}, **kw)  # type: ignore[arg-type]
+
+
+def by_id(tasks: Sequence[Task]) -> Dict[str, Task]:
+    return {x.id: x for x in tasks}
+
+
+class TestUpwardRanks:
+    def test_fork_join(self) -> None:
+        """A task's rank is its cost plus the largest rank among its dependents."""
+        tasks = by_id([t("a"), t("b", "a"), t("c", "a"), t("d", "b", "c")])
+        cost = {"a": 2.0, "b": 3.0, "c": 5.0, "d": 1.0}
+        assert upward_ranks(tasks, cost) == {"d": 1.0, "b": 4.0, "c": 6.0, "a": 8.0}
+
+    def test_priorities_scale_and_explicit_wins(self) -> None:
+        """Default priorities are ranks scaled to 0..1000; an explicit priority is kept."""
+        tasks = by_id([t("a"), t("b", "a"), t("x", priority=7)])
+        rank = {"a": 8.0, "b": 2.0, "x": 4.0}
+        assert rank_priorities(tasks, rank) == {"a": 1000, "b": 250, "x": 7}
+
+
+class TestServerCost:
+    def test_measured_rate_and_cold_load(self) -> None:
+        """Cold load (where not loaded) + prefill + num_predict at the rate measured there."""
+        fast = ServerCosts("fast", True, False, 1.5, cold_s=5.0, prefill_s=1.0, tokens_per_s=50.0)
+        assert server_cost(100, fast) == pytest.approx(5.0 + 1.0 + 2.0)
+        warm = ServerCosts("slow", True, True, 1.0, cold_s=9.0, tokens_per_s=10.0)
+        assert server_cost(100, warm) == pytest.approx(10.0)
+
+    def test_rate_from_other_servers_by_weight(self) -> None:
+        """Unmeasured here: the fleet's rate per unit of weight, times this server's weight."""
+        measured = ServerCosts("a", True, True, 1.0, tokens_per_s=30.0)
+        fresh = ServerCosts("b", True, True, 2.0)
+        assert server_cost(120, fresh, [measured, fresh]) == pytest.approx(120 / 60.0)
+
+    def test_prior(self) -> None:
+        """Nothing measured anywhere: num_predict over the prior rate times the weight."""
+        fresh = ServerCosts("b", True, True, 2.0)
+        assert server_cost(100, fresh, [fresh]) == pytest.approx(100 / (PRIOR_TOKENS_PER_S * 2))
+
+    def test_unequal_hosts_least_cost(self) -> None:
+        """A task costs what it takes on the server that finishes it first; ranks add up
+        along the chain (hand-computed on two unequal hosts)."""
+        tasks = by_id([t("a", n=100), t("b", "a", n=300)])
+        fast = ServerCosts("fast", True, False, 2.0, cold_s=4.0, tokens_per_s=50.0)
+        slow = ServerCosts("slow", True, True, 1.0, tokens_per_s=20.0)
+        # a: fast 4 + 2 = 6, slow 5 -> 5; b: fast 4 + 6 = 10, slow 15 -> 10
+        cost = task_costs(tasks, lambda task: [fast, slow])
+        assert cost == pytest.approx({"a": 5.0, "b": 10.0})
+        assert upward_ranks(tasks, cost) == pytest.approx({"a": 15.0, "b": 10.0})
+
+    def test_custom_step_costs_its_estimate_times_the_mean(self) -> None:
+        """A custom step costs its estimate times the mean cost of the model tasks."""
+
+        async def step(orch: object, inputs: object) -> str:
+            return ""
+
+        tasks = by_id([t("a", n=100), Task("f", fn=step, estimate=2.0)])
+        one = ServerCosts("s", True, True, 1.0, tokens_per_s=50.0)
+        assert task_costs(tasks, lambda task: [one]) == pytest.approx({"a": 2.0, "f": 4.0})
+
+
+class TestFleetCosts:
+    async def test_prior_then_measured(self) -> None:
+        """Before any answer a task costs the cold load plus num_predict at the prior rate;
+        once an answer is measured, the model is loaded (no cold load) and the measured rate
+        replaces the prior."""
+        task = Task("x", model=TINY, prompt="p", options={"num_predict": 400})
+        tasks = {"x": task}
+        async with fleet([two_model_profile("h1", load_s=0.5)]) as sim, Orchestra(
+            config_for(sim)
+        ) as orch:
+            (before,) = fleet_costs(orch, tasks, {}, {})(task)
+            assert before.has and not before.loaded and before.cold_s > 0
+            assert before.tokens_per_s is None
+            assert server_cost(400, before) == pytest.approx(
+                before.cold_s + before.prefill_s + 400 / PRIOR_TOKENS_PER_S
+            )
+            await orch.generate(TINY, "warm", options={"num_predict": 32})
+            (after,) = fleet_costs(orch, tasks, {}, {})(task)
+        assert after.loaded and after.tokens_per_s is not None
+        # the simulated host decodes 400 tokens/s (time_scale 0.01: 40,000 per second here)
+        assert server_cost(400, after) < server_cost(400, before) / 10
+
+
+class TestExecutorRanks:
+    async def test_priorities_follow_the_cost_model(self) -> None:
+        """On an orchestra, a longer answer (num_predict) ranks higher, and the balancer
+        gets the rank as the request's priority."""
+        async with fleet([two_model_profile("h1", load_s=0.5)]) as sim, Orchestra(
+            config_for(sim)
+        ) as orch:
+            await orch.generate(TINY, "warm", options={"num_predict": 8})
+            tasks: List[Task] = [
+                Task("long", model=TINY, prompt="a", options={"num_predict": 64}),
+                Task("short", model=TINY, prompt="b", options={"num_predict": 8}),
+                Task(
+                    "after",
+                    model=TINY,
+                    prompt="c",
+                    depends_on=["short"],
+                    options={"num_predict": 8},
+                ),
+                Task("mine", model=TINY, prompt="d", priority=3),
+            ]
+            result = await orch.run(tasks)
+        assert result.ok
+        prio = {r.id: r.priority for r in result.results}
+        assert prio["long"] == 1000 and prio["mine"] == 3
+        assert 0 < prio["after"] < prio["short"] < prio["long"]
