@@ -165,6 +165,49 @@ class TestPromptCache:
         assert a.prompt[:3] == b.prompt[:3] and a.prompt_tokens >= 1
 
 
+class TestPerSlotCaches:
+    """List schedules with the simulator's prompt caches: one KV cache per slot, a RAM cache."""
+
+    @staticmethod
+    def slotted(slots: int) -> HostSpec:
+        return host(slots=slots, cache_ram_bytes=8 << 30)
+
+    def test_concurrent_prompts_each_evaluate_the_shared_prefix(self) -> None:
+        """Two prompts sharing 1,000 tokens, started at once on two slots: each slot
+        evaluates the prefix (the simulator's slots do not share), so the schedule takes
+        longer than with one cache as large as need be."""
+        ctx = tuple(f"c{i}" for i in range(1000))
+        tasks = with_prompt_floors([TaskSpec(t, M, 10, prompt=(*ctx, t)) for t in ("a", "b")])
+        shared = simulate(tasks, [host(slots=2)], ["a", "b"])
+        slotted = simulate(tasks, [self.slotted(2)], ["a", "b"])
+        # 2 x 1,001 tokens at 1,000 tokens/s shared, against 1,001 + 1.
+        assert slotted - shared == pytest.approx(1.0, abs=0.05)
+
+    def test_a_slot_keeps_its_last_prompt_and_answer(self) -> None:
+        """A continuation of a finished task's prompt and answer reuses that slot's cache:
+        as with an unbounded cache, but for the answer's last token (sampled, never
+        evaluated: the simulator's slot does not keep it), 1 ms at 1,000 tokens/s."""
+        ctx = tuple(f"c{i}" for i in range(1000))
+        answer = tuple(output_token("a", i) for i in range(10))
+        tasks = with_prompt_floors(
+            [
+                TaskSpec("a", M, 10, prompt=(*ctx, "a")),
+                TaskSpec("b", M, 10, deps=("a",), prompt=(*ctx, "a", *answer, "b")),
+            ]
+        )
+        shared = simulate(tasks, [host(slots=2)], ["a", "b"])
+        assert simulate(tasks, [self.slotted(2)], ["a", "b"]) == pytest.approx(shared + 0.001)
+
+    def test_host_spec_of_a_profile_models_its_caches(self) -> None:
+        """host_spec carries the profile's RAM cache and each model's context and KV size."""
+        profile = HostProfile("h1", (ModelSpec("m:latest", size_gb=2),), num_parallel=2)
+        spec = host_spec(profile)
+        assert spec.cache_ram_bytes == profile.cache_ram_mib * 1024 * 1024
+        timing = spec.models["m:latest"]
+        assert timing.kv_bytes == profile.models[0].kv_bytes
+        assert timing.num_ctx == profile.default_num_ctx(profile.models[0])
+
+
 class TestBadInput:
     """Bad DAGs are refused with the task named."""
 
