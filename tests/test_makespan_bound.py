@@ -314,6 +314,39 @@ class TestBoundProperty:
         assert floor <= simulate(tasks, hosts, order) * (1 + 1e-9)
 
 
+@st.composite
+def prompted_dags(draw: st.DrawFn) -> List[TaskSpec]:
+    """DAGs whose prompts share a context and carry their dependencies' answers."""
+    ctx = tuple(f"c{i}" for i in range(draw(st.integers(0, 300))))
+    n = draw(st.integers(1, 6))
+    tasks: List[TaskSpec] = []
+    for i in range(n):
+        deps = draw(st.lists(st.sampled_from(range(i)), unique=True, max_size=2)) if i else []
+        out = draw(st.integers(1, 200))
+        answers = [output_token(f"t{d}", j) for d in deps for j in range(tasks[d].output_tokens)]
+        prompt = (*ctx, *answers, *(f"t{i}_{j}" for j in range(draw(st.integers(1, 50)))))
+        tasks.append(
+            TaskSpec(
+                f"t{i}", draw(st.sampled_from([M, N])), out, 0, tuple(f"t{d}" for d in deps), prompt
+            )
+        )
+    return with_prompt_floors(tasks)
+
+
+class TestBoundPropertyPerSlotCaches:
+    """The lower bound stays below list schedules run with per-slot prompt caches."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(prompted_dags(), st.integers(1, 3), st.sampled_from([0, 8 << 30]))
+    def test_lower_bound_below_per_slot_list_schedules(
+        self, tasks: List[TaskSpec], slots: int, ram: int
+    ) -> None:
+        """Per-slot caches (with or without a RAM cache) only add prefill: still >= the bound."""
+        hosts = [host("a", slots=slots, cache_ram_bytes=ram), host("b", speed=1.5, slots=2)]
+        floor = lower_bound(tasks, hosts)
+        assert floor <= best_schedule(tasks, hosts, budget=20).makespan * (1 + 1e-9)
+
+
 class TestAgainstTheSimulator:
     """A DAG run for real on a simulated host takes at least the bound."""
 
