@@ -319,8 +319,9 @@ async def run_demo(out: TextIO, scale: float, strategy: str) -> int:
     if best.best is not None:
         found = best.best.makespan
         out.write(
-            f"   best schedule found {found:,.1f}s (a list schedule in the same model, caches"
-            f" unbounded): this run took {span / found:.2f}x that; the optimum lies between\n"
+            f"   best schedule found {found:,.1f}s (a list schedule in the same model, with the"
+            f" simulator's per-slot prompt caches): this run took {span / found:.2f}x that;"
+            f" the optimum lies between\n"
             f"   {floor:,.1f}s and {found:,.1f}s\n"
         )
     c = both.cold_loads

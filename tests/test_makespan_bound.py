@@ -165,6 +165,49 @@ class TestPromptCache:
         assert a.prompt[:3] == b.prompt[:3] and a.prompt_tokens >= 1
 
 
+class TestPerSlotCaches:
+    """List schedules with the simulator's prompt caches: one KV cache per slot, a RAM cache."""
+
+    @staticmethod
+    def slotted(slots: int) -> HostSpec:
+        return host(slots=slots, cache_ram_bytes=8 << 30)
+
+    def test_concurrent_prompts_each_evaluate_the_shared_prefix(self) -> None:
+        """Two prompts sharing 1,000 tokens, started at once on two slots: each slot
+        evaluates the prefix (the simulator's slots do not share), so the schedule takes
+        longer than with one cache as large as need be."""
+        ctx = tuple(f"c{i}" for i in range(1000))
+        tasks = with_prompt_floors([TaskSpec(t, M, 10, prompt=(*ctx, t)) for t in ("a", "b")])
+        shared = simulate(tasks, [host(slots=2)], ["a", "b"])
+        slotted = simulate(tasks, [self.slotted(2)], ["a", "b"])
+        # 2 x 1,001 tokens at 1,000 tokens/s shared, against 1,001 + 1.
+        assert slotted - shared == pytest.approx(1.0, abs=0.05)
+
+    def test_a_slot_keeps_its_last_prompt_and_answer(self) -> None:
+        """A continuation of a finished task's prompt and answer reuses that slot's cache:
+        as with an unbounded cache, but for the answer's last token (sampled, never
+        evaluated: the simulator's slot does not keep it), 1 ms at 1,000 tokens/s."""
+        ctx = tuple(f"c{i}" for i in range(1000))
+        answer = tuple(output_token("a", i) for i in range(10))
+        tasks = with_prompt_floors(
+            [
+                TaskSpec("a", M, 10, prompt=(*ctx, "a")),
+                TaskSpec("b", M, 10, deps=("a",), prompt=(*ctx, "a", *answer, "b")),
+            ]
+        )
+        shared = simulate(tasks, [host(slots=2)], ["a", "b"])
+        assert simulate(tasks, [self.slotted(2)], ["a", "b"]) == pytest.approx(shared + 0.001)
+
+    def test_host_spec_of_a_profile_models_its_caches(self) -> None:
+        """host_spec carries the profile's RAM cache and each model's context and KV size."""
+        profile = HostProfile("h1", (ModelSpec("m:latest", size_gb=2),), num_parallel=2)
+        spec = host_spec(profile)
+        assert spec.cache_ram_bytes == profile.cache_ram_mib * 1024 * 1024
+        timing = spec.models["m:latest"]
+        assert timing.kv_bytes == profile.models[0].kv_bytes
+        assert timing.num_ctx == profile.default_num_ctx(profile.models[0])
+
+
 class TestBadInput:
     """Bad DAGs are refused with the task named."""
 
@@ -269,6 +312,39 @@ class TestBoundProperty:
         assert floor <= best.makespan * (1 + 1e-9)
         order = [t.id for t in reversed(tasks)]
         assert floor <= simulate(tasks, hosts, order) * (1 + 1e-9)
+
+
+@st.composite
+def prompted_dags(draw: st.DrawFn) -> List[TaskSpec]:
+    """DAGs whose prompts share a context and carry their dependencies' answers."""
+    ctx = tuple(f"c{i}" for i in range(draw(st.integers(0, 300))))
+    n = draw(st.integers(1, 6))
+    tasks: List[TaskSpec] = []
+    for i in range(n):
+        deps = draw(st.lists(st.sampled_from(range(i)), unique=True, max_size=2)) if i else []
+        out = draw(st.integers(1, 200))
+        answers = [output_token(f"t{d}", j) for d in deps for j in range(tasks[d].output_tokens)]
+        prompt = (*ctx, *answers, *(f"t{i}_{j}" for j in range(draw(st.integers(1, 50)))))
+        tasks.append(
+            TaskSpec(
+                f"t{i}", draw(st.sampled_from([M, N])), out, 0, tuple(f"t{d}" for d in deps), prompt
+            )
+        )
+    return with_prompt_floors(tasks)
+
+
+class TestBoundPropertyPerSlotCaches:
+    """The lower bound stays below list schedules run with per-slot prompt caches."""
+
+    @settings(max_examples=40, deadline=None)
+    @given(prompted_dags(), st.integers(1, 3), st.sampled_from([0, 8 << 30]))
+    def test_lower_bound_below_per_slot_list_schedules(
+        self, tasks: List[TaskSpec], slots: int, ram: int
+    ) -> None:
+        """Per-slot caches (with or without a RAM cache) only add prefill: still >= the bound."""
+        hosts = [host("a", slots=slots, cache_ram_bytes=ram), host("b", speed=1.5, slots=2)]
+        floor = lower_bound(tasks, hosts)
+        assert floor <= best_schedule(tasks, hosts, budget=20).makespan * (1 + 1e-9)
 
 
 class TestAgainstTheSimulator:

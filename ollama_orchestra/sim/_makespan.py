@@ -131,6 +131,10 @@ class ModelTiming:
     prompt_tps: float
     load_s: float
     size_gb: float = 0.0
+    #: The KV cache's bytes per token (for the RAM prompt cache's size limit).
+    kv_bytes: int = 0
+    #: The tokens a slot holds (the context a request gets here).
+    num_ctx: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,11 @@ class HostSpec:
     max_loaded_models: int = 3
     vram_gb: Optional[float] = None
     max_concurrent: Optional[int] = None
+    #: The simulator's prompt caches, for the list schedules of ``_schedules.py``: each
+    #: loaded model's ``slots`` KV caches plus a RAM cache of this many bytes
+    #: (``--cache-ram``), each slot holding up to ``num_ctx`` tokens. ``None``: one cache per
+    #: model as large as need be (the optimistic model the lower bound also uses).
+    cache_ram_bytes: Optional[int] = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.loaded) - set(self.models))
@@ -196,9 +205,17 @@ def host_spec(
     loaded: Iterable[str] = (),
     max_concurrent: Optional[int] = None,
 ) -> HostSpec:
-    """The :class:`HostSpec` of a simulated host (``loaded``: models loaded at the start)."""
+    """The :class:`HostSpec` of a simulated host (``loaded``: models loaded at the start),
+    with its per-slot and RAM prompt caches."""
     models = {
-        m.name: ModelTiming(m.decode_tps, m.prompt_rate, m.cold_load_s, m.size_gb)
+        m.name: ModelTiming(
+            m.decode_tps,
+            m.prompt_rate,
+            m.cold_load_s,
+            m.size_gb,
+            m.kv_bytes,
+            profile.default_num_ctx(m),
+        )
         for m in profile.models
     }
     return HostSpec(
@@ -210,6 +227,7 @@ def host_spec(
         max_loaded_models=profile.max_loaded_models,
         vram_gb=profile.vram_gb,
         max_concurrent=max_concurrent,
+        cache_ram_bytes=profile.cache_ram_mib * 1024 * 1024,
     )
 
 

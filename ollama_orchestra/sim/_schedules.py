@@ -4,10 +4,15 @@ of ``_makespan.py`` next to it (issue 18, item 3).
 The best list schedule (:func:`best_schedule`) is an upper bound only where the simulator
 behaves as modelled: an event simulation (:func:`simulate`) of the rates of
 ``_makespan.py`` (decode shared as ``A(n) / n``, prompt chunks riding decode steps, loads
-one at a time per host evicting idle models, a prompt cache per loaded model as large as
-need be), dispatching ready tasks in a priority order to the host that would finish each
-first alone. The simulator's bounded caches and the client's overhead can only make a
-real run slower than it. For DAGs of up to :data:`EXHAUSTIVE_TASKS` tasks every topological
+one at a time per host evicting idle models), dispatching ready tasks in a priority order
+to the host that would finish each first alone. Prompt caches: on a host built by
+:func:`~._makespan.host_spec` (:attr:`HostSpec.cache_ram_bytes` set), the simulator's own
+:class:`~._kvcache.PromptCache` per loaded model (a KV cache per slot, a slot chosen by
+prefix similarity else LRU, the RAM cache behind them), fed the tasks' rendered prompts and
+answers, so concurrent prompts each evaluate what their slot lacks, as in a real run; the
+time to copy KV state between RAM and VRAM is left out. Without it, one cache per model as
+large as need be (optimistic: a schedule the simulator may not reach). The client's
+overhead can only make a real run slower. For DAGs of up to :data:`EXHAUSTIVE_TASKS` tasks every topological
 order is tried (within a budget), else the upward-rank order and seeded random ones. The
 lower bound stays the proof: the optimum is between the two, and equal to the best found
 when that meets the lower bound.
@@ -21,12 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ._decode import NUM_BATCH
+from ._kvcache import PromptCache
 from ._makespan import (
     HostSpec,
     TaskSpec,
     critical_path_bound,
     lower_bound,
     model_paths,
+    output_token,
     topological,
     work_bound,
 )
@@ -46,6 +53,7 @@ class _Job:
     prompt_left: float
     decode_left: float
     rate: float = 0.0
+    slot: Optional[int] = None  # the prompt-cache slot it holds (per-slot caches)
 
     @property
     def prefilling(self) -> bool:
@@ -59,6 +67,19 @@ class _HostState:
     loading: Optional[str] = None
     load_done: float = math.inf
     cached: Dict[str, Set[int]] = field(default_factory=dict)  # model -> prompt-tree nodes
+    caches: Dict[str, PromptCache] = field(default_factory=dict)  # model -> its slots' caches
+
+    def cache(self, model: str) -> PromptCache:
+        """``model``'s prompt cache here (per-slot, as the simulator's)."""
+        if model not in self.caches:
+            m = self.spec.models[model]
+            self.caches[model] = PromptCache(
+                self.spec.slots,
+                kv_bytes_per_token=m.kv_bytes,
+                ram_bytes=self.spec.cache_ram_bytes or 0,
+                limit_tokens=m.num_ctx * self.spec.slots,
+            )
+        return self.caches[model]
 
 
 def _rerate(jobs: Sequence[_Job], hosts: Sequence[_HostState]) -> None:
@@ -123,7 +144,10 @@ def simulate(
             j.decode_left -= done
             if j.decode_left <= _EPS * max(1.0, j.task.output_tokens):
                 jobs.remove(j)
-                state[j.host].resident[j.task.model] -= 1
+                hs = state[j.host]
+                hs.resident[j.task.model] -= 1
+                if j.slot is not None:
+                    _release(hs, j)
                 left -= 1
                 for tid, deps in waiting.items():
                     if j.task.id in deps:
@@ -168,12 +192,18 @@ def _dispatch(
         hs = state[best[1]]
         if t.model in hs.resident:
             hs.resident[t.model] += 1
-            # A prompt cache as large as need be: the prompt's nodes not evaluated here yet.
-            cached = hs.cached.setdefault(t.model, set())
-            new = [node for node in paths.get(t.id, ()) if node not in cached]
-            cached.update(new)
-            prompt = max(t.prompt_tokens, len(new))
-            jobs.append(_Job(t, best[1], float(prompt), float(t.output_tokens)))
+            slot: Optional[int] = None
+            if hs.spec.cache_ram_bytes is not None and t.prompt:
+                # The simulator's caches: a slot's KV cache and the RAM cache behind it.
+                admission = hs.cache(t.model).admit(t.prompt)
+                slot, prompt = admission.slot, max(t.prompt_tokens, admission.evaluate)
+            else:
+                # A prompt cache as large as need be: the prompt's nodes not evaluated here.
+                cached = hs.cached.setdefault(t.model, set())
+                new = [node for node in paths.get(t.id, ()) if node not in cached]
+                cached.update(new)
+                prompt = max(t.prompt_tokens, len(new))
+            jobs.append(_Job(t, best[1], float(prompt), float(t.output_tokens), slot=slot))
             ready.remove(tid)
         else:
             idle = [m for m, n in hs.resident.items() if n == 0]
@@ -181,7 +211,18 @@ def _dispatch(
                 gone = idle.pop(0)  # evict an idle model, as the simulator does
                 del hs.resident[gone]
                 hs.cached.pop(gone, None)
+                hs.caches.pop(gone, None)
             hs.loading, hs.load_done = t.model, now + hs.spec.models[t.model].load_s
+
+
+def _release(hs: _HostState, job: _Job) -> None:
+    """The slot of a finished job keeps its prompt and answer (less the last token, never
+    evaluated when generation stops at ``num_predict``), up to the model's context."""
+    assert job.slot is not None
+    t = job.task
+    answer = [output_token(t.id, i) for i in range(max(0, t.output_tokens - 1))]
+    held = [*t.prompt, *answer][: hs.spec.models[t.model].num_ctx or None]
+    hs.cache(t.model).release(job.slot, held)
 
 
 def _room(hs: _HostState, model: str) -> bool:
