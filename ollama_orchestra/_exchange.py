@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional
 import anyio
 import httpx
 
+from ._clock import now as loop_now
 from ._config import Server
 from ._failover import AttemptError, classify, from_status, mid_stream_error
 
@@ -109,7 +110,7 @@ class Exchange:
             timeout=httpx.Timeout(connect=connect_s, read=None, write=read_s, pool=None),
         )
         exchange: Optional[Exchange] = None
-        scope = anyio.CancelScope(deadline=anyio.current_time() + first_byte_s)
+        scope = anyio.CancelScope(deadline=loop_now() + first_byte_s)
         try:
             with scope:
                 try:
@@ -250,14 +251,14 @@ class Exchange:
         assert self.first is not None
         objs = self.received = [self.first]
         if read_s is not None:
-            scope.deadline = anyio.current_time() + 1.25 * read_s
+            scope.deadline = loop_now() + 1.25 * read_s
         while not objs[-1].get("done"):
             obj = await self._next()
             if obj is None:
                 raise AttemptError("reset", self.server, "stream ended before done")
             objs.append(obj)
             if read_s is not None:
-                now = anyio.current_time()
+                now = loop_now()
                 if scope.deadline - now < read_s:
                     scope.deadline = now + 1.25 * read_s
 
