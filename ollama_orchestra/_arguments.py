@@ -74,6 +74,21 @@ def _check_json(name: str, value: object) -> None:
         raise TypeError(f"{name} must be JSON data: {exc}") from None
 
 
+#: Exact types json.dumps always encodes (floats: when finite).
+_SCALARS = frozenset({str, int, bool, type(None)})
+
+
+def _plain_json(values: Mapping[str, object]) -> bool:
+    """True when every value is a str, int, bool, None or finite float (exact types), which
+    json.dumps(allow_nan=False) always encodes: the usual options skip encoding them twice
+    (here, then in the request body). Anything else is for :func:`_check_json` to judge."""
+    for value in values.values():
+        kind = type(value)
+        if kind not in _SCALARS and not (kind is float and math.isfinite(cast(float, value))):
+            return False
+    return True
+
+
 def check_fields(
     *,
     options: object = None,
@@ -88,7 +103,8 @@ def check_fields(
     if options is not None:
         if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
             raise bad_type("options", options, "a mapping of option names to values")
-        _check_json("options", dict(options))
+        if not _plain_json(options):
+            _check_json("options", dict(options))
     if keep_alive is not None:
         if isinstance(keep_alive, str):
             pass  # a duration ("5m", "1h"): Ollama parses it

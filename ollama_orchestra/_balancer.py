@@ -396,7 +396,8 @@ class LoadBalancer:
         self._slots.give_back(name, lease)
         if self._metrics is not None:
             self._metrics.slots_held(name, self.in_use(name))
-        self.settle(lease, None)  # permits not settled yet: handed back, no verdict
+        if lease.permit is not None or lease.model_permit is not None:
+            self.settle(lease, None)  # permits not settled yet: handed back, no verdict
         self._dispatch()
 
     def settle(self, lease: Lease, outcome: Outcome) -> None:

@@ -135,13 +135,27 @@ class Calls(RequestPath):
             "/api/generate", payload, resolved, role, priority, retry, timeout
         )
         final = objs[-1]
-        thinking = "".join(str(o.get("thinking") or "") for o in objs) or None
+        # One pass over the chunks for the text, the thinking and the log probabilities
+        # (as merge_logprobs gathers them).
+        text: List[str] = []
+        thinking: List[str] = []
+        merged: List[Any] = []
+        for o in objs:
+            part = o.get("response")
+            if part:
+                text.append(str(part))
+            part = o.get("thinking")
+            if part:
+                thinking.append(str(part))
+            chunk = o.get("logprobs")
+            if isinstance(chunk, list):
+                merged.extend(chunk)
         context = final.get("context")
         return GenerateResponse(
-            response="".join(str(o.get("response") or "") for o in objs),
-            thinking=thinking,
+            response="".join(text),
+            thinking="".join(thinking) or None,
             context=tuple(context) if isinstance(context, list) else None,
-            logprobs=merge_logprobs(objs),
+            logprobs=merged or None,
             server=str(answer.server),
             attempts=answer.attempts,
             queued_s=answer.queued_s,

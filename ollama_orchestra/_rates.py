@@ -174,7 +174,9 @@ class PromptCosts:
         prefill = _count(final, "prompt_eval_duration") / 1e9 * ratio
         load = _count(final, "load_duration") / 1e9 * ratio
         n = _count(final, "prompt_eval_count")
-        pair = self._pairs.setdefault((server, model), _Pair())
+        pair = self._pairs.get((server, model))
+        if pair is None:  # (setdefault would build a _Pair on every call)
+            pair = self._pairs[(server, model)] = _Pair()
         if observed_s > 0:
             pair.base_s = _ewma(pair.base_s, max(0.0, observed_s - prefill - load))
         if prompt is None or n <= 0:
@@ -212,6 +214,8 @@ class PromptCosts:
 def _count(final: Mapping[str, Any], key: str) -> int:
     """A non-negative integer field of Ollama's final object (0 when absent or malformed)."""
     value = final.get(key)
+    if type(value) is int:  # what json gives: the common case, checked first
+        return value if value > 0 else 0
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         return 0
     return max(0, int(value))

@@ -11,7 +11,7 @@ slot frees.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, Mapping, Optional, Protocol, Sequence, Union
+from typing import Callable, Dict, FrozenSet, List, Mapping, Optional, Protocol, Sequence, Union
 
 from ._rates import Prompt
 
@@ -131,6 +131,9 @@ class LeastLoadedStrategy:
         free = [c for c in candidates if c.free]
         if not free:
             return WAIT
+        if len(free) == 1:  # the one free server (the tie counter moves on all the same)
+            self._tie += 1
+            return Choice(free[0].name)
         low = min(c.load for c in free)
         tied = [c for c in free if c.load == low]
         self._tie += 1
@@ -208,32 +211,43 @@ class HybridStrategy:
         self._least = LeastLoadedStrategy()
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        # One pass for what every estimate needs (comprehensions and generators cost more
+        # than the arithmetic here: a choice is made for every request).
+        known: List[float] = []
+        free_slots = 0
+        least_prefill: Optional[float] = None
+        least_cold: Optional[float] = None
+        affinity = False
+        for c in candidates:
+            if c.service_s is not None:
+                known.append((c.service_s - c.prefill_s) * c.weight)
+            if c.free:
+                free_slots += c.slots - c.in_use
+            if least_prefill is None or c.prefill_s < least_prefill:
+                least_prefill = c.prefill_s
+            if least_cold is None or c.cold_s < least_cold:
+                least_cold = c.cold_s
+            if c.cached_chars:
+                affinity = True
         # A server not measured yet is expected to serve like the measured ones (weighted),
         # apart from the prefill: that is its own (what its cache lacks of this prompt).
-        known = [
-            (c.service_s - c.prefill_s) * c.weight for c in candidates if c.service_s is not None
-        ]
         base = sum(known) / len(known) if known else 1.0
-
-        def service(c: Candidate) -> float:
-            if c.service_s is not None:
-                return c.service_s
-            return max(0.0, base) / c.weight + c.prefill_s
-
         # Contended: the other waiters would take every free slot, so a slot's time spent
         # evaluating a prompt another server holds cached, or loading a model another has
-        # loaded, is taken from them: it counts twice. Not contended: the free slots would idle otherwise, and a conversation that
-        # waits for its congested server now will likely wait there again next turn.
-        free_slots = sum(c.slots - c.in_use for c in candidates if c.free)
+        # loaded, is taken from them: it counts twice. Not contended: the free slots would
+        # idle otherwise, and a conversation that waits for its congested server now will
+        # likely wait there again next turn.
         contended = request.waiting >= free_slots
-        least_prefill = min((c.prefill_s for c in candidates), default=0.0)
-        least_cold = min((c.cold_s for c in candidates), default=0.0)
-        affinity = any(c.cached_chars for c in candidates)
+        prefill_floor = least_prefill if least_prefill is not None else 0.0
+        cold_floor = least_cold if least_cold is not None else 0.0
 
         def ect(c: Candidate) -> float:
-            t = c.busy_for_s + service(c) + c.cold_s
+            service = c.service_s
+            if service is None:
+                service = max(0.0, base) / c.weight + c.prefill_s
+            t = c.busy_for_s + service + c.cold_s
             if contended:
-                t += c.prefill_s - least_prefill + c.cold_s - least_cold
+                t += c.prefill_s - prefill_floor + c.cold_s - cold_floor
             elif affinity and not c.free:
                 t += c.busy_for_s
             return t
@@ -251,15 +265,28 @@ class HybridStrategy:
                         widen_after_s=best_cold - best_warm,
                     )
             return WAIT
-        best_free_ect = min(ect(c) for c in free)
-        best = min(candidates, key=ect)
-        if not best.free and ect(best) < self.wait_margin * best_free_ect:
+        # Each candidate's expected completion once: the best is the first least one (as
+        # min(key=ect) picks it); the least among the free ones.
+        best: Optional[Candidate] = None
+        best_ect = 0.0
+        best_free_ect: Optional[float] = None
+        free_ects: List[float] = []
+        for c in candidates:
+            e = ect(c)
+            if best is None or e < best_ect:
+                best, best_ect = c, e
+            if c.free:
+                free_ects.append(e)
+                if best_free_ect is None or e < best_free_ect:
+                    best_free_ect = e
+        assert best is not None and best_free_ect is not None  # ``free`` is not empty
+        if not best.free and best_ect < self.wait_margin * best_free_ect:
             among = frozenset(
                 c.name for c in candidates if ect(c) < self.wait_margin * best_free_ect
             )
-            return Choice(None, among=among, widen_after_s=best_free_ect - ect(best))
+            return Choice(None, among=among, widen_after_s=best_free_ect - best_ect)
         # Among (nearly) equally good free servers, spread the load.
-        good = [c for c in free if ect(c) <= best_free_ect / self.margin]
+        good = [c for c, e in zip(free, free_ects) if e <= best_free_ect / self.margin]
         return self._least.choose(request, good)
 
 

@@ -228,6 +228,8 @@ GENERATE_BAD: List[Any] = [
     ("options", "fast", TypeError),
     ("options", {1: 2}, TypeError),
     ("options", {"temperature": NAN}, TypeError),
+    ("options", {"num_ctx": -math.inf}, TypeError),
+    ("options", {"stop": ["\n", NAN]}, TypeError),
     ("options", {"x": object()}, TypeError),
     ("keep_alive", [1], TypeError),
     ("keep_alive", True, TypeError),
