@@ -56,6 +56,7 @@ from ._errors import (
 )
 from ._exchange import UNSTREAMED_PATHS, Exchange
 from ._failover import AttemptError, build_retrying
+from ._handoff import TakenBack, first_chunk, run_ahead
 from ._metrics import Metrics
 from ._outcomes import Outcomes
 from ._rates import Prompt
@@ -118,7 +119,7 @@ class RequestPath:
         t = self.config.timeouts
 
         async def work(lease: Lease) -> Exchange:
-            return await Exchange.open(
+            exchange = await Exchange.open(
                 self._client(),
                 lease.server,
                 path,
@@ -129,6 +130,8 @@ class RequestPath:
                 connect_s=t.connect_s,
                 clock=self._clock,
             )
+            first_chunk(lease)  # a request sent ahead has started
+            return exchange
 
         return work
 
@@ -184,29 +187,39 @@ class RequestPath:
             async for attempt in retrying:
                 with attempt:
                     self._balancer.check_capable(model)
-                    lease = await self._balancer.acquire(
-                        model,
-                        role=role,
-                        priority=priority,
-                        exclude=frozenset(tried),
-                        prompt=prompt,
-                    )
-                    queued += lease.queued_s
-                    name = lease.server.name
-                    tried.add(name)
-                    started = self._clock()
-                    keep = False
-                    try:
-                        result = await work(lease)
-                        keep = keep_lease
-                    except BaseException as exc:
-                        self._outcomes.failed(lease, exc, model, started, attempts)
-                        if first_failure is None:
-                            first_failure = started
-                        raise
-                    finally:
-                        if not keep:
-                            self._balancer.release(lease)
+                    taken_back = False
+                    while True:  # again only after a request sent ahead was taken back
+                        lease = await self._balancer.acquire(
+                            model,
+                            role=role,
+                            priority=priority,
+                            exclude=frozenset(tried),
+                            prompt=prompt,
+                            ahead=True,
+                            front=taken_back,
+                        )
+                        queued += lease.queued_s
+                        name = lease.server.name
+                        fresh = name not in tried
+                        tried.add(name)
+                        started = self._clock()
+                        keep = False
+                        try:
+                            result = await run_ahead(lease, work)
+                            keep = keep_lease
+                            break
+                        except TakenBack:
+                            taken_back = True  # not an attempt: no verdict, not "tried"
+                            if fresh:
+                                tried.discard(name)
+                        except BaseException as exc:
+                            self._outcomes.failed(lease, exc, model, started, attempts)
+                            if first_failure is None:
+                                first_failure = started
+                            raise
+                        finally:
+                            if not keep:
+                                self._balancer.release(lease)
         except AttemptError as last:
             failed = RequestFailed(model, attempts)
             log.warning("%s", failed)
