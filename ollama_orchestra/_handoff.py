@@ -56,7 +56,7 @@ import anyio
 
 from ._config import Server
 from ._estimates import wait_s
-from ._strategies import RouteRequest
+from ._strategies import Candidate, RouteRequest
 
 if TYPE_CHECKING:
     from ._balancer import Lease, LoadBalancer
@@ -186,7 +186,7 @@ class Lookahead:
                 cands = lb._candidates(waiter, claims)
                 if not cands or any(c.free for c in cands):
                     continue  # a free slot it chose not to take (the strategy waits)
-                best = min(cands, key=lambda c: c.busy_for_s)
+                best = min(cands, key=_finish)
                 name = best.name
                 if (
                     not claims.get(name)
@@ -239,6 +239,12 @@ class Lookahead:
         wait = wait_s(running, slots, queue.index(lease), h.service, now)
         finish_here = wait + h.service
         return any(c.service_s is not None and c.service_s + c.cold_s < finish_here for c in free)
+
+
+def _finish(c: Candidate) -> float:
+    """When a request would finish there: the slot's wait, its service and a cold load (its
+    service unknown: the wait alone, so the host freeing first gets it)."""
+    return c.busy_for_s + (c.service_s or 0.0) + c.cold_s
 
 
 def _priority(lease: Lease) -> int:
