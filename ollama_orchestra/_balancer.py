@@ -626,8 +626,13 @@ class LoadBalancer:
         queue = self._queues.get(prio)
         if queue is None:
             queue = self._queues[prio] = deque()
-        if waiter.exclude or waiter.front:
+        if waiter.exclude:
             queue.appendleft(waiter)  # a retry: older than everything waiting
+        elif waiter.front:  # taken back from a host's queue: first after the retries
+            i = 0
+            while i < len(queue) and queue[i].exclude:
+                i += 1
+            queue.insert(i, waiter)
         else:
             queue.append(waiter)
         self._waiting += 1

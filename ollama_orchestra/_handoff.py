@@ -49,6 +49,7 @@ from typing import (
     Iterable,
     List,
     Optional,
+    Tuple,
     TypeVar,
 )
 
@@ -175,12 +176,14 @@ class Lookahead:
             return
         claims: Dict[str, int] = {}
         for prio in sorted(lb._queues, reverse=True):
-            if not self._room_for(prio):
-                return  # every host's queue is taken, by work of this priority or higher
-            for waiter in list(lb._queues[prio]):
+            waiters = lb._queues[prio]
+            retry = bool(waiters) and bool(waiters[0].exclude)  # retries wait at the front
+            if not self._room_for((prio, retry)):
+                return  # every host's queue is taken, by work of this rank or higher
+            for waiter in list(waiters):
                 if waiter.gone or waiter.granted is not None:
                     continue
-                self._give_way(waiter, prio)
+                self._give_way(waiter, (prio, bool(waiter.exclude)))
                 if not waiter.ahead:
                     continue
                 cands = lb._candidates(waiter, claims)
@@ -200,19 +203,20 @@ class Lookahead:
 
     # -- decisions -------------------------------------------------------------------------
 
-    def _room_for(self, prio: int) -> bool:
-        """Whether a waiting request of priority ``prio`` may still be sent ahead somewhere,
-        or make a lower-priority one sent ahead give way."""
+    def _room_for(self, rank: Tuple[int, bool]) -> bool:
+        """Whether a waiting request of ``rank`` may still be sent ahead somewhere, or make
+        one of lower rank sent ahead give way."""
         for name, limit in self.limits.items():
             queue = self.pending[name]
-            if len(queue) < limit or any(_priority(le) < prio for le in queue):
+            if len(queue) < limit or any(_rank(le) < rank for le in queue):
                 return True
         return False
 
-    def _give_way(self, waiter: Any, prio: int) -> None:
-        """Take back every request of lower priority than ``waiter`` sent ahead to a host it
-        may go to: the host would start it first."""
-        lower = [le for q in self.pending.values() for le in q if _priority(le) < prio]
+    def _give_way(self, waiter: Any, rank: Tuple[int, bool]) -> None:
+        """Take back every request of lower rank than ``waiter`` (a lower priority; or the
+        same, not a retry when ``waiter`` is one: a failover never queues behind newer work)
+        sent ahead to a host it may go to: the host would start it first."""
+        lower = [le for q in self.pending.values() for le in q if _rank(le) < rank]
         if not lower:
             return
         eligible = {st.server.name for st in self._lb._eligible_states(waiter)}
@@ -247,9 +251,10 @@ def _finish(c: Candidate) -> float:
     return c.busy_for_s + (c.service_s or 0.0) + c.cold_s
 
 
-def _priority(lease: Lease) -> int:
+def _rank(lease: Lease) -> Tuple[int, bool]:
+    """A request sent ahead's rank: its priority, then whether it is a retry."""
     h = lease.handoff
-    return h.request.priority if h is not None else 0
+    return (h.request.priority, bool(h.exclude)) if h is not None else (0, False)
 
 
 async def run_ahead(lease: Lease, work: Callable[[Lease], Awaitable[T]]) -> T:

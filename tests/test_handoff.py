@@ -4,6 +4,7 @@ waits (``_handoff``)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import anyio
@@ -108,7 +109,7 @@ class TestPredictedCondition:
     def test_off_under_coordination(self) -> None:
         """With shared slots (every request sent counts in every process), nothing is sent
         ahead: the balancer has no lookahead."""
-        servers = (Server("s0", "http://127.0.0.1:11400"),)
+        servers = (Server("s0", "http://127.0.0.1:11400", lookahead=1),)
         cfg = OrchestraConfig(servers=servers, coordination=Coordination("redis://127.0.0.1:1"))
         lb = make_balancer(cfg, FleetState(servers))
         assert lb._lookahead is None
@@ -247,6 +248,12 @@ async def first_queued(sim: SimFleet, names: Tuple[str, ...]) -> str:
     return winner[0]
 
 
+def lookahead_config(sim: SimFleet) -> OrchestraConfig:
+    """``config_for(sim)`` with one request sent ahead per host (it is off by default)."""
+    cfg = config_for(sim, strategy="least_loaded")
+    return cfg.replace(servers=tuple(replace(s, lookahead=1) for s in cfg.servers))
+
+
 def one_slot_hosts(*names: str) -> SimFleet:
     # The tests below use ``least_loaded``: it never waits for a busy host while one is free,
     # so each test knows where its requests run. Sending ahead does not depend on the strategy.
@@ -261,7 +268,7 @@ class TestOnTheSimulator:
         the orchestra's; a request sent ahead is not counted in flight until it starts."""
         clock = TestClock()
         async with one_slot_hosts("h1") as sim, Orchestra(
-            config_for(sim, strategy="least_loaded"), clock=clock
+            lookahead_config(sim), clock=clock
         ) as orch:
             await measured(sim, orch, clock)
             async with anyio.create_task_group() as tg:
@@ -282,7 +289,7 @@ class TestOnTheSimulator:
         first: its queued request leaves the first host's queue, the other host answers it."""
         clock = TestClock()
         async with one_slot_hosts("h1", "h2") as sim:
-            async with Orchestra(config_for(sim, strategy="least_loaded"), clock=clock) as orch:
+            async with Orchestra(lookahead_config(sim), clock=clock) as orch:
                 await measured(sim, orch, clock)
                 async with anyio.create_task_group() as tg:
                     calls = Calls(orch, tg)
@@ -310,7 +317,7 @@ class TestOnTheSimulator:
         served before it: the lower one is taken back and follows."""
         clock = TestClock()
         async with one_slot_hosts("h1") as sim, Orchestra(
-            config_for(sim, strategy="least_loaded"), clock=clock
+            lookahead_config(sim), clock=clock
         ) as orch:
             await measured(sim, orch, clock)
             received = sim["h1"].state().requests
@@ -334,7 +341,7 @@ class TestOnTheSimulator:
         its task), frees every slot, and the host's queue empties."""
         async with one_slot_hosts("h1") as sim:
             clock = TestClock()
-            orch = Orchestra(config_for(sim, strategy="least_loaded"), clock=clock)
+            orch = Orchestra(lookahead_config(sim), clock=clock)
             async with anyio.create_task_group() as tg, orch:
                 await measured(sim, orch, clock)
                 sim["h1"].pause()
@@ -362,10 +369,13 @@ class TestOption:
         assert info.value.value == bad
 
     def test_toml_shape(self) -> None:
-        """``lookahead = 0`` in a ``[[servers]]`` table turns it off for that server."""
+        """``lookahead = 1`` in a ``[[servers]]`` table turns it on for that server; it is
+        off by default."""
         cfg = OrchestraConfig.from_mapping(
-            {"servers": [{"name": "a", "url": "http://127.0.0.1:1", "lookahead": 0}]}
+            {"servers": [{"name": "a", "url": "http://127.0.0.1:1", "lookahead": 1}]}
         )
-        assert cfg.servers[0].lookahead == 0
-        assert "lookahead=0" in repr(cfg.servers[0])
-        assert "lookahead" not in repr(Server("b", "http://127.0.0.1:1"))
+        assert cfg.servers[0].lookahead == 1
+        assert "lookahead=1" in repr(cfg.servers[0])
+        off = Server("b", "http://127.0.0.1:1")
+        assert off.lookahead == 0 and "lookahead" not in repr(off)
+        assert LoadBalancer(OrchestraConfig(servers=(off,)), FleetState((off,)))._lookahead is None
