@@ -5,17 +5,20 @@ reaches it: the last chunk's trip to us, our release and grant, and the new requ
 back. Ollama's own queue has no such gap, which is why sending everything at once wins at
 saturation (and loses rerouting, head-of-line order and priorities).
 
-So while every slot of a host is busy and the balancer predicts one frees soon, the first
-waiting request that would take that slot is sent *ahead*, into the host's own queue (at most
-``Server.lookahead`` of them per host). The host starts it the moment a slot frees. Until it
-starts, it is only a reservation and is **taken back** (its HTTP request cancelled: Ollama
-drops a queued request whose client went away) when
+So while every slot of a host is busy and the balancer predicts one frees soon (within about
+one service time, from the learned estimates of the requests running there), the first
+waiting request that would finish soonest there is sent *ahead*, into the host's own queue
+(at most ``Server.lookahead`` of them per host; off by default). The host starts it the
+moment a slot frees. Until it starts, it is only a reservation and is **taken back** (its
+HTTP request cancelled: Ollama drops a queued request whose client went away) when
 
 - a slot frees on another host that would finish it sooner, and no waiting request takes
   that slot (near the end of a batch: the rerouting the balancer exists for), or
-- a request of higher priority waits for a slot: it gets the place in the host's queue
-  instead (a lower-priority request never sits in a host's queue ahead of a waiting
-  higher-priority one).
+- a request of higher priority, or a retry of the same priority, waits for a slot on that
+  host: it gets the place in the host's queue instead (a lower-priority request never sits
+  in a host's queue ahead of a waiting higher-priority one, nor newer work ahead of a
+  failover). A request taken back waits at the front of its priority's queue, behind the
+  retries.
 
 A lookahead request counts as started when a slot frees on its host (a release there with
 fewer requests running than slots: Ollama's queue is first in, first out) or when its first
@@ -31,7 +34,8 @@ Facts about Ollama (ollama/ollama ``server/sched.go``, commit 000ce020): a reque
 its runner in ``processPending``; one whose context is done ("pending request cancelled or
 timed out, skipping scheduling") is skipped, and a request's context ends when its client
 disconnects. The simulator does the same: a client that goes away cancels its request,
-which leaves the runner's slot queue (``sim/_asgi.stream_ndjson``, ``sim/_scheduler._take_slot``).
+which leaves the runner's slot queue (``sim/_asgi.stream_ndjson``,
+``sim/_scheduler._take_slot``).
 
 Off under shared slots (``coordination``): there every request sent counts against the
 host's slots in every process.

@@ -137,6 +137,22 @@ class TestPriorityKeepsItsOrder:
             got[0].release()
         assert lb.in_use("s0") == 0 and lb.waiting == 0
 
+    async def test_a_retry_takes_the_place_of_newer_work(self) -> None:
+        """A waiting retry (a failover) outranks a request of its priority sent ahead: that
+        one is taken back and the retry sent ahead instead (it never queues behind newer
+        work, in the host's queue either)."""
+        lb, _ = balancer()
+        first = await lb.acquire(M)
+        newer = await lb.acquire(M, ahead=True)
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, got, exclude=frozenset({"gone"}))
+            assert newer.handoff is not None and newer.handoff.taken_back
+            assert len(got) == 1 and got[0].handoff is not None
+            first.release()
+            got[0].release()
+        assert lb.in_use("s0") == 0 and lb.waiting == 0
+
     async def test_equal_priority_keeps_its_place(self) -> None:
         """A request of the same priority does not displace one sent ahead: it waits."""
         lb, _ = balancer()
