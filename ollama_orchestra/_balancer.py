@@ -58,6 +58,7 @@ from ._clock import now as clock_now
 from ._config import OrchestraConfig, Server
 from ._errors import NoCapableServer, NoHealthyServer, RequestError
 from ._estimates import cold_load_s, displaced_s, expected_service_s, wait_s
+from ._handoff import Handoff, Lookahead
 from ._lease import LocalSlots, SlotStore
 from ._metrics import Metrics
 from ._rates import Estimate, Prompt, PromptCosts
@@ -120,6 +121,7 @@ class Lease:
         "_balancer",
         "_released",
         "acquired_at",
+        "handoff",
         "model",
         "model_permit",
         "permit",
@@ -152,6 +154,8 @@ class Lease:
         self.predicted_cached_chars = 0
         self._released = False
         self._balancer: Optional[LoadBalancer] = None
+        #: Set when the lease was sent ahead into its host's queue (``_handoff``).
+        self.handoff: Optional[Handoff] = None
 
     def settle(self, outcome: Outcome) -> None:
         """Give this lease's breaker permits their verdict (once; later calls do nothing).
@@ -179,9 +183,11 @@ class Lease:
 
 class _Waiter:
     __slots__ = (
+        "ahead",
         "error",
         "event",
         "exclude",
+        "front",
         "gone",
         "granted",
         "no_eligible_since",
@@ -204,6 +210,9 @@ class _Waiter:
         self.error: Optional[BaseException] = None
         self.gone = False
         self.no_eligible_since: Optional[float] = None
+        #: Its caller runs a lease sent ahead (``_handoff.run_ahead``); waits at the front.
+        self.ahead = False
+        self.front = False
 
 
 class LoadBalancer:
@@ -250,6 +259,10 @@ class LoadBalancer:
             slots if slots is not None else LocalSlots(s.name for s in config.servers)
         )
         state.attach_in_flight(self.in_use)
+        # Requests sent ahead into a host's own queue: only with slots kept in this process
+        # (shared slots count every request sent, in every process).
+        self._lookahead = Lookahead.for_servers(self, config.servers) if slots is None else None
+        self._first_byte_s = config.timeouts.first_byte_s
         self._queues: Dict[int, Deque[_Waiter]] = {}
         self._waiting = 0
         self._wanted: Dict[str, int] = {}  # waiting requests per model
@@ -269,7 +282,9 @@ class LoadBalancer:
         return self._waiting
 
     def in_use(self, name: str) -> int:
-        return len(self._slots.held(name))
+        """Slots held on ``name`` (a request sent ahead counts once it has started there)."""
+        held = len(self._slots.held(name))
+        return held if self._lookahead is None else held - self._lookahead.count(name)
 
     @property
     def fleet(self) -> FleetState:
@@ -311,6 +326,8 @@ class LoadBalancer:
         priority: int = 0,
         exclude: FrozenSet[str] = frozenset(),
         prompt: Optional[Prompt] = None,
+        ahead: bool = False,
+        front: bool = False,
     ) -> Lease:
         """Take a slot; pair with :meth:`release` (or use :meth:`lease`).
 
@@ -319,6 +336,9 @@ class LoadBalancer:
         (``exclude`` not empty) arrived before everything now waiting, so it waits at the
         front of its priority's queue: a failover never queues behind newer work.
         ``prompt`` (from ``costs.prompt``) lets the estimates count the uncached prefill.
+        ``ahead``: the caller runs the lease with ``_handoff.run_ahead``, so it may be sent
+        ahead into a busy host's queue (see ``_handoff``); ``front``: it was taken back from
+        there, and waits at the front of its priority's queue, as a retry does.
 
         Raises:
             TypeError: ``priority`` is not an integer (checked before queueing: the queue
@@ -330,6 +350,8 @@ class LoadBalancer:
         request = RouteRequest(model, role, priority, prompt)
         t0 = self._clock()
         waiter = _Waiter(request, exclude, t0)
+        waiter.ahead = ahead and self._lookahead is not None
+        waiter.front = front
         cands = self._candidates(waiter)
         if not cands:
             waiter.no_eligible_since = t0
@@ -350,6 +372,11 @@ class LoadBalancer:
                 return self._grant(waiter, choice.server)
             self._wake_later(waiter, choice, t0)
             self._enqueue(waiter)
+            if waiter.ahead:
+                self._dispatch()  # it may be sent ahead to a host about to free a slot
+                granted = _granted(waiter)
+                if granted is not None:
+                    return granted
         try:
             while True:
                 timeout = self._timeout(waiter)
@@ -394,6 +421,9 @@ class LoadBalancer:
         lease._released = True
         name = lease.server.name
         self._slots.give_back(name, lease)
+        if self._lookahead is not None:
+            self._lookahead.drop(lease)
+            self._lookahead.freed(name, self._clock())
         if self._metrics is not None:
             self._metrics.slots_held(name, self.in_use(name))
         if lease.permit is not None or lease.model_permit is not None:
@@ -540,7 +570,13 @@ class LoadBalancer:
     ) -> float:
         """Predicted time until a slot on ``name`` is free for the next claimant."""
         hold = service if service is not None else self._expected_service(self._state[name], model)
-        leases = [(le.acquired_at, le.predicted_end) for le in self._slots.held(name)]
+        held = self._slots.held(name)
+        if self._lookahead is not None and self._lookahead.count(name):
+            # Requests sent ahead there take the next slots: they count as claims.
+            ahead = self._lookahead.pending[name]
+            claimed += len(ahead)
+            held = [le for le in held if le not in ahead]
+        leases = [(le.acquired_at, le.predicted_end) for le in held]
         return wait_s(leases, slots, claimed, hold, now)
 
     def _cold_load_s(self, st: ServerState, model: str) -> float:
@@ -606,6 +642,11 @@ class LoadBalancer:
             queue = self._queues[prio] = deque()
         if waiter.exclude:
             queue.appendleft(waiter)  # a retry: older than everything waiting
+        elif waiter.front:  # taken back from a host's queue: first after the retries
+            i = 0
+            while i < len(queue) and queue[i].exclude:
+                i += 1
+            queue.insert(i, waiter)
         else:
             queue.append(waiter)
         self._waiting += 1
@@ -641,6 +682,8 @@ class LoadBalancer:
             while self._again:
                 self._again = False
                 self._dispatch_once()
+                if self._lookahead is not None:
+                    self._lookahead.walk(self._clock())
         finally:
             self._dispatching = False
 
@@ -700,6 +743,46 @@ class LoadBalancer:
         if cands:
             return False, min(cands, key=lambda c: c.busy_for_s).name
         return False, None
+
+    # -- the handoff lookahead's hooks (the decisions are in ``_handoff``) -----------------
+
+    def _grant_ahead(self, waiter: _Waiter, name: str, service: float, busy_for: float) -> None:
+        """Send ``waiter`` ahead into ``name``'s queue (every slot there busy)."""
+        assert self._lookahead is not None
+        self._dequeued(waiter)
+        self._queues[waiter.request.priority].remove(waiter)
+        lease = self._grant(waiter, name)
+        lease.handoff = Handoff(self._lookahead, waiter.request, waiter.exclude, service)
+        lease.predicted_end = lease.acquired_at + busy_for + service
+        self._lookahead.pending[name].append(lease)
+        self._held_changed(name)
+        waiter.event.set()
+
+    def _take_back(self, lease: Lease) -> None:
+        """Take back a lease sent ahead that has not started: its attempt is cancelled (the
+        host drops a queued request whose client went away) and its slot given back."""
+        h = lease.handoff
+        if h is None or h.started or h.taken_back or self._lookahead is None:
+            return
+        h.taken_back = True
+        self._lookahead.drop(lease)
+        if h.scope is not None:
+            h.scope.cancel()
+        log.debug("request sent ahead to %s taken back", lease.server.name)
+        self.release(lease)
+
+    def _retake(self, lease: Lease) -> None:
+        """A lease taken back whose request started anyway holds its slot again."""
+        if lease._released:
+            lease._released = False
+            self._slots.take(lease.server.name, lease)
+
+    def _held_changed(self, name: str) -> None:
+        if self._metrics is not None:
+            self._metrics.slots_held(name, self.in_use(name))
+
+    def _candidates_for(self, request: RouteRequest, exclude: FrozenSet[str]) -> List[Candidate]:
+        return self._candidates(_Waiter(request, exclude, self._clock()))
 
     def _fail(self, waiter: _Waiter, error: BaseException) -> None:
         """End one waiter with ``error`` (raised in its own task)."""

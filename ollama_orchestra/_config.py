@@ -92,6 +92,12 @@ class Server:
         models: a static model list; ``None`` means discover it from ``/api/tags``.
         labels: free-form labels that affinity rules can match (``gpu = "a100"``).
         headers: extra HTTP headers (``Authorization``): sent, never logged or shown in a repr.
+        lookahead: requests the orchestra may send ahead into the host's own queue while all
+            its slots are busy and one is predicted to free soon (so the host starts the next
+            request the moment a slot frees, with no round trip between); each is taken back
+            if another host can start it sooner or a higher-priority request waits. ``0`` (the
+            default) turns it off. Off under ``coordination`` (the shared slots count every
+            request).
 
     Credentials in the URL (``http://user:password@host``) are taken out of ``url`` and sent
     as an ``Authorization: Basic`` header, so they are never shown anywhere.
@@ -104,6 +110,7 @@ class Server:
     models: Optional[Tuple[str, ...]] = None
     labels: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    lookahead: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -126,6 +133,7 @@ class Server:
         object.__setattr__(self, "url", url)
         positive_int(owner, "max_concurrency", self.max_concurrency)
         positive(owner, "weight", self.weight)
+        positive_int(owner, "lookahead", self.lookahead, minimum=0)
         if self.models is not None:
             models = string_list(owner, "models", self.models)
             object.__setattr__(self, "models", tuple(normalize_model(m) for m in models))
@@ -143,9 +151,11 @@ class Server:
 
     def __repr__(self) -> str:
         extra = f", headers={redact_headers(self.headers)!r}" if self.headers else ""
+        look = f", lookahead={self.lookahead}" if self.lookahead else ""
         return (
             f"Server(name={self.name!r}, url={self.url!r}, max_concurrency={self.max_concurrency}, "
-            f"weight={self.weight}, models={self.models!r}, labels={dict(self.labels)!r}{extra})"
+            f"weight={self.weight}, models={self.models!r}, labels={dict(self.labels)!r}"
+            f"{look}{extra})"
         )
 
 

@@ -100,8 +100,10 @@ class Exchange:
         connect_s: float,
         clock: Callable[[], float],
         whole: bool = False,
+        on_first: Optional[Callable[[], None]] = None,
     ) -> Exchange:
-        """Send ``payload`` to ``server`` and wait for the first JSON object of the answer.
+        """Send ``payload`` to ``server`` and wait for the first JSON object of the answer
+        (``on_first`` is called when it is in, before the rest is read with ``whole``).
 
         With ``whole``, the rest of a streamed answer is read too (as :meth:`read_all` does)
         under the same cancel scope as the first byte, its deadline moved to the silence
@@ -145,6 +147,8 @@ class Exchange:
                     exchange.first = await exchange.next_obj()
                     if exchange.first is None:
                         raise AttemptError("reset", server.name, "empty answer")
+                    if on_first is not None:
+                        on_first()
                     if whole:
                         try:
                             await exchange._read_rest(scope, read_s)

@@ -73,7 +73,8 @@ class Outcomes:
         cost model (rates, time ratio, prefix index) and the metrics."""
         name = lease.server.name
         lease.settle(True)
-        latency = self._clock() - exchange.started
+        # From its send, or from its start for a request sent ahead into a busy host's queue.
+        latency = self._clock() - max(exchange.started, lease.acquired_at)
         costs = self._costs
         seen = costs.observe(
             name,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from functools import partial
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -58,6 +59,7 @@ from ._errors import (
 )
 from ._exchange import UNSTREAMED_PATHS, Exchange
 from ._failover import AttemptError, retry_after
+from ._handoff import TakenBack, first_chunk, run_ahead
 from ._metrics import Metrics
 from ._outcomes import Outcomes
 from ._rates import Prompt
@@ -129,7 +131,7 @@ class RequestPath:
         t = self.config.timeouts
 
         async def work(lease: Lease) -> Exchange:
-            return await Exchange.open(
+            exchange = await Exchange.open(
                 self._client(),
                 lease.server,
                 path,
@@ -140,7 +142,11 @@ class RequestPath:
                 connect_s=t.connect_s,
                 clock=self._clock,
                 whole=whole,
+                # A request sent ahead has started when its first chunk is in.
+                on_first=None if lease.handoff is None else partial(first_chunk, lease),
             )
+            first_chunk(lease)  # (unstreamed answers: when the whole one is in)
+            return exchange
 
         return work
 
@@ -187,29 +193,39 @@ class RequestPath:
         async def attempt() -> Tuple[T, Lease]:
             nonlocal first_failure, queued
             self._balancer.check_capable(model)
-            lease = await self._balancer.acquire(
-                model,
-                role=role,
-                priority=priority,
-                exclude=frozenset(tried),
-                prompt=prompt,
-            )
-            queued += lease.queued_s
-            tried.add(lease.server.name)
-            started = self._clock()
-            keep = False
-            try:
-                result = await work(lease)
-                keep = keep_lease
-            except BaseException as exc:
-                self._outcomes.failed(lease, exc, model, started, attempts)
-                if first_failure is None:
-                    first_failure = started
-                raise
-            finally:
-                if not keep:
-                    self._balancer.release(lease)
-            return result, lease
+            taken_back = False
+            while True:  # again only after a request sent ahead was taken back
+                lease = await self._balancer.acquire(
+                    model,
+                    role=role,
+                    priority=priority,
+                    exclude=frozenset(tried),
+                    prompt=prompt,
+                    ahead=True,
+                    front=taken_back,
+                )
+                queued += lease.queued_s
+                name = lease.server.name
+                fresh = name not in tried
+                tried.add(name)
+                started = self._clock()
+                keep = False
+                try:
+                    result = await run_ahead(lease, work)
+                    keep = keep_lease
+                    return result, lease
+                except TakenBack:
+                    taken_back = True  # not an attempt: no verdict, not "tried"
+                    if fresh:
+                        tried.discard(name)
+                except BaseException as exc:
+                    self._outcomes.failed(lease, exc, model, started, attempts)
+                    if first_failure is None:
+                        first_failure = started
+                    raise
+                finally:
+                    if not keep:
+                        self._balancer.release(lease)
 
         def untried() -> bool:
             # The balancer's own "eligible", affinity included: under a required rule, a

@@ -1,0 +1,397 @@
+"""The handoff lookahead: a request sent ahead into a busy host's own queue when a slot is
+predicted to free soon, taken back when another host frees first or a higher-priority request
+waits (``_handoff``)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Dict, List, Optional, Tuple
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+from anyio.abc import TaskGroup
+
+from ollama_orchestra import (
+    ConfigError,
+    Coordination,
+    Orchestra,
+    OrchestraClosed,
+    OrchestraConfig,
+    Server,
+)
+from ollama_orchestra._balancer import Lease, LoadBalancer
+from ollama_orchestra._clock import now as clock_now
+from ollama_orchestra._coordination import make_balancer
+from ollama_orchestra._state import FleetState
+from ollama_orchestra.sim import SimFleet
+
+from .conftest import TINY, config_for, fleet, tiny_profile
+
+M = "qwen2.5:14b"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def balancer(
+    slots: Tuple[int, ...] = (1,), *, lookahead: int = 1, measured: bool = True
+) -> Tuple[LoadBalancer, Clock]:
+    """A balancer over ``len(slots)`` servers; ``measured``: each served ``M`` in 1 s."""
+    servers = tuple(
+        Server(f"s{i}", f"http://127.0.0.1:{11400 + i}", max_concurrency=k, lookahead=lookahead)
+        for i, k in enumerate(slots)
+    )
+    clock = Clock()
+    state = FleetState(servers, clock=clock)
+    for s in servers:
+        state.probe_succeeded(s.name, version="0.12.0", models={M: 1}, loaded=[])
+        if measured:
+            state.record_success(s.name, M, latency_s=1.0)
+    return LoadBalancer(OrchestraConfig(servers=servers), state, clock=clock), clock
+
+
+async def acquire_in(tg: TaskGroup, lb: LoadBalancer, out: List[Lease], **kw: Any) -> None:
+    """Start an ``ahead``-capable acquire in ``tg``; wait until it got a slot or waits."""
+
+    async def go() -> None:
+        out.append(await lb.acquire(M, ahead=True, **kw))
+
+    tg.start_soon(go)
+    await wait_all_tasks_blocked()
+
+
+def has_started(lease: Lease) -> bool:
+    return lease.handoff is not None and lease.handoff.started
+
+
+class TestPredictedCondition:
+    """A request is sent ahead only when every slot is busy and one is predicted to free soon."""
+
+    async def test_sent_ahead_when_a_slot_frees_within_a_service_time(self) -> None:
+        """Measured host, its one slot busy and due to free: the next request is sent ahead."""
+        lb, _ = balancer()
+        first = await lb.acquire(M)
+        ahead = await lb.acquire(M, ahead=True)
+        assert ahead.handoff is not None and not ahead.handoff.started
+        assert lb.waiting == 0
+        assert lb.in_use("s0") == 1  # a request sent ahead holds no slot until it starts
+        first.release()
+        assert has_started(ahead) and lb.in_use("s0") == 1
+        ahead.release()
+        assert lb.in_use("s0") == 0
+
+    @pytest.mark.parametrize("case", ["not measured", "overdue", "caller cannot", "option off"])
+    async def test_not_sent_otherwise(self, case: str) -> None:
+        """No estimate, a slot not due soon, a caller without take-back or ``lookahead=0``:
+        the request waits in the orchestra's queue."""
+        lb, clock = balancer(measured=case != "not measured", lookahead=int(case != "option off"))
+        first = await lb.acquire(M)
+        if case == "overdue":
+            clock.now += 10.0  # 9 s past its predicted end: expected to need 2.5 s more
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            if case == "caller cannot":
+                tg.start_soon(lambda: lb.acquire(M))
+                await wait_all_tasks_blocked()
+            else:
+                await acquire_in(tg, lb, got)
+            assert not got and lb.waiting == 1
+            first.release()
+        if got:
+            assert got[0].handoff is None
+
+    def test_off_under_coordination(self) -> None:
+        """With shared slots (every request sent counts in every process), nothing is sent
+        ahead: the balancer has no lookahead."""
+        servers = (Server("s0", "http://127.0.0.1:11400", lookahead=1),)
+        cfg = OrchestraConfig(servers=servers, coordination=Coordination("redis://127.0.0.1:1"))
+        lb = make_balancer(cfg, FleetState(servers))
+        assert lb._lookahead is None
+        assert LoadBalancer(cfg.replace(coordination=None), FleetState(servers))._lookahead
+
+
+class TestPriorityKeepsItsOrder:
+    """A lower-priority request sent ahead gives its place to a waiting higher-priority one."""
+
+    async def test_higher_priority_takes_the_place(self) -> None:
+        """The low-priority request is taken back, the high one sent ahead in its place, and
+        the low one waits at the front of its own priority's queue."""
+        lb, _ = balancer()
+        first = await lb.acquire(M)
+        low = await lb.acquire(M, ahead=True)
+        assert low.handoff is not None
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, got, priority=5)
+            assert low.handoff.taken_back and lb.in_use("s0") == 1
+            assert len(got) == 1 and got[0].handoff is not None
+            assert got[0].handoff.request.priority == 5
+            first.release()  # the host starts the high one
+            assert got[0].handoff.started
+            got[0].release()
+        assert lb.in_use("s0") == 0 and lb.waiting == 0
+
+    async def test_a_retry_takes_the_place_of_newer_work(self) -> None:
+        """A waiting retry (a failover) outranks a request of its priority sent ahead: that
+        one is taken back and the retry sent ahead instead (it never queues behind newer
+        work, in the host's queue either)."""
+        lb, _ = balancer()
+        first = await lb.acquire(M)
+        newer = await lb.acquire(M, ahead=True)
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, got, exclude=frozenset({"gone"}))
+            assert newer.handoff is not None and newer.handoff.taken_back
+            assert len(got) == 1 and got[0].handoff is not None
+            first.release()
+            got[0].release()
+        assert lb.in_use("s0") == 0 and lb.waiting == 0
+
+    async def test_equal_priority_keeps_its_place(self) -> None:
+        """A request of the same priority does not displace one sent ahead: it waits."""
+        lb, _ = balancer()
+        first = await lb.acquire(M)
+        low = await lb.acquire(M, ahead=True)
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, got)
+            assert low.handoff is not None and not low.handoff.taken_back
+            assert not got and lb.waiting == 1
+            first.release()  # the one sent ahead starts; the waiter is sent ahead now
+            assert low.handoff.started
+            await wait_all_tasks_blocked()
+            assert len(got) == 1 and got[0].handoff is not None
+            low.release()
+            got[0].release()
+        assert lb.in_use("s0") == 0
+
+
+# -- on the simulated fleet ---------------------------------------------------------------
+
+
+class TestClock:
+    """The real clock until :meth:`freeze`, then still until moved (the predictions then do
+    not depend on how fast a loaded machine runs the test: a request paused on the host is
+    not seen as stuck until the test says so)."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.frozen: Optional[float] = None
+
+    def freeze(self) -> None:
+        self.frozen = clock_now()
+
+    def move(self, seconds: float) -> None:
+        assert self.frozen is not None
+        self.frozen += seconds
+
+    def __call__(self) -> float:
+        return clock_now() if self.frozen is None else self.frozen
+
+
+async def _answer_to(orch: Orchestra, prompt: str, served: List[str]) -> None:
+    served.append(str((await orch.generate(TINY, prompt)).server))
+
+
+async def measured(sim: SimFleet, orch: Orchestra, clock: TestClock, rounds: int = 3) -> None:
+    """Freeze ``clock`` and teach the orchestra that every host serves a request in exactly
+    1 s of it: each round, one request per host, paused while the clock moves."""
+    clock.freeze()
+    names = [s.name for s in sim.servers]
+    for _ in range(rounds):
+        for name in names:
+            sim[name].pause()
+        served: List[str] = []
+        async with anyio.create_task_group() as tg:
+            for i in range(len(names)):
+                tg.start_soon(_answer_to, orch, f"w{i}", served)
+            for name in names:
+                await sim[name].wait_until(lambda st: st.in_flight == 1)
+            clock.move(1.0)
+            for name in names:
+                sim[name].resume()
+        assert sorted(served) == sorted(names)
+    for name in names:
+        sim[name].pause()
+
+
+class Calls:
+    """Requests started in a task group; their answers (server) or errors, by label."""
+
+    def __init__(self, orch: Orchestra, tg: TaskGroup) -> None:
+        self.orch, self.tg = orch, tg
+        self.done: List[str] = []
+        self.server: Dict[str, Optional[str]] = {}
+        self.errors: Dict[str, BaseException] = {}
+        self.ended: Dict[str, anyio.Event] = {}
+
+    def start(self, label: str, priority: int = 0) -> None:
+        self.ended[label] = ended = anyio.Event()
+
+        async def run() -> None:
+            try:
+                r = await self.orch.generate(TINY, label, priority=priority)
+            except Exception as exc:
+                self.errors[label] = exc
+                return
+            finally:
+                ended.set()
+            self.server[label] = r.server
+            self.done.append(label)
+
+        self.tg.start_soon(run)
+
+
+async def first_queued(sim: SimFleet, names: Tuple[str, ...]) -> str:
+    """The first of ``names`` whose host queues a request."""
+    winner: List[str] = []
+    async with anyio.create_task_group() as tg:
+
+        async def watch(name: str) -> None:
+            await sim[name].wait_until(lambda st: st.waiting_for_slot == 1)
+            winner.append(name)
+            tg.cancel_scope.cancel()
+
+        for name in names:
+            tg.start_soon(watch, name)
+    return winner[0]
+
+
+def lookahead_config(sim: SimFleet) -> OrchestraConfig:
+    """``config_for(sim)`` with one request sent ahead per host (it is off by default)."""
+    cfg = config_for(sim, strategy="least_loaded")
+    return cfg.replace(servers=tuple(replace(s, lookahead=1) for s in cfg.servers))
+
+
+def one_slot_hosts(*names: str) -> SimFleet:
+    # The tests below use ``least_loaded``: it never waits for a busy host while one is free,
+    # so each test knows where its requests run. Sending ahead does not depend on the strategy.
+    return fleet([tiny_profile(n, num_parallel=1) for n in names])
+
+
+class TestOnTheSimulator:
+    """End to end over real sockets: sent ahead, taken back, priorities, nothing left over."""
+
+    async def test_sent_into_the_hosts_queue(self) -> None:
+        """With the host's one slot busy, the next request waits in the host's own queue, not
+        the orchestra's; a request sent ahead is not counted in flight until it starts."""
+        clock = TestClock()
+        async with one_slot_hosts("h1") as sim, Orchestra(
+            lookahead_config(sim), clock=clock
+        ) as orch:
+            await measured(sim, orch, clock)
+            async with anyio.create_task_group() as tg:
+                calls = Calls(orch, tg)
+                calls.start("a")
+                await sim["h1"].wait_until(lambda st: st.in_flight == 1)
+                calls.start("b")
+                await sim["h1"].wait_until(lambda st: st.waiting_for_slot == 1)
+                assert orch.balancer.waiting == 0
+                assert orch.state()["h1"].in_flight == 1
+                assert orch.metrics().servers["h1"].in_flight == 1
+                sim["h1"].resume()
+            assert calls.done == ["a", "b"]
+        assert orch.balancer.in_use("h1") == 0
+
+    async def test_taken_back_when_another_host_frees_first(self) -> None:
+        """A request sent ahead to a host whose slot stays busy moves to the host that frees
+        first: its queued request leaves the first host's queue, the other host answers it."""
+        clock = TestClock()
+        async with one_slot_hosts("h1", "h2") as sim:
+            async with Orchestra(lookahead_config(sim), clock=clock) as orch:
+                await measured(sim, orch, clock)
+                async with anyio.create_task_group() as tg:
+                    calls = Calls(orch, tg)
+                    calls.start("a")
+                    calls.start("b")
+                    for name in ("h1", "h2"):
+                        await sim[name].wait_until(lambda st: st.in_flight == 1)
+                    completed = {n: sim[n].state().completed for n in ("h1", "h2")}
+                    calls.start("c")
+                    busy = await first_queued(sim, ("h1", "h2"))
+                    free = "h2" if busy == "h1" else "h1"
+                    clock.move(0.5)  # both running requests are half done
+                    sim[free].resume()
+                    await sim[busy].wait_until(lambda st: st.waiting_for_slot == 0)
+                    await calls.ended["c"].wait()
+                    assert calls.server["c"] == free
+                    assert sim[free].state().completed == completed[free] + 2
+                    sim[busy].resume()
+                assert sim[busy].state().completed == completed[busy] + 1
+                assert sorted(calls.done) == ["a", "b", "c"] and not calls.errors
+            assert orch.balancer.in_use(busy) == 0 and orch.balancer.in_use(free) == 0
+
+    async def test_higher_priority_is_served_first(self) -> None:
+        """A higher-priority request arriving while a lower one is held in the host's queue is
+        served before it: the lower one is taken back and follows."""
+        clock = TestClock()
+        async with one_slot_hosts("h1") as sim, Orchestra(
+            lookahead_config(sim), clock=clock
+        ) as orch:
+            await measured(sim, orch, clock)
+            received = sim["h1"].state().requests
+            async with anyio.create_task_group() as tg:
+                calls = Calls(orch, tg)
+                calls.start("a")
+                await sim["h1"].wait_until(lambda st: st.in_flight == 1)
+                calls.start("low")
+                await sim["h1"].wait_until(lambda st: st.waiting_for_slot == 1)
+                calls.start("high", priority=5)
+                # The high one reached the host's queue, the low one left it.
+                await sim["h1"].wait_until(
+                    lambda st: st.requests == received + 3 and st.waiting_for_slot == 1
+                )
+                assert orch.balancer.waiting == 1
+                sim["h1"].resume()
+            assert calls.done == ["a", "high", "low"] and not calls.errors
+
+    async def test_nothing_left_after_exit(self) -> None:
+        """Closing the orchestra with a request held in a host's queue ends it (an error in
+        its task), frees every slot, and the host's queue empties."""
+        async with one_slot_hosts("h1") as sim:
+            clock = TestClock()
+            orch = Orchestra(lookahead_config(sim), clock=clock)
+            async with anyio.create_task_group() as tg, orch:
+                await measured(sim, orch, clock)
+                sim["h1"].pause()
+                calls = Calls(orch, tg)
+                calls.start("a")
+                await sim["h1"].wait_until(lambda st: st.in_flight == 1)
+                calls.start("b")
+                await sim["h1"].wait_until(lambda st: st.waiting_for_slot == 1)
+            assert set(calls.errors) == {"a", "b"}
+            assert all(isinstance(e, OrchestraClosed) for e in calls.errors.values())
+            assert orch.balancer.in_use("h1") == 0 and orch.balancer.waiting == 0
+            assert not any(orch.balancer._lookahead.pending.values())  # type: ignore[union-attr]
+            await sim["h1"].wait_until(lambda st: st.in_flight == 0 and st.waiting_for_slot == 0)
+            sim["h1"].resume()
+
+
+class TestOption:
+    """``Server.lookahead``: a non-negative integer, from Python and TOML alike."""
+
+    @pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
+    def test_bad_values_are_refused(self, bad: Any) -> None:
+        """A bad value raises ConfigError naming the field and the value."""
+        with pytest.raises(ConfigError, match=r"Server\('a'\)\.lookahead") as info:
+            Server("a", "http://127.0.0.1:1", lookahead=bad)
+        assert info.value.value == bad
+
+    def test_toml_shape(self) -> None:
+        """``lookahead = 1`` in a ``[[servers]]`` table turns it on for that server; it is
+        off by default."""
+        cfg = OrchestraConfig.from_mapping(
+            {"servers": [{"name": "a", "url": "http://127.0.0.1:1", "lookahead": 1}]}
+        )
+        assert cfg.servers[0].lookahead == 1
+        assert "lookahead=1" in repr(cfg.servers[0])
+        off = Server("b", "http://127.0.0.1:1")
+        assert off.lookahead == 0 and "lookahead" not in repr(off)
+        assert LoadBalancer(OrchestraConfig(servers=(off,)), FleetState((off,)))._lookahead is None
