@@ -1,9 +1,9 @@
 """Routing decisions do not depend on the unit the hosts report durations in (issue 14).
 
-The simulator reports durations in simulated time; at ``time_scale`` 0.05 the orchestra sees
-everything 20x faster than reported. Every estimate the balancer compares is in its own
+The simulator reports durations in simulated time; at ``time_scale`` 0.1 the orchestra sees
+everything 10x faster than reported. Every estimate the balancer compares is in its own
 clock (reported durations converted by the learned time ratio), so the same workload makes
-the same decisions at ``time_scale`` 1.0 (as a real host) and 0.05.
+the same decisions at ``time_scale`` 1.0 (as a real host) and 0.1.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from ollama_orchestra import HealthPolicy, Orchestra, OrchestraConfig
 from ollama_orchestra.sim import HostProfile, ModelSpec, SimFleet
 
 M = "m:latest"
-# ``slow`` decodes 40 tokens in 0.8 s, ``fast`` (speed 4) in 0.2 s; a load takes 0.2 s.
-SPEC = ModelSpec(M, size_gb=1, decode_tps=50.0, prompt_tps=8000.0, load_s=0.2)
+# ``slow`` decodes 40 tokens in 0.4 s, ``fast`` (speed 4) in 0.1 s; a load takes 0.1 s.
+# (Short, as the run at time_scale 1.0 takes them in real time; the ratios decide.)
+SPEC = ModelSpec(M, size_gb=1, decode_tps=100.0, prompt_tps=16000.0, load_s=0.1)
 
 
 def context(tag: str) -> str:
@@ -67,12 +68,12 @@ async def decisions(scale: float) -> List[str]:
 
 
 class TestTimeScale:
-    """The same routing decisions at time_scale 1.0 and 0.05."""
+    """The same routing decisions at time_scale 1.0 and 0.1."""
 
     async def test_same_decisions_at_both_scales(self) -> None:
         real = await decisions(1.0)
-        scaled = await decisions(0.05)
+        scaled = await decisions(0.1)
         assert real == scaled
         # And the decisions are the cost model's: conversations on the fast host; after the
-        # unload, a 0.2 s cold load there beats the warm host that is 4x slower.
+        # unload, a 0.1 s cold load there beats the warm host that is 4x slower.
         assert real == ["fast", "slow", "fast", "fast", "fast", "fast", "fast"]
