@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Tuple
 
 import anyio
 import httpx
@@ -47,6 +47,23 @@ def _url(text: str) -> httpx.URL:
             _URLS.clear()
         url = _URLS[text] = httpx.URL(text)
     return url
+
+
+#: httpx timeouts by ``(connect_s, write_s)``: one object for every request of a config
+#: instead of one built per request (httpx only reads it). Bounded as ``_URLS`` is.
+_TIMEOUTS: Dict[Tuple[float, float], httpx.Timeout] = {}
+
+
+def _timeout(connect_s: float, write_s: float) -> httpx.Timeout:
+    key = (connect_s, write_s)
+    timeout = _TIMEOUTS.get(key)
+    if timeout is None:
+        if len(_TIMEOUTS) >= _URLS_MAX:
+            _TIMEOUTS.clear()
+        timeout = _TIMEOUTS[key] = httpx.Timeout(
+            connect=connect_s, read=None, write=write_s, pool=None
+        )
+    return timeout
 
 
 class Exchange:
@@ -124,8 +141,9 @@ class Exchange:
             "POST",
             _url(server.url + path),
             json=payload,  # encoded here, at once: no copy needed
-            headers=dict(server.headers),
-            timeout=httpx.Timeout(connect=connect_s, read=None, write=read_s, pool=None),
+            # httpx merges them into headers of its own (read, never kept or changed).
+            headers=server.headers or None,
+            timeout=_timeout(connect_s, read_s),
         )
         exchange: Optional[Exchange] = None
         scope = anyio.CancelScope(deadline=loop_now() + first_byte_s)
