@@ -22,6 +22,7 @@ import anyio
 import httpx
 
 from ._clock import now as loop_now
+from ._clock import reader as loop_reader
 from ._config import Server
 from ._failover import AttemptError, classify, from_status, mid_stream_error
 
@@ -288,15 +289,16 @@ class Exchange:
         the silences (see :meth:`read_all`)."""
         assert self.first is not None
         objs = self.received = [self.first]
+        clock = loop_reader()
         if read_s is not None:
-            scope.deadline = loop_now() + 1.25 * read_s
+            scope.deadline = clock() + 1.25 * read_s
         while not objs[-1].get("done"):
             obj = await self._next()
             if obj is None:
                 raise AttemptError("reset", self.server, "stream ended before done")
             objs.append(obj)
             if read_s is not None:
-                now = loop_now()
+                now = clock()
                 if scope.deadline - now < read_s:
                     scope.deadline = now + 1.25 * read_s
 
