@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from json.scanner import make_scanner
 from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Tuple
 
 import anyio
@@ -65,6 +66,14 @@ def _timeout(connect_s: float, write_s: float) -> httpx.Timeout:
             connect=connect_s, read=None, write=write_s, pool=None
         )
     return timeout
+
+
+#: One JSON value from the start of a line: ``json.loads`` less its checks around the same
+#: scanner (the decoder's defaults; 1.26 -> 0.56 us on an Ollama chunk). A line that is not
+#: exactly one value goes to ``json.loads``, which judges it as before.
+_scan: Callable[[str, int], Tuple[Any, int]] = make_scanner(
+    json.JSONDecoder()  # type: ignore[arg-type]  # typeshed names the class, not its argument
+)
 
 
 class Exchange:
@@ -249,14 +258,19 @@ class Exchange:
                 if err is None:
                     raise
                 raise err from exc
-            if not line.strip():
-                continue
             try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise AttemptError(
-                    "server", self.server, f"bad JSON line from server: {line[:80]!r}", exc
-                ) from exc
+                obj, end = _scan(line, 0)
+            except (StopIteration, ValueError):
+                end = -1
+            if end != len(line):  # blank, padded or bad: json.loads judges, as before
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as exc:
+                    raise AttemptError(
+                        "server", self.server, f"bad JSON line from server: {line[:80]!r}", exc
+                    ) from exc
             if isinstance(obj, dict) and "error" in obj:
                 raise mid_stream_error(str(obj["error"]), self.server)
             if not isinstance(obj, dict):
