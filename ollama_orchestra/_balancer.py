@@ -369,7 +369,7 @@ class LoadBalancer:
         else:
             choice = self._strategy.choose(request, cands)
             if choice.server is not None and self._has_free_slot(choice.server):
-                return self._grant(waiter, choice.server)
+                return self._grant(waiter, choice.server, _named(cands, choice.server))
             self._wake_later(waiter, choice, t0)
             self._enqueue(waiter)
             if waiter.ahead:
@@ -608,7 +608,9 @@ class LoadBalancer:
         waiter.wake_at = wake
         return True
 
-    def _grant(self, waiter: _Waiter, name: str) -> Lease:
+    def _grant(self, waiter: _Waiter, name: str, cand: Optional[Candidate] = None) -> Lease:
+        """Give ``name``'s slot to ``waiter``; ``cand``: ``name`` as :meth:`_candidates` saw it
+        just now (no await since), whose estimates are taken instead of made again."""
         st = self._state[name]
         now = self._clock()
         permit: Optional[Permit] = None
@@ -617,14 +619,19 @@ class LoadBalancer:
             permit = breaker.admit()
         model = waiter.request.model
         prompt = waiter.request.prompt
-        fleet = [s.server.name for s in self._state.servers()]
-        est = self.costs.estimate(name, model, prompt, fleet)
-        service = _service(st, model, est)
+        if cand is not None:
+            service = cand.service_s
+            cached_chars = cand.cached_chars
+        else:
+            fleet = [s.server.name for s in self._state.servers()]
+            est = self.costs.estimate(name, model, prompt, fleet)
+            service = _service(st, model, est)
+            cached_chars = est.cached_chars
         if service is None:
             service = self._expected_service(st, model)
         lease = Lease(st.server, model, now - waiter.since, now, permit, now + service)
         lease.prompt = prompt
-        lease.predicted_cached_chars = est.cached_chars
+        lease.predicted_cached_chars = cached_chars
         lease._balancer = self
         if self._model_breakers is not None:
             lease.model_permit = self._model_breakers.breaker(name, model).admit()
@@ -731,7 +738,7 @@ class LoadBalancer:
             choice = self._strategy.choose(request, cands)
             if choice.server is not None and self._has_free_slot(choice.server):
                 self._dequeued(waiter)
-                self._grant(waiter, choice.server)
+                self._grant(waiter, choice.server, _named(cands, choice.server))
                 waiter.event.set()
                 return True, None
             # It would rather wait for a busy server: claim that server's next slot, and
@@ -871,6 +878,14 @@ def _service(st: ServerState, model: str, est: Estimate) -> Optional[float]:
     if est.base_s is not None:
         return est.base_s + est.prefill_s
     return st.latency_s.get(model)
+
+
+def _named(cands: Sequence[Candidate], name: str) -> Optional[Candidate]:
+    """The candidate called ``name``; None if the strategy chose a server outside them."""
+    for cand in cands:
+        if cand.name == name:
+            return cand
+    return None
 
 
 def _claim_target(cands: Sequence[Candidate], choice: Choice) -> Optional[str]:

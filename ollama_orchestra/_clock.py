@@ -8,8 +8,9 @@ same clock. A test can therefore run the library on virtual time, e.g. under tri
 
 On asyncio, :func:`now` reads the running loop's ``time()`` itself: that is what
 ``anyio.current_time()`` returns there, after a library lookup (sniffio) and a backend
-dispatch that cost about three times the reading (18 readings a request). Any other backend
-(trio sets sniffio's thread-local name) goes through anyio.
+dispatch that cost about three times the reading. A loop of readings in one task (a
+collected answer's chunks) takes :func:`reader`'s bound clock once instead (70 ns a reading
+instead of 280). Any other backend (trio sets sniffio's thread-local name) goes through anyio.
 
 Outside a running event loop (a synchronous constructor) anyio has no clock; :func:`now` then
 falls back to :func:`time.monotonic`, which is what asyncio's ``loop.time()`` returns, so the
@@ -37,7 +38,7 @@ except ImportError:  # pragma: no cover - then only asyncio can be running
     _thread_local = SimpleNamespace(name=None)
     _library_var = type(None)
 
-__all__ = ["now"]
+__all__ = ["now", "reader"]
 
 
 def now() -> float:
@@ -56,3 +57,15 @@ def now() -> float:
         return anyio.current_time()
     except RuntimeError:  # no running loop: NoEventLoopError / AsyncLibraryNotFoundError
         return time.monotonic()
+
+
+def reader() -> Callable[[], float]:
+    """:func:`now` for a loop of readings inside one running task (a streamed answer's
+    chunks): on asyncio the running loop's bound ``time``, looked up once instead of on
+    every reading; anyio's clock on any other backend."""
+    if _thread_local.name is None and _library_var() in (None, "asyncio"):
+        try:
+            return get_running_loop().time
+        except RuntimeError:  # no running loop
+            return time.monotonic
+    return anyio.current_time

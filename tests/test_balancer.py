@@ -11,6 +11,7 @@ from anyio import wait_all_tasks_blocked
 from ollama_orchestra import AffinityRule, NoCapableServer, NoHealthyServer, OrchestraConfig, Server
 from ollama_orchestra._balancer import (
     Candidate,
+    Choice,
     HybridStrategy,
     Lease,
     LeastLoadedStrategy,
@@ -506,3 +507,42 @@ class TestCompletionTime:
             state.record_success(first.name, BIG, latency_s=1.0)  # loaded now
             lb.release(first)
         assert got == [first.name]
+
+
+class _Named:
+    """A custom strategy that always names one server, among the candidates or not."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
+        return Choice(server=self.name)
+
+
+class TestGrantEstimates:
+    """A granted lease carries the predicted end of the server it went to."""
+
+    def _lb(self, name: str) -> Tuple[LoadBalancer, FleetState, Clock]:
+        lb, state, clock = make((1, 1))
+        lb._strategy = _Named(name)
+        state.record_success("s0", M, latency_s=2.0)
+        state.record_success("s1", M, latency_s=5.0)
+        return lb, state, clock
+
+    @pytest.mark.parametrize(("name", "service"), [("s0", 2.0), ("s1", 5.0)])
+    async def test_chosen_candidate(self, name: str, service: float) -> None:
+        """A lease on the chosen candidate ends after that server's service time."""
+        lb, _, clock = self._lb(name)
+        lease = await lb.acquire(M)
+        assert lease.name == name
+        assert lease.predicted_end == pytest.approx(clock.now + service)
+
+    async def test_server_outside_the_candidates(self) -> None:
+        """A strategy may name a server that is not a candidate: the lease there still ends
+        after that server's own service time."""
+        lb, state, clock = self._lb("s1")
+        state.mark_down("s1", "down")
+        assert [c.name for c in lb._candidates_for(RouteRequest(M), frozenset())] == ["s0"]
+        lease = await lb.acquire(M)
+        assert lease.name == "s1"
+        assert lease.predicted_end == pytest.approx(clock.now + 5.0)

@@ -9,7 +9,7 @@ import anyio
 import trio
 import trio.testing
 
-from ollama_orchestra._clock import now
+from ollama_orchestra._clock import now, reader
 
 
 class _ShiftedLoop(asyncio.SelectorEventLoop):
@@ -56,3 +56,35 @@ class TestNow:
     def test_outside_a_loop_is_monotonic(self) -> None:
         before = time.monotonic()
         assert before <= now() <= time.monotonic()
+
+
+class TestReader:
+    """``reader()`` returns a clock that reads what ``now`` reads, on each backend."""
+
+    def test_asyncio_reads_the_running_loops_clock(self) -> None:
+        async def read() -> tuple[float, float]:
+            return reader()(), anyio.current_time()
+
+        loop = _ShiftedLoop()
+        try:
+            ours, anyios = loop.run_until_complete(read())
+        finally:
+            loop.close()
+        assert abs(ours - anyios) < 1.0
+        assert ours > time.monotonic() + 3000.0
+
+    def test_trio_reads_trios_clock(self) -> None:
+        clock = trio.testing.MockClock()
+
+        async def read() -> float:
+            read_now = reader()
+            await trio.sleep(1000.0)  # virtual: the mock clock jumps
+            assert read_now() == trio.current_time()
+            return read_now()
+
+        clock.autojump_threshold = 0
+        assert trio.run(read, clock=clock) >= 1000.0
+
+    def test_outside_a_loop_is_monotonic(self) -> None:
+        before = time.monotonic()
+        assert before <= reader()() <= time.monotonic()
