@@ -52,6 +52,7 @@ from typing import (
     FrozenSet,
     Iterable,
     List,
+    Mapping,
     Optional,
     Tuple,
     TypeVar,
@@ -187,7 +188,12 @@ class Lookahead:
             for waiter in list(waiters):
                 if waiter.gone or waiter.granted is not None:
                     continue
-                self._give_way(waiter, (prio, bool(waiter.exclude)))
+                rank = (prio, bool(waiter.exclude))
+                self._give_way(waiter, rank)
+                if self._done(rank, claims):
+                    # Nothing left for this waiter nor those behind it (of this rank or
+                    # lower): stop, rather than estimate every waiting request on each walk.
+                    return
                 if not waiter.ahead:
                     continue
                 cands = lb._candidates(waiter, claims)
@@ -215,6 +221,19 @@ class Lookahead:
             if len(queue) < limit or any(_rank(le) < rank for le in queue):
                 return True
         return False
+
+    def _done(self, rank: Tuple[int, bool], claims: Mapping[str, int]) -> bool:
+        """Whether the walk can stop at a waiter of ``rank``: no host may take a request
+        sent ahead (its queue is full, or a waiter ahead in this walk claimed its next
+        slot), and nothing sent ahead ranks below it (so it and the waiters after it, of
+        its rank or lower, can make nothing give way)."""
+        for name, limit in self.limits.items():
+            queue = self.pending[name]
+            if len(queue) < limit and not claims.get(name):
+                return False
+            if any(_rank(le) < rank for le in queue):
+                return False
+        return True
 
     def _give_way(self, waiter: Any, rank: Tuple[int, bool]) -> None:
         """Take back every request of lower rank than ``waiter`` (a lower priority; or the

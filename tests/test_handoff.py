@@ -172,6 +172,49 @@ class TestPriorityKeepsItsOrder:
         assert lb.in_use("s0") == 0
 
 
+class TestWalkStopsEarly:
+    """The lookahead's walk stops once no host can take a request sent ahead: each new
+    waiter costs the same, however many wait (no quadratic ramp-up on a large batch)."""
+
+    async def test_a_host_without_a_measured_service_does_not_make_the_walk_long(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One host measured, one not (the start of a batch): its queue never takes a
+        request sent ahead, yet queuing n requests evaluates about n waiters, not n**2/2."""
+        servers = tuple(
+            Server(f"s{i}", f"http://127.0.0.1:{11400 + i}", lookahead=1) for i in range(2)
+        )
+        clock = Clock()
+        state = FleetState(servers, clock=clock)
+        for s in servers:
+            state.probe_succeeded(s.name, version="0.12.0", models={M: 1}, loaded=[])
+        state.record_success("s0", M, latency_s=1.0)  # s1 not measured yet
+        lb = LoadBalancer(OrchestraConfig(servers=servers), state, clock=clock)
+        calls = 0
+        candidates = lb._candidates
+
+        def counting(*args: Any, **kw: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return candidates(*args, **kw)
+
+        monkeypatch.setattr(lb, "_candidates", counting)
+        running = [await lb.acquire(M), await lb.acquire(M)]
+        assert {le.server.name for le in running} == {"s0", "s1"}
+        n = 60
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                await acquire_in(tg, lb, got)
+            sent = [le for le in got if le.handoff is not None]
+            assert [le.server.name for le in sent] == ["s0"]  # only the measured host
+            assert lb.waiting == n - 1
+            assert calls <= 8 * n
+            tg.cancel_scope.cancel()
+        for le in running + got:
+            lb.release(le)
+
+
 # -- on the simulated fleet ---------------------------------------------------------------
 
 
