@@ -156,14 +156,23 @@ class Contender:
 
 
 class OrchestraContender(Contender):
+    """The orchestra with ``strategy``; ``+lookahead``: each server's ``lookahead = 1``
+    (the handoff lookahead, off by default)."""
+
     def __init__(self, strategy: str) -> None:
-        self.strategy = strategy
+        self.strategy, plus, option = strategy.partition("+")
+        self.lookahead = 1 if option == "lookahead" else 0
+        if plus and not self.lookahead:
+            raise ValueError(f"unknown contender option: {strategy!r}")
         self.name = f"orchestra-{strategy}"
 
     @contextlib.asynccontextmanager
     async def open(self, hosts: Sequence[Host]) -> AsyncIterator[Send]:
         cfg = OrchestraConfig(
-            servers=tuple(Server(h.name, h.url, max_concurrency=h.slots) for h in hosts),
+            servers=tuple(
+                Server(h.name, h.url, max_concurrency=h.slots, lookahead=self.lookahead)
+                for h in hosts
+            ),
             strategy=self.strategy,
             health=HealthPolicy(interval_s=5.0),
         )
