@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence, Tuple, Type
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
-__all__ = ["listen"]
+__all__ = ["listen", "stop_listening"]
 
 
 async def listen(
@@ -66,3 +66,19 @@ async def listen(
                 except down:
                     pass
         await anyio.sleep(retry_s)
+
+
+async def stop_listening(tg: Optional[TaskGroup], redis: Any) -> None:
+    """Cancel and leave ``tg`` (the task group running a :func:`listen` loop), then close
+    ``redis``.
+
+    Shielded: leaving under cancellation (a proxy stopped) still closes every connection
+    instead of leaving them to the garbage collector.
+    """
+    try:
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+    finally:
+        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+            await redis.aclose()

@@ -33,7 +33,7 @@ import anyio.abc
 
 from ._breaker import BreakerEvent, CircuitBreaker
 from ._extras import require_extra
-from ._pubsub import listen
+from ._pubsub import listen, stop_listening
 from ._redis_slots import down_errors, redis_client
 from ._secrets import redact_url
 
@@ -302,12 +302,4 @@ class SharedBreakers:
         tb: Optional[TracebackType],
     ) -> None:
         tg, self._tg = self._tg, None
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
-        finally:
-            # Shielded: leaving under cancellation (a proxy stopped) still closes every
-            # connection instead of leaving them to the garbage collector.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._redis.aclose()
+        await stop_listening(tg, self._redis)

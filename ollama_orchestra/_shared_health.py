@@ -34,7 +34,7 @@ import anyio
 import anyio.abc
 
 from ._extras import require_extra
-from ._pubsub import listen
+from ._pubsub import listen, stop_listening
 from ._redis_slots import down_errors, redis_client
 from ._secrets import redact_url
 from ._state import FleetState
@@ -180,12 +180,4 @@ class SharedHealth:
         tb: Optional[TracebackType],
     ) -> None:
         tg, self._tg = self._tg, None
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
-        finally:
-            # Shielded: leaving under cancellation (a proxy stopped) still closes every
-            # connection instead of leaving them to the garbage collector.
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._redis.aclose()
+        await stop_listening(tg, self._redis)
