@@ -87,6 +87,26 @@ return 1
 """
 
 
+# Lua: waiter ``{waiter}`` leaves the queues of KEYS[{first}], KEYS[{first} + 4], ... (each
+# followed by its queue expiry, leases and freed channel); where it may have held back
+# waiters of a lower priority, the server's live count is published (it wakes them). Needs
+# ``now``. One text for _TRY and _LEAVE.
+_LEAVE_QUEUES = """
+for i = {first}, #KEYS, 4 do
+  local score = redis.call('ZSCORE', KEYS[i], {waiter})
+  if score then
+    redis.call('ZREM', KEYS[i], {waiter})
+    redis.call('ZREM', KEYS[i + 1], {waiter})
+    local lower = math.floor(tonumber(score) / 1e13) * 1e13 + 1e13
+    if redis.call('ZCOUNT', KEYS[i], lower, '+inf') > 0 then
+      redis.call('ZREMRANGEBYSCORE', KEYS[i + 2], '-inf', now)
+      redis.call('PUBLISH', KEYS[i + 3], redis.call('ZCARD', KEYS[i + 2]))
+    end
+  end
+end
+"""
+
+
 # A waiter's score in a server's queue: priority first (1e13 ms is ~300 years of arrivals), then
 # arrival (Redis' TIME, ms); exact in a double for priorities within +-500. A waiter of a
 # higher priority than ``p`` scores below ``-p * 1e13``.
@@ -98,7 +118,8 @@ return 1
 # process) need every free slot. Returns {1 if taken, live leases after}; refused:
 # {0, the leases plus the higher-priority waiters, at most slots}. Taken: the waiter leaves
 # every queue (see _LEAVE for the message it may send).
-_TRY = """
+_TRY = (
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local slots = tonumber(ARGV[2])
@@ -115,42 +136,25 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 if ARGV[4] ~= '' then
   redis.call('ZREM', KEYS[2], ARGV[4])
   redis.call('ZREM', KEYS[3], ARGV[4])
-  for i = 4, #KEYS, 4 do
-    local score = redis.call('ZSCORE', KEYS[i], ARGV[4])
-    if score then
-      redis.call('ZREM', KEYS[i], ARGV[4])
-      redis.call('ZREM', KEYS[i + 1], ARGV[4])
-      local lower = math.floor(tonumber(score) / 1e13) * 1e13 + 1e13
-      if redis.call('ZCOUNT', KEYS[i], lower, '+inf') > 0 then
-        redis.call('ZREMRANGEBYSCORE', KEYS[i + 2], '-inf', now)
-        redis.call('PUBLISH', KEYS[i + 3], redis.call('ZCARD', KEYS[i + 2]))
-      end
-    end
-  end
-end
+"""
+    + _LEAVE_QUEUES.format(first=4, waiter="ARGV[4]")
+    + """end
 return {1, n + 1}
 """
+)
 
 # KEYS: for each server the waiter is queued for: its queue, queue expiry, leases and freed
 # channel. ARGV: waiter id. The waiter leaves every queue; where it may have held back
 # waiters of a lower priority, the server's live count is published (it wakes them).
-_LEAVE = """
+_LEAVE = (
+    """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 1, #KEYS, 4 do
-  local score = redis.call('ZSCORE', KEYS[i], ARGV[1])
-  if score then
-    redis.call('ZREM', KEYS[i], ARGV[1])
-    redis.call('ZREM', KEYS[i + 1], ARGV[1])
-    local lower = math.floor(tonumber(score) / 1e13) * 1e13 + 1e13
-    if redis.call('ZCOUNT', KEYS[i], lower, '+inf') > 0 then
-      redis.call('ZREMRANGEBYSCORE', KEYS[i + 2], '-inf', now)
-      redis.call('PUBLISH', KEYS[i + 3], redis.call('ZCARD', KEYS[i + 2]))
-    end
-  end
-end
-return 1
 """
+    + _LEAVE_QUEUES.format(first=1, waiter="ARGV[1]")
+    + """return 1
+"""
+)
 
 # KEYS: queue and queue expiry zsets of each server. ARGV: ttl ms, then per waiter: its id,
 # priority, how many servers, and their (1-based) positions among the KEYS pairs. Queues each
