@@ -87,10 +87,9 @@ return 1
 """
 
 
-# Lua: waiter ``{waiter}`` leaves the queues of KEYS[{first}], KEYS[{first} + 4], ... (each
-# followed by its queue expiry, leases and freed channel); where it may have held back
-# waiters of a lower priority, the server's live count is published (it wakes them). Needs
-# ``now``. One text for _TRY and _LEAVE.
+# Lua (needs ``now``): waiter {waiter} leaves the queues at KEYS[{first}], KEYS[{first} + 4], ...
+# (each followed by its queue expiry, leases and freed channel); where it may have held back
+# waiters of a lower priority, the server's live count is published (it wakes them).
 _LEAVE_QUEUES = """
 for i = {first}, #KEYS, 4 do
   local score = redis.call('ZSCORE', KEYS[i], {waiter})
@@ -138,22 +137,17 @@ if ARGV[4] ~= '' then
   redis.call('ZREM', KEYS[3], ARGV[4])
 """
     + _LEAVE_QUEUES.format(first=4, waiter="ARGV[4]")
-    + """end
-return {1, n + 1}
-"""
+    + "end\nreturn {1, n + 1}\n"
 )
 
-# KEYS: for each server the waiter is queued for: its queue, queue expiry, leases and freed
-# channel. ARGV: waiter id. The waiter leaves every queue; where it may have held back
-# waiters of a lower priority, the server's live count is published (it wakes them).
+# KEYS: as _LEAVE_QUEUES, for each server the waiter is queued for. ARGV: waiter id.
 _LEAVE = (
     """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
     + _LEAVE_QUEUES.format(first=1, waiter="ARGV[1]")
-    + """return 1
-"""
+    + "return 1\n"
 )
 
 # KEYS: queue and queue expiry zsets of each server. ARGV: ttl ms, then per waiter: its id,
