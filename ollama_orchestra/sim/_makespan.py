@@ -21,7 +21,7 @@ The timing model (``_decode.py``, ``_scheduler.py``), in simulated seconds:
 - A model not loaded at the start costs ``load_s`` before its first request on that host;
   a host loads one model at a time, and evicts an idle one when the next does not fit.
 
-The lower bound (:func:`lower_bound`) is the larger of:
+The lower bound (:func:`lower_bound`) is the largest of:
 
 1. the critical path: each task on its fastest host alone (prompt and decode at the
    alone rates), starting no sooner than its dependencies' earliest finish and, on a host
@@ -40,7 +40,11 @@ The lower bound (:func:`lower_bound`) is the larger of:
    its prompts that no answer holds, since a cache holds only what its runner evaluated
    or generated, and splitting the tasks among hosts only adds to the count.
 
-Both hold for any scheduler (a property test checks them against the list schedules, a
+3. the placement bound (``_placement.py``): a case split on which models each host runs,
+   counting, on a host that holds one model at a time, its loads and prompt evaluation as
+   time no decoding shares, and on every host the tasks' releases.
+
+All three hold for any scheduler (a property test checks them against the list schedules, a
 test against the simulator itself); every approximation is on the optimistic side: a
 task's own prompt counts only its :attr:`TaskSpec.prompt_tokens` on the critical path
 (the tokens of its prompt no other prompt of its model shares, at least 1 in the
@@ -86,6 +90,7 @@ __all__ = [
     "ModelTiming",
     "TaskSpec",
     "critical_path_bound",
+    "earliest_finish",
     "host_spec",
     "lower_bound",
     "model_paths",
@@ -94,6 +99,7 @@ __all__ = [
     "prompt_paths",
     "task_specs",
     "topological",
+    "weighted_finish",
     "with_prompt_floors",
     "work_bound",
 ]
@@ -307,6 +313,11 @@ def topological(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> List[Ta
 
 def critical_path_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> float:
     """The longest chain, each task at its fastest host alone (see the module)."""
+    return max(earliest_finish(tasks, hosts).values(), default=0.0)
+
+
+def earliest_finish(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> Dict[str, float]:
+    """Each task's earliest finish on the critical path bound's terms (see the module)."""
     finish: Dict[str, float] = {}
     for t in topological(tasks, hosts):
         ready = max((finish[d] for d in t.deps), default=0.0)
@@ -315,7 +326,7 @@ def critical_path_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) ->
             for h in hosts
             if t.model in h.models
         )
-    return max(finish.values(), default=0.0)
+    return finish
 
 
 def work_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> float:
@@ -354,22 +365,21 @@ def work_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> float:
             ready = [
                 min(h.ready_s(m) if m in h.models else math.inf for m in models) for h in hosts
             ]
-            best = max(best, _weighted(costs, extra, ready))
+            best = max(best, weighted_finish([*costs, extra], ready))
     return best
 
 
-def _weighted(
-    costs: Sequence[Sequence[float]], extra: Sequence[float], ready: Sequence[float]
-) -> float:
-    """The largest ``(sum of min_h w_h * cost + min_h w_h * extra + sum w_h * ready_h) /
-    sum(w)`` over the weights tried: each subset of hosts, scaled by each row's inverse
-    costs (and by 1). Host ``h`` works from ``ready_h`` on."""
-    shapes: List[List[float]] = [[1.0] * len(extra)]
-    for row in [*costs, extra]:
+def weighted_finish(costs: Sequence[Sequence[float]], ready: Sequence[float]) -> float:
+    """The largest ``(sum over rows of min_h w_h * cost + sum w_h * ready_h) / sum(w)`` over
+    the weights tried: each subset of hosts, scaled by each row's inverse costs (and by 1).
+    A row is one piece of work, its cost on each host (``inf``: not there); host ``h`` works
+    from ``ready_h`` on, one unit of cost a second."""
+    shapes: List[List[float]] = [[1.0] * len(ready)]
+    for row in costs:
         if all(math.isfinite(x) and x > 0 for x in row):
             shapes.append([1.0 / x for x in row])
     best = 0.0
-    for mask in range(1, 1 << len(extra)):
+    for mask in range(1, 1 << len(ready)):
         for shape in shapes:
             weights = [w if mask >> i & 1 else 0.0 for i, w in enumerate(shape)]
             total = sum(weights)
@@ -377,7 +387,7 @@ def _weighted(
                 continue
             work = sum(
                 min((w * x for w, x in zip(weights, row) if math.isfinite(x)), default=0.0)
-                for row in [*costs, extra]
+                for row in costs
             )
             best = max(best, _finish(work, weights, ready))
     return best
@@ -458,5 +468,12 @@ def with_prompt_floors(tasks: Sequence[TaskSpec]) -> List[TaskSpec]:
 
 
 def lower_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> float:
-    """A makespan no schedule can beat on these hosts (simulated seconds)."""
-    return max(critical_path_bound(tasks, hosts), work_bound(tasks, hosts))
+    """A makespan no schedule can beat on these hosts (simulated seconds): the largest of
+    the critical path, the work bound and the placement bound (``_placement.py``)."""
+    from ._placement import placement_bound  # it builds on this module
+
+    return max(
+        critical_path_bound(tasks, hosts),
+        work_bound(tasks, hosts),
+        placement_bound(tasks, hosts),
+    )

@@ -37,6 +37,7 @@ from ._makespan import (
     topological,
     work_bound,
 )
+from ._placement import placement_bound
 from ._spec import aggregate_speedup
 
 __all__ = ["EXHAUSTIVE_TASKS", "Bounds", "Schedule", "best_schedule", "bounds", "simulate"]
@@ -317,13 +318,15 @@ def best_schedule(
 
 @dataclass(frozen=True)
 class Bounds:
-    """Where a makespan stands: the lower bound (with its two parts) and, where computed, the
+    """Where a makespan stands: the lower bound (with its three parts) and, where computed, the
     best list schedule found."""
 
     lower: float
     critical_path: float
     work: float
     best: Optional[Schedule] = None
+    #: The placement bound (``_placement.py``); 0 where not computed.
+    placement: float = 0.0
 
     @property
     def optimal(self) -> Optional[float]:
@@ -345,6 +348,7 @@ class Bounds:
             "lower_bound_s": self.lower,
             "critical_path_s": self.critical_path,
             "work_bound_s": self.work,
+            "placement_bound_s": self.placement,
         }
         if self.best is not None:
             out["best_found_s"] = self.best.makespan
@@ -363,7 +367,8 @@ def bounds(
 ) -> Bounds:
     """The lower bound and, for small DAGs (or with ``search=True``), the best list schedule."""
     cp, work = critical_path_bound(tasks, hosts), work_bound(tasks, hosts)
+    placed = placement_bound(tasks, hosts)
     if search is None:
         search = len(tasks) <= EXHAUSTIVE_TASKS
     best = best_schedule(tasks, hosts, budget=budget) if search and tasks else None
-    return Bounds(max(cp, work), cp, work, best)
+    return Bounds(max(cp, work, placed), cp, work, best, placed)
