@@ -91,6 +91,7 @@ __all__ = [
     "TaskSpec",
     "critical_path_bound",
     "earliest_finish",
+    "finish_time",
     "host_spec",
     "lower_bound",
     "model_paths",
@@ -99,7 +100,9 @@ __all__ = [
     "prompt_paths",
     "task_specs",
     "topological",
+    "weight_choices",
     "weighted_finish",
+    "weighted_work",
     "with_prompt_floors",
     "work_bound",
 ]
@@ -371,29 +374,39 @@ def work_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> float:
 
 def weighted_finish(costs: Sequence[Sequence[float]], ready: Sequence[float]) -> float:
     """The largest ``(sum over rows of min_h w_h * cost + sum w_h * ready_h) / sum(w)`` over
-    the weights tried: each subset of hosts, scaled by each row's inverse costs (and by 1).
-    A row is one piece of work, its cost on each host (``inf``: not there); host ``h`` works
-    from ``ready_h`` on, one unit of cost a second."""
+    the weights of :func:`weight_choices`. A row is one piece of work, its cost on each
+    host (``inf``: not there); host ``h`` works from ``ready_h`` on, one unit of cost a
+    second."""
+    return max(
+        (finish_time(weighted_work(costs, w), w, ready) for w in weight_choices(costs, ready)),
+        default=0.0,
+    )
+
+
+def weight_choices(costs: Sequence[Sequence[float]], ready: Sequence[float]) -> List[List[float]]:
+    """The host weights tried: each subset of hosts, scaled by each row's inverse costs
+    (where finite on every host) and by 1."""
     shapes: List[List[float]] = [[1.0] * len(ready)]
     for row in costs:
         if all(math.isfinite(x) and x > 0 for x in row):
             shapes.append([1.0 / x for x in row])
-    best = 0.0
+    out = []
     for mask in range(1, 1 << len(ready)):
         for shape in shapes:
             weights = [w if mask >> i & 1 else 0.0 for i, w in enumerate(shape)]
-            total = sum(weights)
-            if total <= 0:
-                continue
-            work = sum(
-                min((w * x for w, x in zip(weights, row) if math.isfinite(x)), default=0.0)
-                for row in costs
-            )
-            best = max(best, _finish(work, weights, ready))
-    return best
+            if sum(weights) > 0:
+                out.append(weights)
+    return out
 
 
-def _finish(work: float, weights: Sequence[float], ready: Sequence[float]) -> float:
+def weighted_work(costs: Sequence[Sequence[float]], weights: Sequence[float]) -> float:
+    """``sum over rows of min_h w_h * cost``: the least weighted work of the rows."""
+    return sum(
+        min((w * x for w, x in zip(weights, row) if math.isfinite(x)), default=0.0) for row in costs
+    )
+
+
+def finish_time(work: float, weights: Sequence[float], ready: Sequence[float]) -> float:
     """The least ``T`` with ``sum w_h * max(0, T - ready_h) >= work``: hosts join as they
     become ready (one ready only after ``T`` does nothing)."""
     hosts = sorted((r, w) for w, r in zip(weights, ready) if w > 0 and math.isfinite(r))

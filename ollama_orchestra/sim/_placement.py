@@ -41,33 +41,58 @@ Take any schedule, and let ``S_h`` be the set of models of the tasks it runs on 
 With each task's cost on each host of the case as above (``inf`` where its model is not in
 ``S_h``), :func:`~._makespan.weighted_finish` gives a ``T`` no schedule of that case can
 beat (for weights ``w_h``: ``sum w_h * (T - start_h) >= sum over tasks of min w_h * cost``).
-Every schedule falls in one case, so the least over the cases bounds them all. The same
-holds for each model alone on its runners (item 2 with the runner's own prompts, on every
-host). The cases are the subsets of each host's models that fit alone, so their number is
-the product over hosts of ``2^models``: above :data:`MAX_CASES` the bound is not computed
-(0). Everything else stays as optimistic as ``_makespan.py`` says.
+The same holds for each model alone on its runners (item 2 with the runner's own prompts,
+on every host).
+
+5. **The profile: few tasks at the start and the end.** A task runs only after its
+   release (item 1) and ends at least its *tail* before the makespan ``T``: the longest
+   chain of its dependents, each at its fastest host alone. So at time ``t`` at most
+   ``N(t)`` tasks run, those whose window holds ``t`` (at the start the first stage, at
+   the end the last), and on ``h`` at most ``N_h(t)``, those of ``S_h``. ``n`` running
+   requests on ``h`` decode at most ``A(n)`` alone-seconds a second, a share ``g_h(n) =
+   A(min(n, n_max)) / A(n_max)`` of the full speed the costs count, so the weighted work
+   done by ``T`` is at most ``integral over [0, T] of the most sum w_h * g_h(n_h)`` with
+   ``sum n_h <= N(t)``, ``n_h <= N_h(t)`` (a small knapsack per stretch of time), from each
+   host's start on. On an exclusive host, a prompt chunk stops its decoding while a task
+   runs there (``g >= g_h(1)``), so its ``P`` seconds of prompts remove at least
+   ``g_h(1) * P`` from that integral: its tasks' prompts cost ``g_h(1) * prompt_s`` there,
+   and its shared prompts take ``g_h(1) * first`` off. Each host counts from the earliest
+   a task can run there (its loads are left out: they may come at any time). The least
+   ``T`` whose capacity reaches the work (bisection; the bound is the largest ``T`` found
+   below it) bounds the case; this refines the best few weights of each case.
+
+Every schedule falls in one case, so the least over the cases bounds them all. The cases
+are the subsets of each host's models that fit alone, so their number is the product over
+hosts of ``2^models``: above :data:`MAX_CASES` the bound is not computed (0). Everything
+else stays as optimistic as ``_makespan.py`` says.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 from ._makespan import (
     HostSpec,
     TaskSpec,
     earliest_finish,
+    finish_time,
     model_paths,
     topological,
+    weight_choices,
     weighted_finish,
+    weighted_work,
 )
 from ._spec import aggregate_speedup
 
-__all__ = ["MAX_CASES", "placement_bound"]
+__all__ = ["MAX_CASES", "PROFILE_WEIGHTS", "placement_bound"]
 
 #: Above this many cases (subsets of models per host, multiplied) the bound is skipped.
 MAX_CASES = 4096
+#: How many of a case's best host weights the profile refines.
+PROFILE_WEIGHTS = 3
 
 
 def placement_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> float:
@@ -89,16 +114,48 @@ def placement_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> flo
         if count > MAX_CASES:
             return 0.0
     finish = earliest_finish(tasks, hosts)
-    release = {
-        t.id: max((finish[d] for d in t.deps), default=0.0) for t in tasks
-    }  # dependencies' earliest finish
-    shared = _shared_prompts(tasks)
-    best = math.inf
+    timing = _Timing(
+        release={t.id: max((finish[d] for d in t.deps), default=0.0) for t in tasks},
+        tail=_tails(tasks, hosts),
+        shared=_shared_prompts(tasks),
+    )
+    plain = []
     for case in itertools.product(*options):
-        if not all(any(m in s for s in case) for m in used):
-            continue  # some model runs nowhere
-        best = min(best, _case_bound(tasks, hosts, case, release, shared))
+        if all(any(m in s for s in case) for m in used):  # every model runs somewhere
+            plain.append((_case_bound(tasks, hosts, case, timing), case))
+    best = math.inf
+    for value, case in sorted(plain, key=lambda x: x[0]):
+        if value >= best:
+            break  # the profile only raises a case's bound
+        best = min(best, max(value, _profiled(tasks, hosts, case, timing)))
     return 0.0 if not math.isfinite(best) else best
+
+
+@dataclass(frozen=True)
+class _Timing:
+    release: Mapping[str, float]  # dependencies' earliest finish
+    tail: Mapping[str, float]  # the least time from a task's end to the makespan
+    shared: Mapping[str, int]  # prompt tokens beyond a task's own
+
+
+def _tails(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> Dict[str, float]:
+    """Per task, the longest chain of its dependents, each at its fastest host alone: a
+    task ends at least that long before the makespan."""
+    succ: Dict[str, List[TaskSpec]] = {t.id: [] for t in tasks}
+    for t in tasks:
+        for d in t.deps:
+            succ[d].append(t)
+    tail: Dict[str, float] = {}
+    for t in reversed(topological(tasks, hosts)):
+        tail[t.id] = max(
+            (
+                tail[s.id]
+                + min(h.prompt_s(s) + h.decode_s(s) for h in hosts if s.model in h.models)
+                for s in succ[t.id]
+            ),
+            default=0.0,
+        )
+    return tail
 
 
 def _shared_prompts(tasks: Sequence[TaskSpec]) -> Dict[str, int]:
@@ -109,74 +166,225 @@ def _shared_prompts(tasks: Sequence[TaskSpec]) -> Dict[str, int]:
     return {t.id: max(0, len(paths.get(t.id, ())) - t.prompt_tokens) for t in tasks}
 
 
-def _case_bound(
+@dataclass(frozen=True)
+class _Host:
+    """One host in one case: from when its work can fill its time (after its loads, where
+    exclusive), the fixed time its fresh runners' shared prompts take, the decoding gain of
+    ``n`` running requests (its share of full speed), whether it is exclusive, and from
+    when any task can run there."""
+
+    begin: float
+    first: float
+    gain: Tuple[float, ...]
+    exclusive: bool
+    models: FrozenSet[str]
+    #: The earliest a task can run there (its loads may come later).
+    early: float
+
+    @property
+    def start(self) -> float:
+        return self.begin + self.first
+
+
+def _case_hosts(
     tasks: Sequence[TaskSpec],
     hosts: Sequence[HostSpec],
     case: Sequence[FrozenSet[str]],
-    release: Mapping[str, float],
-    shared: Mapping[str, int],
-) -> float:
-    """The makespan bound when host ``i`` runs exactly the models ``case[i]``."""
-    best = _bound_for(tasks, hosts, case, release, shared, None)
-    for model in sorted({t.model for t in tasks}):
-        best = max(best, _bound_for(tasks, hosts, case, release, shared, model))
-    return best
-
-
-def _bound_for(
-    tasks: Sequence[TaskSpec],
-    hosts: Sequence[HostSpec],
-    case: Sequence[FrozenSet[str]],
-    release: Mapping[str, float],
-    shared: Mapping[str, int],
+    timing: _Timing,
     model: Optional[str],
-) -> float:
-    """All tasks (``model`` None: the hosts' time), or ``model``'s tasks on its runners."""
+    profile: bool = False,
+) -> Tuple[List[List[float]], List[Optional[_Host]]]:
+    """The tasks' costs on each host of the case (one row per task of ``model``, or every
+    task), and the hosts' terms (None: runs none of them). With ``profile``, an exclusive
+    host's prompts cost ``A(1) / A(n)`` of their time (see the module)."""
     mine = [t for t in tasks if model is None or t.model == model]
     costs: List[List[float]] = [[] for _ in mine]
-    start: List[float] = []
+    out: List[Optional[_Host]] = []
     for h, models in zip(hosts, case):
         if model is not None:
             models = models & {model}
         runs = [t for t in mine if t.model in models]
         if not runs:
-            start.append(math.inf)
+            out.append(None)
             for row in costs:
                 row.append(math.inf)
             continue
-        cap = aggregate_speedup(max(1, min(h.max_decoding(models), len(runs))))
+        most = max(1, min(h.max_decoding(models), len(runs)))
+        cap = aggregate_speedup(most)
         exclusive = model is not None or not any(
             h.fits(pair) for pair in itertools.combinations(sorted(models), 2)
         )
-        begin, first = _start(h, models, runs, release, shared, exclusive)
-        start.append(begin + first)
+        gain = tuple(aggregate_speedup(min(n, most)) / cap if n else 0.0 for n in range(most + 1))
+        begin, first = _start(h, models, runs, timing, exclusive)
+        early = min(max(timing.release[t.id], h.ready_s(t.model)) for t in runs)
+        out.append(_Host(begin, first, gain, exclusive, models, early))
+        prompts = (gain[1] if profile else 1.0) if exclusive else 0.0
         for row, t in zip(costs, mine):
             if t.model not in models:
                 row.append(math.inf)
             else:
-                row.append(h.decode_s(t) / cap + (h.prompt_s(t) if exclusive else 0.0))
-    return weighted_finish(costs, start)
+                row.append(h.decode_s(t) / cap + prompts * h.prompt_s(t))
+    return costs, out
+
+
+def _case_bound(
+    tasks: Sequence[TaskSpec],
+    hosts: Sequence[HostSpec],
+    case: Sequence[FrozenSet[str]],
+    timing: _Timing,
+) -> float:
+    """The makespan bound when host ``i`` runs exactly the models ``case[i]``: for all
+    tasks on the hosts' time, and for each model's tasks on its runners' time."""
+    best = 0.0
+    for model in [None, *sorted({t.model for t in tasks})]:
+        costs, terms = _case_hosts(tasks, hosts, case, timing, model)
+        start = [math.inf if x is None else x.start for x in terms]
+        best = max(best, weighted_finish(costs, start))
+    return best
 
 
 def _start(
     h: HostSpec,
     models: FrozenSet[str],
     runs: Sequence[TaskSpec],
-    release: Mapping[str, float],
-    shared: Mapping[str, int],
+    timing: _Timing,
     exclusive: bool,
 ) -> Tuple[float, float]:
     """When ``h`` can start on ``runs`` (the tasks of ``models``), and, on an exclusive host
     (or one runner), the time its fresh runners take first for the shared prompts."""
+    release = timing.release
     if not exclusive:
         return min(max(release[t.id], h.ready_s(t.model)) for t in runs), 0.0
     loads = sum(h.models[m].load_s for m in models if m not in h.loaded)
     first = 0.0
     for m in models:
         rate = h.models[m].prompt_tps * h.speed
-        first += min(shared[t.id] for t in runs if t.model == m) / rate
+        first += min(timing.shared[t.id] for t in runs if t.model == m) / rate
     begin = max(min(release[t.id] for t in runs), loads)
     if len(models) == 1:
         # One runner: it cannot start before its model is loaded, nor before a task is ready.
         begin = max(begin, min(max(release[t.id], h.ready_s(t.model)) for t in runs))
     return begin, first
+
+
+# -- the profile: few tasks can run at the start and at the end ---------------------------
+
+
+def _profiled(
+    tasks: Sequence[TaskSpec],
+    hosts: Sequence[HostSpec],
+    case: Sequence[FrozenSet[str]],
+    timing: _Timing,
+) -> float:
+    """The case's bound for all tasks with each host's decoding gain limited by how many
+    tasks can be running at each moment (see the module)."""
+    costs, terms = _case_hosts(tasks, hosts, case, timing, None, profile=True)
+    start = [math.inf if x is None else x.start for x in terms]
+    scored = sorted(
+        ((finish_time(weighted_work(costs, w), w, start), w) for w in weight_choices(costs, start)),
+        key=lambda x: -x[0],
+    )
+    best = 0.0
+    for value, weights in scored[:PROFILE_WEIGHTS]:
+        work = weighted_work(costs, weights)
+        best = max(best, _profile_finish(tasks, terms, weights, work, timing, value))
+    return best
+
+
+def _profile_finish(
+    tasks: Sequence[TaskSpec],
+    terms: Sequence[Optional[_Host]],
+    weights: Sequence[float],
+    work: float,
+    timing: _Timing,
+    lo: float,
+) -> float:
+    """The largest ``T`` (from ``lo``, to a relative 1e-7) whose capacity stays below
+    ``work``: no schedule finishes by it."""
+    if work <= 0:
+        return 0.0
+    memo: Dict[Tuple[int, ...], float] = {}
+    hi = max(lo, 1e-9) * 2.0
+    while _capacity(tasks, terms, weights, timing, hi, memo) < work:
+        lo, hi = hi, hi * 2.0
+    while hi - lo > 1e-7 * hi:
+        mid = (lo + hi) / 2.0
+        if _capacity(tasks, terms, weights, timing, mid, memo) < work:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _capacity(
+    tasks: Sequence[TaskSpec],
+    terms: Sequence[Optional[_Host]],
+    weights: Sequence[float],
+    timing: _Timing,
+    horizon: float,
+    memo: Dict[Tuple[int, ...], float],
+) -> float:
+    """The most weighted work the hosts can do by ``horizon``: a task runs only between its
+    release and ``horizon`` less its tail; at each moment the hosts' gains for at most that
+    many running tasks (each host only the tasks of its models)."""
+    flat = 0.0
+    profiled: List[int] = []
+    for i, x in enumerate(terms):
+        if x is None or weights[i] <= 0:
+            continue
+        profiled.append(i)
+        if x.exclusive:
+            # Its runners' shared prompts, on time when a task runs there.
+            flat -= weights[i] * x.first * x.gain[1]
+    windows = [
+        (timing.release[t.id], horizon - timing.tail[t.id], t.model)
+        for t in tasks
+        if horizon - timing.tail[t.id] > timing.release[t.id]
+    ]
+    cuts = {0.0, horizon}
+    for a, b, _ in windows:
+        cuts.update(x for x in (a, b) if 0.0 < x < horizon)
+    for i in profiled:
+        term = terms[i]
+        assert term is not None
+        if 0.0 < term.early < horizon:
+            cuts.add(term.early)
+    points = sorted(cuts)
+    total = flat
+    for a, b in zip(points, points[1:]):
+        mid = (a + b) / 2.0
+        running = [m for lo, hi, m in windows if lo <= mid < hi]
+        key = [len(running)]
+        for i in profiled:
+            term = terms[i]
+            assert term is not None
+            if mid < term.early:
+                key.append(0)
+            else:
+                here = sum(1 for m in running if m in term.models)
+                key.append(min(here, len(term.gain) - 1))
+        k = tuple(key)
+        if k not in memo:
+            memo[k] = _best_split(k[0], k[1:], [terms[i] for i in profiled], profiled, weights)
+        total += memo[k] * (b - a)
+    return total
+
+
+def _best_split(
+    n: int,
+    limits: Sequence[int],
+    terms: Sequence[Optional[_Host]],
+    index: Sequence[int],
+    weights: Sequence[float],
+) -> float:
+    """The largest weighted gain of at most ``n`` running tasks, at most ``limits[i]`` on
+    host ``i``."""
+    best = [0.0] * (n + 1)  # best[k]: at most k tasks on the hosts so far
+    for limit, term, i in zip(limits, terms, index):
+        assert term is not None
+        nxt = list(best)
+        for k in range(n + 1):
+            for j in range(1, min(limit, k) + 1):
+                nxt[k] = max(nxt[k], best[k - j] + weights[i] * term.gain[j])
+        best = nxt
+    return best[n]
