@@ -1,7 +1,8 @@
 """The best possible makespan of a benchmark's DAG on its simulated fleet (issue 18, item 3).
 
 The model and its proofs live in the package (``ollama_orchestra/sim/_makespan.py``: the
-lower bound; ``ollama_orchestra/sim/_schedules.py``: the best list schedule found), because
+lower bound, with ``_placement.py``'s case split on where each model runs;
+``ollama_orchestra/sim/_schedules.py``: the best list schedule found), because
 ``ollama-orchestra demo`` prints the bound too and ships in the wheel, which has no
 ``benchmarks``. Their docstrings state the timing model and where it is optimistic. This
 module is the benchmarks' side: the same functions, and :func:`reference`, the figures a
@@ -30,6 +31,7 @@ from ollama_orchestra.sim._makespan import (
     with_prompt_floors,
     work_bound,
 )
+from ollama_orchestra.sim._placement import placement_bound
 from ollama_orchestra.sim._schedules import Bounds, Schedule, best_schedule, bounds, simulate
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "host_spec",
     "lower_bound",
     "output_token",
+    "placement_bound",
     "prefill_floor",
     "reference",
     "reference_line",

@@ -20,6 +20,7 @@ from benchmarks.makespan_bound import (
     host_spec,
     lower_bound,
     output_token,
+    placement_bound,
     simulate,
     task_specs,
     with_prompt_floors,
@@ -27,7 +28,6 @@ from benchmarks.makespan_bound import (
 )
 from ollama_orchestra import Orchestra, Task
 from ollama_orchestra.sim import HostProfile, ModelSpec, aggregate_speedup
-from ollama_orchestra.sim._placement import placement_bound
 
 from .conftest import config_for, fleet
 
