@@ -9,8 +9,11 @@ import pytest
 from ollama_orchestra import Orchestra, Task
 from ollama_orchestra._ranks import (
     PRIOR_TOKENS_PER_S,
+    TIE_FACTOR,
     ServerCosts,
+    chain_ends,
     fleet_costs,
+    order_priorities,
     rank_priorities,
     server_cost,
     task_costs,
@@ -40,6 +43,62 @@ class TestUpwardRanks:
         tasks = by_id([t("a"), t("b", "a"), t("x", priority=7)])
         rank = {"a": 8.0, "b": 2.0, "x": 4.0}
         assert rank_priorities(tasks, rank) == {"a": 1000, "b": 250, "x": 7}
+
+
+def pipelines() -> Dict[str, Task]:
+    """Two pipelines declared stage by stage, their parts interleaved: plan, two parts, a
+    join (``p1, p2, a1, a2, b1, b2, j1, j2``; ``a1, b1`` feed ``j1``)."""
+    return by_id(
+        [
+            t("p1"),
+            t("p2"),
+            t("a1", "p1"),
+            t("a2", "p2"),
+            t("b1", "p1"),
+            t("b2", "p2"),
+            t("j1", "a1", "b1"),
+            t("j2", "a2", "b2"),
+        ]
+    )
+
+
+class TestOrderPriorities:
+    def test_chain_ends(self) -> None:
+        """A task's critical chain ends where its highest-ranked dependents lead (the first
+        declared among equal ones); a sink ends its own."""
+        tasks = by_id([t("a"), t("b", "a"), t("c", "a"), t("d", "b"), t("e", "c")])
+        rank = {"a": 9.0, "b": 5.0, "c": 7.0, "d": 1.0, "e": 2.0}
+        assert chain_ends(tasks, rank) == {"a": "e", "b": "d", "c": "e", "d": "d", "e": "e"}
+        rank["b"] = 7.0
+        assert chain_ends(tasks, rank)["a"] == "d"
+
+    def test_near_ties_go_join_by_join(self) -> None:
+        """Equal ranks are ordered by the join they feed, so one pipeline's parts run before
+        the next one's (declared interleaved: p1, p2, a1, a2, b1, b2, j1, j2)."""
+        tasks = pipelines()
+        rank = upward_ranks(tasks, dict.fromkeys(tasks, 1.0))
+        prio = order_priorities(tasks, rank)
+        order = sorted(tasks, key=lambda tid: -prio[tid])
+        assert order == ["p1", "p2", "a1", "b1", "a2", "b2", "j1", "j2"]
+        assert prio["p1"] == 1000 and prio["j2"] == 125
+
+    def test_rank_beyond_the_tie_factor_wins(self) -> None:
+        """A rank larger by more than the tie factor goes first whatever its join; within
+        the factor the join decides."""
+        tasks = pipelines()
+        rank = upward_ranks(tasks, dict.fromkeys(tasks, 1.0))
+        rank["b2"] = rank["a1"] * TIE_FACTOR * 1.01
+        prio = order_priorities(tasks, rank)
+        assert prio["b2"] > prio["a1"] > prio["b1"] > prio["a2"]
+        rank["b2"] = rank["a1"] * TIE_FACTOR * 0.99
+        prio = order_priorities(tasks, rank)
+        assert prio["a1"] > prio["b1"] > prio["a2"] > prio["b2"]
+
+    def test_explicit_priority_kept(self) -> None:
+        """An explicit priority is the user's word; the others share 0..1000 by their order."""
+        tasks = by_id([t("a"), t("b", "a"), t("x", priority=7)])
+        prio = order_priorities(tasks, {"a": 8.0, "b": 2.0, "x": 4.0})
+        assert prio == {"a": 1000, "b": 500, "x": 7}
 
 
 class TestServerCost:
