@@ -158,7 +158,9 @@ class _Run:
                 self.cost.update(task_costs(waiting, views))
             except Exception:  # priorities are a hint: never the run's failure
                 log.exception("estimating the DAG's task costs failed; using estimates")
-        self.priority = order_priorities(self.by_id, upward_ranks(self.by_id, self.cost))
+        self.priority = order_priorities(
+            self.by_id, upward_ranks(self.by_id, self.cost), list(self.results)
+        )
 
     def look_ahead(self, start_soon: Callable[..., Any]) -> None:
         """Preload the models of the tasks about to be ready (see :mod:`._preload`)."""

@@ -18,12 +18,16 @@ new tasks.
 
 Ranks become priorities through one order (:func:`order_priorities`): longest remaining chain
 first, but near-ties (ranks within :data:`TIE_FACTOR` of each other: the estimates are
-averages) go chain by chain, by the task each one's critical chain ends in (:func:`chain_ends`).
-A pipeline's parallel parts then finish together and the step that joins them starts, instead
-of every pipeline's join waiting for its last part while all pipelines advance in step: on the
+averages) go chain by chain, by the task each one's critical chain ends in (:func:`chain_ends`),
+in the order the chains started to finish (the pipeline that started first, first). A
+pipeline's parallel parts then finish together and the step that joins them starts, instead of
+every pipeline's join waiting for its last part while all pipelines advance in step: on the
 demo's three pipelines (plan, four coding tasks, QA of each, debugging) the QA of one pipeline
 runs before the next one's, so the debugging steps start one after another, each while the
-other pipelines' QA still runs (makespan 85-86 s -> 82-83 s simulated).
+other pipelines' QA still runs (makespan 85-88 s -> 82.8-83.4 s simulated at time scale 0.02).
+The order of the chains is their first finish, not their declaration: it does not change as
+they progress, so a task queued early keeps a priority consistent with those queued later
+(the balancer does not re-prioritize a waiting request).
 
 Nothing here reads a clock or does I/O but :func:`fleet_costs`, which reads the orchestra's
 state.
@@ -193,15 +197,30 @@ def chain_ends(tasks: Mapping[str, Task], rank: Mapping[str, float]) -> Dict[str
 
 
 def order_priorities(
-    tasks: Mapping[str, Task], rank: Mapping[str, float], tie: float = TIE_FACTOR
+    tasks: Mapping[str, Task],
+    rank: Mapping[str, float],
+    done: Sequence[str] = (),
+    tie: float = TIE_FACTOR,
 ) -> Dict[str, int]:
     """Queue priorities from one order of the tasks (see the module): the largest rank first;
     a group of near-ties (ranks within ``tie`` of the group's largest) ordered by the task
-    their critical chain ends in (:func:`chain_ends`, in declaration order), then as declared.
-    The order is spread over ``RANK_SCALE`` (the first) down to ``RANK_SCALE / n``; a task's
+    their critical chain ends in (:func:`chain_ends`): first the chain end a task of which
+    finished first (``done``: the finished tasks, in the order they finished), so pipelines
+    finish in the order they started to (an order that does not change as more finish); then
+    those with nothing done, in declaration order; within a chain end, as declared. The
+    order is spread over ``RANK_SCALE`` (the first) down to ``RANK_SCALE / n``; a task's
     explicit ``priority`` is kept as given (the user's word)."""
     index = {tid: i for i, tid in enumerate(tasks)}
     end = chain_ends(tasks, rank)
+    first: Dict[str, int] = {}
+    for k, tid in enumerate(done):
+        if tid in end:
+            first.setdefault(end[tid], k)
+    late = len(done)
+
+    def group(tid: str) -> Tuple[int, int]:
+        return first.get(end[tid], late), index[end[tid]]
+
     own = sorted(
         (tid for tid, t in tasks.items() if t.priority is None),
         key=lambda tid: (-rank[tid], index[tid]),
@@ -213,7 +232,12 @@ def order_priorities(
         j = i
         while j < len(own) and rank[own[j]] * tie >= top:
             j += 1
-        order.extend(sorted(own[i:j], key=lambda tid: (index[end[tid]], index[tid])))
+        order.extend(
+            sorted(
+                own[i:j],
+                key=lambda tid: (group(tid), index[tid]),
+            )
+        )
         i = j
     n = len(order)
     out = {tid: round(RANK_SCALE * (n - k) / n) for k, tid in enumerate(order)}

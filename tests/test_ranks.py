@@ -94,6 +94,18 @@ class TestOrderPriorities:
         prio = order_priorities(tasks, rank)
         assert prio["a1"] > prio["b1"] > prio["a2"] > prio["b2"]
 
+    def test_pipeline_that_finished_first_goes_first(self) -> None:
+        """Among near-ties, the chain end whose first task finished first goes first (the
+        pipeline that started first), whatever the declaration order; then the others."""
+        tasks = pipelines()
+        rank = upward_ranks(tasks, dict.fromkeys(tasks, 1.0))
+        prio = order_priorities(tasks, rank, done=["p2"])
+        order = sorted(tasks, key=lambda tid: -prio[tid])
+        assert order == ["p2", "p1", "a2", "b2", "a1", "b1", "j2", "j1"]
+        # the order is kept as the other pipeline catches up
+        prio = order_priorities(tasks, rank, done=["p2", "p1", "a1", "b1"])
+        assert prio["a2"] > prio["b2"] > prio["j2"] > prio["j1"]
+
     def test_explicit_priority_kept(self) -> None:
         """An explicit priority is the user's word; the others share 0..1000 by their order."""
         tasks = by_id([t("a"), t("b", "a"), t("x", priority=7)])
@@ -190,3 +202,32 @@ class TestExecutorRanks:
         prio = {r.id: r.priority for r in result.results}
         assert prio["long"] == 1000 and prio["mine"] == 3
         assert 0 < prio["after"] < prio["short"] < prio["long"]
+
+    async def test_pipeline_that_finished_first_goes_first(self) -> None:
+        """On an orchestra, near-tie tasks run pipeline by pipeline, the one whose first step
+        finished first before the other, though declared after it."""
+        async with fleet([two_model_profile("h1", load_s=0.5)]) as sim, Orchestra(
+            config_for(sim)
+        ) as orch:
+            await orch.generate(TINY, "warm", options={"num_predict": 8})
+
+            def task(tid: str, *deps: str, n: int = 8) -> Task:
+                prompt = tid + "".join("{" + d + "}" for d in deps)
+                return Task(
+                    tid, model=TINY, prompt=prompt, depends_on=deps, options={"num_predict": n}
+                )
+
+            tasks = [
+                task("p1"),
+                task("p2", n=64),  # the longer chain: it runs (and finishes) first
+                task("a1", "p1"),
+                task("a2", "p2"),
+                task("b1", "p1"),
+                task("b2", "p2"),
+                task("j1", "a1", "b1"),
+                task("j2", "a2", "b2"),
+            ]
+            result = await orch.run(tasks, schedule="sequential")
+        assert result.ok
+        started = [r.id for r in sorted(result.results, key=lambda r: r.started_at or 0.0)]
+        assert started[:6] == ["p2", "p1", "a2", "b2", "a1", "b1"]
