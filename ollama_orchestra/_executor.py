@@ -44,7 +44,7 @@ from ._dagfile import DagSpec, load_dag
 from ._dagresult import DagResult, EventKind, Skipped, TaskEvent, TaskResult
 from ._errors import DagValidationError, NoCapableServer
 from ._preload import COLD_LOAD_NS, ColdLoads, Preloader, critical_chain
-from ._ranks import fleet_costs, rank_priorities, task_costs, upward_ranks
+from ._ranks import fleet_costs, order_priorities, task_costs, upward_ranks
 from ._tasks import SCHEDULES, Task, validate_graph
 from ._types import ChatResponse, GenerateResponse
 
@@ -158,7 +158,9 @@ class _Run:
                 self.cost.update(task_costs(waiting, views))
             except Exception:  # priorities are a hint: never the run's failure
                 log.exception("estimating the DAG's task costs failed; using estimates")
-        self.priority = rank_priorities(self.by_id, upward_ranks(self.by_id, self.cost))
+        self.priority = order_priorities(
+            self.by_id, upward_ranks(self.by_id, self.cost), list(self.results)
+        )
 
     def look_ahead(self, start_soon: Callable[..., Any]) -> None:
         """Preload the models of the tasks about to be ready (see :mod:`._preload`)."""

@@ -306,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     dm = sub.add_parser("demo", help="the pipeline on ollama02 alone, then on the simulated fleet")
     dm.add_argument(
-        "--time-scale", type=float, default=0.02, help="real seconds per simulated second"
+        "--time-scale", type=float, default=0.05, help="real seconds per simulated second"
     )
     dm.add_argument("--strategy", default="hybrid")
     return p

@@ -342,6 +342,23 @@ class TestScheduling:
         # sequential runs the highest-priority ready task first
         assert runner.started[:2] == ["a", "x"]
 
+    async def test_parts_of_one_join_run_together(self) -> None:
+        """Equal chains run join by join: one join's parts, then the next one's, though they
+        were declared interleaved (so the first join can start while the second one's parts
+        still run)."""
+        runner = FakeRunner()
+        tasks = [
+            t("p"),
+            t("a1", "p"),
+            t("a2", "p"),
+            t("b1", "p"),
+            t("b2", "p"),
+            t("j1", "a1", "b1"),
+            t("j2", "a2", "b2"),
+        ]
+        await run_dag(runner, tasks, schedule="sequential")
+        assert runner.started == ["p", "a1", "b1", "a2", "b2", "j1", "j2"]
+
 
 class TestEvents:
     async def test_event_order(self) -> None:

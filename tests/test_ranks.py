@@ -9,8 +9,11 @@ import pytest
 from ollama_orchestra import Orchestra, Task
 from ollama_orchestra._ranks import (
     PRIOR_TOKENS_PER_S,
+    TIE_FACTOR,
     ServerCosts,
+    chain_ends,
     fleet_costs,
+    order_priorities,
     rank_priorities,
     server_cost,
     task_costs,
@@ -40,6 +43,74 @@ class TestUpwardRanks:
         tasks = by_id([t("a"), t("b", "a"), t("x", priority=7)])
         rank = {"a": 8.0, "b": 2.0, "x": 4.0}
         assert rank_priorities(tasks, rank) == {"a": 1000, "b": 250, "x": 7}
+
+
+def pipelines() -> Dict[str, Task]:
+    """Two pipelines declared stage by stage, their parts interleaved: plan, two parts, a
+    join (``p1, p2, a1, a2, b1, b2, j1, j2``; ``a1, b1`` feed ``j1``)."""
+    return by_id(
+        [
+            t("p1"),
+            t("p2"),
+            t("a1", "p1"),
+            t("a2", "p2"),
+            t("b1", "p1"),
+            t("b2", "p2"),
+            t("j1", "a1", "b1"),
+            t("j2", "a2", "b2"),
+        ]
+    )
+
+
+class TestOrderPriorities:
+    def test_chain_ends(self) -> None:
+        """A task's critical chain ends where its highest-ranked dependents lead (the first
+        declared among equal ones); a sink ends its own."""
+        tasks = by_id([t("a"), t("b", "a"), t("c", "a"), t("d", "b"), t("e", "c")])
+        rank = {"a": 9.0, "b": 5.0, "c": 7.0, "d": 1.0, "e": 2.0}
+        assert chain_ends(tasks, rank) == {"a": "e", "b": "d", "c": "e", "d": "d", "e": "e"}
+        rank["b"] = 7.0
+        assert chain_ends(tasks, rank)["a"] == "d"
+
+    def test_near_ties_go_join_by_join(self) -> None:
+        """Equal ranks are ordered by the join they feed, so one pipeline's parts run before
+        the next one's (declared interleaved: p1, p2, a1, a2, b1, b2, j1, j2)."""
+        tasks = pipelines()
+        rank = upward_ranks(tasks, dict.fromkeys(tasks, 1.0))
+        prio = order_priorities(tasks, rank)
+        order = sorted(tasks, key=lambda tid: -prio[tid])
+        assert order == ["p1", "p2", "a1", "b1", "a2", "b2", "j1", "j2"]
+        assert prio["p1"] == 1000 and prio["j2"] == 125
+
+    def test_rank_beyond_the_tie_factor_wins(self) -> None:
+        """A rank larger by more than the tie factor goes first whatever its join; within
+        the factor the join decides."""
+        tasks = pipelines()
+        rank = upward_ranks(tasks, dict.fromkeys(tasks, 1.0))
+        rank["b2"] = rank["a1"] * TIE_FACTOR * 1.01
+        prio = order_priorities(tasks, rank)
+        assert prio["b2"] > prio["a1"] > prio["b1"] > prio["a2"]
+        rank["b2"] = rank["a1"] * TIE_FACTOR * 0.99
+        prio = order_priorities(tasks, rank)
+        assert prio["a1"] > prio["b1"] > prio["a2"] > prio["b2"]
+
+    def test_pipeline_that_finished_first_goes_first(self) -> None:
+        """Among near-ties, the chain end whose first task finished first goes first (the
+        pipeline that started first), whatever the declaration order; then the others."""
+        tasks = pipelines()
+        rank = upward_ranks(tasks, dict.fromkeys(tasks, 1.0))
+        prio = order_priorities(tasks, rank, done=["p2"])
+        order = sorted(tasks, key=lambda tid: -prio[tid])
+        assert order == ["p2", "p1", "a2", "b2", "a1", "b1", "j2", "j1"]
+        # the order is kept as the other pipeline catches up
+        prio = order_priorities(tasks, rank, done=["p2", "p1", "a1", "b1"])
+        assert prio["a2"] > prio["b2"] > prio["j2"] > prio["j1"]
+
+    def test_explicit_priority_kept(self) -> None:
+        """An explicit priority is the user's word; the others share 0..1000 by their order."""
+        tasks = by_id([t("a"), t("b", "a"), t("x", priority=7)])
+        prio = order_priorities(tasks, {"a": 8.0, "b": 2.0, "x": 4.0})
+        assert prio == {"a": 1000, "b": 500, "x": 7}
 
 
 class TestServerCost:
@@ -131,3 +202,32 @@ class TestExecutorRanks:
         prio = {r.id: r.priority for r in result.results}
         assert prio["long"] == 1000 and prio["mine"] == 3
         assert 0 < prio["after"] < prio["short"] < prio["long"]
+
+    async def test_pipeline_that_finished_first_goes_first(self) -> None:
+        """On an orchestra, near-tie tasks run pipeline by pipeline, the one whose first step
+        finished first before the other, though declared after it."""
+        async with fleet([two_model_profile("h1", load_s=0.5)]) as sim, Orchestra(
+            config_for(sim)
+        ) as orch:
+            await orch.generate(TINY, "warm", options={"num_predict": 8})
+
+            def task(tid: str, *deps: str, n: int = 8) -> Task:
+                prompt = tid + "".join("{" + d + "}" for d in deps)
+                return Task(
+                    tid, model=TINY, prompt=prompt, depends_on=deps, options={"num_predict": n}
+                )
+
+            tasks = [
+                task("p1"),
+                task("p2", n=64),  # the longer chain: it runs (and finishes) first
+                task("a1", "p1"),
+                task("a2", "p2"),
+                task("b1", "p1"),
+                task("b2", "p2"),
+                task("j1", "a1", "b1"),
+                task("j2", "a2", "b2"),
+            ]
+            result = await orch.run(tasks, schedule="sequential")
+        assert result.ok
+        started = [r.id for r in sorted(result.results, key=lambda r: r.started_at or 0.0)]
+        assert started[:6] == ["p2", "p1", "a2", "b2", "a1", "b1"]
