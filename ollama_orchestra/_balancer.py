@@ -671,8 +671,11 @@ class LoadBalancer:
             del self._wanted[model]
 
     def _free_anywhere(self) -> bool:
+        """A free slot on a healthy server. (A server that is down has its slots free and
+        takes nothing: counting them would walk every waiter on every release until it is
+        back, its health change dispatches again.)"""
         return any(
-            len(self._slots.held(st.server.name)) < st.server.max_concurrency
+            st.healthy and len(self._slots.held(st.server.name)) < st.server.max_concurrency
             for st in self._state.servers()
         )
 

@@ -216,7 +216,7 @@ class Lookahead:
     def _room_for(self, rank: Tuple[int, bool]) -> bool:
         """Whether a waiting request of ``rank`` may still be sent ahead somewhere, or make
         one of lower rank sent ahead give way."""
-        for name, limit in self.limits.items():
+        for name, limit in self._open_limits():
             queue = self.pending[name]
             if len(queue) < limit or any(_rank(le) < rank for le in queue):
                 return True
@@ -227,13 +227,19 @@ class Lookahead:
         sent ahead (its queue is full, or a waiter ahead in this walk claimed its next
         slot), and nothing sent ahead ranks below it (so it and the waiters after it, of
         its rank or lower, can make nothing give way)."""
-        for name, limit in self.limits.items():
+        for name, limit in self._open_limits():
             queue = self.pending[name]
             if len(queue) < limit and not claims.get(name):
                 return False
             if any(_rank(le) < rank for le in queue):
                 return False
         return True
+
+    def _open_limits(self) -> List[Tuple[str, int]]:
+        """The hosts that may take a request sent ahead (healthy ones: a host that is down
+        has room in its queue, and takes nothing), with their limits."""
+        state = self._lb._state
+        return [(name, limit) for name, limit in self.limits.items() if state[name].healthy]
 
     def _give_way(self, waiter: Any, rank: Tuple[int, bool]) -> None:
         """Take back every request of lower rank than ``waiter`` (a lower priority; or the

@@ -215,6 +215,50 @@ class TestWalkStopsEarly:
             lb.release(le)
 
 
+class TestADownHostIsNotFree:
+    """A host that is down has its slots free and takes nothing: after a host dies, each
+    release on the survivors evaluates a few waiters, not every one (with or without the
+    lookahead; the reroute time after a kill was the time these walks took)."""
+
+    @pytest.mark.parametrize("lookahead", [0, 1])
+    async def test_releases_stay_cheap_after_a_host_dies(
+        self, lookahead: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Two one-slot hosts, ``n`` requests waiting; one host dies: ``k`` releases on the
+        other evaluate about ``k`` waiters, not ``k * n``."""
+        lb, _ = balancer((1, 1), lookahead=lookahead)
+        running = [await lb.acquire(M), await lb.acquire(M)]
+        assert {le.server.name for le in running} == {"s0", "s1"}
+        n, k = 40, 10
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                await acquire_in(tg, lb, got)
+            lb.fleet.mark_down("s0", "connection refused")  # its requests fail
+            for le in running + got:
+                if le.server.name == "s0":
+                    lb.release(le)
+            await wait_all_tasks_blocked()
+            calls = 0
+            candidates = lb._candidates
+
+            def counting(*args: Any, **kw: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                return candidates(*args, **kw)
+
+            monkeypatch.setattr(lb, "_candidates", counting)
+            for _ in range(k):
+                on_s1 = [le for le in running + got if le.server.name == "s1" and not le._released]
+                lb.release(min(on_s1, key=lambda le: le.acquired_at))
+                await wait_all_tasks_blocked()
+            assert sum(le.server.name == "s1" for le in got) >= k
+            assert calls <= 4 * k
+            tg.cancel_scope.cancel()
+        for le in running + got:
+            lb.release(le)
+
+
 # -- on the simulated fleet ---------------------------------------------------------------
 
 
