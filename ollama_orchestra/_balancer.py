@@ -442,6 +442,11 @@ class LoadBalancer:
             else None
         )
         failure = outcome if outcome is not None and not isinstance(outcome, bool) else None
+        if self._lookahead is not None:
+            if failure is not None:
+                self._lookahead.failed(name, self._clock())
+            elif outcome is True:
+                self._lookahead.succeeded(name)
         for br, p, failed in (
             (host, permit, failure is not None and failure.breaker_failure),
             (model, mpermit, failure is not None and failure.model_failure),

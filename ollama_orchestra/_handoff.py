@@ -18,7 +18,14 @@ HTTP request cancelled: Ollama drops a queued request whose client went away) wh
   host: it gets the place in the host's queue instead (a lower-priority request never sits
   in a host's queue ahead of a waiting higher-priority one, nor newer work ahead of a
   failover). A request taken back waits at the front of its priority's queue, behind the
-  retries.
+  retries; or
+- a request failed on any host: the others running there may fail too (a host that died
+  fails them one by one, as their connections break), and their retries go first. Every
+  request sent ahead that is not a retry is taken back at once (a take-back frees a place
+  in a host's queue only when its cancellation reaches the host: the earlier, the sooner
+  the retries start; on the failing host itself it would likely fail too), and until that
+  host no longer runs a request it had at the failure (or one succeeds there), only
+  retries are sent ahead.
 
 A lookahead request counts as started when a slot frees on its host (a release there with
 fewer requests running than slots: Ollama's queue is first in, first out) or when its first
@@ -103,12 +110,14 @@ class Handoff:
 class Lookahead:
     """The leases sent ahead and not started yet, per host, oldest first; the decisions."""
 
-    __slots__ = ("_lb", "limits", "pending")
+    __slots__ = ("_lb", "failing", "limits", "pending")
 
     def __init__(self, lb: LoadBalancer, servers: Iterable[Server]) -> None:
         self._lb = lb
         self.limits: Dict[str, int] = {s.name: s.lookahead for s in servers}
         self.pending: Dict[str, List[Lease]] = {name: [] for name in self.limits}
+        #: Hosts where a request failed, and when (the latest), until one succeeds there.
+        self.failing: Dict[str, float] = {}
 
     @classmethod
     def for_servers(cls, lb: LoadBalancer, servers: Iterable[Server]) -> Optional[Lookahead]:
@@ -167,6 +176,35 @@ class Lookahead:
         self._lb._retake(lease)
         self.start(lease, self._lb._clock())
 
+    def failed(self, name: str, now: float) -> None:
+        """A request failed on ``name``. The others running there may fail too (a host that
+        died fails them one by one, as their connections break): until they are done, their
+        retries are on the way, and go first. So what was sent ahead and has not started is
+        taken back now (the retries get its place sooner: a request taken back leaves a
+        host's queue only when its cancellation reaches it; and on ``name`` itself it would
+        likely fail too), and newer work is not sent ahead meanwhile (:meth:`walk`)."""
+        self.failing[name] = now
+        for queue in list(self.pending.values()):
+            for lease in list(queue):
+                if _rank(lease)[1] is False:
+                    self._lb._take_back(lease)
+
+    def succeeded(self, name: str) -> None:
+        """A request succeeded on ``name``: it serves again."""
+        self.failing.pop(name, None)
+
+    def _retries_coming(self) -> bool:
+        """Whether a host where a request failed still runs requests it had then (their
+        retries may come); hosts without any are forgotten."""
+        if not self.failing:
+            return False
+        held = self._lb._slots.held
+        for name, at in list(self.failing.items()):
+            if any(le.acquired_at < at for le in held(name)):
+                return True
+            del self.failing[name]
+        return False
+
     def walk(self, now: float) -> None:
         """After the balancer's queue walk: take back what another host would start sooner,
         then send the first waiting requests ahead (a lower-priority one sent ahead gives
@@ -179,6 +217,7 @@ class Lookahead:
                         lb._take_back(lease)
         if not lb._waiting:
             return
+        hold = self._retries_coming()
         claims: Dict[str, int] = {}
         for prio in sorted(lb._queues, reverse=True):
             waiters = lb._queues[prio]
@@ -190,6 +229,8 @@ class Lookahead:
                     continue
                 rank = (prio, bool(waiter.exclude))
                 self._give_way(waiter, rank)
+                if hold and not waiter.exclude:
+                    break  # newer work waits while retries may come (:meth:`failed`)
                 if self._done(rank, claims):
                     # Nothing left for this waiter nor those behind it (of this rank or
                     # lower): stop, rather than estimate every waiting request on each walk.

@@ -23,6 +23,7 @@ from ollama_orchestra import (
 from ollama_orchestra._balancer import Lease, LoadBalancer
 from ollama_orchestra._clock import now as clock_now
 from ollama_orchestra._coordination import make_balancer
+from ollama_orchestra._failover import AttemptError
 from ollama_orchestra._state import FleetState
 from ollama_orchestra.sim import SimFleet
 
@@ -170,6 +171,69 @@ class TestPriorityKeepsItsOrder:
             low.release()
             got[0].release()
         assert lb.in_use("s0") == 0
+
+
+class TestAHostFails:
+    """A request failing on a host: what was sent ahead and has not started is taken back at
+    once, and newer work is not sent ahead while that host still runs requests it had then
+    (their retries may come, and go first); retries still are."""
+
+    async def test_retries_come_first(self) -> None:
+        """Host s0 (two slots) fails one request while running another: the requests sent
+        ahead to s0 and s1 are taken back; a retry is sent ahead, newer work waits until
+        the request s0 had then is done."""
+        lb, clock = balancer((2, 1))
+        running = [await lb.acquire(M)]
+        clock.now += 0.3  # the first one frees first: the two sent ahead go to both hosts
+        running += [await lb.acquire(M) for _ in range(2)]
+        running.sort(key=lambda le: le.server.name)
+        assert [le.server.name for le in running] == ["s0", "s0", "s1"]
+        ahead: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, ahead)
+            await acquire_in(tg, lb, ahead)
+            assert sorted(le.server.name for le in ahead) == ["s0", "s1"]
+            failed, other = running[0], running[1]
+            clock.now += 0.1
+            lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
+            assert all(le.handoff is not None and le.handoff.taken_back for le in ahead)
+            lb.release(failed)  # its slot goes to nothing sent ahead: none is left
+            for le in ahead:
+                assert le.handoff is not None and not le.handoff.started
+            got: List[Lease] = []
+            await acquire_in(tg, lb, got, exclude=frozenset({"s0"}))
+            assert len(got) == 1 and got[0].handoff is not None  # the retry, sent ahead
+            assert got[0].server.name == "s1"
+            newer: List[Lease] = []
+            await acquire_in(tg, lb, newer)  # s0's free slot: granted, not sent ahead
+            await acquire_in(tg, lb, newer)
+            assert len(newer) == 1 and newer[0].handoff is None and lb.waiting == 1
+            lb.release(other)  # s0 no longer runs what it had (its slot: the newer one)
+            await wait_all_tasks_blocked()
+            assert len(newer) == 2 and newer[1].handoff is None
+            await acquire_in(tg, lb, newer)  # sent ahead again
+            assert len(newer) == 3 and newer[2].handoff is not None
+            for le in running + got + newer:
+                lb.release(le)
+        assert lb.waiting == 0
+
+    async def test_a_success_ends_it(self) -> None:
+        """A request succeeding on the host that failed: newer work is sent ahead again."""
+        lb, clock = balancer((2,))
+        failed, other = [await lb.acquire(M) for _ in range(2)]
+        clock.now += 0.1
+        lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
+        newer: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, newer)
+            assert newer == [] and lb.waiting == 1
+            lb.settle(other, True)
+            lb.release(failed)  # a dispatch: the waiter gets the free slot
+            await wait_all_tasks_blocked()
+            await acquire_in(tg, lb, newer)
+            assert len(newer) == 2 and newer[1].handoff is not None
+            for le in [other, *newer]:
+                lb.release(le)
 
 
 class TestWalkStopsEarly:
