@@ -652,9 +652,10 @@ class LoadBalancer:
         queue = self._queues.get(prio)
         if queue is None:
             queue = self._queues[prio] = deque()
-        if waiter.exclude:
-            queue.appendleft(waiter)  # a retry: older than everything waiting
-        elif waiter.front:  # taken back from a host's queue: first after the retries
+        if waiter.exclude or waiter.front:
+            # A retry: older than everything waiting, first after the retries before it (in
+            # the order they failed: the last to fail last). Taken back from a host's queue
+            # (``front``): first after the retries.
             i = 0
             while i < len(queue) and queue[i].exclude:
                 i += 1
