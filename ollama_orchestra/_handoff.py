@@ -8,9 +8,10 @@ saturation (and loses rerouting, head-of-line order and priorities).
 So while every slot of a host is busy and the balancer predicts one frees soon (within about
 one service time, from the learned estimates of the requests running there), the first
 waiting request that would finish soonest there is sent *ahead*, into the host's own queue
-(at most ``Server.lookahead`` of them per host; off by default). The host starts it the
-moment a slot frees. Until it starts, it is only a reservation and is **taken back** (its
-HTTP request cancelled: Ollama drops a queued request whose client went away) when
+(at most ``Server.lookahead`` of them per host: 1 by default, 0 turns it off). The host
+starts it the moment a slot frees. Until it starts, it is only a reservation and is **taken
+back** (its HTTP request cancelled: Ollama drops a queued request whose client went away)
+when
 
 - a slot frees on another host that would finish it sooner, and no waiting request takes
   that slot (near the end of a batch: the rerouting the balancer exists for), or
@@ -46,6 +47,10 @@ which leaves the runner's slot queue (``sim/_asgi.stream_ndjson``,
 
 Off under shared slots (``coordination``): there every request sent counts against the
 host's slots in every process.
+
+A host that is down takes nothing, though its slots are free: the balancer's walk and this
+one skip it (counting its empty queue as room made every release walk every waiter until
+the host was back: that walk, not the lookahead, was most of the reroute time after a kill).
 """
 
 from __future__ import annotations

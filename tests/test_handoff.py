@@ -536,13 +536,14 @@ class TestOption:
         assert info.value.value == bad
 
     def test_toml_shape(self) -> None:
-        """``lookahead = 1`` in a ``[[servers]]`` table turns it on for that server; it is
-        off by default."""
+        """``lookahead = 0`` in a ``[[servers]]`` table turns it off for that server; it is
+        on (1) by default."""
         cfg = OrchestraConfig.from_mapping(
-            {"servers": [{"name": "a", "url": "http://127.0.0.1:1", "lookahead": 1}]}
+            {"servers": [{"name": "a", "url": "http://127.0.0.1:1", "lookahead": 0}]}
         )
-        assert cfg.servers[0].lookahead == 1
-        assert "lookahead=1" in repr(cfg.servers[0])
-        off = Server("b", "http://127.0.0.1:1")
-        assert off.lookahead == 0 and "lookahead" not in repr(off)
+        off = cfg.servers[0]
+        assert off.lookahead == 0 and "lookahead=0" in repr(off)
         assert LoadBalancer(OrchestraConfig(servers=(off,)), FleetState((off,)))._lookahead is None
+        on = Server("b", "http://127.0.0.1:1")
+        assert on.lookahead == 1 and "lookahead" not in repr(on)
+        assert LoadBalancer(OrchestraConfig(servers=(on,)), FleetState((on,)))._lookahead
