@@ -54,6 +54,7 @@ from typing import (
 import anyio
 
 from ._breaker import CircuitBreaker, ModelBreakers, Permit
+from ._broken import BrokenHosts
 from ._clock import now as clock_now
 from ._config import OrchestraConfig, Server
 from ._errors import NoCapableServer, NoHealthyServer, RequestError
@@ -259,6 +260,8 @@ class LoadBalancer:
             slots if slots is not None else LocalSlots(s.name for s in config.servers)
         )
         state.attach_in_flight(self.in_use)
+        # Hosts whose connection broke under a request: left alone for a moment (``_broken``).
+        self._broken = BrokenHosts(self._slots.held)
         # Requests sent ahead into a host's own queue: only with slots kept in this process
         # (shared slots count every request sent, in every process).
         self._lookahead = Lookahead.for_servers(self, config.servers) if slots is None else None
@@ -442,11 +445,13 @@ class LoadBalancer:
             else None
         )
         failure = outcome if outcome is not None and not isinstance(outcome, bool) else None
-        if self._lookahead is not None:
-            if failure is not None:
-                self._lookahead.failed(name, self._clock())
-            elif outcome is True:
-                self._lookahead.succeeded(name)
+        # (``connection_lost``: ``_failover.AttemptError``'s; a failure without it is not one.)
+        if failure is not None and getattr(failure, "connection_lost", False):
+            self._broken.broke(name, self._clock())
+            if self._lookahead is not None:
+                self._lookahead.broke()
+        elif outcome is True:
+            self._broken.served(name)
         for br, p, failed in (
             (host, permit, failure is not None and failure.breaker_failure),
             (model, mpermit, failure is not None and failure.model_failure),
@@ -537,8 +542,11 @@ class LoadBalancer:
         states = self._eligible_states(waiter)
         out = []
         fleet = [st.server.name for st in self._state.servers()]
+        broken = self._broken
         for st in states:
             name = st.server.name
+            if broken.holds(name, now):
+                continue  # a connection broke there: left alone for a moment
             in_use = len(self._slots.held(name))
             slots = st.server.max_concurrency
             # Loaded, or being loaded by a request in flight there.
@@ -677,11 +685,15 @@ class LoadBalancer:
             del self._wanted[model]
 
     def _free_anywhere(self) -> bool:
-        """A free slot on a healthy server. (A server that is down has its slots free and
-        takes nothing: counting them would walk every waiter on every release until it is
-        back, its health change dispatches again.)"""
+        """A free slot on a healthy server. (A server that is down, or left alone after a
+        broken connection, has its slots free and takes nothing: counting them would walk
+        every waiter on every release until it is back; its health change, or the release
+        or success that ends its pause, dispatches again.)"""
+        now = self._clock()
         return any(
-            st.healthy and len(self._slots.held(st.server.name)) < st.server.max_concurrency
+            st.healthy
+            and len(self._slots.held(st.server.name)) < st.server.max_concurrency
+            and not self._broken.holds(st.server.name, now)
             for st in self._state.servers()
         )
 
@@ -814,6 +826,7 @@ class LoadBalancer:
             limits.append(waiter.wake_at - now)
         if waiter.no_eligible_since is not None:
             limits.append(waiter.no_eligible_since + self._config.wait_for_healthy_s - now)
+            limits.append(self._broken.ends_in(now))  # a host left alone may take it then
             model = waiter.request.model
             for name, br in self._breakers.items():
                 if model not in self._state[name].models:

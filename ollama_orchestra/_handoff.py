@@ -20,13 +20,14 @@ when
   in a host's queue ahead of a waiting higher-priority one, nor newer work ahead of a
   failover). A request taken back waits at the front of its priority's queue, behind the
   retries; or
-- a request failed on any host: the others running there may fail too (a host that died
-  fails them one by one, as their connections break), and their retries go first. Every
-  request sent ahead that is not a retry is taken back at once (a take-back frees a place
-  in a host's queue only when its cancellation reaches the host: the earlier, the sooner
-  the retries start; on the failing host itself it would likely fail too), and until that
-  host no longer runs a request it had at the failure (or one succeeds there), only
-  retries are sent ahead.
+- a request's connection broke on any host (``AttemptError.connection_lost``): the others
+  running there may break too (a host that died fails them one by one), and their retries
+  go first. Every request sent ahead that is not a retry is taken back at once (a
+  take-back frees a place in a host's queue only when its cancellation reaches the host:
+  the earlier, the sooner the retries start; on that host itself it would likely fail
+  too), and while that host is left alone (``_broken``: it takes no new request while it
+  runs one it had then, for at most a second, or until one succeeds there), only retries
+  are sent ahead.
 
 A lookahead request counts as started when a slot frees on its host (a release there with
 fewer requests running than slots: Ollama's queue is first in, first out) or when its first
@@ -115,14 +116,12 @@ class Handoff:
 class Lookahead:
     """The leases sent ahead and not started yet, per host, oldest first; the decisions."""
 
-    __slots__ = ("_lb", "failing", "limits", "pending")
+    __slots__ = ("_lb", "limits", "pending")
 
     def __init__(self, lb: LoadBalancer, servers: Iterable[Server]) -> None:
         self._lb = lb
         self.limits: Dict[str, int] = {s.name: s.lookahead for s in servers}
         self.pending: Dict[str, List[Lease]] = {name: [] for name in self.limits}
-        #: Hosts where a request failed, and when (the latest), until one succeeds there.
-        self.failing: Dict[str, float] = {}
 
     @classmethod
     def for_servers(cls, lb: LoadBalancer, servers: Iterable[Server]) -> Optional[Lookahead]:
@@ -181,34 +180,17 @@ class Lookahead:
         self._lb._retake(lease)
         self.start(lease, self._lb._clock())
 
-    def failed(self, name: str, now: float) -> None:
-        """A request failed on ``name``. The others running there may fail too (a host that
-        died fails them one by one, as their connections break): until they are done, their
-        retries are on the way, and go first. So what was sent ahead and has not started is
-        taken back now (the retries get its place sooner: a request taken back leaves a
-        host's queue only when its cancellation reaches it; and on ``name`` itself it would
-        likely fail too), and newer work is not sent ahead meanwhile (:meth:`walk`)."""
-        self.failing[name] = now
+    def broke(self) -> None:
+        """A request's connection broke on a host. The others running there may break too (a
+        host that died fails them one by one), and their retries go first: what was sent
+        ahead and has not started, and is not a retry, is taken back now (the retries get
+        its place sooner: a request taken back leaves a host's queue only when its
+        cancellation reaches it; on that host itself it would likely fail too). Newer work
+        is not sent ahead while that host is left alone (``_broken``; :meth:`walk`)."""
         for queue in list(self.pending.values()):
             for lease in list(queue):
                 if _rank(lease)[1] is False:
                     self._lb._take_back(lease)
-
-    def succeeded(self, name: str) -> None:
-        """A request succeeded on ``name``: it serves again."""
-        self.failing.pop(name, None)
-
-    def _retries_coming(self) -> bool:
-        """Whether a host where a request failed still runs requests it had then (their
-        retries may come); hosts without any are forgotten."""
-        if not self.failing:
-            return False
-        held = self._lb._slots.held
-        for name, at in list(self.failing.items()):
-            if any(le.acquired_at < at for le in held(name)):
-                return True
-            del self.failing[name]
-        return False
 
     def walk(self, now: float) -> None:
         """After the balancer's queue walk: take back what another host would start sooner,
@@ -222,7 +204,7 @@ class Lookahead:
                         lb._take_back(lease)
         if not lb._waiting:
             return
-        hold = self._retries_coming()
+        hold = lb._broken.any(now)
         claims: Dict[str, int] = {}
         for prio in sorted(lb._queues, reverse=True):
             waiters = lb._queues[prio]
@@ -235,7 +217,7 @@ class Lookahead:
                 rank = (prio, bool(waiter.exclude))
                 self._give_way(waiter, rank)
                 if hold and not waiter.exclude:
-                    break  # newer work waits while retries may come (:meth:`failed`)
+                    break  # newer work waits while retries may come (:meth:`broke`)
                 if self._done(rank, claims):
                     # Nothing left for this waiter nor those behind it (of this rank or
                     # lower): stop, rather than estimate every waiting request on each walk.
@@ -282,10 +264,16 @@ class Lookahead:
         return True
 
     def _open_limits(self) -> List[Tuple[str, int]]:
-        """The hosts that may take a request sent ahead (healthy ones: a host that is down
-        has room in its queue, and takes nothing), with their limits."""
-        state = self._lb._state
-        return [(name, limit) for name, limit in self.limits.items() if state[name].healthy]
+        """The hosts that may take a request sent ahead (healthy ones, not left alone after
+        a broken connection: such a host has room in its queue, and takes nothing), with
+        their limits."""
+        lb = self._lb
+        state, broken, now = lb._state, lb._broken, lb._clock()
+        return [
+            (name, limit)
+            for name, limit in self.limits.items()
+            if state[name].healthy and not broken.holds(name, now)
+        ]
 
     def _give_way(self, waiter: Any, rank: Tuple[int, bool]) -> None:
         """Take back every request of lower rank than ``waiter`` (a lower priority; or the

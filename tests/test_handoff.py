@@ -21,6 +21,7 @@ from ollama_orchestra import (
     Server,
 )
 from ollama_orchestra._balancer import Lease, LoadBalancer
+from ollama_orchestra._broken import WINDOW_S
 from ollama_orchestra._clock import now as clock_now
 from ollama_orchestra._coordination import make_balancer
 from ollama_orchestra._failover import AttemptError
@@ -174,14 +175,15 @@ class TestPriorityKeepsItsOrder:
 
 
 class TestAHostFails:
-    """A request failing on a host: what was sent ahead and has not started is taken back at
-    once, and newer work is not sent ahead while that host still runs requests it had then
-    (their retries may come, and go first); retries still are."""
+    """A request's connection breaking on a host: what was sent ahead and has not started is
+    taken back at once, and that host takes no new request while it still runs requests it
+    had then (their retries may come, and go first); newer work is not sent ahead meanwhile,
+    retries still are."""
 
     async def test_retries_come_first(self) -> None:
-        """Host s0 (two slots) fails one request while running another: the requests sent
-        ahead to s0 and s1 are taken back; a retry is sent ahead, newer work waits until
-        the request s0 had then is done."""
+        """Host s0 (two slots) loses one request's connection while running another: the
+        requests sent ahead to s0 and s1 are taken back; a retry is sent ahead, newer work
+        waits (s0's free slot included) until the request s0 had then is done."""
         lb, clock = balancer((2, 1))
         running = [await lb.acquire(M)]
         clock.now += 0.3  # the first one frees first: the two sent ahead go to both hosts
@@ -197,7 +199,7 @@ class TestAHostFails:
             clock.now += 0.1
             lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
             assert all(le.handoff is not None and le.handoff.taken_back for le in ahead)
-            lb.release(failed)  # its slot goes to nothing sent ahead: none is left
+            lb.release(failed)
             for le in ahead:
                 assert le.handoff is not None and not le.handoff.started
             got: List[Lease] = []
@@ -205,35 +207,82 @@ class TestAHostFails:
             assert len(got) == 1 and got[0].handoff is not None  # the retry, sent ahead
             assert got[0].server.name == "s1"
             newer: List[Lease] = []
-            await acquire_in(tg, lb, newer)  # s0's free slot: granted, not sent ahead
             await acquire_in(tg, lb, newer)
-            assert len(newer) == 1 and newer[0].handoff is None and lb.waiting == 1
-            lb.release(other)  # s0 no longer runs what it had (its slot: the newer one)
+            await acquire_in(tg, lb, newer)
+            assert newer == [] and lb.waiting == 2  # not on s0's free slot, not sent ahead
+            lb.release(other)  # s0 no longer runs what it had: its two slots are taken
             await wait_all_tasks_blocked()
-            assert len(newer) == 2 and newer[1].handoff is None
-            await acquire_in(tg, lb, newer)  # sent ahead again
+            assert [le.server.name for le in newer] == ["s0", "s0"]
+            assert all(le.handoff is None for le in newer)
+            await acquire_in(tg, lb, newer)  # and newer work is sent ahead again
             assert len(newer) == 3 and newer[2].handoff is not None
             for le in running + got + newer:
                 lb.release(le)
         assert lb.waiting == 0
 
-    async def test_a_success_ends_it(self) -> None:
-        """A request succeeding on the host that failed: newer work is sent ahead again."""
-        lb, clock = balancer((2,))
+    @pytest.mark.parametrize("lookahead", [0, 1])
+    async def test_a_success_ends_it(self, lookahead: int) -> None:
+        """A request succeeding on the host where a connection broke: it takes requests
+        again (with or without the lookahead)."""
+        lb, clock = balancer((2,), lookahead=lookahead)
         failed, other = [await lb.acquire(M) for _ in range(2)]
         clock.now += 0.1
         lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
+        lb.release(failed)
         newer: List[Lease] = []
         async with anyio.create_task_group() as tg:
             await acquire_in(tg, lb, newer)
             assert newer == [] and lb.waiting == 1
             lb.settle(other, True)
-            lb.release(failed)  # a dispatch: the waiter gets the free slot
+            lb.release(other)  # a dispatch: the waiter gets a slot
             await wait_all_tasks_blocked()
-            await acquire_in(tg, lb, newer)
-            assert len(newer) == 2 and newer[1].handoff is not None
-            for le in [other, *newer]:
+            assert len(newer) == 1
+            for le in newer:
                 lb.release(le)
+
+    async def test_a_window_ends_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A host left alone for ``WINDOW_S`` (a live host whose other requests run long)
+        takes requests again without a release: a waiter's timer is set to look again
+        then, and after it the first waiter gets the free slot."""
+        lb, clock = balancer((2,))
+        failed, other = [await lb.acquire(M) for _ in range(2)]
+        clock.now += 0.1
+        lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
+        lb.release(failed)
+        timeouts: List[float] = []
+        timeout = lb._timeout
+
+        def recorded(waiter: Any) -> float:
+            timeouts.append(timeout(waiter))
+            return timeouts[-1]
+
+        monkeypatch.setattr(lb, "_timeout", recorded)
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, got)
+            assert got == [] and timeouts == [pytest.approx(WINDOW_S)]
+            clock.now += WINDOW_S
+            later: List[Lease] = []
+            await acquire_in(tg, lb, later)  # a dispatch
+            assert [le.server.name for le in got] == ["s0"]
+            tg.cancel_scope.cancel()
+        for le in [other, *got, *later]:
+            lb.release(le)
+
+    async def test_other_failures_change_nothing(self) -> None:
+        """A request failing otherwise (a 500: the host answered) takes nothing back and
+        pauses nothing."""
+        lb, clock = balancer((2,))
+        failed, other = [await lb.acquire(M) for _ in range(2)]
+        ahead = await lb.acquire(M, ahead=True)
+        clock.now += 0.1
+        lb.settle(failed, AttemptError("server", "s0", "500 boom"))
+        assert ahead.handoff is not None and not ahead.handoff.taken_back
+        lb.release(failed)
+        assert ahead.handoff.started
+        assert (await lb.acquire(M, ahead=True)).handoff is not None
+        for le in (other, ahead):
+            lb.release(le)
 
 
 class TestWalkStopsEarly:
