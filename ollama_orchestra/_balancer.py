@@ -357,7 +357,8 @@ class LoadBalancer:
         waiter.front = front
         cands = self._candidates(waiter)
         if not cands:
-            waiter.no_eligible_since = t0
+            if not self._left_alone_for(waiter):
+                waiter.no_eligible_since = t0
             self._enqueue(waiter)
         elif self._waiting:
             # Others are waiting: join the queue and let the walk place this request in
@@ -396,7 +397,7 @@ class LoadBalancer:
                 now = self._clock()
                 if waiter.wake_at is not None and now >= waiter.wake_at:
                     waiter.wake_at = None
-                if self._candidates(waiter):
+                if self._candidates(waiter) or self._left_alone_for(waiter):
                     waiter.no_eligible_since = None
                 elif waiter.no_eligible_since is None:
                     waiter.no_eligible_since = now
@@ -531,6 +532,14 @@ class LoadBalancer:
     def _eligible_states(self, waiter: _Waiter) -> List[ServerState]:
         req = waiter.request
         return self.eligible(req.model, req.role, req.priority, waiter.exclude)
+
+    def _left_alone_for(self, waiter: _Waiter) -> bool:
+        """Whether a server ``waiter`` may go to is only left alone for a moment after a
+        broken connection (``_broken``): the request waits for it, it is not stranded."""
+        if not self._broken.any(self._clock()):
+            return False
+        now = self._clock()
+        return any(self._broken.holds(st.server.name, now) for st in self._eligible_states(waiter))
 
     def _candidates(
         self, waiter: _Waiter, claims: Optional[Mapping[str, int]] = None
@@ -824,9 +833,9 @@ class LoadBalancer:
         limits = [math.inf]
         if waiter.wake_at is not None:
             limits.append(waiter.wake_at - now)
+        limits.append(self._broken.ends_in(now))  # a host left alone may take it then
         if waiter.no_eligible_since is not None:
             limits.append(waiter.no_eligible_since + self._config.wait_for_healthy_s - now)
-            limits.append(self._broken.ends_in(now))  # a host left alone may take it then
             model = waiter.request.model
             for name, br in self._breakers.items():
                 if model not in self._state[name].models:

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
 from anyio.abc import TaskGroup
@@ -268,6 +269,31 @@ class TestAHostFails:
             tg.cancel_scope.cancel()
         for le in [other, *got, *later]:
             lb.release(le)
+
+    async def test_a_request_waits_for_a_host_left_alone(self) -> None:
+        """The only host left alone: a request waits for it, even with
+        ``wait_for_healthy_s = 0`` (the host is healthy: no ``NoHealthyServer``)."""
+        servers = (Server("s0", "http://127.0.0.1:11400", max_concurrency=2),)
+        clock = Clock()
+        state = FleetState(servers, clock=clock)
+        state.probe_succeeded("s0", version="0.12.0", models={M: 1}, loaded=[])
+        cfg = OrchestraConfig(servers=servers, wait_for_healthy_s=0.0)
+        lb = LoadBalancer(cfg, state, clock=clock)
+        failed, other = [await lb.acquire(M) for _ in range(2)]
+        clock.now += 0.1
+        lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
+        lb.release(failed)
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, got)
+            for _ in range(3):  # let its timer fire, were it set to give up now
+                await anyio.lowlevel.checkpoint()
+                await wait_all_tasks_blocked()
+            assert got == [] and lb.waiting == 1
+            lb.release(other)
+            await wait_all_tasks_blocked()
+            assert [le.server.name for le in got] == ["s0"]
+        lb.release(got[0])
 
     async def test_other_failures_change_nothing(self) -> None:
         """A request failing otherwise (a 500: the host answered) takes nothing back and
