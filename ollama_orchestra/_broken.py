@@ -67,7 +67,11 @@ class BrokenHosts:
         return left
 
     def ends_in(self, now: float) -> float:
-        """Seconds until the last window ends (infinite if none is open)."""
+        """Seconds until the last open window ends; infinite if none is open (the windows
+        that ended are forgotten: a waiter's timer never comes out as zero for one)."""
+        for name, at in list(self._at.items()):
+            if now - at >= WINDOW_S:
+                del self._at[name]
         if not self._at:
             return float("inf")
-        return max(0.0, max(self._at.values()) + WINDOW_S - now)
+        return max(self._at.values()) + WINDOW_S - now

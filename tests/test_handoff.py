@@ -22,7 +22,7 @@ from ollama_orchestra import (
     Server,
 )
 from ollama_orchestra._balancer import Lease, LoadBalancer
-from ollama_orchestra._broken import WINDOW_S
+from ollama_orchestra._broken import WINDOW_S, BrokenHosts
 from ollama_orchestra._clock import now as clock_now
 from ollama_orchestra._coordination import make_balancer
 from ollama_orchestra._failover import AttemptError
@@ -294,6 +294,13 @@ class TestAHostFails:
             await wait_all_tasks_blocked()
             assert [le.server.name for le in got] == ["s0"]
         lb.release(got[0])
+
+    def test_a_window_that_ended_sets_no_timer(self) -> None:
+        """A window that ended (never looked at since) gives a waiter no zero timeout."""
+        broken = BrokenHosts(lambda name: [])
+        broken.broke("s0", 10.0)
+        assert broken.ends_in(10.25) == pytest.approx(WINDOW_S - 0.25)
+        assert broken.ends_in(10.0 + WINDOW_S) == float("inf")
 
     async def test_other_failures_change_nothing(self) -> None:
         """A request failing otherwise (a 500: the host answered) takes nothing back and
