@@ -54,6 +54,7 @@ from typing import (
 import anyio
 
 from ._breaker import CircuitBreaker, ModelBreakers, Permit
+from ._broken import BrokenHosts
 from ._clock import now as clock_now
 from ._config import OrchestraConfig, Server
 from ._errors import NoCapableServer, NoHealthyServer, RequestError
@@ -259,6 +260,8 @@ class LoadBalancer:
             slots if slots is not None else LocalSlots(s.name for s in config.servers)
         )
         state.attach_in_flight(self.in_use)
+        # Hosts whose connection broke under a request: left alone for a moment (``_broken``).
+        self._broken = BrokenHosts(self._slots.held)
         # Requests sent ahead into a host's own queue: only with slots kept in this process
         # (shared slots count every request sent, in every process).
         self._lookahead = Lookahead.for_servers(self, config.servers) if slots is None else None
@@ -354,7 +357,8 @@ class LoadBalancer:
         waiter.front = front
         cands = self._candidates(waiter)
         if not cands:
-            waiter.no_eligible_since = t0
+            if not self._left_alone_for(waiter):
+                waiter.no_eligible_since = t0
             self._enqueue(waiter)
         elif self._waiting:
             # Others are waiting: join the queue and let the walk place this request in
@@ -393,7 +397,7 @@ class LoadBalancer:
                 now = self._clock()
                 if waiter.wake_at is not None and now >= waiter.wake_at:
                     waiter.wake_at = None
-                if self._candidates(waiter):
+                if self._candidates(waiter) or self._left_alone_for(waiter):
                     waiter.no_eligible_since = None
                 elif waiter.no_eligible_since is None:
                     waiter.no_eligible_since = now
@@ -442,6 +446,13 @@ class LoadBalancer:
             else None
         )
         failure = outcome if outcome is not None and not isinstance(outcome, bool) else None
+        # (``connection_lost``: ``_failover.AttemptError``'s; a failure without it is not one.)
+        if failure is not None and getattr(failure, "connection_lost", False):
+            self._broken.broke(name, self._clock())
+            if self._lookahead is not None:
+                self._lookahead.broke()
+        elif outcome is True:
+            self._broken.served(name)
         for br, p, failed in (
             (host, permit, failure is not None and failure.breaker_failure),
             (model, mpermit, failure is not None and failure.model_failure),
@@ -522,6 +533,14 @@ class LoadBalancer:
         req = waiter.request
         return self.eligible(req.model, req.role, req.priority, waiter.exclude)
 
+    def _left_alone_for(self, waiter: _Waiter) -> bool:
+        """Whether a server ``waiter`` may go to is only left alone for a moment after a
+        broken connection (``_broken``): the request waits for it, it is not stranded."""
+        if not self._broken.any(self._clock()):
+            return False
+        now = self._clock()
+        return any(self._broken.holds(st.server.name, now) for st in self._eligible_states(waiter))
+
     def _candidates(
         self, waiter: _Waiter, claims: Optional[Mapping[str, int]] = None
     ) -> List[Candidate]:
@@ -532,8 +551,11 @@ class LoadBalancer:
         states = self._eligible_states(waiter)
         out = []
         fleet = [st.server.name for st in self._state.servers()]
+        broken = self._broken
         for st in states:
             name = st.server.name
+            if broken.holds(name, now):
+                continue  # a connection broke there: left alone for a moment
             in_use = len(self._slots.held(name))
             slots = st.server.max_concurrency
             # Loaded, or being loaded by a request in flight there.
@@ -647,9 +669,10 @@ class LoadBalancer:
         queue = self._queues.get(prio)
         if queue is None:
             queue = self._queues[prio] = deque()
-        if waiter.exclude:
-            queue.appendleft(waiter)  # a retry: older than everything waiting
-        elif waiter.front:  # taken back from a host's queue: first after the retries
+        if waiter.exclude or waiter.front:
+            # A retry: older than everything waiting, first after the retries before it (in
+            # the order they failed: the last to fail last). Taken back from a host's queue
+            # (``front``): first after the retries.
             i = 0
             while i < len(queue) and queue[i].exclude:
                 i += 1
@@ -671,8 +694,15 @@ class LoadBalancer:
             del self._wanted[model]
 
     def _free_anywhere(self) -> bool:
+        """A free slot on a healthy server. (A server that is down, or left alone after a
+        broken connection, has its slots free and takes nothing: counting them would walk
+        every waiter on every release until it is back; its health change, or the release
+        or success that ends its pause, dispatches again.)"""
+        now = self._clock()
         return any(
-            len(self._slots.held(st.server.name)) < st.server.max_concurrency
+            st.healthy
+            and len(self._slots.held(st.server.name)) < st.server.max_concurrency
+            and not self._broken.holds(st.server.name, now)
             for st in self._state.servers()
         )
 
@@ -803,6 +833,7 @@ class LoadBalancer:
         limits = [math.inf]
         if waiter.wake_at is not None:
             limits.append(waiter.wake_at - now)
+        limits.append(self._broken.ends_in(now))  # a host left alone may take it then
         if waiter.no_eligible_since is not None:
             limits.append(waiter.no_eligible_since + self._config.wait_for_healthy_s - now)
             model = waiter.request.model

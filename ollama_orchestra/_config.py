@@ -95,9 +95,9 @@ class Server:
         lookahead: requests the orchestra may send ahead into the host's own queue while all
             its slots are busy and one is predicted to free soon (so the host starts the next
             request the moment a slot frees, with no round trip between); each is taken back
-            if another host can start it sooner or a higher-priority request waits. ``0`` (the
-            default) turns it off. Off under ``coordination`` (the shared slots count every
-            request).
+            if another host can start it sooner, a higher-priority request or a retry waits,
+            or a request fails on any host. ``1`` by default; ``0`` turns it off. Off under
+            ``coordination`` (the shared slots count every request).
 
     Credentials in the URL (``http://user:password@host``) are taken out of ``url`` and sent
     as an ``Authorization: Basic`` header, so they are never shown anywhere.
@@ -110,7 +110,7 @@ class Server:
     models: Optional[Tuple[str, ...]] = None
     labels: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    lookahead: int = 0
+    lookahead: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -151,7 +151,7 @@ class Server:
 
     def __repr__(self) -> str:
         extra = f", headers={redact_headers(self.headers)!r}" if self.headers else ""
-        look = f", lookahead={self.lookahead}" if self.lookahead else ""
+        look = f", lookahead={self.lookahead}" if self.lookahead != 1 else ""
         return (
             f"Server(name={self.name!r}, url={self.url!r}, max_concurrency={self.max_concurrency}, "
             f"weight={self.weight}, models={self.models!r}, labels={dict(self.labels)!r}"

@@ -145,6 +145,11 @@ class AttemptError(Exception):
         return OUTCOMES[self.kind].breaker == "server"
 
     @property
+    def connection_lost(self) -> bool:
+        """The connection broke, or could not be made: the host may have died."""
+        return self.kind in ("connect", "reset")
+
+    @property
     def model_failure(self) -> bool:
         """Counts against the (server, model) breaker only (the model failed there)."""
         return OUTCOMES[self.kind].breaker == "model"

@@ -8,9 +8,10 @@ saturation (and loses rerouting, head-of-line order and priorities).
 So while every slot of a host is busy and the balancer predicts one frees soon (within about
 one service time, from the learned estimates of the requests running there), the first
 waiting request that would finish soonest there is sent *ahead*, into the host's own queue
-(at most ``Server.lookahead`` of them per host; off by default). The host starts it the
-moment a slot frees. Until it starts, it is only a reservation and is **taken back** (its
-HTTP request cancelled: Ollama drops a queued request whose client went away) when
+(at most ``Server.lookahead`` of them per host: 1 by default, 0 turns it off). The host
+starts it the moment a slot frees. Until it starts, it is only a reservation and is **taken
+back** (its HTTP request cancelled: Ollama drops a queued request whose client went away)
+when
 
 - a slot frees on another host that would finish it sooner, and no waiting request takes
   that slot (near the end of a batch: the rerouting the balancer exists for), or
@@ -18,7 +19,15 @@ HTTP request cancelled: Ollama drops a queued request whose client went away) wh
   host: it gets the place in the host's queue instead (a lower-priority request never sits
   in a host's queue ahead of a waiting higher-priority one, nor newer work ahead of a
   failover). A request taken back waits at the front of its priority's queue, behind the
-  retries.
+  retries; or
+- a request's connection broke on any host (``AttemptError.connection_lost``): the others
+  running there may break too (a host that died fails them one by one), and their retries
+  go first. Every request sent ahead that is not a retry is taken back at once (a
+  take-back frees a place in a host's queue only when its cancellation reaches the host:
+  the earlier, the sooner the retries start; on that host itself it would likely fail
+  too), and while that host is left alone (``_broken``: it takes no new request while it
+  runs one it had then, for at most a second, or until one succeeds there), only retries
+  are sent ahead.
 
 A lookahead request counts as started when a slot frees on its host (a release there with
 fewer requests running than slots: Ollama's queue is first in, first out) or when its first
@@ -39,6 +48,10 @@ which leaves the runner's slot queue (``sim/_asgi.stream_ndjson``,
 
 Off under shared slots (``coordination``): there every request sent counts against the
 host's slots in every process.
+
+A host that is down takes nothing, though its slots are free: the balancer's walk and this
+one skip it (counting its empty queue as room made every release walk every waiter until
+the host was back: that walk, not the lookahead, was most of the reroute time after a kill).
 """
 
 from __future__ import annotations
@@ -167,6 +180,18 @@ class Lookahead:
         self._lb._retake(lease)
         self.start(lease, self._lb._clock())
 
+    def broke(self) -> None:
+        """A request's connection broke on a host. The others running there may break too (a
+        host that died fails them one by one), and their retries go first: what was sent
+        ahead and has not started, and is not a retry, is taken back now (the retries get
+        its place sooner: a request taken back leaves a host's queue only when its
+        cancellation reaches it; on that host itself it would likely fail too). Newer work
+        is not sent ahead while that host is left alone (``_broken``; :meth:`walk`)."""
+        for queue in list(self.pending.values()):
+            for lease in list(queue):
+                if _rank(lease)[1] is False:
+                    self._lb._take_back(lease)
+
     def walk(self, now: float) -> None:
         """After the balancer's queue walk: take back what another host would start sooner,
         then send the first waiting requests ahead (a lower-priority one sent ahead gives
@@ -179,6 +204,7 @@ class Lookahead:
                         lb._take_back(lease)
         if not lb._waiting:
             return
+        hold = lb._broken.any(now)
         claims: Dict[str, int] = {}
         for prio in sorted(lb._queues, reverse=True):
             waiters = lb._queues[prio]
@@ -190,6 +216,8 @@ class Lookahead:
                     continue
                 rank = (prio, bool(waiter.exclude))
                 self._give_way(waiter, rank)
+                if hold and not waiter.exclude:
+                    break  # newer work waits while retries may come (:meth:`broke`)
                 if self._done(rank, claims):
                     # Nothing left for this waiter nor those behind it (of this rank or
                     # lower): stop, rather than estimate every waiting request on each walk.
@@ -216,7 +244,7 @@ class Lookahead:
     def _room_for(self, rank: Tuple[int, bool]) -> bool:
         """Whether a waiting request of ``rank`` may still be sent ahead somewhere, or make
         one of lower rank sent ahead give way."""
-        for name, limit in self.limits.items():
+        for name, limit in self._open_limits():
             queue = self.pending[name]
             if len(queue) < limit or any(_rank(le) < rank for le in queue):
                 return True
@@ -227,13 +255,25 @@ class Lookahead:
         sent ahead (its queue is full, or a waiter ahead in this walk claimed its next
         slot), and nothing sent ahead ranks below it (so it and the waiters after it, of
         its rank or lower, can make nothing give way)."""
-        for name, limit in self.limits.items():
+        for name, limit in self._open_limits():
             queue = self.pending[name]
             if len(queue) < limit and not claims.get(name):
                 return False
             if any(_rank(le) < rank for le in queue):
                 return False
         return True
+
+    def _open_limits(self) -> List[Tuple[str, int]]:
+        """The hosts that may take a request sent ahead (healthy ones, not left alone after
+        a broken connection: such a host has room in its queue, and takes nothing), with
+        their limits."""
+        lb = self._lb
+        state, broken, now = lb._state, lb._broken, lb._clock()
+        return [
+            (name, limit)
+            for name, limit in self.limits.items()
+            if state[name].healthy and not broken.holds(name, now)
+        ]
 
     def _give_way(self, waiter: Any, rank: Tuple[int, bool]) -> None:
         """Take back every request of lower rank than ``waiter`` (a lower priority; or the

@@ -403,6 +403,25 @@ class TestRetriesFirst:
             lb.release(held)
         assert order == ["retry", "new1"]
 
+    async def test_retries_keep_their_order(self) -> None:
+        """Retries are served in the order they failed (the first to fail first: after a
+        host dies, the last of its requests to fail does not overtake the others)."""
+        lb, _, _ = make((1,))
+        held = await lb.acquire(M)
+        order: List[str] = []
+
+        async def wait(tag: str, exclude: frozenset) -> None:  # type: ignore[type-arg]
+            lease = await lb.acquire(M, exclude=exclude)
+            order.append(tag)
+            lb.release(lease)
+
+        async with anyio.create_task_group() as tg:
+            for tag, exclude in [("new", ()), ("retry1", ("s9",)), ("retry2", ("s8",))]:
+                tg.start_soon(wait, tag, frozenset(exclude))
+                await wait_all_tasks_blocked()
+            lb.release(held)
+        assert order == ["retry1", "retry2", "new"]
+
 
 def speeds(state: FleetState, latency: Dict[str, float]) -> None:
     """Teach the state how long a request of M takes on each server."""

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any, Dict, List, Optional, Tuple
 
 import anyio
+import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
 from anyio.abc import TaskGroup
@@ -21,8 +22,10 @@ from ollama_orchestra import (
     Server,
 )
 from ollama_orchestra._balancer import Lease, LoadBalancer
+from ollama_orchestra._broken import WINDOW_S, BrokenHosts
 from ollama_orchestra._clock import now as clock_now
 from ollama_orchestra._coordination import make_balancer
+from ollama_orchestra._failover import AttemptError
 from ollama_orchestra._state import FleetState
 from ollama_orchestra.sim import SimFleet
 
@@ -172,6 +175,149 @@ class TestPriorityKeepsItsOrder:
         assert lb.in_use("s0") == 0
 
 
+class TestAHostFails:
+    """A request's connection breaking on a host: what was sent ahead and has not started is
+    taken back at once, and that host takes no new request while it still runs requests it
+    had then (their retries may come, and go first); newer work is not sent ahead meanwhile,
+    retries still are."""
+
+    async def test_retries_come_first(self) -> None:
+        """Host s0 (two slots) loses one request's connection while running another: the
+        requests sent ahead to s0 and s1 are taken back; a retry is sent ahead, newer work
+        waits (s0's free slot included) until the request s0 had then is done."""
+        lb, clock = balancer((2, 1))
+        running = [await lb.acquire(M)]
+        clock.now += 0.3  # the first one frees first: the two sent ahead go to both hosts
+        running += [await lb.acquire(M) for _ in range(2)]
+        running.sort(key=lambda le: le.server.name)
+        assert [le.server.name for le in running] == ["s0", "s0", "s1"]
+        ahead: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, ahead)
+            await acquire_in(tg, lb, ahead)
+            assert sorted(le.server.name for le in ahead) == ["s0", "s1"]
+            failed, other = running[0], running[1]
+            clock.now += 0.1
+            lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
+            assert all(le.handoff is not None and le.handoff.taken_back for le in ahead)
+            lb.release(failed)
+            for le in ahead:
+                assert le.handoff is not None and not le.handoff.started
+            got: List[Lease] = []
+            await acquire_in(tg, lb, got, exclude=frozenset({"s0"}))
+            assert len(got) == 1 and got[0].handoff is not None  # the retry, sent ahead
+            assert got[0].server.name == "s1"
+            newer: List[Lease] = []
+            await acquire_in(tg, lb, newer)
+            await acquire_in(tg, lb, newer)
+            assert newer == [] and lb.waiting == 2  # not on s0's free slot, not sent ahead
+            lb.release(other)  # s0 no longer runs what it had: its two slots are taken
+            await wait_all_tasks_blocked()
+            assert [le.server.name for le in newer] == ["s0", "s0"]
+            assert all(le.handoff is None for le in newer)
+            await acquire_in(tg, lb, newer)  # and newer work is sent ahead again
+            assert len(newer) == 3 and newer[2].handoff is not None
+            for le in running + got + newer:
+                lb.release(le)
+        assert lb.waiting == 0
+
+    @pytest.mark.parametrize("lookahead", [0, 1])
+    async def test_a_success_ends_it(self, lookahead: int) -> None:
+        """A request succeeding on the host where a connection broke: it takes requests
+        again (with or without the lookahead)."""
+        lb, clock = balancer((2,), lookahead=lookahead)
+        failed, other = [await lb.acquire(M) for _ in range(2)]
+        clock.now += 0.1
+        lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
+        lb.release(failed)
+        newer: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, newer)
+            assert newer == [] and lb.waiting == 1
+            lb.settle(other, True)
+            lb.release(other)  # a dispatch: the waiter gets a slot
+            await wait_all_tasks_blocked()
+            assert len(newer) == 1
+            for le in newer:
+                lb.release(le)
+
+    async def test_a_window_ends_it(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A host left alone for ``WINDOW_S`` (a live host whose other requests run long)
+        takes requests again without a release: a waiter's timer is set to look again
+        then, and after it the first waiter gets the free slot."""
+        lb, clock = balancer((2,))
+        failed, other = [await lb.acquire(M) for _ in range(2)]
+        clock.now += 0.1
+        lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
+        lb.release(failed)
+        timeouts: List[float] = []
+        timeout = lb._timeout
+
+        def recorded(waiter: Any) -> float:
+            timeouts.append(timeout(waiter))
+            return timeouts[-1]
+
+        monkeypatch.setattr(lb, "_timeout", recorded)
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, got)
+            assert got == [] and timeouts == [pytest.approx(WINDOW_S)]
+            clock.now += WINDOW_S
+            later: List[Lease] = []
+            await acquire_in(tg, lb, later)  # a dispatch
+            assert [le.server.name for le in got] == ["s0"]
+            tg.cancel_scope.cancel()
+        for le in [other, *got, *later]:
+            lb.release(le)
+
+    async def test_a_request_waits_for_a_host_left_alone(self) -> None:
+        """The only host left alone: a request waits for it, even with
+        ``wait_for_healthy_s = 0`` (the host is healthy: no ``NoHealthyServer``)."""
+        servers = (Server("s0", "http://127.0.0.1:11400", max_concurrency=2),)
+        clock = Clock()
+        state = FleetState(servers, clock=clock)
+        state.probe_succeeded("s0", version="0.12.0", models={M: 1}, loaded=[])
+        cfg = OrchestraConfig(servers=servers, wait_for_healthy_s=0.0)
+        lb = LoadBalancer(cfg, state, clock=clock)
+        failed, other = [await lb.acquire(M) for _ in range(2)]
+        clock.now += 0.1
+        lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
+        lb.release(failed)
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, got)
+            for _ in range(3):  # let its timer fire, were it set to give up now
+                await anyio.lowlevel.checkpoint()
+                await wait_all_tasks_blocked()
+            assert got == [] and lb.waiting == 1
+            lb.release(other)
+            await wait_all_tasks_blocked()
+            assert [le.server.name for le in got] == ["s0"]
+        lb.release(got[0])
+
+    def test_a_window_that_ended_sets_no_timer(self) -> None:
+        """A window that ended (never looked at since) gives a waiter no zero timeout."""
+        broken = BrokenHosts(lambda name: [])
+        broken.broke("s0", 10.0)
+        assert broken.ends_in(10.25) == pytest.approx(WINDOW_S - 0.25)
+        assert broken.ends_in(10.0 + WINDOW_S) == float("inf")
+
+    async def test_other_failures_change_nothing(self) -> None:
+        """A request failing otherwise (a 500: the host answered) takes nothing back and
+        pauses nothing."""
+        lb, clock = balancer((2,))
+        failed, other = [await lb.acquire(M) for _ in range(2)]
+        ahead = await lb.acquire(M, ahead=True)
+        clock.now += 0.1
+        lb.settle(failed, AttemptError("server", "s0", "500 boom"))
+        assert ahead.handoff is not None and not ahead.handoff.taken_back
+        lb.release(failed)
+        assert ahead.handoff.started
+        assert (await lb.acquire(M, ahead=True)).handoff is not None
+        for le in (other, ahead):
+            lb.release(le)
+
+
 class TestWalkStopsEarly:
     """The lookahead's walk stops once no host can take a request sent ahead: each new
     waiter costs the same, however many wait (no quadratic ramp-up on a large batch)."""
@@ -210,6 +356,50 @@ class TestWalkStopsEarly:
             assert [le.server.name for le in sent] == ["s0"]  # only the measured host
             assert lb.waiting == n - 1
             assert calls <= 8 * n
+            tg.cancel_scope.cancel()
+        for le in running + got:
+            lb.release(le)
+
+
+class TestADownHostIsNotFree:
+    """A host that is down has its slots free and takes nothing: after a host dies, each
+    release on the survivors evaluates a few waiters, not every one (with or without the
+    lookahead; the reroute time after a kill was the time these walks took)."""
+
+    @pytest.mark.parametrize("lookahead", [0, 1])
+    async def test_releases_stay_cheap_after_a_host_dies(
+        self, lookahead: int, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Two one-slot hosts, ``n`` requests waiting; one host dies: ``k`` releases on the
+        other evaluate about ``k`` waiters, not ``k * n``."""
+        lb, _ = balancer((1, 1), lookahead=lookahead)
+        running = [await lb.acquire(M), await lb.acquire(M)]
+        assert {le.server.name for le in running} == {"s0", "s1"}
+        n, k = 40, 10
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            for _ in range(n):
+                await acquire_in(tg, lb, got)
+            lb.fleet.mark_down("s0", "connection refused")  # its requests fail
+            for le in running + got:
+                if le.server.name == "s0":
+                    lb.release(le)
+            await wait_all_tasks_blocked()
+            calls = 0
+            candidates = lb._candidates
+
+            def counting(*args: Any, **kw: Any) -> Any:
+                nonlocal calls
+                calls += 1
+                return candidates(*args, **kw)
+
+            monkeypatch.setattr(lb, "_candidates", counting)
+            for _ in range(k):
+                on_s1 = [le for le in running + got if le.server.name == "s1" and not le._released]
+                lb.release(min(on_s1, key=lambda le: le.acquired_at))
+                await wait_all_tasks_blocked()
+            assert sum(le.server.name == "s1" for le in got) >= k
+            assert calls <= 4 * k
             tg.cancel_scope.cancel()
         for le in running + got:
             lb.release(le)
@@ -428,13 +618,14 @@ class TestOption:
         assert info.value.value == bad
 
     def test_toml_shape(self) -> None:
-        """``lookahead = 1`` in a ``[[servers]]`` table turns it on for that server; it is
-        off by default."""
+        """``lookahead = 0`` in a ``[[servers]]`` table turns it off for that server; it is
+        on (1) by default."""
         cfg = OrchestraConfig.from_mapping(
-            {"servers": [{"name": "a", "url": "http://127.0.0.1:1", "lookahead": 1}]}
+            {"servers": [{"name": "a", "url": "http://127.0.0.1:1", "lookahead": 0}]}
         )
-        assert cfg.servers[0].lookahead == 1
-        assert "lookahead=1" in repr(cfg.servers[0])
-        off = Server("b", "http://127.0.0.1:1")
-        assert off.lookahead == 0 and "lookahead" not in repr(off)
+        off = cfg.servers[0]
+        assert off.lookahead == 0 and "lookahead=0" in repr(off)
         assert LoadBalancer(OrchestraConfig(servers=(off,)), FleetState((off,)))._lookahead is None
+        on = Server("b", "http://127.0.0.1:1")
+        assert on.lookahead == 1 and "lookahead" not in repr(on)
+        assert LoadBalancer(OrchestraConfig(servers=(on,)), FleetState((on,)))._lookahead

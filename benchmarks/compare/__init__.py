@@ -7,7 +7,8 @@ Contenders (all run side by side, alternating A B C A B C ..., never all of A th
 
 * ``orchestra-least_loaded``, ``orchestra-hybrid`` (``orchestra-model_aware`` in scenario c):
   :class:`ollama_orchestra.Orchestra` with that strategy, slots = the hosts' ``num_parallel``;
-  ``orchestra-hybrid+lookahead`` (scenarios a and b): the same with ``Server.lookahead = 1``;
+  ``orchestra-hybrid+nolookahead`` (scenarios a and b): the same with ``Server.lookahead = 0``
+  (the handoff lookahead off: what it buys);
 * ``one-host``: every request on the first host, plain ``httpx`` (today's setup);
 * ``round-robin``: a hand-written client cycling over the host URLs with plain ``httpx``, no
   slots: concurrency bounded only by the workload (every request is sent at once);

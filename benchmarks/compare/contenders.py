@@ -156,14 +156,14 @@ class Contender:
 
 
 class OrchestraContender(Contender):
-    """The orchestra with ``strategy``; ``+lookahead``: each server's ``lookahead = 1``
-    (the handoff lookahead, off by default)."""
+    """The orchestra with ``strategy``; ``+nolookahead``: each server's ``lookahead = 0``
+    (the handoff lookahead off; on by default: what it buys)."""
 
     def __init__(self, strategy: str) -> None:
         self.strategy, plus, option = strategy.partition("+")
-        self.lookahead = 1 if option == "lookahead" else 0
-        if plus and not self.lookahead:
+        if plus and option != "nolookahead":
             raise ValueError(f"unknown contender option: {strategy!r}")
+        self.lookahead = 0 if plus else Server.lookahead
         self.name = f"orchestra-{strategy}"
 
     @contextlib.asynccontextmanager

@@ -46,7 +46,7 @@ async def scaling(
 ) -> Dict[str, Any]:
     """Throughput on the first n hosts for each n in ``counts``, relative to ``one-host`` in
     the same round; the orchestra's utilization over time on the most hosts."""
-    contenders = contenders_for(["least_loaded", "hybrid", "hybrid+lookahead"])
+    contenders = contenders_for(["least_loaded", "hybrid", "hybrid+nolookahead"])
     timeline: List[Tuple[float, Dict[str, float]]] = []
 
     async def on(n: int) -> Dict[str, Any]:
@@ -98,7 +98,7 @@ async def scaling(
 async def heterogeneous(hosts: List[Host], per_slot: int, rounds: int) -> Dict[str, Any]:
     """Throughput as a fraction of the hosts' summed capacities, each host's capacity being
     its throughput alone, measured in the same round."""
-    contenders = contenders_for(["least_loaded", "hybrid", "hybrid+lookahead"], one_host=False)
+    contenders = contenders_for(["least_loaded", "hybrid", "hybrid+nolookahead"], one_host=False)
     slots = sum(h.slots for h in hosts)
     caps: Dict[str, List[float]] = {h.name: [] for h in hosts}
 
