@@ -181,12 +181,14 @@ class TestExecutorRanks:
     async def test_priorities_follow_the_cost_model(self) -> None:
         """On an orchestra, a longer answer (num_predict) ranks higher, and the balancer
         gets the rank as the request's priority."""
-        async with fleet([two_model_profile("h1", load_s=0.5)]) as sim, Orchestra(
+        # In real time (time_scale 1): at the usual 0.01, a 64-token answer takes 1.6 ms, and
+        # the client's own milliseconds on a loaded machine decide which chain looks longer.
+        async with fleet([two_model_profile("h1", load_s=0.05)], time_scale=1.0) as sim, Orchestra(
             config_for(sim)
         ) as orch:
             await orch.generate(TINY, "warm", options={"num_predict": 8})
             tasks: List[Task] = [
-                Task("long", model=TINY, prompt="a", options={"num_predict": 64}),
+                Task("long", model=TINY, prompt="a", options={"num_predict": 128}),
                 Task("short", model=TINY, prompt="b", options={"num_predict": 8}),
                 Task(
                     "after",
