@@ -282,13 +282,19 @@ def embedded_uvicorn(
                 self._wake.set()
 
         async def main_loop(self) -> None:
-            self._wake = asyncio.Event()  # made here: on Python 3.8 an Event binds its loop
+            wake = self._wake = asyncio.Event()  # made here: on Python 3.8 an Event binds its loop
+            loop = asyncio.get_running_loop()
             counter = 0
             should_exit = await self.on_tick(counter)
             while not should_exit:
                 counter = (counter + 1) % 864000
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 0.1)
+                # A timer, not ``asyncio.wait_for``: that would create a task every tick.
+                tick = loop.call_later(0.1, wake.set)
+                try:
+                    await wake.wait()
+                finally:
+                    tick.cancel()
+                wake.clear()
                 should_exit = await self.on_tick(counter)
 
         async def shutdown(self, sockets: Optional[List[socket.socket]] = None) -> None:
