@@ -111,6 +111,21 @@ class TestHandWorked:
         assert b.placement == pytest.approx(8.003)
         assert b.optimal == pytest.approx(8.003)
 
+    def test_requests_before_the_first_finish_each_evaluate_the_context(self) -> None:
+        """Two tasks sharing a 1,000-token context on a two-slot host: a cache holds only
+        finished requests' tokens, so running both at once evaluates the context twice
+        (3.64 s), and running one at a time leaves a slot idle until the first ends at
+        2.001 s; the bound takes the better of the two: ``2.001 + 1.001 / A(2)``, where
+        the older one let the second reuse the context at once."""
+        ctx = tuple(f"c{i}" for i in range(1000))
+        tasks = with_prompt_floors([TaskSpec(t, M, 100, prompt=(*ctx, t)) for t in ("a", "b")])
+        hosts = [host(slots=2)]
+        assert placement_bound(tasks, hosts) == pytest.approx(2.001 + 1.001 / A2)
+        assert simulate(tasks, hosts, ["a", "b"]) == pytest.approx(2.002 + 2 / A2)
+        assert simulate(tasks, [host(slots=2, max_concurrent=1)], ["a", "b"]) == pytest.approx(
+            3.002
+        )
+
     def test_bench_dag_two_model_pipeline_is_optimal(self) -> None:
         """bench_dag's two-model pipeline: the chain (3.01 s with its load), then the four
         later tasks two per host at ``A(2) / 2`` each, their model preloaded during the
