@@ -342,9 +342,7 @@ def _profile_finish(
     choices = list(itertools.product(*ranges))
 
     def most(horizon: float) -> float:
-        return max(
-            _capacity(tasks, terms, weights, timing, horizon, memo, ks) for ks in choices
-        )
+        return max(_capacity(tasks, terms, weights, timing, horizon, memo, ks) for ks in choices)
 
     hi = max(lo, 1e-9) * 2.0
     while most(hi) < work:
