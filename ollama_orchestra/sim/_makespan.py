@@ -30,7 +30,9 @@ The lower bound (:func:`lower_bound`) is the largest of:
    or generated (``_kvcache.py``: a slot takes a request's tokens when it ends, the RAM
    cache only an idle slot's), so a task that starts on ``h`` before the first request of
    its model ends there evaluates its whole prompt (:func:`model_paths`: less the tokens
-   inside its model's answers, optimistically). That first request itself started with
+   inside its model's answers, optimistically). This takes the caches empty at the start
+   and the DAG's requests as the only ones with a prompt (models preloaded by empty
+   requests, as the demo and the executor's look-ahead do). That first request itself started with
    nothing cached: it ends no sooner than ``F(h, m)``, the least over the model's tasks of
    release + whole prompt + decode on ``h``. So a task ends no sooner than the lesser of
    (start + whole prompt) and (``max(start, F(h, m))`` + its own tokens), plus its
