@@ -122,6 +122,22 @@ class TestHandComputed:
         assert whole < 2.0  # the two x tasks alone need 2 s on one slot
         assert work_bound(tasks, [host()]) == pytest.approx(2.0)
 
+    def test_a_cache_holds_only_finished_requests(self) -> None:
+        """Two prompts sharing 1,000 tokens wait for a 1 s task of another model: the first
+        of them to finish started with nothing cached (no request of its model had
+        finished), so neither can finish before 1 + 1.001 + 1 s, on any host: the critical
+        path counts the whole prompt where the older one counted 1 token."""
+        ctx = tuple(f"c{i}" for i in range(1000))
+        tasks = with_prompt_floors(
+            [
+                TaskSpec("r", N, 100),
+                *(TaskSpec(t, M, 100, deps=("r",), prompt=(*ctx, t)) for t in ("b", "c")),
+            ]
+        )
+        hosts = [host("h1"), host("h2")]
+        assert critical_path_bound(tasks, hosts) == pytest.approx(3.001)
+        assert simulate(tasks, hosts, ["r", "b", "c"]) == pytest.approx(3.001)
+
     def test_prompt_evaluation_adds_to_one_models_work(self) -> None:
         """One model's runner evaluates prompts between its decode steps: time adds up."""
         tasks = [task("a", 100, prompt=500), task("b", 100, prompt=500)]
@@ -173,15 +189,19 @@ class TestPerSlotCaches:
         return host(slots=slots, cache_ram_bytes=8 << 30)
 
     def test_concurrent_prompts_each_evaluate_the_shared_prefix(self) -> None:
-        """Two prompts sharing 1,000 tokens, started at once on two slots: each slot
-        evaluates the prefix (the simulator's slots do not share), so the schedule takes
-        longer than with one cache as large as need be."""
+        """Two prompts sharing 1,000 tokens, started at once on two slots: each evaluates
+        the prefix (a cache holds only finished requests' tokens), with the simulator's
+        slots and with one cache as large as need be alike; one after the other on one
+        slot, the second reuses the first's."""
         ctx = tuple(f"c{i}" for i in range(1000))
         tasks = with_prompt_floors([TaskSpec(t, M, 10, prompt=(*ctx, t)) for t in ("a", "b")])
         shared = simulate(tasks, [host(slots=2)], ["a", "b"])
-        slotted = simulate(tasks, [self.slotted(2)], ["a", "b"])
-        # 2 x 1,001 tokens at 1,000 tokens/s shared, against 1,001 + 1.
-        assert slotted - shared == pytest.approx(1.0, abs=0.05)
+        # 2 x 1,001 tokens at 1,000 tokens/s shared, then both answers at A(2) / 2 each.
+        assert shared == pytest.approx(2.002 + 20 / (100 * aggregate_speedup(2)))
+        assert simulate(tasks, [self.slotted(2)], ["a", "b"]) == pytest.approx(shared)
+        # 1,001 tokens and an answer, then 1 token and an answer.
+        for one in (host(), self.slotted(1)):
+            assert simulate(tasks, [one], ["a", "b"]) == pytest.approx(1.202)
 
     def test_a_slot_keeps_its_last_prompt_and_answer(self) -> None:
         """A continuation of a finished task's prompt and answer reuses that slot's cache:

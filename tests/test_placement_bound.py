@@ -111,6 +111,42 @@ class TestHandWorked:
         assert b.placement == pytest.approx(8.003)
         assert b.optimal == pytest.approx(8.003)
 
+    def test_requests_before_the_first_finish_each_evaluate_the_context(self) -> None:
+        """Two tasks sharing a 1,000-token context on a two-slot host: a cache holds only
+        finished requests' tokens, so running both at once evaluates the context twice
+        (3.64 s), and running one at a time leaves a slot idle until the first ends at
+        2.001 s; the bound takes the better of the two: ``2.001 + 1.001 / A(2)``, where
+        the older one let the second reuse the context at once."""
+        ctx = tuple(f"c{i}" for i in range(1000))
+        tasks = with_prompt_floors([TaskSpec(t, M, 100, prompt=(*ctx, t)) for t in ("a", "b")])
+        hosts = [host(slots=2)]
+        assert placement_bound(tasks, hosts) == pytest.approx(2.001 + 1.001 / A2)
+        assert simulate(tasks, hosts, ["a", "b"]) == pytest.approx(2.002 + 2 / A2)
+        assert simulate(tasks, [host(slots=2, max_concurrent=1)], ["a", "b"]) == pytest.approx(
+            3.002
+        )
+
+    def test_one_model_alone_on_a_host_before_its_first_finish(self) -> None:
+        """Until ``a`` ends (2.001 s at the earliest: nothing cached before a request
+        finishes), only ``m`` runs on a host that holds both models, so every ``m`` request
+        decoding by then first evaluated the whole 1,001-token prompt there, with no other
+        decoding beside it: the bound, ``3.001 + (2 - A(2)) / A(3)``, counts that time,
+        where the older one gave the critical path, 3.001 s."""
+        ctx = tuple(f"c{i}" for i in range(1000))
+        tasks = with_prompt_floors(
+            [
+                *(TaskSpec(t, M, 100, prompt=(*ctx, t)) for t in ("a", "b")),
+                TaskSpec("c", N, 100, deps=("a",)),
+            ]
+        )
+        hosts = [host(slots=2)]
+        a3 = aggregate_speedup(3)
+        assert placement_bound(tasks, hosts) == pytest.approx(3.001 + (2 - A2) / a3)
+        assert critical_path_bound(tasks, hosts) == pytest.approx(3.001)
+        one_at_a_time = [host(slots=2, max_concurrent=1)]
+        assert simulate(tasks, one_at_a_time, ["a", "b", "c"]) == pytest.approx(4.002)
+        assert best_schedule(tasks, hosts).makespan > 4.002
+
     def test_bench_dag_two_model_pipeline_is_optimal(self) -> None:
         """bench_dag's two-model pipeline: the chain (3.01 s with its load), then the four
         later tasks two per host at ``A(2) / 2`` each, their model preloaded during the
@@ -233,6 +269,36 @@ class TestAgainstTheSimulator:
         hosts = [host_spec(profile, max_concurrent=2)]
         b = bounds(specs, hosts)
         assert b.placement > max(b.critical_path, b.work) + 0.5
+        async with fleet([profile], time_scale=scale) as sim, Orchestra(config_for(sim)) as orch:
+            result = await orch.run(tasks)
+        assert result.ok
+        measured = result.makespan_s / scale
+        assert measured >= b.lower
+        assert b.best is not None and measured <= b.best.makespan * 1.5 + 1.0
+
+    @pytest.mark.parametrize("then_other_model", [False, True])
+    async def test_shared_context_on_two_slots(self, then_other_model: bool) -> None:
+        """Two prompts sharing a long context on a two-slot host: both start with nothing
+        cached (no request has finished), so the measured makespan is at least the bound,
+        which counts that; also with a task of a second model (both fit) waiting for one
+        of them, so that only the first model runs there until then."""
+        models = [
+            ModelSpec(f"{name}:latest", size_gb=1, decode_tps=100.0, prompt_tps=500.0, load_s=0.5)
+            for name in ("m", "n")
+        ]
+        profile = HostProfile("h1", tuple(models), num_parallel=2)
+        ctx = " ".join(f"word{i % 97}" for i in range(600))
+        tasks = [
+            Task(t, model="m:latest", prompt=f"{ctx} {t}", options={"num_predict": 50})
+            for t in ("a", "b")
+        ]
+        if then_other_model:
+            tasks.append(Task("c", model="n:latest", prompt="on {a}", depends_on=["a"]))
+        scale = 0.05
+        specs = task_specs(tasks)
+        hosts = [host_spec(profile, max_concurrent=2)]
+        b = bounds(specs, hosts)
+        assert b.placement > b.critical_path
         async with fleet([profile], time_scale=scale) as sim, Orchestra(config_for(sim)) as orch:
             result = await orch.run(tasks)
         assert result.ok

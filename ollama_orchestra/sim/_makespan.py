@@ -25,7 +25,19 @@ The lower bound (:func:`lower_bound`) is the largest of:
 
 1. the critical path: each task on its fastest host alone (prompt and decode at the
    alone rates), starting no sooner than its dependencies' earliest finish and, on a host
-   where its model is not loaded at the start, than that model's load time;
+   where its model is not loaded at the start, than that model's load time. A prompt
+   cache holds only what requests of its model on its host that had *finished* evaluated
+   or generated (``_kvcache.py``: a slot takes a request's tokens when it ends, the RAM
+   cache only an idle slot's), so a task that starts on ``h`` before the first request of
+   its model ends there evaluates its whole prompt (:func:`model_paths`: less the tokens
+   inside its model's answers, optimistically). This takes the caches empty at the start
+   and the DAG's requests as the only ones with a prompt (models preloaded by empty
+   requests, as the demo and the executor's look-ahead do). That first request itself started with
+   nothing cached: it ends no sooner than ``F(h, m)``, the least over the model's tasks of
+   release + whole prompt + decode on ``h``. So a task ends no sooner than the lesser of
+   (start + whole prompt) and (``max(start, F(h, m))`` + its own tokens), plus its
+   decode; :func:`earliest_finish` iterates this to a fixed point (every round's values
+   are bounds, the next round's ``F`` computed from them);
 2. the work bound: decode work (``output_tokens / (decode_tps * speed)`` alone-seconds on
    each host) against the hosts' decode capacity ``A(n_max)``, each host working only from
    the moment one of the models is loaded there. For weights ``w_h >= 0``:
@@ -58,6 +70,9 @@ tokens (the simulator's tokenizer makes a word one token or more). The simulator
 real-time overhead only adds to a measured makespan.
 
 The best list schedule and :func:`bounds`, which reports both, are in ``_schedules.py``.
+
+Longer than 500 lines because each bound's proof sits in this docstring next to the code it
+justifies, and the task and host specs the bounds share are defined here.
 """
 
 from __future__ import annotations
@@ -92,6 +107,7 @@ __all__ = [
     "critical_path_bound",
     "earliest_finish",
     "finish_time",
+    "first_finish",
     "host_spec",
     "lower_bound",
     "model_paths",
@@ -108,6 +124,8 @@ __all__ = [
 ]
 
 _EPS = 1e-9
+#: Rounds of :func:`earliest_finish`'s fixed point (each one's values are already sound).
+_FIRST_FINISH_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -320,16 +338,52 @@ def critical_path_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) ->
 
 
 def earliest_finish(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> Dict[str, float]:
-    """Each task's earliest finish on the critical path bound's terms (see the module)."""
+    """Each task's earliest finish on the critical path bound's terms, with a prompt cache
+    that holds only finished requests' tokens (see the module)."""
+    order = topological(tasks, hosts)
+    paths = model_paths(tasks)
+    full = {t.id: max(t.prompt_tokens, len(paths.get(t.id, ()))) for t in tasks}
+    first: Dict[Tuple[int, str], float] = {}  # (host, model): its first finish, at least
     finish: Dict[str, float] = {}
-    for t in topological(tasks, hosts):
-        ready = max((finish[d] for d in t.deps), default=0.0)
-        finish[t.id] = min(
-            max(ready, h.ready_s(t.model)) + h.prompt_s(t) + h.decode_s(t)
-            for h in hosts
-            if t.model in h.models
-        )
+    for _ in range(_FIRST_FINISH_ROUNDS):
+        done: Dict[str, float] = {}
+        for t in order:
+            ready = max((done[d] for d in t.deps), default=0.0)
+            best = math.inf
+            for i, h in enumerate(hosts):
+                if t.model not in h.models:
+                    continue
+                start = max(ready, h.ready_s(t.model))
+                rate = h.models[t.model].prompt_tps * h.speed
+                # Started before any request of its model finished here: no cache to reuse.
+                cold = start + full[t.id] / rate
+                warm = max(start, first.get((i, t.model), 0.0)) + h.prompt_s(t)
+                best = min(best, min(cold, warm) + h.decode_s(t))
+            done[t.id] = max(best, finish.get(t.id, 0.0))
+        if done == finish:
+            break
+        finish = done
+        first = first_finish(tasks, hosts, finish)
     return finish
+
+
+def first_finish(
+    tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec], finish: Mapping[str, float]
+) -> Dict[Tuple[int, str], float]:
+    """Per (host index, model): the earliest a request of that model can finish there,
+    given earliest finishes ``finish``: the first to finish started with nothing cached
+    there, so it evaluated its whole prompt (see the module)."""
+    paths = model_paths(tasks)
+    first: Dict[Tuple[int, str], float] = {}
+    for t in tasks:
+        ready = max((finish[d] for d in t.deps), default=0.0)
+        whole = max(t.prompt_tokens, len(paths.get(t.id, ())))
+        for i, h in enumerate(hosts):
+            if t.model in h.models:
+                rate = h.models[t.model].prompt_tps * h.speed
+                end = max(ready, h.ready_s(t.model)) + whole / rate + h.decode_s(t)
+                first[(i, t.model)] = min(first.get((i, t.model), math.inf), end)
+    return first
 
 
 def work_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> float:

@@ -61,6 +61,36 @@ on every host).
    ``T`` whose capacity reaches the work (bisection; the bound is the largest ``T`` found
    below it) bounds the case; this refines the best few weights of each case.
 
+6. **Before the first finish.** A prompt cache holds only what finished requests of its
+   model on its host evaluated (``_makespan.py``, item 1), and the first request of
+   model ``m`` to finish on ``h`` ends no sooner than ``F(h, m)``
+   (:func:`~._makespan.first_finish`). On an exclusive host, before ``F_h``, the least
+   ``F(h, m)`` over ``S_h``, nothing of ``S_h`` has finished there, so every request
+   running there started with nothing cached and evaluates its whole prompt. Let ``k``
+   be the most requests running there at once before ``F_h`` (one runner at a time: all
+   of one model ``m``; the first request of ``m`` there is among them, as it started no
+   later and has not finished). Then ``n_h <= k`` before ``F_h``, and the ``k`` evaluate
+   ``k`` shared prompts of ``m``, ``k - 1`` more than item 3 counts: at least ``k - 1``
+   times the least shared prompt of a model of ``S_h``, taking ``g_h(1)`` of the profile
+   each as in item 5. A schedule picks ``k`` (fewer requests at once, or more prompts),
+   so the profile's capacity by ``T`` is the largest over the choices of ``k`` (1 to the
+   host's most) for each such host.
+
+7. **One model alone before its first finish.** On a host whose models fit together, let
+   ``m`` be a model of ``S_h`` and ``e`` the lesser of ``F(h, m)`` and the earliest any
+   other model of ``S_h`` can start there (release and load): before ``e`` only ``m``'s
+   runner works on ``h``, and nothing of ``m`` has finished there. Let ``k`` be the
+   requests that decode there at some moment before ``e``: each first evaluated its whole
+   prompt there, all of it before ``e`` (it started no sooner than 0), at least ``Q``
+   seconds, the least whole prompt of ``m``'s tasks at the alone rate; so ``m``'s runner
+   spent at least ``k * Q`` seconds on prompt chunks before ``e``, when no decoding ran
+   on ``h``, and at most ``k`` requests decode there at once before ``e``. As in items 5
+   and 6: ``n_h <= k`` before ``e``, and ``g_h(1) * k * Q`` off the capacity (while a
+   chunk runs, a request runs there, and ``k >= 1``); a schedule picks ``k`` (0 up to the
+   host's most), so the capacity is the largest over the choices. (Item 3 counts no
+   prompts on such a host, so nothing is counted twice.) Of ``S_h``'s models, the one
+   with the latest ``e`` above its own earliest start is used.
+
 Every schedule falls in one case, so the least over the cases bounds them all. The cases
 are the subsets of each host's models that fit alone, so their number is the product over
 hosts of ``2^models``: above :data:`MAX_CASES` the bound is not computed (0). Everything
@@ -79,6 +109,7 @@ from ._makespan import (
     TaskSpec,
     earliest_finish,
     finish_time,
+    first_finish,
     model_paths,
     topological,
     weight_choices,
@@ -118,6 +149,7 @@ def placement_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> flo
         release={t.id: max((finish[d] for d in t.deps), default=0.0) for t in tasks},
         tail=_tails(tasks, hosts),
         shared=_shared_prompts(tasks),
+        first=first_finish(tasks, hosts, finish),
     )
     plain = []
     for case in itertools.product(*options):
@@ -136,6 +168,7 @@ class _Timing:
     release: Mapping[str, float]  # dependencies' earliest finish
     tail: Mapping[str, float]  # the least time from a task's end to the makespan
     shared: Mapping[str, int]  # prompt tokens beyond a task's own
+    first: Mapping[Tuple[int, str], float]  # (host, model): its first finish there, at least
 
 
 def _tails(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> Dict[str, float]:
@@ -180,6 +213,12 @@ class _Host:
     models: FrozenSet[str]
     #: The earliest a task can run there (its loads may come later).
     early: float
+    #: Before this (0: no such time) a request running there evaluated its whole prompt
+    #: first: on an exclusive host, its shared part (s, at least) beyond the ``fresh`` (1)
+    #: that ``first`` counts; elsewhere all of it (``fresh`` 0), one model running alone.
+    window: float = 0.0
+    extra: float = 0.0
+    fresh: int = 1
 
     @property
     def start(self) -> float:
@@ -200,7 +239,7 @@ def _case_hosts(
     mine = [t for t in tasks if model is None or t.model == model]
     costs: List[List[float]] = [[] for _ in mine]
     out: List[Optional[_Host]] = []
-    for h, models in zip(hosts, case):
+    for i, (h, models) in enumerate(zip(hosts, case)):
         if model is not None:
             models = models & {model}
         runs = [t for t in mine if t.model in models]
@@ -217,7 +256,8 @@ def _case_hosts(
         gain = tuple(aggregate_speedup(min(n, most)) / cap if n else 0.0 for n in range(most + 1))
         begin, first = _start(h, models, runs, timing, exclusive)
         early = min(max(timing.release[t.id], h.ready_s(t.model)) for t in runs)
-        out.append(_Host(begin, first, gain, exclusive, models, early))
+        window, extra, fresh = _window(h, i, models, runs, timing, exclusive)
+        out.append(_Host(begin, first, gain, exclusive, models, early, window, extra, fresh))
         prompts = (gain[1] if profile else 1.0) if exclusive else 0.0
         for row, t in zip(costs, mine):
             if t.model not in models:
@@ -225,6 +265,42 @@ def _case_hosts(
             else:
                 row.append(h.decode_s(t) / cap + prompts * h.prompt_s(t))
     return costs, out
+
+
+def _window(
+    h: HostSpec,
+    i: int,
+    models: FrozenSet[str],
+    runs: Sequence[TaskSpec],
+    timing: _Timing,
+    exclusive: bool,
+) -> Tuple[float, float, int]:
+    """Host ``h``'s (index ``i``) window before its first finish, the prompt seconds each
+    request running in it costs, and how many of those ``first`` counts (see the module,
+    item 6)."""
+    seconds = {
+        t.id: (t.prompt_tokens + timing.shared[t.id]) / (h.models[t.model].prompt_tps * h.speed)
+        for t in runs
+    }
+    if exclusive:
+        shared = min(
+            min(timing.shared[t.id] for t in runs if t.model == m)
+            / (h.models[m].prompt_tps * h.speed)
+            for m in models
+        )
+        return min(timing.first[(i, m)] for m in models), shared, 1
+    starts = {
+        m: min(max(timing.release[t.id], h.ready_s(m)) for t in runs if t.model == m)
+        for m in models
+    }
+    best = (0.0, 0.0, 0)
+    for m in models:
+        others = min((v for k, v in starts.items() if k != m), default=math.inf)
+        end = min(timing.first[(i, m)], others)
+        if end > starts[m] and end > best[0]:
+            whole = min(seconds[t.id] for t in runs if t.model == m)
+            best = (end, whole, 0)
+    return best
 
 
 def _case_bound(
@@ -304,12 +380,24 @@ def _profile_finish(
     if work <= 0:
         return 0.0
     memo: Dict[Tuple[int, ...], float] = {}
+    # The most requests each host runs at once in its window (-1: no window).
+    ranges = [
+        range(x.fresh, len(x.gain))
+        if x is not None and weights[i] > 0 and x.window > x.early
+        else range(-1, 0)
+        for i, x in enumerate(terms)
+    ]
+    choices = list(itertools.product(*ranges))
+
+    def most(horizon: float) -> float:
+        return max(_capacity(tasks, terms, weights, timing, horizon, memo, ks) for ks in choices)
+
     hi = max(lo, 1e-9) * 2.0
-    while _capacity(tasks, terms, weights, timing, hi, memo) < work:
+    while most(hi) < work:
         lo, hi = hi, hi * 2.0
     while hi - lo > 1e-7 * hi:
         mid = (lo + hi) / 2.0
-        if _capacity(tasks, terms, weights, timing, mid, memo) < work:
+        if most(mid) < work:
             lo = mid
         else:
             hi = mid
@@ -323,6 +411,7 @@ def _capacity(
     timing: _Timing,
     horizon: float,
     memo: Dict[Tuple[int, ...], float],
+    cold: Sequence[int],
 ) -> float:
     """The most weighted work the hosts can do by ``horizon``: a task runs only between its
     release and ``horizon`` less its tail; at each moment the hosts' gains for at most that
@@ -333,9 +422,10 @@ def _capacity(
         if x is None or weights[i] <= 0:
             continue
         profiled.append(i)
-        if x.exclusive:
-            # Its runners' shared prompts, on time when a task runs there.
-            flat -= weights[i] * x.first * x.gain[1]
+        # Its runners' shared prompts (exclusive), on time when a task runs there; with k
+        # requests at once in its window, k - fresh more prompts (see the module).
+        prompts = (x.first if x.exclusive else 0.0) + max(0, cold[i] - x.fresh) * x.extra
+        flat -= weights[i] * prompts * x.gain[1]
     windows = [
         (timing.release[t.id], horizon - timing.tail[t.id], t.model)
         for t in tasks
@@ -347,8 +437,7 @@ def _capacity(
     for i in profiled:
         term = terms[i]
         assert term is not None
-        if 0.0 < term.early < horizon:
-            cuts.add(term.early)
+        cuts.update(x for x in (term.early, term.window) if 0.0 < x < horizon)
     points = sorted(cuts)
     total = flat
     for a, b in zip(points, points[1:]):
@@ -362,6 +451,8 @@ def _capacity(
                 key.append(0)
             else:
                 here = sum(1 for m in running if m in term.models)
+                if cold[i] >= 0 and mid < term.window:
+                    here = min(here, cold[i])
                 key.append(min(here, len(term.gain) - 1))
         k = tuple(key)
         if k not in memo:

@@ -11,7 +11,8 @@ to the host that would finish each first alone. Prompt caches: on a host built b
 prefix similarity else LRU, the RAM cache behind them), fed the tasks' rendered prompts and
 answers, so concurrent prompts each evaluate what their slot lacks, as in a real run; the
 time to copy KV state between RAM and VRAM is left out. Without it, one cache per model as
-large as need be (optimistic: a schedule the simulator may not reach). The client's
+large as need be, holding every finished request's prompt (optimistic: a schedule the
+simulator may not reach; like the simulator's, it holds nothing of a request still running). The client's
 overhead can only make a real run slower. For DAGs of up to :data:`EXHAUSTIVE_TASKS` tasks every topological
 order is tried (within a budget), else the upward-rank order and seeded random ones. The
 lower bound stays the proof: the optimum is between the two, and equal to the best found
@@ -149,6 +150,8 @@ def simulate(
                 hs.resident[j.task.model] -= 1
                 if j.slot is not None:
                     _release(hs, j)
+                else:
+                    hs.cached.setdefault(j.task.model, set()).update(paths.get(j.task.id, ()))
                 left -= 1
                 for tid, deps in waiting.items():
                     if j.task.id in deps:
@@ -199,10 +202,10 @@ def _dispatch(
                 admission = hs.cache(t.model).admit(t.prompt)
                 slot, prompt = admission.slot, max(t.prompt_tokens, admission.evaluate)
             else:
-                # A prompt cache as large as need be: the prompt's nodes not evaluated here.
+                # A prompt cache as large as need be, filled as requests finish (as a
+                # slot's is): the prompt's nodes no finished request evaluated here.
                 cached = hs.cached.setdefault(t.model, set())
                 new = [node for node in paths.get(t.id, ()) if node not in cached]
-                cached.update(new)
                 prompt = max(t.prompt_tokens, len(new))
             jobs.append(_Job(t, best[1], float(prompt), float(t.output_tokens), slot=slot))
             ready.remove(tid)
