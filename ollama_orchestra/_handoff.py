@@ -56,7 +56,6 @@ the host was back: that walk, not the lookahead, was most of the reroute time af
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -68,7 +67,6 @@ from typing import (
     List,
     Mapping,
     Optional,
-    Sequence,
     Tuple,
     TypeVar,
 )
@@ -229,41 +227,19 @@ class Lookahead:
                 cands = lb._candidates(waiter, claims)
                 if not cands or any(c.free for c in cands):
                     continue  # a free slot it chose not to take (the strategy waits)
-                ahead = self._choose(waiter.request, cands, claims)
-                if ahead is not None:
-                    assert ahead.service_s is not None  # due: its service is known
-                    lb._grant_ahead(waiter, ahead.name, ahead.service_s, ahead.busy_for_s)
+                best = min(cands, key=_finish)
+                name = best.name
+                if (
+                    not claims.get(name)
+                    and self.count(name) < self.limits.get(name, 0)
+                    and best.service_s is not None
+                    and best.busy_for_s <= min(SOON * best.service_s, lb._first_byte_s / 2)
+                ):
+                    lb._grant_ahead(waiter, name, best.service_s, best.busy_for_s)
                     continue
-                name = min(cands, key=_finish).name
                 claims[name] = claims.get(name, 0) + 1
 
     # -- decisions -------------------------------------------------------------------------
-
-    def _choose(
-        self, request: RouteRequest, cands: Sequence[Candidate], claims: Mapping[str, int]
-    ) -> Optional[Candidate]:
-        """Where to send ``request`` ahead, if anywhere: the configured strategy chooses, with
-        each host whose slot frees soon (and whose queue has room) shown as having that slot
-        free, and the others as busy. So the lookahead removes the handoff gap without
-        changing *where* requests go: ``round_robin`` still rotates, ``least_loaded`` still
-        balances slots, ``hybrid`` still weighs completion times and prompt caches."""
-        lb = self._lb
-        horizon = lb._first_byte_s / 2
-        due = {
-            c.name
-            for c in cands
-            if not claims.get(c.name)
-            and self.count(c.name) < self.limits.get(c.name, 0)
-            and c.service_s is not None
-            and c.busy_for_s <= min(SOON * c.service_s, horizon)
-        }
-        if not due:
-            return None
-        view = [replace(c, in_use=c.slots - 1) if c.name in due else c for c in cands]
-        choice = lb._strategy.choose(request, view)
-        if choice.server is None or choice.server not in due:
-            return None
-        return next(c for c in cands if c.name == choice.server)
 
     def _room_for(self, rank: Tuple[int, bool]) -> bool:
         """Whether a waiting request of ``rank`` may still be sent ahead somewhere, or make

@@ -5,7 +5,7 @@ waits (``_handoff``)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import anyio
 import anyio.lowlevel
@@ -27,7 +27,6 @@ from ollama_orchestra._clock import now as clock_now
 from ollama_orchestra._coordination import make_balancer
 from ollama_orchestra._failover import AttemptError
 from ollama_orchestra._state import FleetState
-from ollama_orchestra._strategies import WAIT, Candidate, Choice, RouteRequest
 from ollama_orchestra.sim import SimFleet
 
 from .conftest import TINY, config_for, fleet, tiny_profile
@@ -118,68 +117,6 @@ class TestPredictedCondition:
         lb = make_balancer(cfg, FleetState(servers))
         assert lb._lookahead is None
         assert LoadBalancer(cfg.replace(coordination=None), FleetState(servers))._lookahead
-
-
-class _LastFree:
-    """A strategy that takes the last free candidate (never the one finishing first)."""
-
-    def __init__(self) -> None:
-        self.asked = 0
-
-    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
-        self.asked += 1
-        free = [c for c in candidates if c.free]
-        return Choice(free[-1].name) if free else WAIT
-
-
-class TestTheStrategyChooses:
-    """Where a request is sent ahead is the configured strategy's choice."""
-
-    async def test_the_strategy_picks_the_host(self) -> None:
-        """Two busy hosts due to free, ``s0`` faster: a strategy that prefers the last free
-        host gets the request sent ahead to ``s1``, not to the host finishing it first."""
-        servers = tuple(
-            Server(f"s{i}", f"http://127.0.0.1:{11400 + i}", max_concurrency=1, lookahead=1)
-            for i in range(2)
-        )
-        clock = Clock()
-        state = FleetState(servers, clock=clock)
-        for s, latency in zip(servers, (1.0, 1.3)):
-            state.probe_succeeded(s.name, version="0.12.0", models={M: 1}, loaded=[])
-            state.record_success(s.name, M, latency_s=latency)
-        strategy = _LastFree()
-        lb = LoadBalancer(OrchestraConfig(servers=servers), state, clock=clock, strategy=strategy)
-        busy = [await lb.acquire(M), await lb.acquire(M)]
-        assert sorted(le.server.name for le in busy) == ["s0", "s1"]
-        asked = strategy.asked
-        ahead = await lb.acquire(M, ahead=True)
-        assert ahead.handoff is not None and ahead.server.name == "s1"
-        assert strategy.asked > asked
-        for le in [*busy, ahead]:
-            le.release()
-
-    async def test_a_strategy_that_waits_sends_nothing_ahead(self) -> None:
-        """The strategy declines the hosts due to free: the request waits in our queue."""
-
-        class Never:  # only a host with a slot free now
-            def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Choice:
-                free = [c for c in candidates if c.free and c.busy_for_s == 0]
-                return Choice(free[0].name) if free else WAIT
-
-        servers = (Server("s0", "http://127.0.0.1:11400", max_concurrency=1, lookahead=1),)
-        clock = Clock()
-        state = FleetState(servers, clock=clock)
-        state.probe_succeeded("s0", version="0.12.0", models={M: 1}, loaded=[])
-        state.record_success("s0", M, latency_s=1.0)
-        lb = LoadBalancer(OrchestraConfig(servers=servers), state, clock=clock, strategy=Never())
-        first = await lb.acquire(M)
-        got: List[Lease] = []
-        async with anyio.create_task_group() as tg:
-            await acquire_in(tg, lb, got)
-            assert not got and lb.waiting == 1
-            first.release()
-        assert got[0].handoff is None
-        got[0].release()
 
 
 class TestPriorityKeepsItsOrder:
