@@ -96,7 +96,11 @@ class Server:
             its slots are busy and one is predicted to free soon (so the host starts the next
             request the moment a slot frees, with no round trip between); each is taken back
             if another host can start it sooner, a higher-priority request or a retry waits,
-            or a request fails on any host. ``1`` by default; ``0`` turns it off. Off under
+            or a request fails on any host. It sends each request to the host that would
+            finish it first, ``hybrid``'s own rule, so ``None`` (the default) means ``1``
+            under ``hybrid`` and ``0`` under the other strategies (whose placement it would
+            override: ``least_loaded`` would become prompt-cache-aware at saturation);
+            ``0`` turns it off, ``1`` or more on under any strategy. Off under
             ``coordination`` (the shared slots count every request).
 
     Credentials in the URL (``http://user:password@host``) are taken out of ``url`` and sent
@@ -110,7 +114,7 @@ class Server:
     models: Optional[Tuple[str, ...]] = None
     labels: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
-    lookahead: int = 1
+    lookahead: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -133,7 +137,8 @@ class Server:
         object.__setattr__(self, "url", url)
         positive_int(owner, "max_concurrency", self.max_concurrency)
         positive(owner, "weight", self.weight)
-        positive_int(owner, "lookahead", self.lookahead, minimum=0)
+        if self.lookahead is not None:
+            positive_int(owner, "lookahead", self.lookahead, minimum=0)
         if self.models is not None:
             models = string_list(owner, "models", self.models)
             object.__setattr__(self, "models", tuple(normalize_model(m) for m in models))
@@ -151,7 +156,7 @@ class Server:
 
     def __repr__(self) -> str:
         extra = f", headers={redact_headers(self.headers)!r}" if self.headers else ""
-        look = f", lookahead={self.lookahead}" if self.lookahead != 1 else ""
+        look = f", lookahead={self.lookahead}" if self.lookahead is not None else ""
         return (
             f"Server(name={self.name!r}, url={self.url!r}, max_concurrency={self.max_concurrency}, "
             f"weight={self.weight}, models={self.models!r}, labels={dict(self.labels)!r}"

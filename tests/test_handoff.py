@@ -618,8 +618,8 @@ class TestOption:
         assert info.value.value == bad
 
     def test_toml_shape(self) -> None:
-        """``lookahead = 0`` in a ``[[servers]]`` table turns it off for that server; it is
-        on (1) by default."""
+        """``lookahead = 0`` in a ``[[servers]]`` table turns it off for that server; unset,
+        it is on under ``hybrid`` (the default strategy)."""
         cfg = OrchestraConfig.from_mapping(
             {"servers": [{"name": "a", "url": "http://127.0.0.1:1", "lookahead": 0}]}
         )
@@ -627,5 +627,18 @@ class TestOption:
         assert off.lookahead == 0 and "lookahead=0" in repr(off)
         assert LoadBalancer(OrchestraConfig(servers=(off,)), FleetState((off,)))._lookahead is None
         on = Server("b", "http://127.0.0.1:1")
-        assert on.lookahead == 1 and "lookahead" not in repr(on)
-        assert LoadBalancer(OrchestraConfig(servers=(on,)), FleetState((on,)))._lookahead
+        assert on.lookahead is None and "lookahead" not in repr(on)
+        lb = LoadBalancer(OrchestraConfig(servers=(on,)), FleetState((on,)))
+        assert lb._lookahead is not None and lb._lookahead.limits == {"b": 1}
+
+    @pytest.mark.parametrize("strategy", ["least_loaded", "round_robin", "weighted"])
+    def test_unset_is_off_under_other_strategies(self, strategy: str) -> None:
+        """Unset, the lookahead is off under a strategy other than ``hybrid`` (it places by
+        finishing time, which would override that strategy's choice); set, it holds."""
+        unset = Server("a", "http://127.0.0.1:1")
+        cfg = OrchestraConfig(servers=(unset,), strategy=strategy)
+        assert LoadBalancer(cfg, FleetState((unset,)))._lookahead is None
+        asked = Server("a", "http://127.0.0.1:1", lookahead=1)
+        cfg = OrchestraConfig(servers=(asked,), strategy=strategy)
+        lb = LoadBalancer(cfg, FleetState((asked,)))
+        assert lb._lookahead is not None and lb._lookahead.limits == {"a": 1}

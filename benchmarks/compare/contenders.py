@@ -157,7 +157,7 @@ class Contender:
 
 class OrchestraContender(Contender):
     """The orchestra with ``strategy``; ``+nolookahead``: each server's ``lookahead = 0``
-    (the handoff lookahead off; on by default: what it buys)."""
+    (the handoff lookahead off; on by default under hybrid: what it buys)."""
 
     def __init__(self, strategy: str) -> None:
         self.strategy, plus, option = strategy.partition("+")
