@@ -96,12 +96,8 @@ class Server:
             its slots are busy and one is predicted to free soon (so the host starts the next
             request the moment a slot frees, with no round trip between); each is taken back
             if another host can start it sooner, a higher-priority request or a retry waits,
-            or a request fails on any host. It sends each request to the host that would
-            finish it first, ``hybrid``'s own rule, so ``None`` (the default) means ``1``
-            under ``hybrid`` and ``0`` under the other strategies (whose placement it would
-            override: ``least_loaded`` would become prompt-cache-aware at saturation);
-            ``0`` turns it off, ``1`` or more on under any strategy. Off under
-            ``coordination`` (the shared slots count every request).
+            or a request fails on any host. Unset: on (1) under ``hybrid`` only, whose rule
+            (where it finishes first) it places by; ``0`` off. Off under ``coordination``.
 
     Credentials in the URL (``http://user:password@host``) are taken out of ``url`` and sent
     as an ``Authorization: Basic`` header, so they are never shown anywhere.
