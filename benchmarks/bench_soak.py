@@ -54,6 +54,7 @@ FULL_SECONDS = 60.0
 MAX_BODY = 256 * 1024
 HEADER_TIMEOUT_S = 0.5
 BODY_TIMEOUT_S = 0.5
+KEEP_ALIVE_S = 2.0
 
 HOSTILE: List[Tuple[str, bytes]] = [
     ("/api/generate", b"{not json"),
@@ -211,7 +212,14 @@ async def _drive(host: str, port: int, seconds: float, tally: Tally) -> None:
     deadline = time.monotonic() + seconds
     url = f"http://{host}:{port}"
 
-    async with httpx.AsyncClient(base_url=url, timeout=30) as h, anyio.create_task_group() as tg:
+    # A well-behaved client drops an idle connection before the server's keep-alive time ends
+    # (KEEP_ALIVE_S): one reused just as the proxy closes it would lose its request (a reset),
+    # a race no server can remove and a POST cannot be retried through. httpx's default
+    # keepalive_expiry (5 s) is longer than the proxy's keep-alive here.
+    limits = httpx.Limits(keepalive_expiry=KEEP_ALIVE_S / 2)
+    async with httpx.AsyncClient(
+        base_url=url, timeout=30, limits=limits
+    ) as h, anyio.create_task_group() as tg:
 
         async def loop(kind: str, n: int) -> None:
             i = n
@@ -266,7 +274,7 @@ async def soak(seconds: float) -> Dict[str, Any]:
             "--body-timeout",
             str(BODY_TIMEOUT_S),
             "--keep-alive-timeout",
-            "2",
+            str(KEEP_ALIVE_S),
             "--max-connections",
             "256",
         ]

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import json
 import re
+import selectors
 import socket
 from itertools import accumulate
 from typing import (
@@ -180,6 +181,16 @@ def bind_socket(
     return sock
 
 
+def _unread_bytes(transport: Any) -> bool:
+    """Bytes (or the peer's close) wait in ``transport``'s socket, not read yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing():
+        return False
+    with selectors.DefaultSelector() as selector:  # any descriptor number (select() has a cap)
+        selector.register(sock.fileno(), selectors.EVENT_READ)
+        return bool(selector.select(0))
+
+
 def _guarded_h11(header_timeout_s: float, max_connections: Optional[int], busy_app: Any) -> Any:
     """Uvicorn's h11 protocol, plus what uvicorn does not bound itself.
 
@@ -192,6 +203,15 @@ def _guarded_h11(header_timeout_s: float, max_connections: Optional[int], busy_a
     requests are answered by ``busy_app`` (a 503) and it is closed, while the connections
     already open carry on (uvicorn's own ``limit_concurrency`` would refuse their requests
     too, and with a plain-text body).
+
+    Neither timer closes a connection whose next bytes have already arrived, unread: it is
+    re-armed instead, and the read (due on the loop's next turn) cancels it. asyncio runs the
+    timers that fell due since its last poll before it polls again, so after a pause of the
+    server's loop (its process descheduled or stopped), uvicorn's keep-alive timer closed
+    connections with a whole request in their buffer; the kernel then resets them, and the
+    client loses a request it sent in time, unanswered (``ECONNRESET``, seen in
+    ``benchmarks/bench_soak.py``). The check also narrows the race with a client that reuses
+    a connection just as its keep-alive time ends, to the instant between check and close.
     """
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -233,8 +253,20 @@ def _guarded_h11(header_timeout_s: float, max_connections: Optional[int], busy_a
         def _header_timeout(self, cycle: Any) -> None:
             self._header_timer = None
             waiting = self.cycle is cycle and self._waiting_for_headers()
-            if waiting and not self.transport.is_closing():
+            if not waiting or self.transport.is_closing():
+                return
+            if _unread_bytes(self.transport):  # arrived in time: read them first
+                self._arm_header_timer()
+            else:
                 self.transport.close()
+
+        def timeout_keep_alive_handler(self) -> None:
+            if _unread_bytes(self.transport):  # the next request is here: it cancels this
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
+            else:
+                super().timeout_keep_alive_handler()
 
     return GuardedH11
 
