@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -198,6 +199,38 @@ class TestKillRestart:
             await sim_server.restart()
             assert sim_server.port == port
             assert (await http.get("/")).status_code == 200
+
+    async def test_kill_logs_no_traceback(self, sim_server: SimServer) -> None:
+        """Killing a host under a streaming request cuts it quietly: uvicorn logs no
+        "Exception in ASGI application" traceback for the request the host stopped under."""
+        records: List[logging.LogRecord] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                records.append(record)
+
+        handler = Keep(level=logging.ERROR)
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        uvicorn_log.addHandler(handler)
+        try:
+            async with httpx.AsyncClient(base_url=sim_server.url) as http:
+                errors: List[BaseException] = []
+                body = {**BODY, "options": {"num_predict": 100_000}}
+                async with anyio.create_task_group() as tg:
+
+                    async def streaming() -> None:
+                        try:
+                            await lines_of(http, body)
+                        except httpx.HTTPError as exc:
+                            errors.append(exc)
+
+                    tg.start_soon(streaming)
+                    await sim_server.wait_until(lambda st: st.in_flight == 1)
+                    await sim_server.kill()
+                assert errors  # the stream was cut
+        finally:
+            uvicorn_log.removeHandler(handler)
+        assert [r.getMessage() for r in records] == []
 
     @pytest.mark.slow
     async def test_subprocess_kill_and_restart(self) -> None:

@@ -70,9 +70,16 @@ class SimHost(OllamaRoutes):
             self._tasks.add(task)
         try:
             await self._handle(scope, receive, send)
+        except asyncio.CancelledError:
+            # The host stopped under this request (killed): its connection is already cut,
+            # as a dead Ollama's would be. Ending quietly keeps uvicorn from logging the
+            # cancellation as "Exception in ASGI application" with a traceback.
+            if task is None or task not in self._stopped:
+                raise
         finally:
             if task is not None:
                 self._tasks.discard(task)
+                self._stopped.discard(task)
 
     @property
     def app(self) -> SimHost:

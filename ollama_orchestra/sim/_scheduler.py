@@ -82,6 +82,8 @@ class Scheduler:
         self._running: Optional[asyncio.Event] = None  # created lazily, on the serving loop
         self._paused = False
         self._tasks: Set[asyncio.Task[Any]] = set()
+        #: The request tasks :meth:`aclose` cancelled (the host stopped under them).
+        self._stopped: Set[asyncio.Task[Any]] = set()
         self.reset()
 
     # -- controls ---------------------------------------------------------------------------
@@ -171,6 +173,7 @@ class Scheduler:
     async def aclose(self) -> None:
         """Cancel every in-flight generation."""
         for task in list(self._tasks):
+            self._stopped.add(task)
             task.cancel()
         self.reset()
 
