@@ -335,21 +335,29 @@ class TestBoundProperty:
 
 
 @st.composite
-def prompted_dags(draw: st.DrawFn) -> List[TaskSpec]:
-    """DAGs whose prompts share a context and carry their dependencies' answers."""
-    ctx = tuple(f"c{i}" for i in range(draw(st.integers(0, 300))))
-    n = draw(st.integers(1, 6))
+def prompted_dags(
+    draw: st.DrawFn,
+    *,
+    context: int = 300,
+    most: int = 6,
+    deps: int = 2,
+    unprompted: bool = False,
+) -> List[TaskSpec]:
+    """DAGs of up to ``most`` tasks whose prompts share a context (up to ``context`` tokens)
+    and carry their dependencies' answers (up to ``deps`` each); with ``unprompted``, a task
+    may have no prompt at all."""
+    ctx = tuple(f"c{i}" for i in range(draw(st.integers(0, context))))
+    n = draw(st.integers(1, most))
     tasks: List[TaskSpec] = []
     for i in range(n):
-        deps = draw(st.lists(st.sampled_from(range(i)), unique=True, max_size=2)) if i else []
+        before = draw(st.lists(st.sampled_from(range(i)), unique=True, max_size=deps)) if i else []
         out = draw(st.integers(1, 200))
-        answers = [output_token(f"t{d}", j) for d in deps for j in range(tasks[d].output_tokens)]
+        answers = [output_token(f"t{d}", j) for d in before for j in range(tasks[d].output_tokens)]
         prompt = (*ctx, *answers, *(f"t{i}_{j}" for j in range(draw(st.integers(1, 50)))))
-        tasks.append(
-            TaskSpec(
-                f"t{i}", draw(st.sampled_from([M, N])), out, 0, tuple(f"t{d}" for d in deps), prompt
-            )
-        )
+        if unprompted and not draw(st.booleans()):
+            prompt = ()
+        model = draw(st.sampled_from([M, N]))
+        tasks.append(TaskSpec(f"t{i}", model, out, 0, tuple(f"t{d}" for d in before), prompt))
     return with_prompt_floors(tasks)
 
 

@@ -19,7 +19,6 @@ from benchmarks.makespan_bound import (
     critical_path_bound,
     host_spec,
     lower_bound,
-    output_token,
     placement_bound,
     simulate,
     task_specs,
@@ -30,32 +29,9 @@ from ollama_orchestra import Orchestra, Task
 from ollama_orchestra.sim import HostProfile, ModelSpec, aggregate_speedup
 
 from .conftest import config_for, fleet
+from .test_makespan_bound import M, N, host, prompted_dags, task
 
-M, N = "m", "n"
 A2 = aggregate_speedup(2)
-
-
-def host(
-    name: str = "h",
-    *,
-    slots: int = 1,
-    loaded: Sequence[str] = (M, N),
-    load_s: float = 5.0,
-    **kw: object,
-) -> HostSpec:
-    """A host with models ``m`` and ``n`` of 1 GB: 100 tokens/s decode, 1,000 prompt."""
-    timing = ModelTiming(decode_tps=100.0, prompt_tps=1000.0, load_s=load_s, size_gb=1.0)
-    return HostSpec(
-        name,
-        {M: timing, N: timing},
-        slots=slots,
-        loaded=frozenset(loaded),
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def task(tid: str, out: int = 100, *deps: str, model: str = M) -> TaskSpec:
-    return TaskSpec(tid, model, out, 0, tuple(deps))
 
 
 def old_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> float:
@@ -182,23 +158,6 @@ class TestDemo:
         assert floor <= simulate(tasks, hosts, order)
 
 
-@st.composite
-def prompted(draw: st.DrawFn) -> List[TaskSpec]:
-    """DAGs whose prompts share a context and carry their dependencies' answers."""
-    ctx = tuple(f"c{i}" for i in range(draw(st.integers(0, 400))))
-    n = draw(st.integers(1, 7))
-    tasks: List[TaskSpec] = []
-    for i in range(n):
-        deps = draw(st.lists(st.sampled_from(range(i)), unique=True, max_size=3)) if i else []
-        out = draw(st.integers(1, 200))
-        answers = [output_token(f"t{d}", j) for d in deps for j in range(tasks[d].output_tokens)]
-        own = (f"t{i}_{j}" for j in range(draw(st.integers(1, 50))))
-        prompt = (*ctx, *answers, *own) if draw(st.booleans()) else ()
-        model = draw(st.sampled_from([M, N]))
-        tasks.append(TaskSpec(f"t{i}", model, out, 0, tuple(f"t{d}" for d in deps), prompt))
-    return with_prompt_floors(tasks)
-
-
 def fleets() -> st.SearchStrategy[List[HostSpec]]:
     def make(i: int, spec: Tuple[float, int, Tuple[str, ...], Optional[float], object]) -> HostSpec:
         speed, slots, loaded, vram, cap = spec
@@ -233,7 +192,7 @@ class TestProperty:
     one-model-at-a-time hosts, shared prompts, per-slot caches or one as large as need be."""
 
     @settings(max_examples=80, deadline=None)
-    @given(prompted(), fleets())
+    @given(prompted_dags(context=400, most=7, deps=3, unprompted=True), fleets())
     def test_below_every_list_schedule(self, tasks: List[TaskSpec], hosts: List[HostSpec]) -> None:
         """The best list schedule found, and two fixed orders, take at least the bound."""
         floor = placement_bound(tasks, hosts)
