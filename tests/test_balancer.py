@@ -384,8 +384,10 @@ class TestRoutingByModel:
 
 
 class TestRetriesFirst:
-    async def test_retry_waits_at_the_front(self) -> None:
-        """A request being retried is served before newer waiters of its priority."""
+    @staticmethod
+    async def served(waiters: Sequence[Tuple[str, Tuple[str, ...]]]) -> List[str]:
+        """The order in which ``waiters`` (tag, servers excluded: a retry excludes one),
+        queued one after another behind a held slot, are served once it is released."""
         lb, _, _ = make((1,))
         held = await lb.acquire(M)
         order: List[str] = []
@@ -396,31 +398,21 @@ class TestRetriesFirst:
             lb.release(lease)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(wait, "new1", frozenset())
-            await wait_all_tasks_blocked()
-            tg.start_soon(wait, "retry", frozenset({"s9"}))
-            await wait_all_tasks_blocked()
+            for tag, exclude in waiters:
+                tg.start_soon(wait, tag, frozenset(exclude))
+                await wait_all_tasks_blocked()
             lb.release(held)
-        assert order == ["retry", "new1"]
+        return order
+
+    async def test_retry_waits_at_the_front(self) -> None:
+        """A request being retried is served before newer waiters of its priority."""
+        assert await self.served([("new1", ()), ("retry", ("s9",))]) == ["retry", "new1"]
 
     async def test_retries_keep_their_order(self) -> None:
         """Retries are served in the order they failed (the first to fail first: after a
         host dies, the last of its requests to fail does not overtake the others)."""
-        lb, _, _ = make((1,))
-        held = await lb.acquire(M)
-        order: List[str] = []
-
-        async def wait(tag: str, exclude: frozenset) -> None:  # type: ignore[type-arg]
-            lease = await lb.acquire(M, exclude=exclude)
-            order.append(tag)
-            lb.release(lease)
-
-        async with anyio.create_task_group() as tg:
-            for tag, exclude in [("new", ()), ("retry1", ("s9",)), ("retry2", ("s8",))]:
-                tg.start_soon(wait, tag, frozenset(exclude))
-                await wait_all_tasks_blocked()
-            lb.release(held)
-        assert order == ["retry1", "retry2", "new"]
+        waiters = [("new", ()), ("retry1", ("s9",)), ("retry2", ("s8",))]
+        assert await self.served(waiters) == ["retry1", "retry2", "new"]
 
 
 def speeds(state: FleetState, latency: Dict[str, float]) -> None:
