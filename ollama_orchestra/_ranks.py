@@ -50,7 +50,6 @@ __all__ = [
     "chain_ends",
     "fleet_costs",
     "order_priorities",
-    "rank_priorities",
     "server_cost",
     "task_costs",
     "task_tokens",
@@ -134,65 +133,48 @@ def task_costs(
     return out
 
 
-def upward_ranks(tasks: Mapping[str, Task], cost: Mapping[str, float]) -> Dict[str, float]:
-    """Each task's cost plus the largest upward rank among the tasks that depend on it."""
+def _sinks_up(tasks: Mapping[str, Task]) -> Tuple[Dict[str, List[str]], List[str]]:
+    """Each task's dependents, and the tasks ordered so that each comes after every task
+    that depends on it (Kahn's algorithm from the sinks up; the graph is acyclic here)."""
     dependents: Dict[str, List[str]] = {tid: [] for tid in tasks}
     for t in tasks.values():
         for dep in t.depends_on:
             dependents[dep].append(t.id)
-    waiting = {tid: len(deps) for tid, deps in dependents.items()}
+    waiting = {tid: len(ds) for tid, ds in dependents.items()}
     ready = [tid for tid, n in waiting.items() if n == 0]
-    rank: Dict[str, float] = {}
-    while ready:  # Kahn's algorithm from the sinks up (the graph is acyclic here)
+    order: List[str] = []
+    while ready:
         tid = ready.pop()
-        rank[tid] = cost[tid] + max((rank[d] for d in dependents[tid]), default=0.0)
+        order.append(tid)
         for dep in tasks[tid].depends_on:
             waiting[dep] -= 1
             if waiting[dep] == 0:
                 ready.append(dep)
+    return dependents, order
+
+
+def upward_ranks(tasks: Mapping[str, Task], cost: Mapping[str, float]) -> Dict[str, float]:
+    """Each task's cost plus the largest upward rank among the tasks that depend on it."""
+    dependents, order = _sinks_up(tasks)
+    rank: Dict[str, float] = {}
+    for tid in order:
+        rank[tid] = cost[tid] + max((rank[d] for d in dependents[tid]), default=0.0)
     return rank
-
-
-def rank_priorities(
-    tasks: Mapping[str, Task], rank: Mapping[str, float], scale: Optional[float] = None
-) -> Dict[str, int]:
-    """Queue priorities: a task's explicit ``priority`` as given (it always wins: the user's
-    word), else its rank scaled to ``0..RANK_SCALE`` (``scale``: the rank that maps to
-    :data:`RANK_SCALE`, default the largest among the tasks without an explicit one)."""
-    own = [rank[tid] for tid, t in tasks.items() if t.priority is None]
-    top = scale if scale is not None else max(own, default=0.0)
-    factor = RANK_SCALE / top if top > 0 else 0.0
-    return {
-        tid: t.priority
-        if t.priority is not None
-        else min(RANK_SCALE, max(0, round(rank[tid] * factor)))
-        for tid, t in tasks.items()
-    }
 
 
 def chain_ends(tasks: Mapping[str, Task], rank: Mapping[str, float]) -> Dict[str, str]:
     """Where each task's critical chain ends: the task itself if nothing depends on it, else
     the chain end of its dependent with the largest rank (the first declared among equal
     ones). Tasks whose chains end in the same task feed the same join."""
-    dependents: Dict[str, List[str]] = {tid: [] for tid in tasks}
-    for t in tasks.values():
-        for dep in t.depends_on:
-            dependents[dep].append(t.id)
+    dependents, order = _sinks_up(tasks)
     end: Dict[str, str] = {}
-    pending = [tid for tid, ds in dependents.items() if not ds]
-    waiting = {tid: len(ds) for tid, ds in dependents.items()}
-    while pending:  # from the sinks up, as upward_ranks
-        tid = pending.pop()
+    for tid in order:
         ds = dependents[tid]
         if ds:
             top = max(rank[d] for d in ds)
             end[tid] = end[next(d for d in ds if rank[d] == top)]
         else:
             end[tid] = tid
-        for dep in tasks[tid].depends_on:
-            waiting[dep] -= 1
-            if waiting[dep] == 0:
-                pending.append(dep)
     return end
 
 

@@ -14,7 +14,6 @@ from ollama_orchestra._ranks import (
     chain_ends,
     fleet_costs,
     order_priorities,
-    rank_priorities,
     server_cost,
     task_costs,
     upward_ranks,
@@ -37,12 +36,6 @@ class TestUpwardRanks:
         tasks = by_id([t("a"), t("b", "a"), t("c", "a"), t("d", "b", "c")])
         cost = {"a": 2.0, "b": 3.0, "c": 5.0, "d": 1.0}
         assert upward_ranks(tasks, cost) == {"d": 1.0, "b": 4.0, "c": 6.0, "a": 8.0}
-
-    def test_priorities_scale_and_explicit_wins(self) -> None:
-        """Default priorities are ranks scaled to 0..1000; an explicit priority is kept."""
-        tasks = by_id([t("a"), t("b", "a"), t("x", priority=7)])
-        rank = {"a": 8.0, "b": 2.0, "x": 4.0}
-        assert rank_priorities(tasks, rank) == {"a": 1000, "b": 250, "x": 7}
 
 
 def pipelines() -> Dict[str, Task]:
