@@ -25,11 +25,18 @@ from benchmarks.makespan_bound import (
     with_prompt_floors,
     work_bound,
 )
-from ollama_orchestra import Orchestra, Task
+from ollama_orchestra import Task
 from ollama_orchestra.sim import HostProfile, ModelSpec, aggregate_speedup
 
-from .conftest import config_for, fleet
-from .test_makespan_bound import M, N, host, prompted_dags, task
+from .test_makespan_bound import (
+    M,
+    N,
+    assert_measured_within,
+    host,
+    prompted_dags,
+    sim_bounds,
+    task,
+)
 
 A2 = aggregate_speedup(2)
 
@@ -223,17 +230,9 @@ class TestAgainstTheSimulator:
             Task("b", model="n:latest", prompt="other", options={"num_predict": 100}),
             Task("c", model="m:latest", prompt="then {a}", depends_on=["a"]),
         ]
-        scale = 0.05
-        specs = task_specs(tasks)
-        hosts = [host_spec(profile, max_concurrent=2)]
-        b = bounds(specs, hosts)
+        b = sim_bounds(profile, tasks)
         assert b.placement > max(b.critical_path, b.work) + 0.5
-        async with fleet([profile], time_scale=scale) as sim, Orchestra(config_for(sim)) as orch:
-            result = await orch.run(tasks)
-        assert result.ok
-        measured = result.makespan_s / scale
-        assert measured >= b.lower
-        assert b.best is not None and measured <= b.best.makespan * 1.5 + 1.0
+        await assert_measured_within(profile, tasks, b)
 
     @pytest.mark.parametrize("then_other_model", [False, True])
     async def test_shared_context_on_two_slots(self, then_other_model: bool) -> None:
@@ -253,14 +252,6 @@ class TestAgainstTheSimulator:
         ]
         if then_other_model:
             tasks.append(Task("c", model="n:latest", prompt="on {a}", depends_on=["a"]))
-        scale = 0.05
-        specs = task_specs(tasks)
-        hosts = [host_spec(profile, max_concurrent=2)]
-        b = bounds(specs, hosts)
+        b = sim_bounds(profile, tasks)
         assert b.placement > b.critical_path
-        async with fleet([profile], time_scale=scale) as sim, Orchestra(config_for(sim)) as orch:
-            result = await orch.run(tasks)
-        assert result.ok
-        measured = result.makespan_s / scale
-        assert measured >= b.lower
-        assert b.best is not None and measured <= b.best.makespan * 1.5 + 1.0
+        await assert_measured_within(profile, tasks, b)
