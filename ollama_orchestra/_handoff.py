@@ -13,9 +13,9 @@ frees. Where a request goes is decided by when it would finish, ``hybrid``'s rul
 speed included: so by default the lookahead is on (1) under ``hybrid`` and off under the other
 strategies, whose placement it would override (measured: under ``least_loaded`` it lifted the
 prompt-cache hits of ``bench_agent``'s conversations from 56% to 85%, no longer the
-cache-blind strategy asked for); ``Server.lookahead`` set explicitly holds under any strategy. Until it starts, it is only a reservation and is **taken
-back** (its HTTP request cancelled: Ollama drops a queued request whose client went away)
-when
+cache-blind strategy asked for); ``Server.lookahead`` set explicitly holds under any
+strategy. Until it starts, it is only a reservation and is **taken back** (its HTTP request
+cancelled: Ollama drops a queued request whose client went away) when
 
 - a slot frees on another host that would finish it sooner, and no waiting request takes
   that slot (near the end of a batch: the rerouting the balancer exists for), or
@@ -71,6 +71,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Sequence,
     Tuple,
     TypeVar,
 )
@@ -198,7 +199,7 @@ class Lookahead:
         is not sent ahead while that host is left alone (``_broken``; :meth:`walk`)."""
         for queue in list(self.pending.values()):
             for lease in list(queue):
-                if _rank(lease)[1] is False:
+                if not _rank(lease)[1]:  # not a retry
                     self._lb._take_back(lease)
 
     def walk(self, now: float) -> None:
@@ -214,11 +215,12 @@ class Lookahead:
         if not lb._waiting:
             return
         hold = lb._broken.any(now)
+        open_limits = self._open_limits(now)  # one walk: health and pauses stay as they are
         claims: Dict[str, int] = {}
         for prio in sorted(lb._queues, reverse=True):
             waiters = lb._queues[prio]
             retry = bool(waiters) and bool(waiters[0].exclude)  # retries wait at the front
-            if not self._room_for((prio, retry)):
+            if not self._room_for((prio, retry), open_limits):
                 return  # every host's queue is taken, by work of this rank or higher
             for waiter in list(waiters):
                 if waiter.gone or waiter.granted is not None:
@@ -227,7 +229,7 @@ class Lookahead:
                 self._give_way(waiter, rank)
                 if hold and not waiter.exclude:
                     break  # newer work waits while retries may come (:meth:`broke`)
-                if self._done(rank, claims):
+                if self._done(rank, claims, open_limits):
                     # Nothing left for this waiter nor those behind it (of this rank or
                     # lower): stop, rather than estimate every waiting request on each walk.
                     return
@@ -250,21 +252,26 @@ class Lookahead:
 
     # -- decisions -------------------------------------------------------------------------
 
-    def _room_for(self, rank: Tuple[int, bool]) -> bool:
-        """Whether a waiting request of ``rank`` may still be sent ahead somewhere, or make
-        one of lower rank sent ahead give way."""
-        for name, limit in self._open_limits():
+    def _room_for(self, rank: Tuple[int, bool], open_limits: Sequence[Tuple[str, int]]) -> bool:
+        """Whether a waiting request of ``rank`` may still be sent ahead somewhere (among
+        ``open_limits``: :meth:`_open_limits`), or make one of lower rank sent ahead give way."""
+        for name, limit in open_limits:
             queue = self.pending[name]
             if len(queue) < limit or any(_rank(le) < rank for le in queue):
                 return True
         return False
 
-    def _done(self, rank: Tuple[int, bool], claims: Mapping[str, int]) -> bool:
+    def _done(
+        self,
+        rank: Tuple[int, bool],
+        claims: Mapping[str, int],
+        open_limits: Sequence[Tuple[str, int]],
+    ) -> bool:
         """Whether the walk can stop at a waiter of ``rank``: no host may take a request
         sent ahead (its queue is full, or a waiter ahead in this walk claimed its next
         slot), and nothing sent ahead ranks below it (so it and the waiters after it, of
         its rank or lower, can make nothing give way)."""
-        for name, limit in self._open_limits():
+        for name, limit in open_limits:
             queue = self.pending[name]
             if len(queue) < limit and not claims.get(name):
                 return False
@@ -272,12 +279,12 @@ class Lookahead:
                 return False
         return True
 
-    def _open_limits(self) -> List[Tuple[str, int]]:
+    def _open_limits(self, now: float) -> List[Tuple[str, int]]:
         """The hosts that may take a request sent ahead (healthy ones, not left alone after
         a broken connection: such a host has room in its queue, and takes nothing), with
         their limits."""
         lb = self._lb
-        state, broken, now = lb._state, lb._broken, lb._clock()
+        state, broken = lb._state, lb._broken
         return [
             (name, limit)
             for name, limit in self.limits.items()
