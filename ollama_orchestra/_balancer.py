@@ -536,9 +536,9 @@ class LoadBalancer:
     def _left_alone_for(self, waiter: _Waiter) -> bool:
         """Whether a server ``waiter`` may go to is only left alone for a moment after a
         broken connection (``_broken``): the request waits for it, it is not stranded."""
-        if not self._broken.any(self._clock()):
-            return False
         now = self._clock()
+        if not self._broken.any(now):
+            return False
         return any(self._broken.holds(st.server.name, now) for st in self._eligible_states(waiter))
 
     def _candidates(
