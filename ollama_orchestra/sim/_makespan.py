@@ -119,6 +119,7 @@ __all__ = [
     "weight_choices",
     "weighted_finish",
     "weighted_work",
+    "whole_prompts",
     "with_prompt_floors",
     "work_bound",
 ]
@@ -337,12 +338,23 @@ def critical_path_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) ->
     return max(earliest_finish(tasks, hosts).values(), default=0.0)
 
 
-def earliest_finish(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> Dict[str, float]:
-    """Each task's earliest finish on the critical path bound's terms, with a prompt cache
-    that holds only finished requests' tokens (see the module)."""
-    order = topological(tasks, hosts)
+def whole_prompts(tasks: Sequence[TaskSpec]) -> Dict[str, int]:
+    """Per task, the tokens of its whole prompt that a cold runner evaluates: its own, or
+    all of it but what lies inside its model's answers (:func:`model_paths`), the more."""
     paths = model_paths(tasks)
-    full = {t.id: max(t.prompt_tokens, len(paths.get(t.id, ()))) for t in tasks}
+    return {t.id: max(t.prompt_tokens, len(paths.get(t.id, ()))) for t in tasks}
+
+
+def earliest_finish(
+    tasks: Sequence[TaskSpec],
+    hosts: Sequence[HostSpec],
+    whole: Optional[Mapping[str, int]] = None,
+) -> Dict[str, float]:
+    """Each task's earliest finish on the critical path bound's terms, with a prompt cache
+    that holds only finished requests' tokens (see the module). ``whole``:
+    :func:`whole_prompts` of ``tasks``, where already known."""
+    order = topological(tasks, hosts)
+    full = whole_prompts(tasks) if whole is None else whole
     first: Dict[Tuple[int, str], float] = {}  # (host, model): its first finish, at least
     finish: Dict[str, float] = {}
     for _ in range(_FIRST_FINISH_ROUNDS):
@@ -363,25 +375,28 @@ def earliest_finish(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> Dic
         if done == finish:
             break
         finish = done
-        first = first_finish(tasks, hosts, finish)
+        first = first_finish(tasks, hosts, finish, full)
     return finish
 
 
 def first_finish(
-    tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec], finish: Mapping[str, float]
+    tasks: Sequence[TaskSpec],
+    hosts: Sequence[HostSpec],
+    finish: Mapping[str, float],
+    whole: Optional[Mapping[str, int]] = None,
 ) -> Dict[Tuple[int, str], float]:
     """Per (host index, model): the earliest a request of that model can finish there,
     given earliest finishes ``finish``: the first to finish started with nothing cached
-    there, so it evaluated its whole prompt (see the module)."""
-    paths = model_paths(tasks)
+    there, so it evaluated its whole prompt (see the module). ``whole``:
+    :func:`whole_prompts` of ``tasks``, where already known."""
+    full = whole_prompts(tasks) if whole is None else whole
     first: Dict[Tuple[int, str], float] = {}
     for t in tasks:
         ready = max((finish[d] for d in t.deps), default=0.0)
-        whole = max(t.prompt_tokens, len(paths.get(t.id, ())))
         for i, h in enumerate(hosts):
             if t.model in h.models:
                 rate = h.models[t.model].prompt_tps * h.speed
-                end = max(ready, h.ready_s(t.model)) + whole / rate + h.decode_s(t)
+                end = max(ready, h.ready_s(t.model)) + full[t.id] / rate + h.decode_s(t)
                 first[(i, t.model)] = min(first.get((i, t.model), math.inf), end)
     return first
 

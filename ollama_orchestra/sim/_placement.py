@@ -110,11 +110,11 @@ from ._makespan import (
     earliest_finish,
     finish_time,
     first_finish,
-    model_paths,
     topological,
     weight_choices,
     weighted_finish,
     weighted_work,
+    whole_prompts,
 )
 from ._spec import aggregate_speedup
 
@@ -144,12 +144,15 @@ def placement_bound(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> flo
         count *= len(subsets)
         if count > MAX_CASES:
             return 0.0
-    finish = earliest_finish(tasks, hosts)
+    whole = whole_prompts(tasks)
+    finish = earliest_finish(tasks, hosts, whole)
     timing = _Timing(
         release={t.id: max((finish[d] for d in t.deps), default=0.0) for t in tasks},
         tail=_tails(tasks, hosts),
-        shared=_shared_prompts(tasks),
-        first=first_finish(tasks, hosts, finish),
+        # Per task, its prompt's tokens beyond its own (less those inside answers of its
+        # model's tasks): what the first task on a fresh runner evaluates on top of its own.
+        shared={t.id: whole[t.id] - t.prompt_tokens for t in tasks},
+        first=first_finish(tasks, hosts, finish, whole),
     )
     plain = []
     for case in itertools.product(*options):
@@ -189,14 +192,6 @@ def _tails(tasks: Sequence[TaskSpec], hosts: Sequence[HostSpec]) -> Dict[str, fl
             default=0.0,
         )
     return tail
-
-
-def _shared_prompts(tasks: Sequence[TaskSpec]) -> Dict[str, int]:
-    """Per task, its prompt's tokens beyond its own :attr:`TaskSpec.prompt_tokens` (less
-    those inside answers of its model's tasks): what the first task on a fresh runner
-    evaluates on top of its own."""
-    paths = model_paths(tasks)
-    return {t.id: max(0, len(paths.get(t.id, ())) - t.prompt_tokens) for t in tasks}
 
 
 @dataclass(frozen=True)
