@@ -163,7 +163,7 @@ class OrchestraContender(Contender):
         self.strategy, plus, option = strategy.partition("+")
         if plus and option != "nolookahead":
             raise ValueError(f"unknown contender option: {strategy!r}")
-        self.lookahead = 0 if plus else Server.lookahead
+        self.lookahead: Optional[int] = 0 if plus else None  # None: the library's default
         self.name = f"orchestra-{strategy}"
 
     @contextlib.asynccontextmanager
