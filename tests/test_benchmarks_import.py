@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -58,6 +58,72 @@ def test_compare_checks_on_an_empty_report() -> None:
     from benchmarks.compare import checks
 
     assert checks({}, quick=True) == []
+
+
+class TestSideBySide:
+    """Contenders run alternating, and the order turns by one each round."""
+
+    async def test_order_turns(self) -> None:
+        from benchmarks.compare.contenders import Contender
+        from benchmarks.compare.runner import side_by_side
+
+        order: List[str] = []
+
+        class Named(Contender):
+            def __init__(self, name: str) -> None:
+                self.name = name
+
+        async def run(c: Contender, r: int) -> Tuple[str, int]:
+            order.append(c.name)
+            return c.name, r
+
+        runs = await side_by_side([Named("a"), Named("b"), Named("c")], 4, run)
+        assert order == list("abcbcacababc")
+        assert runs["b"] == [("b", 0), ("b", 1), ("b", 2), ("b", 3)]  # in round order
+
+
+class TestHeadToHeadChecks:
+    """Issue 19's goals on the per-round ratios: levels by their mean, "not below round
+    robin" by the 95% confidence interval of the mean."""
+
+    @staticmethod
+    def report(vs_rr: Sequence[float]) -> Dict[str, Any]:
+        def ratio(per: Sequence[float]) -> Dict[str, Any]:
+            one = {"mean": sum(per) / len(per), "rounds": list(per)}
+            return {"steady": one, "batch": one}
+
+        return {
+            "head_to_head": {
+                "rounds": len(vs_rr),
+                "one_host_vs_direct": ratio([0.99, 1.01, 1.0]),
+                "two_hosts_vs_direct": ratio([1.96, 1.97, 1.975]),
+                "two_hosts_vs_round_robin": ratio(vs_rr),
+                "round_robin_vs_direct": ratio([2.0, 2.0, 2.0]),
+            }
+        }
+
+    def test_confidence95(self) -> None:
+        from benchmarks.compare.checks import confidence95
+
+        mean, half = confidence95([1.0, 2.0, 3.0])
+        assert mean == 2.0 and half == pytest.approx(4.30 * 1.0 / 3**0.5)
+        assert confidence95([1.5]) == (1.5, 0.0)
+
+    def test_goals(self) -> None:
+        from benchmarks.compare import checks
+
+        def by_figure(vs_rr: Sequence[float]) -> Dict[str, Any]:
+            return {c.figure: c for c in checks(self.report(vs_rr), quick=False)}
+
+        tie = by_figure([0.99, 1.0, 1.005])  # mean 0.998: no shortfall the rounds can show
+        vs_rr = tie["a. head to head, 3 rounds, 2 hosts: hybrid / round robin"]
+        assert vs_rr.ok is True and vs_rr.goal == "not below: CI reaches 1.00x"
+        assert vs_rr.value.startswith("0.998x (95% CI 0.979-1.017, rounds 0.990-1.005")
+        assert tie["a. head to head, 3 rounds, 1 host: hybrid / direct"].ok is True
+        assert tie["a. head to head, 3 rounds, 2 hosts: hybrid / direct to one"].ok is False
+        assert tie["a. head to head, 3 rounds, 2 hosts: round robin / direct to one"].ok is None
+        short = by_figure([0.985, 0.99, 0.988])  # a shortfall every round
+        assert short["a. head to head, 3 rounds, 2 hosts: hybrid / round robin"].ok is False
 
 
 def test_old_compare_module_is_the_package() -> None:

@@ -15,7 +15,7 @@ from ollama_orchestra.sim import HostProfile, SimFleet
 from ..common import add_common_args, results_dir, write_json
 from .checks import checks
 from .contenders import WORKLOAD, Host, hosts_of, litellm_status, work_model
-from .scenarios import heterogeneous, mixed_models, overhead, scaling
+from .scenarios import head_to_head, heterogeneous, mixed_models, overhead, scaling
 
 SLOTS = 2  # of each simulated host
 
@@ -43,6 +43,9 @@ async def _run_sim(quick: bool, only: Sequence[str]) -> Dict[str, Any]:
         print(f"a. scaling over {counts} identical hosts", flush=True)
         async with SimFleet(profiles, time_scale=0.25, mode="subprocess") as fleet:
             report["scaling"] = await scaling(hosts_of(fleet), counts, per_slot, rounds)
+            if not quick:
+                print("a. head to head: hybrid, direct, round robin; 1 and 2 hosts", flush=True)
+                report["head_to_head"] = await head_to_head(hosts_of(fleet), per_slot, 8)
     if "b" in only:
         print("b. heterogeneous: one host twice as fast", flush=True)
         het = [

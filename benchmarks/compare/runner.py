@@ -1,6 +1,6 @@
 """Running a workload through a contender, and contenders side by side.
 
-Contenders always run alternating, round by round (A B C A B C ...), never all of A then all
+Contenders always run alternating, round by round (A B C B C A ...), never all of A then all
 of B, so that a drift of the machine affects them alike; figures are ratios within a round.
 """
 
@@ -178,12 +178,18 @@ async def side_by_side(
 ) -> Dict[str, List[T]]:
     """``run(contender, round)`` for each contender in turn, ``rounds`` times over: each
     contender's results in round order. ``before_round(round)`` runs first in each round
-    (e.g. to measure a baseline in that same round)."""
+    (e.g. to measure a baseline in that same round).
+
+    The order turns by one each round (A B C, B C A, C A B, ...): no contender always runs
+    first, or always right after the same other one (a contender that leaves garbage or
+    open connections behind, LiteLLM's, would otherwise slow the same next one every round).
+    """
     runs: Dict[str, List[T]] = {c.name: [] for c in contenders}
     for r in range(rounds):
         if before_round is not None:
             await before_round(r)
-        for c in contenders:
+        turn = r % len(contenders) if contenders else 0
+        for c in [*contenders[turn:], *contenders[:turn]]:
             runs[c.name].append(await run(c, r))
     return runs
 

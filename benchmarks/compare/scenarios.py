@@ -1,6 +1,7 @@
 """The four scenarios, each on hosts it is given (simulated or real); see the package docstring.
 
-a. :func:`scaling`: 1, 2, 4, 8 identical hosts; b. :func:`heterogeneous`: one fast host and
+a. :func:`scaling`: 1, 2, 4, 8 identical hosts (and :func:`head_to_head`: the orchestra against
+direct sends and round robin on one and two, more rounds); b. :func:`heterogeneous`: one fast host and
 one slow; c. :func:`mixed_models`: two models, one loaded per host (simulated only: it reads
 the simulator's load counters); d. :func:`overhead`: time per request on an instant host.
 """
@@ -25,6 +26,7 @@ from .contenders import (
     LiteLLMContender,
     OneHost,
     OrchestraContender,
+    RoundRobin,
     contenders_for,
     generate_body,
     hosts_of,
@@ -90,6 +92,56 @@ async def scaling(
     out["by_hosts"] = {str(n): await on(n) for n in counts}
     out["timeline"] = [{"t": t, "utilization": u} for t, u in timeline]
     return out
+
+
+async def head_to_head(fleet_hosts: List[Host], per_slot: int, rounds: int) -> Dict[str, Any]:
+    """Issue 19's saturation figures, measured more often than :func:`scaling`'s overview:
+    the orchestra (``hybrid``, the default) against sending directly to one host and against
+    round robin over two, alternating for ``rounds`` rounds. Each figure is the mean of the
+    per-round ratios (same round, so a drift of the machine cancels), with their spread."""
+    one, two = fleet_hosts[:1], fleet_hosts[:2]
+    hybrid, direct, rr = OrchestraContender("hybrid"), OneHost(), RoundRobin()
+    contenders: List[Contender] = [hybrid, direct, rr]
+
+    async def batch(c: Contender, r: int) -> Dict[int, Outcome]:
+        # Batches on one host, then on two (round robin: two only; direct: one host both
+        # times, the second being the base of "2 hosts vs 1" in this round).
+        outs: Dict[int, Outcome] = {}
+        for n in (1, 2) if c is not rr else (2,):
+            hosts = one if c is direct or n == 1 else two
+            size = per_slot * sum(h.slots for h in hosts)
+            outs[n] = await run_workload(c, hosts, [WORKLOAD.model] * size)
+        print(
+            f"  head to head round {r + 1}: {c.name:<16} "
+            + ", ".join(f"{n} host(s) {o.steady_throughput:6.2f}" for n, o in outs.items())
+            + " req/s at saturation",
+            flush=True,
+        )
+        return outs
+
+    # A round not counted first: the first batches on a fleet run slower (measured: up to 7%
+    # on hosts just started), whichever contender runs them.
+    await side_by_side(contenders, 1, batch)
+    runs = await side_by_side(contenders, rounds, batch)
+
+    def ratios(num: Contender, i: int, den: Contender, j: int) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for key, rate in (("steady", "steady_throughput"), ("batch", "throughput")):
+            per_round = [
+                getattr(a[i], rate) / getattr(b[j], rate)
+                for a, b in zip(runs[num.name], runs[den.name])
+            ]
+            out[key] = {"mean": statistics.mean(per_round), "rounds": per_round}
+        return out
+
+    return {
+        "rounds": rounds,
+        "per_slot": per_slot,
+        "one_host_vs_direct": ratios(hybrid, 1, direct, 1),
+        "two_hosts_vs_direct": ratios(hybrid, 2, direct, 2),
+        "two_hosts_vs_round_robin": ratios(hybrid, 2, rr, 2),
+        "round_robin_vs_direct": ratios(rr, 2, direct, 2),
+    }
 
 
 # -- b. heterogeneous -----------------------------------------------------------------------
