@@ -82,6 +82,35 @@ class TestSideBySide:
         assert runs["b"] == [("b", 0), ("b", 1), ("b", 2), ("b", 3)]  # in round order
 
 
+class TestRunWorkload:
+    """Every batch sends prompts of its own: no batch finds the last one's in a host's cache."""
+
+    async def test_prompts_differ_between_batches(self) -> None:
+        from benchmarks.compare.contenders import Contender, Host
+        from benchmarks.compare.runner import run_workload
+
+        sent: List[str] = []
+
+        class Recording(Contender):
+            name = "recording"
+
+            @contextlib.asynccontextmanager
+            async def open(self, hosts: Any) -> AsyncIterator[Any]:
+                async def send(model: str, prompt: str) -> str:
+                    sent.append(prompt)
+                    return "h"
+
+                yield send
+
+        hosts = [Host("h", "http://127.0.0.1:1", 1)]
+        first = await run_workload(Recording(), hosts, ["m"] * 3)
+        assert first.requests == 3 and first.per_host == {"h": 3}
+        one, sent[:] = list(sent), []
+        await run_workload(Recording(), hosts, ["m"] * 3)
+        assert len(set(one)) == len(set(sent)) == 4  # the warm-up and three requests
+        assert not set(one) & set(sent)
+
+
 class TestHeadToHeadChecks:
     """Issue 19's goals on the per-round ratios: levels by their mean, "not below round
     robin" by the 95% confidence interval of the mean."""
