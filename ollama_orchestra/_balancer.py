@@ -608,6 +608,11 @@ class LoadBalancer:
         wanted = {lease.model for lease in self._slots.held(st.server.name)} | self._wanted.keys()
         return displaced_s(st, model, now, wanted, self._state.servers())
 
+    def _service_known(self, name: str, model: str) -> bool:
+        """Whether a request of ``model`` on ``name`` has an expected service time
+        (:func:`_service`'s, whatever its prompt): something was measured there."""
+        return self.costs.base_known(name, model) or model in self._state[name].latency_s
+
     def _expected_service(self, st: ServerState, model: str) -> float:
         return expected_service_s(st, model, self._state.servers())
 

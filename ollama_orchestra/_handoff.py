@@ -280,15 +280,21 @@ class Lookahead:
         return True
 
     def _open_limits(self, now: float) -> List[Tuple[str, int]]:
-        """The hosts that may take a request sent ahead (healthy ones, not left alone after
-        a broken connection: such a host has room in its queue, and takes nothing), with
-        their limits."""
+        """The hosts that may take a request sent ahead, with their limits: healthy ones,
+        not left alone after a broken connection, with a measured service time for a model
+        that waits (nothing is sent ahead without one). The others have room in their
+        queues and take nothing: counting them, each walk looked at one waiter more per
+        such host (at the start of a batch on 8 hosts, one measured: 8 waiters for each
+        request arriving, which delayed the batch's first requests by 0.2-0.3 s)."""
         lb = self._lb
         state, broken = lb._state, lb._broken
+        models = list(lb._wanted)
         return [
             (name, limit)
             for name, limit in self.limits.items()
-            if state[name].healthy and not broken.holds(name, now)
+            if state[name].healthy
+            and not broken.holds(name, now)
+            and any(lb._service_known(name, m) for m in models)
         ]
 
     def _give_way(self, waiter: Any, rank: Tuple[int, bool]) -> None:

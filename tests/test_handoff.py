@@ -359,6 +359,32 @@ class TestWalkStopsEarly:
         for le in running + got:
             lb.release(le)
 
+    async def test_hosts_without_a_measured_service_cost_nothing(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Eight hosts, one measured (the start of a batch on a fresh fleet): each request
+        queued evaluates one or two waiters, not one more per host not measured yet (those
+        were claimed one by one before the walk could stop; the ramp-up lagged)."""
+        lb, _ = balancer((1,) * 8, measured=False)
+        lb.fleet.record_success("s0", M, latency_s=1.0)
+        running = [await lb.acquire(M) for _ in range(8)]
+        assert len({le.server.name for le in running}) == 8
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            while not got:  # the first waiters claim the next slots of hosts not measured
+                await acquire_in(tg, lb, got)
+            assert [le.server.name for le in got if le.handoff is not None] == ["s0"]
+            queued = lb.waiting
+            calls = count_candidates(lb, monkeypatch)
+            n = 40
+            for _ in range(n):
+                await acquire_in(tg, lb, got)
+            assert lb.waiting == queued + n
+            assert calls[0] <= 2 * n
+            tg.cancel_scope.cancel()
+        for le in running + got:
+            lb.release(le)
+
 
 class TestADownHostIsNotFree:
     """A host that is down has its slots free and takes nothing: after a host dies, each
