@@ -83,6 +83,16 @@ def count_candidates(lb: LoadBalancer, monkeypatch: pytest.MonkeyPatch) -> List[
     return calls
 
 
+async def one_of_two_breaks(lb: LoadBalancer, clock: Clock) -> Lease:
+    """Two requests on ``s0``; 0.1 s later the first one's connection is reset and it is
+    released: ``s0`` is left alone. The other, still running there, is returned."""
+    failed, other = [await lb.acquire(M) for _ in range(2)]
+    clock.now += 0.1
+    lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
+    lb.release(failed)
+    return other
+
+
 def has_started(lease: Lease) -> bool:
     return lease.handoff is not None and lease.handoff.started
 
@@ -240,10 +250,7 @@ class TestAHostFails:
         """A request succeeding on the host where a connection broke: it takes requests
         again (with or without the lookahead)."""
         lb, clock = balancer((2,), lookahead=lookahead)
-        failed, other = [await lb.acquire(M) for _ in range(2)]
-        clock.now += 0.1
-        lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
-        lb.release(failed)
+        other = await one_of_two_breaks(lb, clock)
         newer: List[Lease] = []
         async with anyio.create_task_group() as tg:
             await acquire_in(tg, lb, newer)
@@ -260,10 +267,7 @@ class TestAHostFails:
         takes requests again without a release: a waiter's timer is set to look again
         then, and after it the first waiter gets the free slot."""
         lb, clock = balancer((2,))
-        failed, other = [await lb.acquire(M) for _ in range(2)]
-        clock.now += 0.1
-        lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
-        lb.release(failed)
+        other = await one_of_two_breaks(lb, clock)
         timeouts: List[float] = []
         timeout = lb._timeout
 
@@ -293,10 +297,7 @@ class TestAHostFails:
         state.probe_succeeded("s0", version="0.12.0", models={M: 1}, loaded=[])
         cfg = OrchestraConfig(servers=servers, wait_for_healthy_s=0.0)
         lb = LoadBalancer(cfg, state, clock=clock)
-        failed, other = [await lb.acquire(M) for _ in range(2)]
-        clock.now += 0.1
-        lb.settle(failed, AttemptError("reset", "s0", "connection reset"))
-        lb.release(failed)
+        other = await one_of_two_breaks(lb, clock)
         got: List[Lease] = []
         async with anyio.create_task_group() as tg:
             await acquire_in(tg, lb, got)
