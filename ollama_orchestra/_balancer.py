@@ -611,7 +611,8 @@ class LoadBalancer:
     def _service_known(self, name: str, model: str) -> bool:
         """Whether a request of ``model`` on ``name`` has an expected service time
         (:func:`_service`'s, whatever its prompt): something was measured there."""
-        return self.costs.base_known(name, model) or model in self._state[name].latency_s
+        est = self.costs.estimate(name, model, None)  # no prompt: the learned rest alone
+        return _service(self._state[name], model, est) is not None
 
     def _expected_service(self, st: ServerState, model: str) -> float:
         return expected_service_s(st, model, self._state.servers())

@@ -122,11 +122,6 @@ class PromptCosts:
             return 1.0
         return self._observed[server] / reported
 
-    def base_known(self, server: str, model: str) -> bool:
-        """Whether the rest of a request of ``model`` on ``server`` has been learned."""
-        pair = self._pairs.get((server, model))
-        return pair is not None and pair.base_s is not None
-
     def prompt_tps(self, server: str, model: str) -> Optional[float]:
         """Learned prompt-evaluation rate there, in tokens per orchestra second."""
         pair = self._pairs.get((server, model))
