@@ -46,6 +46,14 @@ MIN_RATE_TOKENS = 32
 #: A response counts as a cache miss when it evaluated more than this share of the tokens
 #: the index said were cached (on top of the uncached ones).
 MISS_SHARE = 0.5
+#: A response whose prompt took less than the learned rate's time for the tokens the index
+#: said were uncached by more than this factor found more cached than the index knew (a
+#: slot it had counted lost, or another conversation's): it says nothing of the rate, and
+#: is not learned from (learning such samples can make the rate many times too fast, and
+#: every move's prefill look free)...
+SURPRISE_FACTOR = 1.5
+#: ... unless this many such responses come in a row: then the host did become faster.
+SURPRISE_STREAK = 3
 
 
 def _ewma(old: Optional[float], new: float) -> float:
@@ -89,6 +97,7 @@ class Observation:
 class _Pair:
     prompt_tps: Optional[float] = None
     base_s: Optional[float] = None
+    faster: int = 0  # surprisingly fast responses in a row
 
 
 class PromptCosts:
@@ -197,7 +206,13 @@ class PromptCosts:
                 server, model, prompt.chain[: predicted_cached_chars // self.index.block_chars]
             )
         elif uncached >= MIN_RATE_TOKENS and prefill > 0:
-            pair.prompt_tps = _ewma(pair.prompt_tps, uncached / prefill)
+            sample = uncached / prefill
+            if pair.prompt_tps is not None and sample > SURPRISE_FACTOR * pair.prompt_tps:
+                pair.faster += 1
+            else:
+                pair.faster = 0
+            if pair.faster == 0 or pair.faster >= SURPRISE_STREAK:
+                pair.prompt_tps = _ewma(pair.prompt_tps, sample)
         self.index.record(server, model, prompt.chain, slots)
         cached = round(max(0.0, n - max(1.0, evaluated)))
         return Observation(n, cached, prefill, hit)

@@ -155,6 +155,26 @@ class TestPrefill:
         assert costs.estimate("a", M, turn).cached_chars == len(turn.chain) * 256
         assert costs.index.chains("a", M) == 1
 
+    def test_a_surprise_hit_leaves_the_rate(self) -> None:
+        """A host that held more of a prompt than the index knew (a slot the index counted
+        lost) evaluates far fewer tokens than predicted: that exchange says nothing of the
+        rate. Learned from, it can make the rate many times too fast, and
+        every move's prefill look free. A host that did become faster is learned from once
+        it answers so three times in a row."""
+        costs = PromptCosts()
+        first = costs.prompt(M, body("w" * 4000 + "z" * 1024))
+        observe(costs, first, tokens=1256, prompt_s=2.512, total_s=3.0)  # 500 tok/s
+        other = costs.prompt(M, body("v" * 6000))
+        # The index predicts nothing cached; the host evaluated ~25 of 1,500 tokens.
+        observe(costs, other, tokens=1500, prompt_s=0.05, total_s=1.0)
+        assert costs.prompt_tps("a", M) == pytest.approx(500.0, rel=0.01)
+        # A host that did become faster answers so every time: three in a row are learned.
+        for i in range(3):
+            again = costs.prompt(M, body(f"{i}" * 6000))
+            observe(costs, again, tokens=1500, prompt_s=1.0, total_s=1.5)  # 1,500 tok/s
+        faster = costs.prompt_tps("a", M)
+        assert faster is not None and faster > 600.0
+
     def test_unload_clears_the_server_model_pair(self) -> None:
         costs = self.learned()
         again = costs.prompt(M, body("w" * 4000))
