@@ -186,17 +186,8 @@ class PromptCosts:
         pair = self._pairs.get((server, model))
         if pair is None:  # (setdefault would build a _Pair on every call)
             pair = self._pairs[(server, model)] = _Pair()
-        # The rest of the host's own account (total less load, prompt and decoding, when it
-        # reports its decoding): time it waited, for a runner (Ollama's queue) or for other
-        # slots' prompts (llama-server evaluates one at a time). That depends on what else ran
-        # there then, not on the server: routing counts waits apart (``busy_for_s``).
-        decoded = _count(final, "eval_duration")
-        waited = 0.0
-        if decoded > 0 and total_ns > 0:
-            rest = total_ns - decoded - _count(final, "prompt_eval_duration")
-            waited = max(0, rest - _count(final, "load_duration")) / 1e9 * ratio
         if observed_s > 0:
-            pair.base_s = _ewma(pair.base_s, max(0.0, observed_s - prefill - load - waited))
+            pair.base_s = _ewma(pair.base_s, max(0.0, observed_s - prefill - load))
         if prompt is None or n <= 0:
             return Observation(n, 0, prefill, None)
         self._chars_per_token[model] = _ewma(self._chars_per_token.get(model), prompt.chars / n)
