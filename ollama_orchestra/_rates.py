@@ -46,11 +46,11 @@ MIN_RATE_TOKENS = 32
 #: A response counts as a cache miss when it evaluated more than this share of the tokens
 #: the index said were cached (on top of the uncached ones).
 MISS_SHARE = 0.5
-#: A response whose prompt took less than the learned rate's time for the tokens the index
-#: said were uncached by more than this factor found more cached than the index knew (a
-#: slot it had counted lost, or another conversation's): it says nothing of the rate, and
-#: is not learned from (learning such samples can make the rate many times too fast, and
-#: every move's prefill look free)...
+#: A response that evaluated (at the learned rate) under the tokens the index said were
+#: uncached divided by this factor found more cached than the index knew (a slot it had
+#: counted lost, or another conversation's): it says nothing of the rate, and is not
+#: learned from (learning such samples can make the rate many times too fast, and every
+#: move's prefill look free)...
 SURPRISE_FACTOR = 1.5
 #: ... unless this many such responses come in a row: then the host did become faster.
 SURPRISE_STREAK = 3
@@ -206,13 +206,10 @@ class PromptCosts:
                 server, model, prompt.chain[: predicted_cached_chars // self.index.block_chars]
             )
         elif uncached >= MIN_RATE_TOKENS and prefill > 0:
-            sample = uncached / prefill
-            if pair.prompt_tps is not None and sample > SURPRISE_FACTOR * pair.prompt_tps:
-                pair.faster += 1
-            else:
-                pair.faster = 0
+            # The mirror of a miss: far fewer evaluated than the index said were uncached.
+            pair.faster = pair.faster + 1 if SURPRISE_FACTOR * evaluated < uncached else 0
             if pair.faster == 0 or pair.faster >= SURPRISE_STREAK:
-                pair.prompt_tps = _ewma(pair.prompt_tps, sample)
+                pair.prompt_tps = _ewma(pair.prompt_tps, uncached / prefill)
         self.index.record(server, model, prompt.chain, slots)
         cached = round(max(0.0, n - max(1.0, evaluated)))
         return Observation(n, cached, prefill, hit)

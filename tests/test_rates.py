@@ -158,9 +158,9 @@ class TestPrefill:
     def test_a_surprise_hit_leaves_the_rate(self) -> None:
         """A host that held more of a prompt than the index knew (a slot the index counted
         lost) evaluates far fewer tokens than predicted: that exchange says nothing of the
-        rate. Learned from, it can make the rate many times too fast, and
-        every move's prefill look free. A host that did become faster is learned from once
-        it answers so three times in a row."""
+        rate. Learned from, it can make the rate many times too fast, and every move's
+        prefill look free. A host that did become faster is learned from once it answers so
+        three times in a row."""
         costs = PromptCosts()
         first = costs.prompt(M, body("w" * 4000 + "z" * 1024))
         observe(costs, first, tokens=1256, prompt_s=2.512, total_s=3.0)  # 500 tok/s
