@@ -2,8 +2,9 @@
 
 a. :func:`scaling`: 1, 2, 4, 8 identical hosts (and :func:`head_to_head`: the orchestra
 against direct sends and round robin on one and two, more rounds); b. :func:`heterogeneous`:
-one fast host and one slow; c. :func:`mixed_models`: two models, one loaded per host (simulated only: it reads
-the simulator's load counters); d. :func:`overhead`: time per request on an instant host.
+one fast host and one slow; c. :func:`mixed_models`: two models, one loaded per host
+(simulated only: it reads the simulator's load counters); d. :func:`overhead`: time per
+request on an instant host.
 """
 
 from __future__ import annotations
