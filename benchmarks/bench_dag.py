@@ -111,8 +111,8 @@ def references(n: int = 16) -> Dict[str, Bounds]:
     return {
         "independent, 1 host": bounds(task_specs(independent(n), prompts=False), fleet(1)),
         "independent, 2 hosts": bounds(task_specs(independent(n), prompts=False), fleet(2)),
-        "uneven DAG": bounds(task_specs(uneven(), prompts=False), fleet(1)),
-        "two-model pipeline": bounds(task_specs(two_model(), prompts=False), fleet(2)),
+        "uneven DAG": bounds(task_specs(uneven(), prompts=False), fleet(1), local=300),
+        "two-model pipeline": bounds(task_specs(two_model(), prompts=False), fleet(2), local=300),
     }
 
 

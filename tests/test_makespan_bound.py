@@ -334,6 +334,20 @@ class TestBoundProperty:
         order = [t.id for t in reversed(tasks)]
         assert floor <= simulate(tasks, hosts, order) * (1 + 1e-9)
 
+    @settings(max_examples=40, deadline=None)
+    @given(dags(), hosts_st)
+    def test_lower_bound_below_pinned_and_held_schedules(
+        self, tasks: List[TaskSpec], hosts: List[HostSpec]
+    ) -> None:
+        """Schedules a list scheduler cannot reach (tasks pinned to hosts, some held back for a
+        sibling) are >= the bound too, and the best one replays to its own makespan."""
+        floor = lower_bound(tasks, hosts)
+        best = best_schedule(tasks, hosts, budget=5, local=30)
+        assert floor <= best.makespan * (1 + 1e-9)
+        again = simulate(tasks, hosts, best.order, placed=dict(best.placed), holds=best.holds)
+        assert again == pytest.approx(best.makespan)
+        assert best.makespan <= best_schedule(tasks, hosts, budget=5).makespan + 1e-9
+
 
 @st.composite
 def prompted_dags(
@@ -373,7 +387,55 @@ class TestBoundPropertyPerSlotCaches:
         """Per-slot caches (with or without a RAM cache) only add prefill: still >= the bound."""
         hosts = [host("a", slots=slots, cache_ram_bytes=ram), host("b", speed=1.5, slots=2)]
         floor = lower_bound(tasks, hosts)
-        assert floor <= best_schedule(tasks, hosts, budget=20).makespan * (1 + 1e-9)
+        assert floor <= best_schedule(tasks, hosts, budget=10, local=20).makespan * (1 + 1e-9)
+
+
+class TestLocalSearch:
+    """The search finds schedules no list scheduler reaches: a task held back, or pinned."""
+
+    def test_holding_a_sibling_back_feeds_the_other_host_sooner(self) -> None:
+        """Two roots on host ``a`` (two slots), each feeding a task only host ``b`` runs: run
+        together they finish at ``2 / A(2)`` s, b starts then; one held back for the other,
+        b starts at 1 s and the schedule meets the bound (b's 4 s of work from 1 s)."""
+        timing = ModelTiming(decode_tps=100.0, prompt_tps=1000.0, load_s=1.0)
+        hosts = [
+            HostSpec("a", {M: timing}, slots=2, loaded=frozenset({M})),
+            HostSpec("b", {N: timing}, slots=1, loaded=frozenset({N})),
+        ]
+        tasks = [
+            TaskSpec("r1", M, 100),
+            TaskSpec("r2", M, 100),
+            TaskSpec("c1", N, 200, deps=("r1",)),
+            TaskSpec("c2", N, 200, deps=("r2",)),
+        ]
+        listed = best_schedule(tasks, hosts)
+        assert listed.makespan == pytest.approx(2 / aggregate_speedup(2) + 4.0)
+        found = best_schedule(tasks, hosts, local=50)
+        assert found.makespan == pytest.approx(5.0)
+        assert found.holds in ((("r1", "r2"),), (("r2", "r1"),))
+        b = bounds(tasks, hosts, local=50)
+        assert b.lower == pytest.approx(5.0) and b.optimal == pytest.approx(5.0)
+
+    def test_waiting_for_the_fast_host_beats_the_free_slow_one(self) -> None:
+        """A host ten times faster with one slot: the list scheduler sends the second task to
+        the free slow host (1 s); pinned to the fast one it waits and ends at 0.2 s."""
+        hosts = [host("fast", speed=10.0), host("slow")]
+        tasks = [TaskSpec("t1", M, 100), TaskSpec("t2", M, 100)]
+        assert best_schedule(tasks, hosts).makespan == pytest.approx(1.0)
+        found = best_schedule(tasks, hosts, local=50)
+        assert found.makespan == pytest.approx(0.2)
+        assert dict(found.placed) in ({"t1": "fast", "t2": "fast"}, {"t2": "fast"}, {"t1": "fast"})
+        assert simulate(tasks, hosts, found.order, placed=dict(found.placed)) == pytest.approx(0.2)
+
+    def test_no_search_beyond_the_budget_or_the_bound(self) -> None:
+        """``local=0`` leaves the list schedule; a list schedule that meets the bound is kept
+        without a single further simulation."""
+        hosts = [host("fast", speed=10.0), host("slow")]
+        tasks = [TaskSpec("t1", M, 100), TaskSpec("t2", M, 100)]
+        assert best_schedule(tasks, hosts, local=0).placed == ()
+        alone = [TaskSpec("t1", M, 100)]
+        one = best_schedule(alone, hosts, local=50)
+        assert one.makespan == pytest.approx(0.1) and one.tried == best_schedule(alone, hosts).tried
 
 
 def sim_bounds(profile: HostProfile, tasks: Sequence[Task]) -> Bounds:

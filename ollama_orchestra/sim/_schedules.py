@@ -14,17 +14,39 @@ time to copy KV state between RAM and VRAM is left out. Without it, one cache pe
 large as need be, holding every finished request's prompt (optimistic: a schedule the
 simulator may not reach; like the simulator's, it holds nothing of a request still running). The client's
 overhead can only make a real run slower. For DAGs of up to :data:`EXHAUSTIVE_TASKS` tasks every topological
-order is tried (within a budget), else the upward-rank order and seeded random ones. The
-lower bound stays the proof: the optimum is between the two, and equal to the best found
-when that meets the lower bound.
+order is tried (within a budget), else the upward-rank order and seeded random ones.
+
+A list scheduler never leaves a slot idle while a task is ready, and sends each task to the
+host that would finish it first alone; the best schedule is often neither. With ``local``,
+:func:`best_schedule` goes on with a local search (:func:`_local_search`) that pins tasks to
+hosts and *holds* a task back until a sibling (a task with the same dependencies) finishes.
+On the demo's DAG it finds 71.5 s where the best of 200 list schedules took 76.7 s: one plan
+runs alone first, so the host that can only run the coding stage starts seconds sooner, and
+a debugging task is pinned to that host. The lower bound stays the proof: the optimum is
+between the two, and equal to the best found when that meets the lower bound.
+
+Longer than 500 lines because the list scheduler, its event simulation and the local search
+over it share the simulation's state and its one timing model; split, each would restate it.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
-from typing import Any, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from dataclasses import dataclass, field, replace
+from typing import (
+    Any,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from ._decode import NUM_BATCH
 from ._kvcache import PromptCache
@@ -110,20 +132,30 @@ def simulate(
     hosts: Sequence[HostSpec],
     order: Sequence[str],
     paths: Optional[Mapping[str, List[int]]] = None,
+    *,
+    placed: Optional[Mapping[str, str]] = None,
+    holds: Iterable[Tuple[str, str]] = (),
 ) -> float:
     """The makespan of the list schedule dispatching ready tasks in ``order``, each to the
-    host that would finish it first alone, under the simulator's timing model."""
+    host that would finish it first alone (or to the host named ``placed[task id]``), under
+    the simulator's timing model; for each ``(first, then)`` of ``holds``, ``then`` starts
+    only once ``first`` finished (a :class:`Schedule` replays as
+    ``simulate(tasks, hosts, s.order, placed=dict(s.placed), holds=s.holds)``)."""
     by_id = {t.id: t for t in tasks}
+    index = {h.name: i for i, h in enumerate(hosts)}
+    pinned = {tid: index[name] for tid, name in (placed or {}).items()}
     rank = {tid: i for i, tid in enumerate(order)}
     state = [_HostState(h, dict.fromkeys(h.loaded, 0)) for h in hosts]
     if paths is None:
         paths = model_paths(tasks)
     waiting = {t.id: set(t.deps) for t in tasks}
+    for first, then in holds:
+        waiting[then].add(first)
     ready = sorted((tid for tid, d in waiting.items() if not d), key=rank.__getitem__)
     jobs: List[_Job] = []
     now, left = 0.0, len(tasks)
     while left:
-        _dispatch(by_id, paths, ready, jobs, state, now)
+        _dispatch(by_id, paths, ready, jobs, state, now, pinned)
         _rerate(jobs, state)
         step = min(
             [(j.prompt_left if j.prefilling else j.decode_left) / j.rate for j in jobs]
@@ -169,6 +201,7 @@ def _dispatch(
     jobs: List[_Job],
     state: Sequence[_HostState],
     now: float,
+    placed: Mapping[str, int],
 ) -> None:
     """Start what can start, in priority order; begin loads where a model is missing."""
     for tid in list(ready):
@@ -176,7 +209,7 @@ def _dispatch(
         best: Optional[Tuple[float, int]] = None
         for i, hs in enumerate(state):
             h = hs.spec
-            if t.model not in h.models:
+            if t.model not in h.models or placed.get(tid, i) != i:
                 continue
             running = sum(hs.resident.values())
             full = h.max_concurrent is not None and running >= h.max_concurrent
@@ -269,14 +302,18 @@ def _topological_orders(tasks: Sequence[TaskSpec]) -> Iterator[List[str]]:
 
 @dataclass(frozen=True)
 class Schedule:
-    """The best list schedule found: its makespan, priority order, how many orders were
-    tried, and whether the search was complete (every topological order tried, or one
-    found that meets the lower bound)."""
+    """The best schedule found: its makespan, priority order, how many schedules were
+    simulated, and whether the search was complete (every topological order tried, or one
+    found that meets the lower bound). Where the local search (:func:`best_schedule`) found
+    better than the list schedules, ``placed`` pins tasks to hosts (task id, host name) and
+    ``holds`` makes a task wait for a sibling's finish (first, then), as a scheduler may."""
 
     makespan: float
     order: Tuple[str, ...]
     tried: int
     exhaustive: bool
+    placed: Tuple[Tuple[str, str], ...] = ()
+    holds: Tuple[Tuple[str, str], ...] = ()
 
 
 def best_schedule(
@@ -285,9 +322,13 @@ def best_schedule(
     *,
     budget: int = 2000,
     seed: int = 0,
+    local: int = 0,
 ) -> Schedule:
     """The best of up to ``budget`` list schedules (see the module); every topological order
-    when there are at most :data:`EXHAUSTIVE_TASKS` tasks and no more than ``budget`` orders."""
+    when there are at most :data:`EXHAUSTIVE_TASKS` tasks and no more than ``budget`` orders.
+    Then, unless that met the lower bound, up to ``local`` more schedules of the local search
+    (:func:`_local_search`), from the upward-rank order, then from the best one (a local
+    optimum of one is often not one of the other)."""
     topological(tasks, hosts)
     first = _upward_rank(tasks, hosts)
     paths = model_paths(tasks)
@@ -316,7 +357,108 @@ def best_schedule(
         span = simulate(tasks, hosts, order, paths)
         if span < best[0] - _EPS:
             best = (span, tuple(order))
-    return Schedule(best[0], best[1], tried, exhaustive)
+    found = Schedule(best[0], best[1], tried, exhaustive)
+    if local > 0 and best[0] > floor + _EPS:
+        starts = [found]
+        if best[1] != tuple(first):  # the rank order first: its local optimum is often best
+            starts.insert(0, Schedule(simulate(tasks, hosts, first, paths), tuple(first), 0, False))
+        spent = 0
+        for s in starts:
+            better = _local_search(tasks, hosts, s, paths, local - spent, floor)
+            spent += better.tried - s.tried
+            if better.makespan < found.makespan - _EPS:
+                found = better
+            if found.makespan <= floor + _EPS:
+                break
+        found = replace(found, tried=tried + spent, exhaustive=exhaustive)
+    return found
+
+
+def _local_search(
+    tasks: Sequence[TaskSpec],
+    hosts: Sequence[HostSpec],
+    start: Schedule,
+    paths: Mapping[str, List[int]],
+    budget: int,
+    floor: float,
+) -> Schedule:
+    """Schedules a list scheduler cannot reach, by first-improvement descent from ``start``:
+    each task pinned to each host that has its model (or set free again), and each *hold*
+    toggled: a task waits for a sibling (a task with the same dependencies) to finish, which
+    leaves a slot idle on purpose so the sibling runs with fewer requests beside it and
+    releases its dependents sooner (the demo: one plan first, so a host that can only run
+    the next stage starts seconds earlier). Every move keeps a schedule the simulator can
+    run, so the result stays an upper bound on the optimum; stops at a local optimum, the
+    lower bound, or ``budget`` simulations."""
+    groups: Dict[Tuple[str, ...], List[str]] = {}
+    for t in tasks:
+        groups.setdefault(tuple(sorted(t.deps)), []).append(t.id)
+    pairs = [(a, b) for g in groups.values() for a in g for b in g if a != b]
+    placed: Dict[str, str] = {}
+    holds: Set[Tuple[str, str]] = set()
+    cur, tried = start.makespan, 0
+
+    def span(p: Mapping[str, str], h: Set[Tuple[str, str]]) -> float:
+        nonlocal tried
+        tried += 1
+        return simulate(tasks, hosts, start.order, paths, placed=p, holds=sorted(h))
+
+    moved = True
+    while moved and tried < budget and cur > floor + _EPS:
+        moved = False
+        for t in tasks:
+            for name in [None, *(h.name for h in hosts if t.model in h.models)]:
+                if tried >= budget:
+                    break
+                p = {k: v for k, v in placed.items() if k != t.id}
+                if name is not None:
+                    p[t.id] = name
+                if p == placed:
+                    continue
+                s = span(p, holds)
+                if s < cur - _EPS:
+                    placed, cur, moved = p, s, True
+        for pair in pairs:
+            if tried >= budget:
+                break
+            h = holds ^ {pair}
+            if _cyclic(h):
+                continue
+            s = span(placed, h)
+            if s < cur - _EPS:
+                holds, cur, moved = h, s, True
+    if cur >= start.makespan - _EPS:
+        return replace(start, tried=start.tried + tried)
+    return Schedule(
+        cur,
+        start.order,
+        start.tried + tried,
+        start.exhaustive,
+        tuple(sorted(placed.items())),
+        tuple(sorted(holds)),
+    )
+
+
+def _cyclic(edges: Set[Tuple[str, str]]) -> bool:
+    """Whether these (first, then) holds wait in a circle (siblings share their
+    dependencies, so a cycle can only run through holds)."""
+    after: Dict[str, List[str]] = {}
+    for a, b in edges:
+        after.setdefault(a, []).append(b)
+    state: Dict[str, int] = {}
+
+    def visit(n: str) -> bool:
+        if state.get(n) == 1:
+            return True
+        if state.get(n) == 2:
+            return False
+        state[n] = 1
+        if any(visit(m) for m in after.get(n, ())):
+            return True
+        state[n] = 2
+        return False
+
+    return any(visit(n) for n in list(after))
 
 
 @dataclass(frozen=True)
@@ -367,11 +509,13 @@ def bounds(
     *,
     search: Optional[bool] = None,
     budget: int = 2000,
+    local: int = 0,
 ) -> Bounds:
-    """The lower bound and, for small DAGs (or with ``search=True``), the best list schedule."""
+    """The lower bound and, for small DAGs (or with ``search=True``), the best schedule found
+    (``budget`` list schedules, then up to ``local`` of the local search)."""
     cp, work = critical_path_bound(tasks, hosts), work_bound(tasks, hosts)
     placed = placement_bound(tasks, hosts)
     if search is None:
         search = len(tasks) <= EXHAUSTIVE_TASKS
-    best = best_schedule(tasks, hosts, budget=budget) if search and tasks else None
+    best = best_schedule(tasks, hosts, budget=budget, local=local) if search and tasks else None
     return Bounds(max(cp, work, placed), cp, work, best, placed)
