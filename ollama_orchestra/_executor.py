@@ -14,10 +14,15 @@ work) carry a higher priority there, so they go first. On an orchestra, that cha
 in seconds by the live cost model (:mod:`._ranks`: upward ranks, recomputed as answers come
 in), and ``eager`` loads the model of a stage about to start where it is loaded nowhere
 (:mod:`._preload`, ``lookahead``); :class:`ColdLoads` in the result counts the cold loads paid
-and hidden.
+and hidden. With the look-ahead, on hosts that hold different models, the tasks fewer servers
+hold warm go first, and a ready task may wait for a sibling that feeds an idle server
+(:mod:`._holds`).
 
 Tasks and graph validation live in :mod:`._tasks`, DAG files in :mod:`._dagfile`; both are
 re-exported here (``Task``, ``DagSpec``, ``load_dag``).
+
+Longer than 500 lines because one run's state (:class:`_Run`: results, priorities, preloads,
+holds) is shared by the three schedules below; split, each would reach into the others.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from ._clock import now as clock_now
 from ._dagfile import DagSpec, load_dag
 from ._dagresult import DagResult, EventKind, Skipped, TaskEvent, TaskResult
 from ._errors import DagValidationError, NoCapableServer
+from ._holds import flexibility, plan_holds, server_views
 from ._preload import COLD_LOAD_NS, ColdLoads, Preloader, critical_chain
 from ._ranks import fleet_costs, order_priorities, task_costs, upward_ranks
 from ._tasks import SCHEDULES, Task, validate_graph
@@ -126,6 +132,7 @@ class _Run:
         self.cost: Dict[str, float] = {}
         self.ranked_at = -1  # tasks finished when the priorities were last computed
         self.looked_at = 0  # tasks finished at the last look-ahead
+        self.lookahead = lookahead and self.costed
         self.reprioritize()
         self.preloader = (
             Preloader(runner, by_id, self.models) if lookahead and self.costed else None
@@ -133,6 +140,13 @@ class _Run:
         self.stop: Optional[anyio.CancelScope] = None
         self.sorter: Optional[graphlib.TopologicalSorter[str]] = None
         self.failed = False
+        #: Ready tasks held back while ``feeder`` runs (:mod:`._holds`).
+        self.held: List[str] = []
+        self.feeder: Optional[str] = None
+        self.dependents: Dict[str, List[str]] = {}
+        for t in tasks:
+            for d in t.depends_on:
+                self.dependents.setdefault(d, []).append(t.id)
 
     def reprioritize(self) -> None:
         """Integer priorities for the balancer: longer remaining chain first (an explicit
@@ -158,9 +172,41 @@ class _Run:
                 self.cost.update(task_costs(waiting, views))
             except Exception:  # priorities are a hint: never the run's failure
                 log.exception("estimating the DAG's task costs failed; using estimates")
+        flex = None
+        if self.lookahead:
+            try:
+                flex = flexibility(self.models, server_views(self.runner.balancer))
+            except Exception:  # priorities are a hint: never the run's failure
+                log.exception("reading the fleet's loaded models failed")
         self.priority = order_priorities(
-            self.by_id, upward_ranks(self.by_id, self.cost), list(self.results)
+            self.by_id, upward_ranks(self.by_id, self.cost), list(self.results), flex=flex
         )
+
+    def admit(self, ready: Sequence[str]) -> List[str]:
+        """The ready tasks to start now, in priority order; the others are held back (see
+        :mod:`._holds`) until the task that feeds a starved server finishes."""
+        if self.feeder is not None and self.feeder not in self.results and not self.failed:
+            return self.ordered(ready)  # the feeder still runs: the held ones keep waiting
+        ids = self.ordered([*self.held, *ready])
+        self.held, self.feeder = [], None
+        if not self.lookahead or self.failed:
+            return ids
+        try:
+            feeder, held = plan_holds(
+                ids,
+                self.by_id,
+                self.models,
+                self.dependents,
+                set(self.results),
+                server_views(self.runner.balancer),
+            )
+        except Exception:  # a hold is a hint: never the run's failure
+            log.exception("planning holds failed")
+            return ids
+        if feeder is None:
+            return ids
+        self.feeder, self.held = feeder, held
+        return [tid for tid in ids if tid not in held]
 
     def look_ahead(self, start_soon: Callable[..., Any]) -> None:
         """Preload the models of the tasks about to be ready (see :mod:`._preload`)."""
@@ -460,7 +506,7 @@ async def _eager(run: _Run) -> None:
 
         pending = 0
         while sorter.is_active():
-            for tid in run.ordered(sorter.get_ready()):
+            for tid in run.admit(sorter.get_ready()):
                 run.emit("queued", tid)
                 run.running.add(tid)  # for the look-ahead: its dependents are near now
                 tg.start_soon(one, tid)

@@ -183,6 +183,7 @@ def order_priorities(
     rank: Mapping[str, float],
     done: Sequence[str] = (),
     tie: float = TIE_FACTOR,
+    flex: Optional[Mapping[str, int]] = None,
 ) -> Dict[str, int]:
     """Queue priorities from one order of the tasks (see the module): the largest rank first;
     a group of near-ties (ranks within ``tie`` of the group's largest) ordered by the task
@@ -191,7 +192,9 @@ def order_priorities(
     finish in the order they started to (an order that does not change as more finish); then
     those with nothing done, in declaration order; within a chain end, as declared. The
     order is spread over ``RANK_SCALE`` (the first) down to ``RANK_SCALE / n``; a task's
-    explicit ``priority`` is kept as given (the user's word)."""
+    explicit ``priority`` is kept as given (the user's word). With ``flex`` (task id -> the
+    servers its model is loaded on, ``_holds.flexibility``), the least flexible tasks come
+    first, each class ordered as above."""
     index = {tid: i for i, tid in enumerate(tasks)}
     end = chain_ends(tasks, rank)
     first: Dict[str, int] = {}
@@ -203,16 +206,19 @@ def order_priorities(
     def group(tid: str) -> Tuple[int, int]:
         return first.get(end[tid], late), index[end[tid]]
 
+    def cls(tid: str) -> int:
+        return flex.get(tid, 0) if flex is not None else 0
+
     own = sorted(
         (tid for tid, t in tasks.items() if t.priority is None),
-        key=lambda tid: (-rank[tid], index[tid]),
+        key=lambda tid: (cls(tid), -rank[tid], index[tid]),
     )
     order: List[str] = []
     i = 0
     while i < len(own):
         top = rank[own[i]]
         j = i
-        while j < len(own) and rank[own[j]] * tie >= top:
+        while j < len(own) and cls(own[j]) == cls(own[i]) and rank[own[j]] * tie >= top:
             j += 1
         order.extend(
             sorted(
