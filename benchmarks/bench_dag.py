@@ -14,7 +14,10 @@ Run from the repo root: ``python -m benchmarks.bench_dag [--quick]``.
    (``makespan_bound``): a proven lower bound and, for the small DAGs, the best list
    schedule found; each contender's makespan over them is reported (goal: the orchestra
    within 5% of the bound on the uneven DAG).
-5. Scheduler overhead: 10,000 tasks (a wide layer and chains) against an instant backend, so
+5. The demo's pipelines on the preset fleet (full runs only): the orchestra side by side with
+   ``eager`` without look-ahead, ``waves`` and ``least_loaded``, each over the demo's lower
+   bound and best schedule found (issue 18's first goal: within 5% of the optimum).
+6. Scheduler overhead: 10,000 tasks (a wide layer and chains) against an instant backend, so
    only the executor's own work is timed: microseconds per task, median of 5 runs (goal < 100).
 """
 
@@ -37,6 +40,7 @@ from ollama_orchestra import (
     OrchestraConfig,
     Server,
 )
+from ollama_orchestra._demo import _demo_run, demo_bounds, plan
 from ollama_orchestra._executor import Task, run_dag
 from ollama_orchestra.sim import HostProfile, ModelSpec, SimFleet
 
@@ -53,7 +57,9 @@ LATER_LOAD_S = 1.5
 #: few milliseconds a request) weighs less as simulated seconds (at 0.05 it was 4 points of
 #: the orchestra's 9% over the optimum).
 UNEVEN_SCALE = 0.2
-#: The contenders on the uneven DAG: (strategy, schedule, look-ahead).
+#: The demo's time scale here (its own default).
+DEMO_SCALE = 0.05
+#: The contenders on the uneven DAG (and, but for ``sequential``, the demo's pipelines): (strategy, schedule, look-ahead).
 CONTENDERS = {
     "orchestra": ("hybrid", "eager", True),
     "eager, no look-ahead": ("hybrid", "eager", False),
@@ -94,6 +100,15 @@ async def run_on(
             result = await orch.run(list(tasks), schedule=schedule, lookahead=lookahead)
             assert result.ok, [r.error_message for r in result.results if not r.ok]
             return float(result.makespan_s) / time_scale, result.cold_loads
+
+
+async def demo_makespan(strategy: str, schedule: str, lookahead: bool) -> float:
+    """The demo's pipelines on the preset fleet, warm as the demo leaves it (simulated s)."""
+    demo = plan()
+    names = [h.name for h in demo.hosts]
+    result, _, _ = await _demo_run(demo, names, DEMO_SCALE, strategy, lookahead, schedule)
+    assert result.ok, [r.error_message for r in result.results if not r.ok]
+    return float(result.makespan_s) / DEMO_SCALE
 
 
 async def makespan(hosts: int, tasks: Sequence[Task], schedule: str, time_scale: float) -> float:
@@ -255,6 +270,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         }
     per_task = anyio.run(overhead, 10_000, 3 if args.quick else 5)
     refs = references(n)
+    demo_spans: Dict[str, float] = {}
+    if not args.quick:
+        demo_spans = {
+            name: anyio.run(demo_makespan, strategy, schedule, look)
+            for name, (strategy, schedule, look) in CONTENDERS.items()
+            if name != "sequential"
+        }
+        refs["demo pipelines"] = demo_bounds(search=True)
     uneven_measured = {k: v for k, v in spans.items() if k != "eager"}
     measured = {
         "independent, 1 host": {"eager": one},
@@ -262,6 +285,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "uneven DAG": uneven_measured,
         "two-model pipeline": piped,
     }
+    if demo_spans:
+        measured["demo pipelines"] = demo_spans
     report: Dict[str, Any] = {
         "independent_tasks": n,
         "one_host_makespan_s": one,

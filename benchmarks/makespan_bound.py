@@ -2,7 +2,7 @@
 
 The model and its proofs live in the package (``ollama_orchestra/sim/_makespan.py``: the
 lower bound, with ``_placement.py``'s case split on where each model runs;
-``ollama_orchestra/sim/_schedules.py``: the best list schedule found), because
+``ollama_orchestra/sim/_schedules.py``: the best schedule found: list schedules, then a local search), because
 ``ollama-orchestra demo`` prints the bound too and ships in the wheel, which has no
 ``benchmarks``. Their docstrings state the timing model and where it is optimistic. This
 module is the benchmarks' side: the same functions, and :func:`reference`, the figures a
@@ -69,7 +69,7 @@ def reference_line(label: str, b: Bounds, makespans: Mapping[str, float]) -> str
     best = b.best
     head = f"{label}: best possible >= {b.lower:.2f}s (lower bound)"
     if best is not None:
-        how = "optimal" if b.optimal is not None else "best list schedule found"
+        how = "optimal" if b.optimal is not None else "best schedule found"
         head += f", {best.makespan:.2f}s ({how})"
     parts = []
     for name, m in makespans.items():

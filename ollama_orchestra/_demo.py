@@ -250,6 +250,7 @@ async def _demo_run(
     time_scale: float,
     strategy: str,
     lookahead: bool = True,
+    schedule: str = "eager",
 ) -> Tuple[DagResult, MetricsSnapshot, PrefillTally]:
     import httpx
 
@@ -273,7 +274,11 @@ async def _demo_run(
             orch.reset_metrics()
             runner = _Recording(orch)
             result = await run_dag(
-                runner, pipeline_dag(), inputs=demo_inputs(), lookahead=lookahead
+                runner,
+                pipeline_dag(),
+                inputs=demo_inputs(),
+                lookahead=lookahead,
+                schedule=schedule,
             )
             return result, orch.metrics(), runner.tally
 

@@ -1,5 +1,5 @@
 """The best makespan a DAG can have on a simulated fleet: a proven lower bound, and the best
-list schedule found, both under the simulator's timing model (issue 18, item 3).
+schedule found, both under the simulator's timing model (issue 18, item 3).
 
 Pure functions over plain data (:class:`TaskSpec`, :class:`HostSpec`); :func:`host_spec`
 and :func:`task_specs` build them from a :class:`~ollama_orchestra.sim.HostProfile` and the
@@ -69,7 +69,7 @@ piece by piece, which may split a token at a boundary differently from the simul
 tokens (the simulator's tokenizer makes a word one token or more). The simulator's
 real-time overhead only adds to a measured makespan.
 
-The best list schedule and :func:`bounds`, which reports both, are in ``_schedules.py``.
+The best schedule found and :func:`bounds`, which reports both, are in ``_schedules.py``.
 
 Longer than 500 lines because each bound's proof sits in this docstring next to the code it
 justifies, and the task and host specs the bounds share are defined here.

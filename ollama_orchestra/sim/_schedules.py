@@ -1,4 +1,4 @@
-"""The best list schedule of a DAG on a simulated fleet, and :func:`bounds`: the lower bound
+"""The best schedule found for a DAG on a simulated fleet, and :func:`bounds`: the lower bound
 of ``_makespan.py`` next to it (issue 18, item 3).
 
 The best list schedule (:func:`best_schedule`) is an upper bound only where the simulator
@@ -464,7 +464,7 @@ def _cyclic(edges: Set[Tuple[str, str]]) -> bool:
 @dataclass(frozen=True)
 class Bounds:
     """Where a makespan stands: the lower bound (with its three parts) and, where computed, the
-    best list schedule found."""
+    best schedule found."""
 
     lower: float
     critical_path: float
