@@ -206,8 +206,11 @@ def order_priorities(
     def group(tid: str) -> Tuple[int, int]:
         return first.get(end[tid], late), index[end[tid]]
 
+    # A task without a model (a custom step) is as flexible as the most flexible.
+    loosest = max(flex.values(), default=0) if flex is not None else 0
+
     def cls(tid: str) -> int:
-        return flex.get(tid, 0) if flex is not None else 0
+        return flex.get(tid, loosest) if flex is not None else 0
 
     own = sorted(
         (tid for tid, t in tasks.items() if t.priority is None),

@@ -3,7 +3,7 @@ flexible first, and a ready task held back so another feeds a starved server soo
 
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import httpx
 
@@ -15,6 +15,10 @@ from ollama_orchestra.sim import HostProfile, ModelSpec
 from .conftest import OTHER, TINY, config_for, fleet
 
 G, C = "general", "coder"
+
+
+async def step(runner: Any, inputs: Mapping[str, str]) -> str:
+    return "done"
 
 
 def view(name: str, warm: Sequence[str], *, busy: bool = False, free: bool = True) -> ServerView:
@@ -66,6 +70,14 @@ class TestLeastFlexibleFirst:
         assert plain["long"] > plain["mid"] > plain["short"]
         prio = order_priorities(tasks, rank, flex={"long": 2, "mid": 2, "short": 1})
         assert prio["short"] > prio["long"] > prio["mid"]
+
+    def test_a_step_without_a_model_counts_as_the_most_flexible(self) -> None:
+        """A custom step (no model, no flexibility) is not ranked ahead of the classes."""
+        tasks = {t: Task(t, model="m", prompt="x") for t in ("tight", "loose")}
+        tasks["step"] = Task("step", fn=step)
+        rank = {"tight": 1.0, "loose": 2.0, "step": 3.0}
+        prio = order_priorities(tasks, rank, flex={"tight": 1, "loose": 2})
+        assert prio["tight"] > prio["step"] > prio["loose"]
 
     def test_an_explicit_priority_is_kept(self) -> None:
         """The user's own priority is not moved by the flexibility classes."""
