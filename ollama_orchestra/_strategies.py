@@ -280,7 +280,11 @@ class HybridStrategy:
                 if best_free_ect is None or e < best_free_ect:
                     best_free_ect = e
         assert best is not None and best_free_ect is not None  # ``free`` is not empty
-        if not best.free and best_ect < self.wait_margin * best_free_ect:
+        # Waiting needs evidence: a busy server whose service here was never measured has
+        # a guessed finish (its running requests' ends are guessed too), so a free slot now
+        # wins, unless the free servers would pay a cold load it does not.
+        guessed = best.service_s is None and all(c.cold_s <= best.cold_s for c in free)
+        if not best.free and not guessed and best_ect < self.wait_margin * best_free_ect:
             among = frozenset(
                 c.name for c in candidates if ect(c) < self.wait_margin * best_free_ect
             )

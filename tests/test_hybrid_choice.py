@@ -56,7 +56,8 @@ def reference_choice(
         return WAIT
     best_free_ect = min(ect(c) for c in free)
     best = min(candidates, key=ect)
-    if not best.free and ect(best) < HybridStrategy.wait_margin * best_free_ect:
+    guessed = best.service_s is None and all(c.cold_s <= best.cold_s for c in free)
+    if not best.free and not guessed and ect(best) < HybridStrategy.wait_margin * best_free_ect:
         among = frozenset(
             c.name for c in candidates if ect(c) < HybridStrategy.wait_margin * best_free_ect
         )
@@ -103,3 +104,44 @@ class TestOnePassHybrid:
         for cands, waiting in rounds:
             request = RouteRequest("m", waiting=waiting)
             assert ours.choose(request, cands) == reference_choice(least, request, cands)
+
+
+def cand(
+    name: str,
+    *,
+    in_use: int = 0,
+    weight: float = 1.0,
+    loaded: bool = True,
+    service_s: Optional[float] = None,
+    cold_s: float = 0.0,
+    busy_for_s: float = 0.0,
+) -> Candidate:
+    """A candidate with one slot, weight 1, warm, nothing measured, free, unless told."""
+    return Candidate(name, 1, in_use, weight, loaded, service_s, cold_s, busy_for_s)
+
+
+class TestWaitingNeedsEvidence:
+    """``hybrid`` waits for a busy server only on a measured service time, or a cold load the
+    free servers would pay."""
+
+    def test_a_free_slot_beats_a_guessed_faster_server(self) -> None:
+        """Nothing measured for the model: the faster busy server's finish is a guess (the
+        demo's coding tasks waited 6 s for ``ollama02`` while ``ollama01`` idled)."""
+        free = cand("small")
+        busy = cand("big", in_use=1, weight=1.5, busy_for_s=0.15)
+        choice = HybridStrategy().choose(RouteRequest("m", waiting=1), [free, busy])
+        assert choice.server == "small"
+
+    def test_a_measured_faster_server_is_waited_for(self) -> None:
+        """Measured: the busy server that finishes markedly sooner is waited for."""
+        free = cand("small", service_s=10.0)
+        busy = cand("big", in_use=1, weight=1.5, busy_for_s=1.0, service_s=5.0)
+        choice = HybridStrategy().choose(RouteRequest("m", waiting=1), [free, busy])
+        assert choice.server is None and choice.among == frozenset({"big"})
+
+    def test_a_cold_load_is_evidence_enough(self) -> None:
+        """Nothing measured, but the free server would load the model: wait for the warm one."""
+        free = cand("small", loaded=False, cold_s=14.0)
+        busy = cand("big", in_use=1, busy_for_s=1.0)
+        choice = HybridStrategy().choose(RouteRequest("m"), [free, busy])
+        assert choice.server is None and choice.among == frozenset({"big"})
