@@ -27,7 +27,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import anyio
 import anyio.abc
@@ -229,8 +229,7 @@ async def _bounded_body(
         )
         return None
     try:
-        with anyio.fail_after(limits.body_timeout_s):
-            return await read_body(receive, limit=max_body)
+        return await read_body(_within(receive, limits.body_timeout_s), limit=max_body)
     except ClientGone:
         return None
     except BodyTooLarge as exc:
@@ -240,6 +239,54 @@ async def _bounded_body(
         error = f"request body not received within {limits.body_timeout_s:g} s"
         await _send_error(send, 408, error, close=True)
         return None
+
+
+#: After the body deadline, how long (loop time) one last read may wait for what arrived in time.
+_BODY_GRACE_S = 0.05
+
+
+def _within(receive: Receive, timeout_s: float) -> Receive:
+    """``receive`` with a deadline ``timeout_s`` from now for all its calls (TimeoutError past it).
+
+    The deadline is final only once what arrived before it has been read: when it falls due,
+    one more ``receive()`` is given :data:`_BODY_GRACE_S`, and its message (the rest of the
+    body, or a chunk of it) is returned; any later call raises. asyncio runs the timers that
+    fell due since its last poll before it polls again, so after a pause of the server's loop
+    (its process descheduled, a long callback), the deadline's cancel reached ``receive()``
+    before uvicorn read the rest of a body already in the socket: a body sent in time got a
+    408. A cancelled ``receive()`` loses nothing (uvicorn keeps the bytes in its request cycle
+    until a ``receive()`` returns them; read in 0.54's h11 and httptools protocols), so it can
+    be called again. The grace is ended from a task that sleeps: its wake-up runs a turn after
+    its timer, behind the wake-up of a read done in the turn the timer ran, so a second pause
+    during the grace cannot win over the bytes either. A client that really stalls gets its
+    408 one grace later; one that sent only part of its body in time still gets it.
+    """
+    deadline = anyio.current_time() + timeout_s
+    expired = False
+
+    async def bounded() -> Message:
+        nonlocal expired
+        if not expired and anyio.current_time() < deadline:
+            with anyio.CancelScope(deadline=deadline):
+                return await receive()
+        if expired:
+            raise TimeoutError
+        expired = True
+        received: List[Message] = []
+        async with anyio.create_task_group() as tg:
+
+            async def end_grace() -> None:
+                await anyio.sleep(_BODY_GRACE_S)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(end_grace)
+            received.append(await receive())
+            tg.cancel_scope.cancel()
+        if not received:
+            raise TimeoutError
+        return received[0]
+
+    return bounded
 
 
 async def _forward(

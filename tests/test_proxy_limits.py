@@ -3,13 +3,15 @@ connections, open connections; its token; its trailing error line; its CLI's one
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import socket
-from typing import AsyncIterator, List, Optional, Tuple
+from typing import Any, AsyncIterator, List, Optional, Tuple
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import httpx
 import pytest
 
@@ -18,6 +20,7 @@ from ollama_orchestra.cli import main
 from ollama_orchestra.sim import Faults, SimFleet
 
 from .conftest import TINY, config_for, fleet, tiny_profile
+from .test_serving_timers import send_then_jump_clock
 
 QUICK = ProxyLimits(
     max_body_bytes=1000,
@@ -103,6 +106,43 @@ class TestBodies:
         assert r.status_code == 200 and r.json()["done"]
 
 
+BODY_S = 17.3  # a body deadline no other timer of the test's loop shares
+SLOW = ProxyLimits(header_timeout_s=60, body_timeout_s=BODY_S, keep_alive_s=60)
+
+
+async def body_deadline(since: float) -> float:
+    """The loop time the body deadline armed after loop time ``since`` falls due, once armed."""
+    loop: Any = asyncio.get_running_loop()
+    with anyio.fail_after(5):
+        while True:
+            latest = loop.time() + BODY_S
+            due = [
+                t.when()
+                for t in loop._scheduled
+                if not t.cancelled() and since + BODY_S <= t.when() <= latest
+            ]
+            if due:
+                (when,) = due
+                return float(when)
+            await anyio.lowlevel.checkpoint()  # the server reads the headers on its next turn
+
+
+async def body_at_its_deadline(
+    monkeypatch: pytest.MonkeyPatch, *, whole: bool
+) -> Tuple[int, bytes]:
+    """Status and body of the answer to a request whose body's second half (``whole``) or a
+    part of it arrives just before its deadline, and is read after it (a paused loop)."""
+    data = json.dumps(GENERATE).encode()
+    raw = request("/api/generate", data, extra="Connection: close\r\n")
+    first, rest = raw[: -len(data) // 2], raw[-len(data) // 2 :]
+    async with proxied(SLOW) as (_, host, port), await anyio.connect_tcp(host, port) as s:
+        since = anyio.current_time()
+        await s.send(first)
+        when = await body_deadline(since)
+        send_then_jump_clock(monkeypatch, when, s, rest if whole else rest[:-1])
+        return answer(await read_until_closed(s))
+
+
 class TestStalledConnections:
     async def test_half_sent_headers_are_closed(self) -> None:
         """A client that sends half its headers and stops is disconnected after the bound."""
@@ -122,6 +162,21 @@ class TestStalledConnections:
             await s.send(request("/api/generate", data)[: -len(data) // 2])
             status, body = answer(await read_until_closed(s))
             assert orch.state()["h1"].in_flight == 0
+        assert status == 408 and json.loads(body)["error"].startswith("request body not received")
+
+    async def test_a_body_in_the_buffer_at_its_deadline_is_served(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The rest of a body, arrived but unread when its deadline runs (the server's loop was
+        paused), is read and the request answered (it got a 408)."""
+        status, body = await body_at_its_deadline(monkeypatch, whole=True)
+        assert status == 200 and json.loads(body)["done"]
+
+    async def test_part_of_a_body_arrived_at_its_deadline_still_gets_408(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The deadline's last read takes what arrived, but a body still incomplete is a 408."""
+        status, body = await body_at_its_deadline(monkeypatch, whole=False)
         assert status == 408 and json.loads(body)["error"].startswith("request body not received")
 
     async def test_an_idle_kept_alive_connection_and_a_half_second_request_are_closed(
