@@ -27,7 +27,7 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Mapping, Optional, Tuple, Union
 
 import anyio
 import anyio.abc
@@ -249,17 +249,17 @@ def _within(receive: Receive, timeout_s: float) -> Receive:
     """``receive`` with a deadline ``timeout_s`` from now for all its calls (TimeoutError past it).
 
     The deadline is final only once what arrived before it has been read: when it falls due,
-    one more ``receive()`` is given :data:`_BODY_GRACE_S`, and its message (the rest of the
-    body, or a chunk of it) is returned; any later call raises. asyncio runs the timers that
-    fell due since its last poll before it polls again, so after a pause of the server's loop
-    (its process descheduled, a long callback), the deadline's cancel reached ``receive()``
-    before uvicorn read the rest of a body already in the socket: a body sent in time got a
-    408. A cancelled ``receive()`` loses nothing (uvicorn keeps the bytes in its request cycle
-    until a ``receive()`` returns them; read in 0.54's h11 and httptools protocols), so it can
-    be called again. The grace is ended from a task that sleeps: its wake-up runs a turn after
-    its timer, behind the wake-up of a read done in the turn the timer ran, so a second pause
-    during the grace cannot win over the bytes either. A client that really stalls gets its
-    408 one grace later; one that sent only part of its body in time still gets it.
+    one more ``receive()`` is given :data:`_BODY_GRACE_S` (loop time, from then), and its
+    message (the rest of the body, or a chunk of it) is returned; any later call raises.
+    asyncio runs the timers that fell due in a turn after that turn's poll, so bytes that
+    arrive between the two (a window a pause of the server's loop widens: its process
+    descheduled, a long callback) were still in the socket when the deadline's cancel reached
+    ``receive()``, and a body sent in time got a 408. (Bytes the poll saw are safe: their read
+    runs first, and anyio does not cancel a task whose wake-up is already due.) A cancelled
+    ``receive()`` loses nothing (uvicorn keeps the bytes in its request cycle until a
+    ``receive()`` returns them; read in 0.54's h11 and httptools protocols), so it can be
+    called again. A client that really stalls gets its 408 one grace later; one that sent only
+    part of its body in time still gets it.
     """
     deadline = anyio.current_time() + timeout_s
     expired = False
@@ -272,19 +272,9 @@ def _within(receive: Receive, timeout_s: float) -> Receive:
         if expired:
             raise TimeoutError
         expired = True
-        received: List[Message] = []
-        async with anyio.create_task_group() as tg:
-
-            async def end_grace() -> None:
-                await anyio.sleep(_BODY_GRACE_S)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(end_grace)
-            received.append(await receive())
-            tg.cancel_scope.cancel()
-        if not received:
-            raise TimeoutError
-        return received[0]
+        with anyio.move_on_after(_BODY_GRACE_S):
+            return await receive()
+        raise TimeoutError
 
     return bounded
 
