@@ -134,9 +134,7 @@ class _Run:
         self.looked_at = 0  # tasks finished at the last look-ahead
         self.lookahead = lookahead and self.costed
         self.reprioritize()
-        self.preloader = (
-            Preloader(runner, by_id, self.models) if lookahead and self.costed else None
-        )
+        self.preloader = Preloader(runner, by_id, self.models) if self.lookahead else None
         self.stop: Optional[anyio.CancelScope] = None
         self.sorter: Optional[graphlib.TopologicalSorter[str]] = None
         self.failed = False
