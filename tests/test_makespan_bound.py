@@ -427,6 +427,14 @@ class TestLocalSearch:
         assert dict(found.placed) in ({"t1": "fast", "t2": "fast"}, {"t2": "fast"}, {"t1": "fast"})
         assert simulate(tasks, hosts, found.order, placed=dict(found.placed)) == pytest.approx(0.2)
 
+    def test_never_pins_a_task_where_its_model_cannot_fit(self) -> None:
+        """A host that lists the model but has too little memory for it is never a pin."""
+        hosts = [host("small", loaded=(), vram_gb=0.5), host("big", slots=2)]
+        tasks = [TaskSpec(f"t{i}", M, 100) for i in range(3)]
+        found = best_schedule(tasks, hosts, local=50)
+        assert found.makespan <= best_schedule(tasks, hosts).makespan + 1e-9
+        assert all(name == "big" for _, name in found.placed)
+
     def test_no_search_beyond_the_budget_or_the_bound(self) -> None:
         """``local=0`` leaves the list schedule; a list schedule that meets the bound is kept
         without a single further simulation."""

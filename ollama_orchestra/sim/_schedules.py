@@ -332,7 +332,8 @@ def best_schedule(
     topological(tasks, hosts)
     first = _upward_rank(tasks, hosts)
     paths = model_paths(tasks)
-    best = (simulate(tasks, hosts, first, paths), tuple(first))
+    ranked = simulate(tasks, hosts, first, paths)
+    best = (ranked, tuple(first))
     tried, exhaustive = 1, False
     floor = lower_bound(tasks, hosts)
     if len(tasks) <= EXHAUSTIVE_TASKS:
@@ -361,7 +362,7 @@ def best_schedule(
     if local > 0 and best[0] > floor + _EPS:
         starts = [found]
         if best[1] != tuple(first):  # the rank order first: its local optimum is often best
-            starts.insert(0, Schedule(simulate(tasks, hosts, first, paths), tuple(first), 0, False))
+            starts.insert(0, Schedule(ranked, tuple(first), 0, False))
         spent = 0
         for s in starts:
             better = _local_search(tasks, hosts, s, paths, local - spent, floor)
@@ -401,13 +402,17 @@ def _local_search(
     def span(p: Mapping[str, str], h: Set[Tuple[str, str]]) -> float:
         nonlocal tried
         tried += 1
-        return simulate(tasks, hosts, start.order, paths, placed=p, holds=sorted(h))
+        try:
+            return simulate(tasks, hosts, start.order, paths, placed=p, holds=sorted(h))
+        except ValueError:  # pragma: no cover - a pinned task no host state can start
+            return math.inf
 
     moved = True
     while moved and tried < budget and cur > floor + _EPS:
         moved = False
         for t in tasks:
-            for name in [None, *(h.name for h in hosts if t.model in h.models)]:
+            able = (h.name for h in hosts if t.model in h.models and h.fits([t.model]))
+            for name in [None, *able]:
                 if tried >= budget:
                     break
                 p = {k: v for k, v in placed.items() if k != t.id}
