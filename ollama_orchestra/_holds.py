@@ -59,7 +59,7 @@ def server_views(balancer: Any) -> List[ServerView]:
         if not st.healthy:
             continue
         name = st.server.name
-        warm = frozenset(m for m in st.loaded if st.is_loaded(m, now))
+        warm = st.loaded_at(now)
         used = balancer.in_use(name)
         busy = used > 0 or any(balancer.waiting_for(m) > 0 for m in warm)
         out.append(ServerView(name, warm, busy, used < st.server.max_concurrency))
@@ -92,19 +92,16 @@ def plan_holds(
     if not starved:
         return None, []
     hungry = frozenset(m for s in starved for m in s.warm)
-
-    def home(tid: str) -> FrozenSet[str]:
-        m = models.get(tid)
-        return frozenset(s.name for s in servers if m is not None and m in s.warm)
-
+    # Each ready task's home: the servers its model is warm on (empty for a custom step).
+    home = {tid: frozenset(s.name for s in servers if models.get(tid) in s.warm) for tid in ready}
     for k, tid in enumerate(ready):
-        here = home(tid)
+        here = home[tid]
         if not here or not any(s.free for s in servers if s.name in here):
             continue
         if any(
             models.get(d) in hungry and all(x in done or x == tid for x in tasks[d].depends_on)
             for d in dependents.get(tid, ())
         ):
-            held = [t for t in ready[k + 1 :] if home(t) and home(t) <= here]
+            held = [t for t in ready[k + 1 :] if home[t] and home[t] <= here]
             return (tid, held) if held else (None, [])
     return None, []

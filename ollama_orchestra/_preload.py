@@ -138,7 +138,7 @@ class Preloader:
         now = balancer.now()
         loaded: Dict[str, FrozenSet[str]] = {}
         for st in states:
-            here = frozenset(m for m in st.loaded if st.is_loaded(m, now))
+            here = st.loaded_at(now)
             loaded[st.server.name] = here
             self.seen.setdefault(st.server.name, set()).add(here)
         started = running | ready | done

@@ -152,6 +152,10 @@ class ServerState:
         lm = self.loaded.get(model)
         return lm is not None and (lm.expires_at is None or lm.expires_at > now)
 
+    def loaded_at(self, now: float) -> FrozenSet[str]:
+        """The models loaded here at ``now`` (:meth:`is_loaded` of each)."""
+        return frozenset(m for m in self.loaded if self.is_loaded(m, now))
+
 
 class FleetState:
     """Everything known about every server; one instance per :class:`Orchestra`.
