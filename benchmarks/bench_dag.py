@@ -40,7 +40,7 @@ from ollama_orchestra import (
     OrchestraConfig,
     Server,
 )
-from ollama_orchestra._demo import _demo_run, demo_bounds, plan
+from ollama_orchestra._demo import demo_bounds, demo_run, plan
 from ollama_orchestra._executor import Task, run_dag
 from ollama_orchestra.sim import HostProfile, ModelSpec, SimFleet
 
@@ -106,7 +106,7 @@ async def demo_makespan(strategy: str, schedule: str, lookahead: bool) -> float:
     """The demo's pipelines on the preset fleet, warm as the demo leaves it (simulated s)."""
     demo = plan()
     names = [h.name for h in demo.hosts]
-    result, _, _ = await _demo_run(demo, names, DEMO_SCALE, strategy, lookahead, schedule)
+    result, _, _ = await demo_run(demo, names, DEMO_SCALE, strategy, lookahead, schedule)
     assert result.ok, [r.error_message for r in result.results if not r.ok]
     return float(result.makespan_s) / DEMO_SCALE
 

@@ -39,6 +39,7 @@ __all__ = [
     "concurrency",
     "demo_bounds",
     "demo_inputs",
+    "demo_run",
     "pipeline_dag",
     "plan",
     "repository_context",
@@ -244,7 +245,7 @@ def demo_bounds(
     return bounds(tasks, hosts, search=search, budget=50, local=300)
 
 
-async def _demo_run(
+async def demo_run(
     demo: DemoPlan,
     names: Sequence[str],
     time_scale: float,
@@ -252,6 +253,8 @@ async def _demo_run(
     lookahead: bool = True,
     schedule: str = "eager",
 ) -> Tuple[DagResult, MetricsSnapshot, PrefillTally]:
+    """One run of the demo's pipelines on ``names`` of a fresh simulated fleet, warm as the
+    demo leaves it: the result, the orchestra's metrics and the prompt evaluation tally."""
     import httpx
 
     from .sim import SimFleet
@@ -305,13 +308,13 @@ async def run_demo(out: TextIO, scale: float, strategy: str) -> int:
     )
     out.write(f"time_scale={scale}: durations below are simulated seconds\n\n")
     out.write(f"1) today's setup: everything on {alone.name}\n")
-    one, _, _ = await _demo_run(demo, [alone.name], scale, strategy)
+    one, _, _ = await demo_run(demo, [alone.name], scale, strategy)
     out.write(
         f"   makespan {one.makespan_s / scale:,.1f}s, {sum(r.ok for r in one.results)}/{len(one.results)} tasks ok\n\n"
     )
     names = [h.name for h in demo.hosts]
     out.write(f"2) the orchestra on {' + '.join(names)} (strategy {strategy})\n")
-    both, metrics, tally = await _demo_run(demo, names, scale, strategy)
+    both, metrics, tally = await demo_run(demo, names, scale, strategy)
     out.write(
         f"   makespan {both.makespan_s / scale:,.1f}s, {sum(r.ok for r in both.results)}/{len(both.results)} tasks ok\n"
     )
