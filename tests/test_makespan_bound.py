@@ -496,5 +496,24 @@ def test_bench_dag_references() -> None:
         "uneven DAG",
         "two-model pipeline",
     }
-    uneven = references(4)["uneven DAG"]
+    uneven = refs["uneven DAG"]
+    assert isinstance(uneven, Bounds)
     assert uneven.best is not None and uneven.lower <= uneven.best.makespan
+    # Prompts count: 1,100 tokens decoded two at a time take 1100 / (100 * A(2)) s alone,
+    # and b0 evaluates a0's 400-token answer on top.
+    assert uneven.lower > 1100 / (100 * aggregate_speedup(2)) + 0.1
+
+
+async def test_bench_dag_uneven_run_is_at_least_its_bound() -> None:
+    """The benchmark's own run of the uneven DAG (its raw warm-up included) takes at least the
+    bound that counts its prompts: the warm-up's prompt shares no token with theirs."""
+    from benchmarks.bench_dag import profile, run_on, uneven
+    from ollama_orchestra.sim._prompt import tokenize
+
+    specs = task_specs(uneven())
+    assert all(s.prompt and s.prompt[0] != tokenize("warm")[0] for s in specs)
+    b = bounds(specs, [host_spec(profile("h1"), max_concurrent=2)], budget=50)
+    scale = 0.05
+    measured, _ = await run_on(1, uneven(), "eager", scale, "hybrid", True)
+    assert measured >= b.lower
+    assert b.best is not None and measured <= b.best.makespan * 1.5 + 1.0
