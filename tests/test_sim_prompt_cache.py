@@ -364,3 +364,45 @@ class TestSlotRule:
             c.release(s.slot, toks(tag, 100))
         assert c.ram_entries() == (100, 100)
         assert c.ram_bytes() == 200_000
+
+
+class TestPromptsInSlotOrder:
+    async def test_prompts_waiting_together_are_evaluated_one_at_a_time(self) -> None:
+        """As llama-server fills each batch from the first slot's prompt on, two prompts
+        that arrive together are evaluated one after the other, not side by side: one
+        answer starts after its own prompt's time, the other after both, and each reports
+        only its own evaluation time."""
+        async with SimServer(profile(), time_scale=0.02) as srv, httpx.AsyncClient(
+            base_url=srv.url, timeout=30
+        ) as http:
+            await http.post("/api/generate", json={"model": M})  # load
+            results: Dict[str, Dict[str, Any]] = {}
+
+            async def run(tag: str) -> None:
+                r = await http.post(
+                    "/api/generate",
+                    json={
+                        "model": M,
+                        "prompt": context(tag, 700),
+                        "raw": True,
+                        "stream": False,
+                        "options": {"num_predict": 1},
+                    },
+                )
+                results[tag] = r.json()
+
+            srv.pause()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, "a")
+                tg.start_soon(run, "b")
+                await srv.wait_until(lambda st: st.in_flight == 2)
+                srv.resume()
+        for r in results.values():
+            # Its own prompt's time (a decode step of the other beside it costs a little).
+            own = prefill_ns(r["prompt_eval_count"])
+            assert own <= r["prompt_eval_duration"] < 1.01 * own
+        first, second = sorted(results.values(), key=lambda r: r["total_duration"])
+        # Shared side by side, both would end after both prompts' time.
+        both = first["prompt_eval_duration"] + second["prompt_eval_duration"]
+        assert first["total_duration"] < 0.75 * both
+        assert second["total_duration"] >= both

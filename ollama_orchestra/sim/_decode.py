@@ -7,6 +7,20 @@ tokens fill the batch up to ``num_batch``, 512 as Ollama sets it), a prompt bein
 stretches every decode step of the same model by a 512-token chunk's time, and decoding
 slots slow the prompt a little in turn.
 
+Prompts waiting at once are evaluated one at a time, in slot order: ``update_slots`` walks
+the slots from the first and adds each one's pending prompt tokens until the batch is full
+(``for (auto & slot : slots)`` ... ``if (batch.n_tokens >= n_batch) break;``, llama.cpp
+``tools/server/server-context.cpp`` as stored at commit fb40266; the same walk as in the
+``update_slots`` of older ``server.cpp`` versions). So
+the pending prompt in the lowest slot takes the whole chunk and the others wait (a new
+prompt in a lower slot takes over). A prompt's timer starts when the walk first reaches its
+slot (``t_start_process_prompt``), so ``prompt_eval_duration`` leaves out the wait before
+its first chunk; the simulator also leaves out a wait after it (a lower slot's new prompt
+took over), which llama-server counts: the requests' real arrival order, which decides
+it, is not the simulated one at fine grain. The few tokens a finishing prompt
+leaves of its last chunk, which go to the next slot's prompt, are not modelled apart: the
+runner's prompt throughput is the same.
+
 Each prompt evaluation or decode is a :class:`Job` with its progress (tokens), the moment it
 was last brought up to date, and its current rate. Rates change only when the set of jobs
 does (a request starts or stops decoding, a prompt starts or finishes), or on pause, resume
@@ -47,14 +61,18 @@ def _wake(woken: asyncio.Future[None]) -> None:
 
 class Job:
     """One prompt evaluation or decode: ``goal`` tokens, ``done`` so far at ``rate`` tokens
-    per simulated second since ``last`` (real monotonic time); ``spent`` simulated seconds."""
+    per simulated second since ``last`` (real monotonic time); ``spent`` simulated seconds;
+    ``slot`` the runner's slot it runs in (prompts are evaluated in slot order)."""
 
-    __slots__ = ("decode", "done", "goal", "last", "rate", "runner", "spent")
+    __slots__ = ("decode", "done", "goal", "last", "rate", "runner", "slot", "spent")
 
-    def __init__(self, runner: Runner, goal: float, *, decode: bool, last: float) -> None:
+    def __init__(
+        self, runner: Runner, goal: float, *, decode: bool, last: float, slot: int = 0
+    ) -> None:
         self.runner = runner
         self.goal = goal
         self.decode = decode
+        self.slot = slot
         self.done = 0.0
         self.spent = 0.0
         self.last = last
@@ -119,12 +137,12 @@ class Decoder(Scheduler):
         return rate
 
     def _prefill_rate(self, runner: Runner) -> float:
-        """Prompt tokens/s of one request of ``runner`` evaluating its prompt."""
+        """Prompt tokens/s of the request of ``runner`` whose prompt is being evaluated."""
         rate = self._prompt_rate(runner.spec)
         if runner.decoding:
             step = 1.0 / self._decode_rate(runner.spec)
             rate = NUM_BATCH / (NUM_BATCH / rate + step)
-        return rate / max(1, runner.prefilling)
+        return rate
 
     # -- events --------------------------------------------------------------------------
 
@@ -137,13 +155,22 @@ class Decoder(Scheduler):
     def _rerate(self) -> None:
         """Give every job its rate after a change, and wake them to recompute their waits."""
         paused = self._paused
+        # Each runner's prompt in its lowest slot is the one evaluated (see the module).
+        first: Dict[Runner, Job] = {}
+        for job in self._jobs:
+            if not job.decode:
+                held = first.get(job.runner)
+                if held is None or job.slot < held.slot:
+                    first[job.runner] = job
         for job in self._jobs:
             if paused:
                 job.rate = 0.0
             elif job.decode:
                 job.rate = self._rate(job.runner)
-            else:
+            elif first[job.runner] is job:
                 job.rate = self._prefill_rate(job.runner)
+            else:
+                job.rate = 0.0
         sleepers, self._sleepers = self._sleepers, set()
         for woken in sleepers:
             _wake(woken)
@@ -186,15 +213,16 @@ class Decoder(Scheduler):
                 timer.cancel()
         job.advance(time.monotonic(), self.time_scale)
 
-    async def _prefill(self, runner: Runner, n: int, credit_s: float = 0.0) -> float:
-        """Evaluate ``n`` prompt tokens; return the simulated seconds they took.
+    async def _prefill(self, runner: Runner, n: int, slot: int, credit_s: float = 0.0) -> float:
+        """Evaluate ``n`` prompt tokens in ``slot``; return the simulated seconds they took
+        (only while it was evaluated, not while lower slots' prompts went first).
 
         ``credit_s`` real seconds already spent on this prompt (rendering, tokenising) count
         as evaluation time.
         """
         if n <= 0:
             return 0.0
-        job = Job(runner, float(n), decode=False, last=time.monotonic() - credit_s)
+        job = Job(runner, float(n), decode=False, last=time.monotonic() - credit_s, slot=slot)
         self._start(job)
         try:
             job.advance(time.monotonic(), self.time_scale)
@@ -236,7 +264,9 @@ class Decoder(Scheduler):
             await self._sleep_sim(
                 admission.copied_bytes / (self.profile.host_to_device_gbps * 1e9) * self.faults.slow
             )
-            prompt_s = await self._prefill(runner, admission.evaluate, prompt.overhead_s)
+            prompt_s = await self._prefill(
+                runner, admission.evaluate, admission.slot, prompt.overhead_s
+            )
             kept = prompt.tokens
             # Ollama: prompt_eval_count = cache_n + prompt_n; the duration is prompt_ms only.
             stats["prompt_eval_count"] = len(prompt.tokens)

@@ -15,9 +15,9 @@ The timing model (``_decode.py``, ``_scheduler.py``), in simulated seconds:
   ``num_parallel`` slots per loaded model, times the most of the DAG's models that fit at
   once (``max_loaded_models``, ``vram_gb``), and at most the client's ``max_concurrency``
   for the host where given (:attr:`HostSpec.max_concurrent`).
-- A prompt is evaluated at ``prompt_tps * speed``, shared by the model's requests
-  evaluating at once, and slowed by its decoding ones (a 512-token chunk rides each decode
-  step, which slows those decodes too).
+- A model's runner evaluates one prompt at a time, at ``prompt_tps * speed`` (its lowest
+  slot's first, as llama-server fills each batch; ``_decode.py``), slowed by its decoding
+  requests (a 512-token chunk rides each decode step, which slows those decodes too).
 - A model not loaded at the start costs ``load_s`` before its first request on that host;
   a host loads one model at a time, and evicts an idle one when the next does not fit.
 

@@ -3,8 +3,8 @@ of ``_makespan.py`` next to it (issue 18, item 3).
 
 The best list schedule (:func:`best_schedule`) is an upper bound only where the simulator
 behaves as modelled: an event simulation (:func:`simulate`) of the rates of
-``_makespan.py`` (decode shared as ``A(n) / n``, prompt chunks riding decode steps, loads
-one at a time per host evicting idle models), dispatching ready tasks in a priority order
+``_makespan.py`` (decode shared as ``A(n) / n``, one prompt at a time per runner in chunks
+riding decode steps, loads one at a time per host evicting idle models), dispatching ready tasks in a priority order
 to the host that would finish each first alone. Prompt caches: on a host built by
 :func:`~._makespan.host_spec` (:attr:`HostSpec.cache_ram_bytes` set), the simulator's own
 :class:`~._kvcache.PromptCache` per loaded model (a KV cache per slot, a slot chosen by
@@ -107,7 +107,8 @@ class _HostState:
 
 
 def _rerate(jobs: Sequence[_Job], hosts: Sequence[_HostState]) -> None:
-    """The simulator's rates for the running jobs (see the module)."""
+    """The simulator's rates for the running jobs (see the module): a runner evaluates one
+    prompt at a time, its lowest slot's (in start order where caches have no slots)."""
     for i, hs in enumerate(hosts):
         mine = [j for j in jobs if j.host == i]
         decoding = sum(1 for j in mine if not j.prefilling)
@@ -120,7 +121,9 @@ def _rerate(jobs: Sequence[_Job], hosts: Sequence[_HostState]) -> None:
             if j.prefilling:
                 if any(not k.prefilling for k in same):
                     prompt = NUM_BATCH / (NUM_BATCH / prompt + 1.0 / decode)
-                j.rate = prompt / sum(1 for k in same if k.prefilling)
+                waiting = [k for k in same if k.prefilling]
+                first = min(waiting, key=lambda k: -1 if k.slot is None else k.slot)
+                j.rate = prompt if j is first else 0.0
             elif any(k.prefilling for k in same):
                 j.rate = 1.0 / (1.0 / decode + NUM_BATCH / prompt)
             else:
@@ -158,7 +161,7 @@ def simulate(
         _dispatch(by_id, paths, ready, jobs, state, now, pinned)
         _rerate(jobs, state)
         step = min(
-            [(j.prompt_left if j.prefilling else j.decode_left) / j.rate for j in jobs]
+            [(j.prompt_left if j.prefilling else j.decode_left) / j.rate for j in jobs if j.rate]
             + [hs.load_done - now for hs in state]
         )
         if not math.isfinite(step):
