@@ -191,14 +191,21 @@ class TestPerSlotCaches:
 
     def test_concurrent_prompts_each_evaluate_the_shared_prefix(self) -> None:
         """Two prompts sharing 1,000 tokens, started at once on two slots: each evaluates
-        the prefix (a cache holds only finished requests' tokens), with the simulator's
+        the prefix (a cache holds only finished requests' tokens; the first to start is
+        still running when the second's turn comes), with the simulator's
         slots and with one cache as large as need be alike; one after the other on one
         slot, the second reuses the first's."""
         ctx = tuple(f"c{i}" for i in range(1000))
         tasks = with_prompt_floors([TaskSpec(t, M, 10, prompt=(*ctx, t)) for t in ("a", "b")])
         shared = simulate(tasks, [host(slots=2)], ["a", "b"])
-        # 2 x 1,001 tokens at 1,000 tokens/s shared, then both answers at A(2) / 2 each.
-        assert shared == pytest.approx(2.002 + 20 / (100 * aggregate_speedup(2)))
+        # One prompt at a time (1,001 tokens at 1,000 tokens/s); then the second, each
+        # 512-token chunk riding the first's decode step (0.01 s at 100 tokens/s); then both
+        # answers at A(2) / 2 each; the second ends alone.
+        chunk, step = 0.512, 0.01
+        second = 1001 / (512 / (chunk + step))
+        ahead = second / (chunk + step)  # the first answer's tokens meanwhile
+        both = (10 - ahead) / (100 * aggregate_speedup(2) / 2)
+        assert shared == pytest.approx(1.001 + second + both + ahead / 100)
         assert simulate(tasks, [self.slotted(2)], ["a", "b"]) == pytest.approx(shared)
         # 1,001 tokens and an answer, then 1 token and an answer.
         for one in (host(), self.slotted(1)):

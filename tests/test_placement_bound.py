@@ -104,7 +104,12 @@ class TestHandWorked:
         tasks = with_prompt_floors([TaskSpec(t, M, 100, prompt=(*ctx, t)) for t in ("a", "b")])
         hosts = [host(slots=2)]
         assert placement_bound(tasks, hosts) == pytest.approx(2.001 + 1.001 / A2)
-        assert simulate(tasks, hosts, ["a", "b"]) == pytest.approx(2.002 + 2 / A2)
+        # Both at once: one prompt, then the other beside the first's decode steps (each
+        # 512-token chunk with a 0.01 s step), then both answers at A(2) / 2.
+        second = 1001 / (512 / 0.522)
+        ahead = second / 0.522
+        both_at_once = 1.001 + second + (100 - ahead) / (50 * A2) + ahead / 100
+        assert simulate(tasks, hosts, ["a", "b"]) == pytest.approx(both_at_once)
         assert simulate(tasks, [host(slots=2, max_concurrent=1)], ["a", "b"]) == pytest.approx(
             3.002
         )
