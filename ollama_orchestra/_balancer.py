@@ -128,6 +128,7 @@ class Lease:
         "permit",
         "predicted_cached_chars",
         "predicted_end",
+        "prefill_end",
         "prompt",
         "queued_s",
         "server",
@@ -150,6 +151,9 @@ class Lease:
         #: The permit of the (server, model) breaker, if the balancer has those.
         self.model_permit: Optional[Permit] = None
         self.predicted_end = predicted_end
+        #: When its prompt is predicted to be evaluated: after the prompts of the same model
+        #: sent there before it (one runner evaluates one prompt at a time).
+        self.prefill_end = acquired_at
         #: The request's prompt, and how much of it the index said the server holds.
         self.prompt: Optional[Prompt] = None
         self.predicted_cached_chars = 0
@@ -571,6 +575,7 @@ class LoadBalancer:
             busy_for = 0.0
             if in_use + claimed >= slots:
                 busy_for = self._busy_for(name, model, slots, claimed, service, now)
+            queued = self._prompts_queued_s(name, model, now)
             out.append(
                 Candidate(
                     name,
@@ -583,9 +588,19 @@ class LoadBalancer:
                     busy_for,
                     est.prefill_s,
                     est.cached_chars,
+                    queued,
                 )
             )
         return out
+
+    def _prompts_queued_s(self, name: str, model: str, now: float) -> float:
+        """Predicted time until the prompts of ``model`` already sent to ``name`` are
+        evaluated (:attr:`Lease.prefill_end`)."""
+        end = now
+        for lease in self._slots.held(name):
+            if lease.model == model and lease.prefill_end > end:
+                end = lease.prefill_end
+        return end - now
 
     def _busy_for(
         self, name: str, model: str, slots: int, claimed: int, service: Optional[float], now: float
@@ -647,17 +662,21 @@ class LoadBalancer:
             permit = breaker.admit()
         model = waiter.request.model
         prompt = waiter.request.prompt
+        queued = self._prompts_queued_s(name, model, now)
         if cand is not None:
             service = cand.service_s
             cached_chars = cand.cached_chars
+            prefill = cand.prefill_s
         else:
             fleet = [s.server.name for s in self._state.servers()]
             est = self.costs.estimate(name, model, prompt, fleet)
             service = _service(st, model, est)
             cached_chars = est.cached_chars
+            prefill = est.prefill_s
         if service is None:
             service = self._expected_service(st, model)
-        lease = Lease(st.server, model, now - waiter.since, now, permit, now + service)
+        lease = Lease(st.server, model, now - waiter.since, now, permit, now + queued + service)
+        lease.prefill_end = now + queued + prefill
         lease.prompt = prompt
         lease.predicted_cached_chars = cached_chars
         lease._balancer = self

@@ -59,6 +59,10 @@ class Candidate:
         prefill_s: predicted time to evaluate the part of the prompt the server's prompt
             cache likely does not hold (0 without a prompt or a learned rate).
         cached_chars: characters of the prompt's prefix likely cached there.
+        queued_prefill_s: predicted time until the prompts already sent to that model there
+            are evaluated. A runner evaluates one prompt at a time (llama-server fills each
+            batch from its first slot on), so a free slot does not start this prompt at once
+            if others wait before it (0 when none does).
     """
 
     name: str
@@ -71,6 +75,7 @@ class Candidate:
     busy_for_s: float
     prefill_s: float = 0.0
     cached_chars: int = 0
+    queued_prefill_s: float = 0.0
 
     @property
     def free(self) -> bool:
@@ -198,6 +203,11 @@ class HybridStrategy:
     every free slot, that time is taken from them, so it counts twice. When free slots would idle instead, waiting for a busy server holding the
     prefix counts twice: a conversation that waits for its congested server now will wait
     again next turn, and moving it once spreads the load (near the end of a batch, too).
+
+    A runner evaluates one prompt at a time: a request's prompt starts once a slot is free and
+    the prompts sent there before it are evaluated (``queued_prefill_s``), and a prompt
+    evaluated again where requests are in flight delays their next prompts, so there it counts
+    twice even when free slots would idle.
     """
 
     #: Wait for a busy server only if its expected completion beats the best free one's by
@@ -245,11 +255,18 @@ class HybridStrategy:
             service = c.service_s
             if service is None:
                 service = max(0.0, base) / c.weight + c.prefill_s
-            t = c.busy_for_s + service + c.cold_s
+            # The prompt starts once a slot frees and the prompts sent before it there are
+            # evaluated (whichever is later).
+            t = max(c.busy_for_s, c.queued_prefill_s) + service + c.cold_s
             if contended:
                 t += c.prefill_s - prefill_floor + c.cold_s - cold_floor
-            elif affinity and not c.free:
-                t += c.busy_for_s
+            else:
+                if affinity and not c.free:
+                    t += c.busy_for_s
+                if c.in_use:
+                    # One runner evaluates one prompt at a time: a prompt evaluated again
+                    # here delays the next prompts of the requests in flight here too.
+                    t += c.prefill_s - prefill_floor
             return t
 
         free = [c for c in candidates if c.free]

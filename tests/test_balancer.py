@@ -22,6 +22,7 @@ from ollama_orchestra._balancer import (
     WeightedStrategy,
     _Waiter,
 )
+from ollama_orchestra._rates import Estimate, Prompt, PromptCosts
 from ollama_orchestra._state import FleetState, LoadedModel
 
 M = "qwen2.5:14b"
@@ -557,3 +558,70 @@ class TestGrantEstimates:
         lease = await lb.acquire(M)
         assert lease.name == "s1"
         assert lease.predicted_end == pytest.approx(clock.now + 5.0)
+
+
+class _FixedPrefill(PromptCosts):
+    """A cost model whose every prompt takes ``prefill_s`` to evaluate, after ``base_s``."""
+
+    def __init__(self, prefill_s: float, base_s: float = 1.0) -> None:
+        super().__init__()
+        self.prefill_s = prefill_s
+        self.base_s = base_s
+
+    def estimate(
+        self, server: str, model: str, prompt: Optional[Prompt], fleet: Sequence[str] = ()
+    ) -> Estimate:
+        return Estimate(0, self.prefill_s, self.base_s)
+
+
+class TestPromptQueue:
+    """A model's runner evaluates one prompt at a time (llama-server fills each batch from its
+    first slot on): a lease's prompt is predicted to be evaluated after those sent before it
+    to the same model there, and candidates show that wait."""
+
+    def _lb(self, prefill_s: float) -> Tuple[LoadBalancer, Clock]:
+        lb, _, clock = make((3, 3))
+        lb.costs = _FixedPrefill(prefill_s)
+        lb._strategy = _Named("s0")
+        return lb, clock
+
+    async def test_prompts_queue_behind_each_other(self) -> None:
+        lb, clock = self._lb(2.0)
+        first = await lb.acquire(M)
+        second = await lb.acquire(M)
+        assert first.prefill_end == pytest.approx(clock.now + 2.0)
+        assert second.prefill_end == pytest.approx(clock.now + 4.0)
+        assert second.predicted_end == pytest.approx(clock.now + 2.0 + 3.0)
+        (s0, s1) = lb._candidates_for(RouteRequest(M), frozenset())
+        assert (s0.queued_prefill_s, s1.queued_prefill_s) == pytest.approx((4.0, 0.0))
+        clock.now += 3.0
+        assert lb._prompts_queued_s("s0", M, clock.now) == pytest.approx(1.0)
+        lb.release(second)
+        assert lb._prompts_queued_s("s0", M, clock.now) == 0.0
+
+    async def test_other_models_do_not_queue(self) -> None:
+        """Another model is another runner: its prompts do not wait for these."""
+        lb, clock = self._lb(2.0)
+        await lb.acquire(M)
+        other = await lb.acquire(BIG)
+        assert other.prefill_end == pytest.approx(clock.now + 2.0)
+
+    def test_hybrid_avoids_a_free_server_with_prompts_queued(self) -> None:
+        """Two free servers, equal but for the prompts waiting on one: the other is chosen."""
+        queued = Candidate("a", 4, 1, 1.0, True, 2.0, 0.0, 0.0, 1.0, 0, 6.0)
+        idle = Candidate("b", 4, 1, 1.0, True, 2.0, 0.0, 0.0, 1.0, 0, 0.0)
+        for order in ([queued, idle], [idle, queued]):
+            assert HybridStrategy().choose(RouteRequest(M), order).server == "b"
+
+    def test_hybrid_counts_a_move_twice_where_requests_run(self) -> None:
+        """Not contended, both servers free: evaluating a prompt again where requests are in
+        flight delays their next prompts too, so it counts twice; on an idle server once.
+        Elsewhere finishes in 2.4 s (0.4 s of it the prompt the cached server holds), within
+        the 0.8 margin of the cached server's 2.0 s once (and less loaded, so chosen), not
+        twice (2.8 s)."""
+        cached = Candidate("cached", 2, 1, 1.0, True, 2.0, 0.0, 0.0, 0.0, 4096)
+        running = Candidate("other", 4, 1, 1.0, True, 2.4, 0.0, 0.0, 0.4, 0)
+        idle = Candidate("other", 4, 0, 1.0, True, 2.4, 0.0, 0.0, 0.4, 0)
+        hybrid = HybridStrategy()
+        assert hybrid.choose(RouteRequest(M), [cached, running]).server == "cached"
+        assert hybrid.choose(RouteRequest(M), [cached, idle]).server == "other"

@@ -36,11 +36,14 @@ def reference_choice(
     affinity = any(c.cached_chars for c in candidates)
 
     def ect(c: Candidate) -> float:
-        t = c.busy_for_s + service(c) + c.cold_s
+        t = max(c.busy_for_s, c.queued_prefill_s) + service(c) + c.cold_s
         if contended:
             t += c.prefill_s - least_prefill + c.cold_s - least_cold
-        elif affinity and not c.free:
-            t += c.busy_for_s
+        else:
+            if affinity and not c.free:
+                t += c.busy_for_s
+            if c.in_use:
+                t += c.prefill_s - least_prefill
         return t
 
     free = [c for c in candidates if c.free]
@@ -89,6 +92,7 @@ def _candidates(draw: st.DrawFn) -> List[Candidate]:
                 draw(_seconds(5.0)),
                 draw(_seconds(3.0)),
                 draw(st.sampled_from([0, 0, 512])),
+                draw(_seconds(4.0)),
             )
         )
     return out
