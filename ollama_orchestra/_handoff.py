@@ -10,7 +10,8 @@ one service time, from the learned estimates of the requests running there), the
 waiting request that would finish soonest there is sent *ahead*, into the host's own queue
 (at most ``Server.lookahead`` of them per host). The host starts it the moment a slot
 frees. Where a request goes is decided by when it would finish, ``hybrid``'s rule, cache and
-speed included: so by default the lookahead is on (1) under ``hybrid`` and off under the other
+speed included (a prompt evaluated again, or a model loaded, where another host would not
+need it counts twice, as under ``hybrid`` when requests wait: every slot is busy): so by default the lookahead is on (1) under ``hybrid`` and off under the other
 strategies, whose placement it would override (measured: under ``least_loaded`` it lifted the
 prompt-cache hits of ``bench_agent``'s conversations from 56% to 85%, no longer the
 cache-blind strategy asked for); ``Server.lookahead`` set explicitly holds under any
@@ -238,7 +239,7 @@ class Lookahead:
                 cands = lb._candidates(waiter, claims)
                 if not cands or any(c.free for c in cands):
                     continue  # a free slot it chose not to take (the strategy waits)
-                best = min(cands, key=_finish)
+                best = min(cands, key=_finish_counting_waste(cands))
                 name = best.name
                 if (
                     not claims.get(name)
@@ -334,6 +335,19 @@ def _finish(c: Candidate) -> float:
     """When a request would finish there: the slot's wait, its service and a cold load (its
     service unknown: the wait alone, so the host freeing first gets it)."""
     return c.busy_for_s + (c.service_s or 0.0) + c.cold_s
+
+
+def _finish_counting_waste(cands: Sequence[Candidate]) -> Callable[[Candidate], float]:
+    """:func:`_finish`, plus the prompt evaluated again and the model loaded where another
+    host would not: every slot is busy when a request is sent ahead, so that time is taken
+    from the requests waiting behind it, and counts twice (as in ``hybrid``)."""
+    prefill = min(c.prefill_s for c in cands)
+    cold = min(c.cold_s for c in cands)
+
+    def finish(c: Candidate) -> float:
+        return _finish(c) + c.prefill_s - prefill + c.cold_s - cold
+
+    return finish
 
 
 def _rank(lease: Lease) -> Tuple[int, bool]:

@@ -5,7 +5,7 @@ waits (``_handoff``)."""
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import anyio
 import anyio.lowlevel
@@ -26,6 +26,7 @@ from ollama_orchestra._broken import WINDOW_S, BrokenHosts
 from ollama_orchestra._clock import now as clock_now
 from ollama_orchestra._coordination import make_balancer
 from ollama_orchestra._failover import AttemptError
+from ollama_orchestra._rates import Estimate, Prompt, PromptCosts
 from ollama_orchestra._state import FleetState
 from ollama_orchestra.sim import SimFleet
 
@@ -141,6 +142,46 @@ class TestPredictedCondition:
         lb = make_balancer(cfg, FleetState(servers))
         assert lb._lookahead is None
         assert LoadBalancer(cfg.replace(coordination=None), FleetState(servers))._lookahead
+
+
+class _PerServerPrefill(PromptCosts):
+    """A cost model where a request takes 1 s there plus that server's ``prefill`` seconds."""
+
+    def __init__(self, prefill: Dict[str, float]) -> None:
+        super().__init__()
+        self.prefill = prefill
+
+    def estimate(
+        self, server: str, model: str, prompt: Optional[Prompt], fleet: Sequence[str] = ()
+    ) -> Estimate:
+        return Estimate(0, self.prefill[server], 1.0)
+
+
+class TestWhereItIsSent:
+    """Every slot is busy when a request is sent ahead, so a prompt evaluated again where
+    another host holds it cached takes time from the requests waiting behind it: it counts
+    twice, as under ``hybrid`` when requests wait."""
+
+    @pytest.mark.parametrize(("extra_prefill", "sent_to"), [(0.4, "s1"), (0.05, "s0")])
+    async def test_a_prompt_evaluated_again_counts_twice(
+        self, extra_prefill: float, sent_to: str
+    ) -> None:
+        """``s0`` frees in 0.1 s, ``s1`` in 0.6 s; ``s0`` would evaluate ``extra_prefill``
+        seconds of prompt that ``s1`` holds. Finishing there: 1.1 + 0.4 s against 1.6 s
+        (sooner, but not once the 0.4 s count twice: ``s1``); with 0.05 s, ``s0``."""
+        lb, clock = balancer((1, 1))
+        lb.costs = _PerServerPrefill({"s0": extra_prefill, "s1": 0.0})
+        running = [await lb.acquire(M), await lb.acquire(M)]
+        ends = {"s0": 0.1, "s1": 0.6}
+        for lease in running:
+            lease.predicted_end = clock.now + ends[lease.name]
+        got: List[Lease] = []
+        async with anyio.create_task_group() as tg:
+            await acquire_in(tg, lb, got)
+            assert got and got[0].handoff is not None and got[0].name == sent_to
+            for lease in running:
+                lease.release()
+        got[0].release()
 
 
 class TestPriorityKeepsItsOrder:
