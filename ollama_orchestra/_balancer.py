@@ -662,12 +662,13 @@ class LoadBalancer:
             permit = breaker.admit()
         model = waiter.request.model
         prompt = waiter.request.prompt
-        queued = self._prompts_queued_s(name, model, now)
         if cand is not None:
+            queued = cand.queued_prefill_s
             service = cand.service_s
             cached_chars = cand.cached_chars
             prefill = cand.prefill_s
         else:
+            queued = self._prompts_queued_s(name, model, now)
             fleet = [s.server.name for s in self._state.servers()]
             est = self.costs.estimate(name, model, prompt, fleet)
             service = _service(st, model, est)

@@ -11,10 +11,11 @@ waiting request that would finish soonest there is sent *ahead*, into the host's
 (at most ``Server.lookahead`` of them per host). The host starts it the moment a slot
 frees. Where a request goes is decided by when it would finish, ``hybrid``'s rule, cache and
 speed included (a prompt evaluated again, or a model loaded, where another host would not
-need it counts twice, as under ``hybrid`` when requests wait: every slot is busy): so by default the lookahead is on (1) under ``hybrid`` and off under the other
-strategies, whose placement it would override (measured: under ``least_loaded`` it lifted the
-prompt-cache hits of ``bench_agent``'s conversations from 56% to 85%, no longer the
-cache-blind strategy asked for); ``Server.lookahead`` set explicitly holds under any
+need it counts twice, as under ``hybrid`` when requests wait: every slot is busy): so by
+default the lookahead is on (1) under ``hybrid`` and off under the other strategies, whose
+placement it would override (measured: under ``least_loaded`` it lifted the prompt-cache
+hits of ``bench_agent``'s conversations from 56% to 85%, no longer the cache-blind strategy
+asked for); ``Server.lookahead`` set explicitly holds under any
 strategy. Until it starts, it is only a reservation and is **taken back** (its HTTP request
 cancelled: Ollama drops a queued request whose client went away) when
 
@@ -81,7 +82,7 @@ import anyio
 
 from ._config import Server
 from ._estimates import wait_s
-from ._strategies import Candidate, HybridStrategy, RouteRequest
+from ._strategies import Candidate, HybridStrategy, RouteRequest, redone_s
 
 if TYPE_CHECKING:
     from ._balancer import Lease, LoadBalancer
@@ -345,7 +346,7 @@ def _finish_counting_waste(cands: Sequence[Candidate]) -> Callable[[Candidate], 
     cold = min(c.cold_s for c in cands)
 
     def finish(c: Candidate) -> float:
-        return _finish(c) + c.prefill_s - prefill + c.cold_s - cold
+        return _finish(c) + redone_s(c, prefill, cold)
 
     return finish
 

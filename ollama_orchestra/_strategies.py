@@ -28,6 +28,7 @@ __all__ = [
     "Strategy",
     "WeightedStrategy",
     "make_strategy",
+    "redone_s",
 ]
 
 
@@ -190,6 +191,14 @@ class ModelAwareStrategy:
         return self._least.choose(request, [c for c in free if c.cold_s == cheapest])
 
 
+def redone_s(c: Candidate, prefill_floor: float, cold_floor: float) -> float:
+    """Time ``c`` would spend on work another candidate does not need: prompt evaluated
+    beyond the least any candidate evaluates (``prefill_floor``), a load beyond the least
+    cold-load cost (``cold_floor``). Where requests wait for slots it is taken from them, so
+    ``hybrid`` and the handoff lookahead count it twice."""
+    return c.prefill_s - prefill_floor + c.cold_s - cold_floor
+
+
 class HybridStrategy:
     """Least expected completion time: wait + service + cold-load penalty (the default).
 
@@ -259,7 +268,7 @@ class HybridStrategy:
             # evaluated (whichever is later).
             t = max(c.busy_for_s, c.queued_prefill_s) + service + c.cold_s
             if contended:
-                t += c.prefill_s - prefill_floor + c.cold_s - cold_floor
+                t += redone_s(c, prefill_floor, cold_floor)
             else:
                 if affinity and not c.free:
                     t += c.busy_for_s
