@@ -51,7 +51,7 @@ from ._errors import DagValidationError, NoCapableServer
 from ._holds import flexibility, plan_holds, server_views
 from ._preload import COLD_LOAD_NS, ColdLoads, Preloader, critical_chain
 from ._ranks import fleet_costs, order_priorities, task_costs, upward_ranks
-from ._tasks import SCHEDULES, Task, validate_graph
+from ._tasks import SCHEDULES, Task, dependents, validate_graph
 from ._types import ChatResponse, GenerateResponse
 
 if sys.version_info >= (3, 9):
@@ -141,10 +141,7 @@ class _Run:
         #: Ready tasks held back while ``feeder`` runs (:mod:`._holds`).
         self.held: List[str] = []
         self.feeder: Optional[str] = None
-        self.dependents: Dict[str, List[str]] = {}
-        for t in tasks:
-            for d in t.depends_on:
-                self.dependents.setdefault(d, []).append(t.id)
+        self.dependents = dependents(by_id)
 
     def reprioritize(self) -> None:
         """Integer priorities for the balancer: longer remaining chain first (an explicit

@@ -49,7 +49,7 @@ from typing import (
 import anyio
 
 from ._estimates import cold_load_s
-from ._tasks import Task
+from ._tasks import Task, dependents
 
 __all__ = ["COLD_LOAD_NS", "ColdLoads", "Preloader", "critical_chain"]
 
@@ -113,10 +113,7 @@ class Preloader:
         self.preloads = 0
         self.hidden = 0
         self.scopes: List[anyio.CancelScope] = []
-        self.dependents: Dict[str, List[str]] = {}
-        for t in tasks.values():
-            for d in t.depends_on:
-                self.dependents.setdefault(d, []).append(t.id)
+        self.dependents = dependents(tasks)
         self.model_set = frozenset(self.models.values())
         #: How many stages ahead of the running ones a model is loaded (see :meth:`near`).
         self.depth = 2

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ._estimates import cold_load_s
-from ._tasks import Task
+from ._tasks import Task, dependents
 
 __all__ = [
     "DEFAULT_NUM_PREDICT",
@@ -136,11 +136,8 @@ def task_costs(
 def _sinks_up(tasks: Mapping[str, Task]) -> Tuple[Dict[str, List[str]], List[str]]:
     """Each task's dependents, and the tasks ordered so that each comes after every task
     that depends on it (Kahn's algorithm from the sinks up; the graph is acyclic here)."""
-    dependents: Dict[str, List[str]] = {tid: [] for tid in tasks}
-    for t in tasks.values():
-        for dep in t.depends_on:
-            dependents[dep].append(t.id)
-    waiting = {tid: len(ds) for tid, ds in dependents.items()}
+    after = dependents(tasks)
+    waiting = {tid: len(ds) for tid, ds in after.items()}
     ready = [tid for tid, n in waiting.items() if n == 0]
     order: List[str] = []
     while ready:
@@ -150,7 +147,7 @@ def _sinks_up(tasks: Mapping[str, Task]) -> Tuple[Dict[str, List[str]], List[str
             waiting[dep] -= 1
             if waiting[dep] == 0:
                 ready.append(dep)
-    return dependents, order
+    return after, order
 
 
 def upward_ranks(tasks: Mapping[str, Task], cost: Mapping[str, float]) -> Dict[str, float]:

@@ -23,7 +23,7 @@ else:  # pragma: no cover
     # graphlib-backport installs the same module name, without type information.
     import graphlib  # type: ignore[import-untyped]
 
-__all__ = ["SCHEDULES", "StepFn", "Task", "critical_path", "validate", "validate_graph"]
+__all__ = ["SCHEDULES", "StepFn", "Task", "dependents", "validate", "validate_graph"]
 
 #: The schedules :func:`run_dag` and DAG files accept.
 SCHEDULES = ("eager", "waves", "sequential")
@@ -224,27 +224,13 @@ def validate_graph(
     return by_id, sorter
 
 
-def critical_path(tasks: Mapping[str, Task]) -> Dict[str, float]:
-    """For each task, the longest chain of work from its start to the end of the DAG."""
-    dependents: Dict[str, List[str]] = {tid: [] for tid in tasks}
-    waiting: Dict[str, int] = {}
+def dependents(tasks: Mapping[str, Task]) -> Dict[str, List[str]]:
+    """Each task's dependents (every task id a key), in declaration order."""
+    out: Dict[str, List[str]] = {tid: [] for tid in tasks}
     for t in tasks.values():
         for dep in t.depends_on:
-            dependents[dep].append(t.id)
-    # Kahn's algorithm from the sinks up (the graph is known to be acyclic here).
-    for tid, deps in dependents.items():
-        waiting[tid] = len(deps)
-    ready = [tid for tid, n in waiting.items() if n == 0]
-    length: Dict[str, float] = {}
-    while ready:
-        tid = ready.pop()
-        task = tasks[tid]
-        length[tid] = task.estimate + max((length[d] for d in dependents[tid]), default=0.0)
-        for dep in task.depends_on:
-            waiting[dep] -= 1
-            if waiting[dep] == 0:
-                ready.append(dep)
-    return length
+            out[dep].append(t.id)
+    return out
 
 
 # -- running ---------------------------------------------------------------------------------
