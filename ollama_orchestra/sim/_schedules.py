@@ -4,8 +4,8 @@ of ``_makespan.py`` next to it (issue 18, item 3).
 The best list schedule (:func:`best_schedule`) is an upper bound only where the simulator
 behaves as modelled: an event simulation (:func:`simulate`) of the rates of
 ``_makespan.py`` (decode shared as ``A(n) / n``, one prompt at a time per runner in chunks
-riding decode steps, loads one at a time per host evicting idle models), dispatching ready tasks in a priority order
-to the host that would finish each first alone. Prompt caches: on a host built by
+riding decode steps, loads one at a time per host evicting idle models), dispatching ready
+tasks in a priority order to the host that would finish each first alone. Prompt caches: on a host built by
 :func:`~._makespan.host_spec` (:attr:`HostSpec.cache_ram_bytes` set), the simulator's own
 :class:`~._kvcache.PromptCache` per loaded model (a KV cache per slot, a slot chosen by
 prefix similarity else LRU, the RAM cache behind them), fed the tasks' rendered prompts and
