@@ -62,10 +62,13 @@ def _ewma(old: Optional[float], new: float) -> float:
 
 @dataclass(frozen=True)
 class Prompt:
-    """A request's prompt as routing sees it: its length and its chained block hashes."""
+    """A request's prompt as routing sees it: its length and its chained block hashes, and
+    the budget of its answer (``options.num_predict`` where the body sets a positive one:
+    the rest of a request grows with the tokens it generates)."""
 
     chars: int
     chain: Tuple[bytes, ...]
+    predict: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,9 @@ class Estimate:
     """A request on one server: what is likely cached and what the rest costs (seconds).
 
     ``base_s`` is the expected time of the request apart from prefill and cold load (decode
-    and overhead), ``None`` until learned there.
+    and overhead), ``None`` until learned there: the learned rest of a request there, scaled
+    to this request's answer budget (:attr:`Prompt.predict`) once the tokens answers there
+    have is known (see :meth:`PromptCosts.estimate`).
     """
 
     cached_chars: int
@@ -97,6 +102,8 @@ class Observation:
 class _Pair:
     prompt_tps: Optional[float] = None
     base_s: Optional[float] = None
+    tokens: Optional[float] = None  # the answers' tokens, averaged as base_s is
+    fill: Optional[float] = None  # eval_count / num_predict of the answers that had a budget
     faster: int = 0  # surprisingly fast responses in a row
 
 
@@ -118,7 +125,10 @@ class PromptCosts:
         text = prompt_text(body)
         if not text:
             return None
-        return Prompt(len(text), block_hashes(model, text, self.index.block_chars))
+        options = body.get("options")
+        n = options.get("num_predict") if isinstance(options, Mapping) else None
+        predict = n if type(n) is int and n > 0 else None  # -1, -2: no limit (api/types.go)
+        return Prompt(len(text), block_hashes(model, text, self.index.block_chars), predict)
 
     def tokens(self, model: str, chars: int) -> float:
         """Estimated prompt tokens of ``chars`` characters for ``model``."""
@@ -145,11 +155,20 @@ class PromptCosts:
     ) -> Estimate:
         """``prompt`` sent to ``server``: the likely cached characters, the seconds of
         evaluating the rest (at the rate learned there, else the mean of ``fleet``'s for the
-        model, else 0: no basis), and the learned rest of the request."""
+        model, else 0: no basis), and the learned rest of the request.
+
+        The rest is learned per request, whatever its answer's length, so it is scaled to
+        the tokens this one is expected to generate: its budget times the share of their
+        budget answers there used (``eval_count / num_predict``: a model that stops early
+        uses less), over the tokens the answers it was learned from had. Until a budgeted
+        answer was seen there, a budget only scales the rest down (a large ``num_predict``
+        is often a ceiling the answer never reaches)."""
         pair = self._pairs.get((server, model))
         base = pair.base_s if pair else None
         if prompt is None:
             return Estimate(0, 0.0, base)
+        if base is not None and prompt.predict is not None and pair is not None:
+            base = _scaled_rest(base, pair, prompt.predict)
         cached = self.index.cached_chars(server, model, prompt.chain)
         rate = pair.prompt_tps if pair else None
         if rate is None:
@@ -188,6 +207,10 @@ class PromptCosts:
             pair = self._pairs[(server, model)] = _Pair()
         if observed_s > 0:
             pair.base_s = _ewma(pair.base_s, max(0.0, observed_s - prefill - load))
+            answered = _count(final, "eval_count")
+            pair.tokens = _ewma(pair.tokens, float(answered))
+            if prompt is not None and prompt.predict is not None:
+                pair.fill = _ewma(pair.fill, min(1.0, answered / prompt.predict))
         if prompt is None or n <= 0:
             return Observation(n, 0, prefill, None)
         self._chars_per_token[model] = _ewma(self._chars_per_token.get(model), prompt.chars / n)
@@ -221,6 +244,16 @@ class PromptCosts:
     def loaded_models(self, server: str, models: Sequence[str]) -> None:
         """The server's loaded models as ``/api/ps`` lists them: caches of the others are gone."""
         self.index.loaded_models(server, models)
+
+
+def _scaled_rest(base: float, pair: _Pair, predict: int) -> float:
+    """The learned rest of a request there, for an answer budget of ``predict`` tokens (see
+    :meth:`PromptCosts.estimate`); unchanged while the answers' tokens are unknown (or
+    under one: answers without ``eval_count``, as embeddings')."""
+    if pair.tokens is None or pair.tokens < 1.0:
+        return base
+    expected = predict * pair.fill if pair.fill is not None else min(predict, pair.tokens)
+    return base * expected / pair.tokens
 
 
 def _count(final: Mapping[str, Any], key: str) -> int:

@@ -103,6 +103,64 @@ class TestLearning:
         assert costs.time_ratio("a") == 1.0
 
 
+class TestAnswerBudget:
+    """The learned rest of a request is scaled to the tokens its answer is expected to have."""
+
+    def answered(
+        self, costs: PromptCosts, budget: Optional[int], tokens: int, rest_s: float
+    ) -> None:
+        """An exchange whose answer had ``tokens`` tokens and took ``rest_s`` beyond prefill."""
+        options = {} if budget is None else {"options": {"num_predict": budget}}
+        prompt = costs.prompt(M, {**body("w" * 400), **options})
+        reply = final(prompt_tokens=100, prompt_s=0.1, total_s=0.1 + rest_s, eval_count=tokens)
+        costs.observe("a", M, prompt, reply, observed_s=0.1 + rest_s, slots=1)
+
+    def rest(self, costs: PromptCosts, budget: Optional[int]) -> Optional[float]:
+        options = {} if budget is None else {"options": {"num_predict": budget}}
+        return costs.estimate("a", M, costs.prompt(M, {**body("v" * 400), **options})).base_s
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [(300, 300), (0, None), (-1, None), (-2, None), (True, None), (12.5, None), ("9", None)],
+    )
+    def test_the_budget_is_a_positive_num_predict(self, value: Any, expected: Any) -> None:
+        costs = PromptCosts()
+        prompt = costs.prompt(M, {**body("w"), "options": {"num_predict": value}})
+        assert prompt is not None and prompt.predict == expected
+        plain = costs.prompt(M, {**body("w"), "options": "not a mapping"})
+        assert plain is not None and plain.predict is None
+
+    def test_a_short_answer_is_expected_to_take_less(self) -> None:
+        costs = PromptCosts()
+        for _ in range(5):  # plans: 300 tokens in 3 s; reviews: 150 in 1.5 s
+            self.answered(costs, 300, 300, 3.0)
+            self.answered(costs, 150, 150, 1.5)
+        assert self.rest(costs, 300) == pytest.approx(3.0, rel=0.05)
+        assert self.rest(costs, 150) == pytest.approx(1.5, rel=0.05)
+        # Without a budget: the learned rest of a request there, as before.
+        unscaled = self.rest(costs, None)
+        assert unscaled is not None and 1.5 < unscaled < 3.0
+
+    def test_a_model_that_stops_early_is_expected_to_stop_early(self) -> None:
+        costs = PromptCosts()
+        for _ in range(8):  # budgets of 1,000 tokens, answers of about 100
+            self.answered(costs, 1000, 100, 1.0)
+        assert self.rest(costs, 1000) == pytest.approx(1.0, rel=0.05)
+        assert self.rest(costs, 2000) == pytest.approx(2.0, rel=0.05)
+
+    def test_before_a_budgeted_answer_a_budget_only_scales_down(self) -> None:
+        costs = PromptCosts()
+        for _ in range(4):
+            self.answered(costs, None, 200, 2.0)
+        assert self.rest(costs, 50) == pytest.approx(0.5, rel=0.05)
+        assert self.rest(costs, 100_000) == pytest.approx(2.0, rel=0.05)
+
+    def test_answers_without_tokens_leave_the_rest_unscaled(self) -> None:
+        costs = PromptCosts()
+        self.answered(costs, 64, 0, 0.2)  # an embedding-like answer: no eval_count
+        assert self.rest(costs, 32) == pytest.approx(0.2)
+
+
 class TestPrefill:
     """Estimates charge only the prompt the server likely does not hold, and learn from misses."""
 
