@@ -559,6 +559,24 @@ class TestGrantEstimates:
         assert lease.name == "s1"
         assert lease.predicted_end == pytest.approx(clock.now + 5.0)
 
+    async def test_the_answer_budget_scales_the_service_time(self) -> None:
+        """A request's budget (``num_predict``) scales the learned rest of a request there:
+        a 150-token answer is expected to free its slot sooner than a 300-token one."""
+        lb, _, clock = make((2, 2))
+        lb._strategy = _Named("s0")
+        for budget in (300, 150):
+            prompt = lb.costs.prompt(M, {"prompt": "p", "options": {"num_predict": budget}})
+            reply = {"done": True, "eval_count": budget, "total_duration": budget * 10**7}
+            for _ in range(4):  # 10 ms a token
+                lb.costs.observe("s0", M, prompt, reply, observed_s=budget / 100, slots=2)
+        leases = []
+        for budget in (300, 150):
+            prompt = lb.costs.prompt(M, {"prompt": "q", "options": {"num_predict": budget}})
+            leases.append(await lb.acquire(M, prompt=prompt))
+        long, short = (le.predicted_end - clock.now for le in leases)
+        assert long == pytest.approx(3.0, rel=0.1)
+        assert short == pytest.approx(1.5, rel=0.1)
+
 
 class _FixedPrefill(PromptCosts):
     """A cost model whose every prompt takes ``prefill_s`` to evaluate, after ``base_s``."""
