@@ -460,15 +460,17 @@ def sim_bounds(profile: HostProfile, tasks: Sequence[Task]) -> Bounds:
 
 async def assert_measured_within(profile: HostProfile, tasks: Sequence[Task], b: Bounds) -> None:
     """``tasks`` run for real on a simulated host of ``profile`` take at least ``b.lower``
-    simulated seconds (wall time / time_scale), and not far above the best schedule found
-    (the client's overhead only adds)."""
-    scale = 0.05
+    simulated seconds (wall time / time_scale), and not far above the best schedule found:
+    the client's overhead only adds, up to 0.3 s of wall time on a slow machine (a run on
+    Python 3.8 measured 0.31 s at time scale 0.05, 6 simulated seconds: this scale halves
+    what that costs in simulated time)."""
+    scale = 0.1
     async with fleet([profile], time_scale=scale) as sim, Orchestra(config_for(sim)) as orch:
         result = await orch.run(tasks)
     assert result.ok
     measured = result.makespan_s / scale
     assert measured >= b.lower
-    assert b.best is not None and measured <= b.best.makespan * 1.5 + 1.0
+    assert b.best is not None and measured <= b.best.makespan * 1.5 + 1.0 + 0.3 / scale
 
 
 class TestAgainstTheSimulator:
