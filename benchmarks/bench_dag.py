@@ -31,11 +31,6 @@ import gc
 import statistics
 import sys
 import time
-
-if sys.version_info >= (3, 9):
-    import graphlib
-else:  # graphlib-backport installs the same module name, without type information.
-    import graphlib  # type: ignore[import-untyped,unused-ignore]
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import anyio
@@ -54,6 +49,11 @@ from ollama_orchestra.sim import HostProfile, ModelSpec, SimFleet
 
 from .common import write_json
 from .makespan_bound import Bounds, bounds, host_spec, reference, reference_line, task_specs
+
+if sys.version_info >= (3, 9):
+    import graphlib
+else:  # graphlib-backport installs the same module name, without type information.
+    import graphlib  # type: ignore[import-untyped,unused-ignore]
 
 MODEL = "work:latest"
 #: The second model of the two-model pipeline: loaded nowhere at the start.

@@ -167,21 +167,16 @@ async def _oversized(host: str, port: int, i: int, tally: Tally) -> None:
     try:
         async with await anyio.connect_tcp(host, port) as s:
             connected = anyio.current_time()
+            framing = (
+                b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % (MAX_BODY * 4)
+            )
+            await s.send(b"POST /api/generate HTTP/1.1\r\nHost: soak\r\n%s\r\n\r\n" % framing)
+            late = anyio.current_time() - connected
             if chunked:
-                await s.send(
-                    b"POST /api/generate HTTP/1.1\r\nHost: soak\r\nTransfer-Encoding: chunked\r\n\r\n"
-                )
-                late = anyio.current_time() - connected
                 piece = b"%x\r\n%s\r\n" % (64 * 1024, b" " * 64 * 1024)
                 with anyio.move_on_after(5):
                     for _ in range(MAX_BODY // (64 * 1024) + 2):
                         await s.send(piece)
-            else:
-                await s.send(
-                    b"POST /api/generate HTTP/1.1\r\nHost: soak\r\n"
-                    b"Content-Length: %d\r\n\r\n" % (MAX_BODY * 4)
-                )
-                late = anyio.current_time() - connected
             raw = await _read_all(s, 5)
     except (OSError, anyio.BrokenResourceError):
         raw = b""  # reset by the proxy while sending: refused
